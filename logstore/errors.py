@@ -1,0 +1,78 @@
+"""Exceptions raised by LogStore, in the core and in the clients.
+
+Each exception carries a message that says what was wrong and what is allowed, so a
+user reading it (or the gRPC status built from it) knows how to fix the call.
+The server maps these classes to gRPC status codes; the core never imports gRPC.
+"""
+
+from __future__ import annotations
+
+
+class LogStoreError(Exception):
+    """Base class for every error LogStore raises on purpose."""
+
+
+class InvalidRequestError(LogStoreError):
+    """A request is malformed or names an impossible value."""
+
+
+class CorruptRecordError(InvalidRequestError):
+    """A record batch fails validation: bad length, magic, CRC, count or encoding."""
+
+
+class UnsupportedCompressionError(InvalidRequestError):
+    """A record batch uses a compression codec LogStore does not support."""
+
+
+class RecordTooLargeError(InvalidRequestError):
+    """A record batch is larger than the topic's `max.message.bytes`."""
+
+
+class InvalidTopicError(InvalidRequestError):
+    """A topic name breaks Kafka's naming rule."""
+
+
+class InvalidConfigError(InvalidRequestError):
+    """A topic configuration key is unknown or its value is out of range."""
+
+
+class InvalidPartitionsError(InvalidRequestError):
+    """A partition count is out of range or would shrink a topic."""
+
+
+class UnknownTopicOrPartitionError(LogStoreError):
+    """The named topic or partition does not exist."""
+
+
+class TopicExistsError(LogStoreError):
+    """A topic with that name already exists."""
+
+
+class OffsetOutOfRangeError(LogStoreError):
+    """An offset lies outside `[log_start_offset, log_end_offset]` of a partition."""
+
+    def __init__(self, partition: str, offset: int, log_start_offset: int, log_end_offset: int):
+        self.partition = partition
+        self.offset = offset
+        self.log_start_offset = log_start_offset
+        self.log_end_offset = log_end_offset
+        super().__init__(
+            f"offset {offset} out of range for {partition}: "
+            f"valid {log_start_offset}..{log_end_offset}"
+        )
+
+
+class OutOfOrderSequenceError(LogStoreError):
+    """An idempotent producer's batch skips or repeats sequence numbers out of order."""
+
+
+class InvalidProducerEpochError(LogStoreError):
+    """A batch comes from an older epoch of a producer id than one already seen (fenced)."""
+
+
+class LogClosedError(LogStoreError):
+    """The log (or log manager) has been closed and takes no more requests."""
+
+
+class StorageError(LogStoreError):
+    """The disk failed under a write or read (I/O error, disk full)."""
