@@ -23,6 +23,7 @@ RecordInput = tuple[bytes | None, bytes | None, Sequence[Header] | None, int | N
 
 _SUPPORTED_CODECS = frozenset({fmt.CODEC_NONE, fmt.CODEC_ZSTD})
 _INT32_MAX = 2**31 - 1
+_INT64_MAX = 2**63 - 1
 
 
 class BatchHeader(NamedTuple):
@@ -137,6 +138,10 @@ def decode_varint(data: bytes, pos: int) -> tuple[int, int]:
             raise CorruptRecordError("record data ends inside a varint")
         byte = data[pos]
         pos += 1
+        if shift == 63 and byte > 1:
+            raise CorruptRecordError(
+                "varint overflows 64 bits (longer than 10 bytes or 10th byte > 1)"
+            )
         result |= (byte & 0x7F) << shift
         if byte < 0x80:
             return (result >> 1) ^ -(result & 1), pos
@@ -248,6 +253,8 @@ def encode_batch(
     timestamps = [r[3] for r in records]
     base_timestamp: int = timestamps[0]  # type: ignore[assignment]
     max_timestamp: int = max(timestamps)  # type: ignore[type-var,assignment]
+    if max_timestamp - min(timestamps) > _INT64_MAX:  # type: ignore[type-var,operator]
+        raise ValueError("record timestamps differ by more than a signed 64-bit delta holds")
     payload = _compress(codec, encode_records(records, base_timestamp))
     attributes = codec | (timestamp_type << 3)
     if is_transactional:
@@ -291,9 +298,12 @@ def compute_crc(buf: bytes | bytearray | memoryview, pos: int, size: int) -> int
 
 
 def check_header(header: BatchHeader, available: int, max_batch_bytes: int | None = None) -> None:
-    """Check a batch header's self-consistency; `available` is bytes present from its start.
+    """Check a batch header's framing: length, magic, size limit, bytes present.
 
-    Raises CorruptRecordError (or RecordTooLargeError) naming the broken field.
+    `available` is the number of bytes present from the batch's start. Raises
+    CorruptRecordError (or RecordTooLargeError) naming the broken field. The fields the CRC
+    covers are checked by `check_contents`, after the CRC, so a damaged byte is reported
+    as a CRC failure rather than as a strange record count.
     """
     if header.batch_length < fmt.BATCH_HEADER_SIZE - fmt.LOG_OVERHEAD:
         raise CorruptRecordError(
@@ -310,6 +320,10 @@ def check_header(header: BatchHeader, available: int, max_batch_bytes: int | Non
         raise CorruptRecordError(
             f"record batch claims {header.size} bytes but only {available} are present"
         )
+
+
+def check_contents(header: BatchHeader) -> None:
+    """Check the CRC-covered header fields: record count and codec."""
     if header.record_count < 1 or header.last_offset_delta != header.record_count - 1:
         raise CorruptRecordError(
             f"record batch has recordCount {header.record_count} and lastOffsetDelta "
@@ -339,6 +353,7 @@ def validate_batch(
             f"record batch at offset {header.base_offset} has CRC {header.crc:#010x} "
             f"but its bytes give {actual:#010x}"
         )
+    check_contents(header)
     return header
 
 
@@ -536,6 +551,7 @@ def decode_batch(
     else:
         header = read_header(buf, pos)
         check_header(header, len(buf) - pos)
+        check_contents(header)
     payload = bytes(memoryview(buf)[pos + fmt.RECORDS_OFFSET : pos + header.size])
     data = _decompress(header.codec, payload, max_decompressed_bytes)
     try:
