@@ -1,0 +1,28 @@
+"""Small durable-file helpers shared by the on-disk structures."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from logstore import format as fmt
+
+
+def fsync_directory(path: Path) -> None:
+    """fsync a directory so a rename or create inside it survives a crash."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_file_atomically(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` so a crash leaves either the old or the new content."""
+    tmp = path.with_name(path.name + fmt.TEMP_SUFFIX)
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_directory(path.parent)
