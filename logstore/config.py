@@ -140,7 +140,7 @@ class LogConfig:
         `InvalidConfigError` naming the key for an unknown key, and naming key, value and
         the allowed values for a malformed or out-of-range value.
         """
-        changes = {_field_for(key): _parse_value(key, value) for key, value in props.items()}
+        changes = {config_field_for(key): _parse_value(key, value) for key, value in props.items()}
         return replace(base if base is not None else cls(), **changes)
 
     def with_overrides(self, props: Mapping[str, str | int]) -> LogConfig:
@@ -172,7 +172,9 @@ class LogConfig:
         return TIMESTAMP_TYPES[self.message_timestamp_type]
 
 
-def _field_for(key: str) -> str:
+def config_field_for(key: str) -> str:
+    """The LogConfig field for a Kafka config name; InvalidConfigError listing the allowed
+    names when there is none."""
     field = KAFKA_NAMES.get(key) if isinstance(key, str) else None
     if field is not None:
         return field

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 
 from logstore import format as fmt
@@ -19,7 +20,8 @@ def fsync_directory(path: Path) -> None:
 
 def write_file_atomically(path: Path, data: bytes) -> None:
     """Replace `path` with `data` so a crash leaves either the old or the new content."""
-    tmp = path.with_name(path.name + fmt.TEMP_SUFFIX)
+    # A short random temp name: `<name>.tmp` could pass the 255-byte file-name limit.
+    tmp = path.with_name(f".{uuid.uuid4().hex}{fmt.TEMP_SUFFIX}")
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()

@@ -33,7 +33,12 @@ from typing import Any
 
 from logstore import format as fmt
 from logstore.clock import SYSTEM_CLOCK, Clock
-from logstore.config import LogConfig, validate_partition_count, validate_topic_name
+from logstore.config import (
+    LogConfig,
+    config_field_for,
+    validate_partition_count,
+    validate_topic_name,
+)
 from logstore.errors import (
     InvalidPartitionsError,
     LogClosedError,
@@ -77,7 +82,7 @@ class ManagerSettings:
 def parse_partition_dir(name: str) -> tuple[str, int] | None:
     """`orders-3` -> ("orders", 3); None for names that are not partition directories."""
     topic, sep, number = name.rpartition("-")
-    if not sep or not topic or not number.isdigit():
+    if not sep or not topic or not (number.isascii() and number.isdigit()):
         return None
     return topic, int(number)
 
@@ -130,11 +135,12 @@ class LogManager:
     def _read_recovery_points(self) -> dict[tuple[str, int], int]:
         path = self.data_dir / fmt.RECOVERY_POINT_CHECKPOINT_FILE
         try:
-            lines = path.read_text().splitlines()
+            data = path.read_bytes()
         except FileNotFoundError:
             return {}
         points: dict[tuple[str, int], int] = {}
         try:
+            lines = data.decode("utf-8").splitlines()
             if lines[0].strip() != "0" or int(lines[1]) != len(lines) - 2:
                 raise ValueError("bad header")
             for line in lines[2:]:
@@ -177,15 +183,27 @@ class LogManager:
         return meta
 
     def _open_partition(
-        self, topic: str, partition: int, config: LogConfig, recovery_point: int
+        self,
+        topic: str,
+        partition: int,
+        config: LogConfig,
+        recovery_point: int,
+        *,
+        new: bool = False,
     ) -> PartitionLog:
+        """Open a partition's log; a `new` one starts from an empty directory."""
+        directory = self.data_dir / f"{topic}-{partition}"
+        if new and directory.exists():
+            # Left by a topic deleted in a crash (its metadata went first): not ours.
+            log.warning("removing %s left over from a deleted topic", directory.name)
+            self._remove_directory(directory)
         part = PartitionLog(
-            self.data_dir / f"{topic}-{partition}",
+            directory,
             config,
             name=f"{topic}-{partition}",
             clock=self._clock,
             recovery_point=recovery_point,
-            clean_shutdown=self.clean_shutdown,
+            clean_shutdown=self.clean_shutdown or new,
         )
         part.on_append = self.appends.notify
         report = part.recovery_report
@@ -220,7 +238,7 @@ class LogManager:
                 raise TopicExistsError(f"topic {name!r} already exists")
             topic = Topic(name, uuid.uuid4().hex, overrides, log_config)
             for p in range(partitions):
-                topic.partitions.append(self._open_partition(name, p, log_config, 0))
+                topic.partitions.append(self._open_partition(name, p, log_config, 0, new=True))
             self._write_metadata(topic)
             self._topics[name] = topic
         log.info("created topic %s with %d partitions", name, partitions)
@@ -229,6 +247,7 @@ class LogManager:
     def delete_topic(self, name: str) -> None:
         """Delete a topic: its metadata first (atomic), then its partition directories."""
         with self._lock:
+            self._check_open()
             topic = self.topic(name)
             del self._topics[name]
             (self.metadata_dir / f"{name}.json").unlink()
@@ -238,19 +257,23 @@ class LogManager:
         log.info("deleted topic %s", name)
 
     def _delete_partition(self, part: PartitionLog) -> None:
-        # Rename first so a crash mid-delete leaves a directory the next start removes,
-        # never a half-deleted partition that looks alive.
-        target = part.directory.with_name(
-            f"{part.directory.name}.{uuid.uuid4().hex}{_DELETE_DIR_SUFFIX}"
-        )
         part.close_for_delete()
-        os.replace(part.directory, target)
+        self._remove_directory(part.directory)
+
+    def _remove_directory(self, directory: Path) -> None:
+        """Rename to `...-delete`, then remove: a crash in between leaves a directory the
+        next start removes, never a half-deleted partition that looks alive."""
+        suffix = f".{uuid.uuid4().hex}{_DELETE_DIR_SUFFIX}"
+        # Like Kafka, shorten the topic part so the name fits the 255-byte limit.
+        target = directory.with_name(directory.name[: 255 - len(suffix)] + suffix)
+        os.replace(directory, target)
         fsync_directory(self.data_dir)
         shutil.rmtree(target, ignore_errors=True)
 
     def add_partitions(self, name: str, total: int) -> Topic:
         """Grow a topic to `total` partitions (Kafka never shrinks a topic)."""
         with self._lock:
+            self._check_open()
             topic = self.topic(name)
             current = len(topic.partitions)
             validate_partition_count(total)
@@ -259,16 +282,18 @@ class LogManager:
                     f"topic {name!r} has {current} partitions; the new count must be larger"
                 )
             for p in range(current, total):
-                topic.partitions.append(self._open_partition(name, p, topic.config, 0))
+                topic.partitions.append(self._open_partition(name, p, topic.config, 0, new=True))
             self._write_metadata(topic)
         return topic
 
     def alter_config(self, name: str, changes: Mapping[str, str | int | None]) -> Topic:
         """Set (or, with None, reset to the default) topic config keys; applies at once."""
         with self._lock:
+            self._check_open()
             topic = self.topic(name)
             overrides = dict(topic.config_overrides)
             for key, value in changes.items():
+                config_field_for(key)  # an unknown key is an error even when resetting
                 if value is None:
                     overrides.pop(key, None)
                 else:
