@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
 import click
 
 from logstore import __version__
+from logstore.errors import LogStoreError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -13,18 +21,82 @@ def cli() -> None:
     """LogStore: a Kafka-style partitioned log store."""
 
 
+def _load_config_file(path: str | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise click.ClickException(f"cannot read config file {path}: {exc}") from exc
+
+
 @cli.command()
-@click.option("--data-dir", type=click.Path(file_okay=False), default=None)
-@click.option("--listen", default="127.0.0.1:9092", show_default=True)
-def serve(data_dir: str | None, listen: str) -> None:
-    """Run the broker in the foreground (not available yet: the storage engine comes first)."""
-    raise click.ClickException(
-        "the gRPC broker is not part of this build yet; only the storage engine is"
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False),
+    envvar="LOGSTORE_DATA_DIR",
+    help="Where topics live [default: $XDG_DATA_HOME/logstore]. Env: LOGSTORE_DATA_DIR.",
+)
+@click.option(
+    "--listen",
+    envvar="LOGSTORE_LISTEN",
+    help="HOST:PORT for gRPC [default: 127.0.0.1:9092; port 0 picks a free one].",
+)
+@click.option("--metrics-listen", envvar="LOGSTORE_METRICS_LISTEN", help="HOST:PORT for /metrics.")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, exists=True),
+    envvar="LOGSTORE_CONFIG",
+    help="TOML file: data_dir, listen, max_workers, [topic-defaults] with Kafka names.",
+)
+@click.option("--log-level", default="INFO", show_default=True, envvar="LOGSTORE_LOG_LEVEL")
+def serve(
+    data_dir: str | None,
+    listen: str | None,
+    metrics_listen: str | None,
+    config_file: str | None,
+    log_level: str,
+) -> None:
+    """Run the broker in the foreground until Ctrl-C or SIGTERM.
+
+    \b
+    Examples:
+      logstore serve
+      logstore serve --data-dir /var/lib/logstore --listen 0.0.0.0:9092
+      logstore serve --config broker.toml
+    """
+    from logstore.server.app import BrokerSettings, run
+
+    logging.basicConfig(
+        level=log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
     )
+    file_conf = _load_config_file(config_file)
+    settings = BrokerSettings()
+    chosen_dir = data_dir or file_conf.get("data_dir")
+    if chosen_dir:
+        settings.data_dir = Path(os.path.expanduser(chosen_dir))
+    settings.listen = listen or file_conf.get("listen") or settings.listen
+    for key in ("max_workers", "max_request_bytes", "max_fetch_bytes", "max_concurrent_rpcs"):
+        if key in file_conf:
+            setattr(settings, key, int(file_conf[key]))
+    settings.topic_defaults = {k: str(v) for k, v in file_conf.get("topic-defaults", {}).items()}
+    if metrics_listen:
+        click.echo("note: --metrics-listen is not served by this build yet", err=True)
+    try:
+        code = run(settings)
+    except (LogStoreError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    sys.exit(code)
 
 
 def main() -> None:
     """Console-script entry point."""
     cli()
+
+
 if __name__ == "__main__":
     main()

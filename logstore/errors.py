@@ -76,3 +76,34 @@ class LogClosedError(LogStoreError):
 
 class StorageError(LogStoreError):
     """The disk failed under a write or read (I/O error, disk full)."""
+
+
+# --- raised by the clients ------------------------------------------------------------------
+
+
+class BrokerUnavailableError(LogStoreError):
+    """The broker cannot be reached (down, restarting, or the address is wrong)."""
+
+
+class RequestTimedOutError(LogStoreError):
+    """A request (or a send, within delivery_timeout_ms) did not complete in time."""
+
+
+class BufferExhaustedError(LogStoreError):
+    """The producer's buffer_memory stayed full for max_block_ms."""
+
+
+class NoOffsetForPartitionError(LogStoreError):
+    """No committed offset and auto_offset_reset='error' (or the offset left the log)."""
+
+
+class CommitFailedError(LogStoreError):
+    """An offset commit was rejected (e.g. by the group coordinator after a rebalance)."""
+
+
+class ClientClosedError(LogStoreError):
+    """The client was closed and cannot be used any more."""
+
+
+class InternalBrokerError(LogStoreError):
+    """The broker failed in a way it did not expect; its log has the details."""

@@ -9,7 +9,7 @@ Clients encode with `encode_batch` and decode with `decode_batch`.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import crc32c
 import zstandard
@@ -462,10 +462,18 @@ def _decode_headers(data: bytes, pos: int, end: int) -> tuple[tuple[Header, ...]
     return tuple(headers), pos
 
 
-def decode_records(header: BatchHeader, records_data: bytes) -> list[Record]:
+def decode_records(
+    header: BatchHeader,
+    records_data: bytes,
+    record_type: type[tuple] = Record,  # type: ignore[type-arg]
+    prefix: tuple[object, ...] = (),
+) -> list[Any]:
     """Decode `header.record_count` records from an uncompressed records section.
 
-    Raises CorruptRecordError if the bytes do not hold exactly that many well-formed records.
+    Each record is built as `record_type(*prefix, offset, timestamp, key, value, headers)`:
+    a client passes its own NamedTuple and e.g. (topic, partition) so records are built
+    once, without a second object per record. Raises CorruptRecordError if the bytes do not
+    hold exactly that many well-formed records.
     """
     data = records_data
     end = len(data)
@@ -477,6 +485,9 @@ def decode_records(header: BatchHeader, records_data: bytes) -> list[Record]:
     append = out.append
     no_headers: tuple[Header, ...] = ()
     new_tuple = tuple.__new__  # skips NamedTuple.__new__'s extra Python frame per record
+    # (topic, partition) is the common prefix: spelled out, it avoids a tuple unpack per record
+    two_prefix = len(prefix) == 2
+    p0, p1 = prefix if two_prefix else (None, None)
     # Varints are decoded inline with a one-byte fast path: this loop is the consumer's
     # hot path and a function call per varint would cost a third of its time.
     for _ in range(header.record_count):
@@ -530,7 +541,11 @@ def decode_records(header: BatchHeader, records_data: bytes) -> list[Record]:
             if pos != record_end:
                 raise CorruptRecordError("record length disagrees with its fields")
         timestamp = log_append_time if log_append_time is not None else base_timestamp + ts_delta
-        append(new_tuple(Record, (base_offset + offset_delta, timestamp, key, value, headers)))
+        if two_prefix:
+            fields = (p0, p1, base_offset + offset_delta, timestamp, key, value, headers)
+        else:
+            fields = (*prefix, base_offset + offset_delta, timestamp, key, value, headers)
+        append(new_tuple(record_type, fields))
     if pos != end:
         raise CorruptRecordError(
             f"record batch has {end - pos} bytes after its {header.record_count} records"
@@ -544,6 +559,8 @@ def decode_batch(
     *,
     verify_crc: bool = True,
     max_decompressed_bytes: int = fmt.MAX_DECOMPRESSED_BYTES,
+    record_type: type[tuple] = Record,  # type: ignore[type-arg]
+    prefix: tuple[object, ...] = (),
 ) -> DecodedBatch:
     """Decode the batch at `pos`: header and every record. Validates the CRC by default."""
     if verify_crc:
@@ -555,19 +572,28 @@ def decode_batch(
     payload = bytes(memoryview(buf)[pos + fmt.RECORDS_OFFSET : pos + header.size])
     data = _decompress(header.codec, payload, max_decompressed_bytes)
     try:
-        return DecodedBatch(header, decode_records(header, data))
+        return DecodedBatch(header, decode_records(header, data, record_type, prefix))
     except IndexError as exc:
         raise CorruptRecordError("record data ends inside a record") from exc
 
 
-def decode_all(buf: bytes | bytearray | memoryview, *, verify_crc: bool = True) -> list[Record]:
+def decode_all(
+    buf: bytes | bytearray | memoryview,
+    *,
+    verify_crc: bool = True,
+    record_type: type[tuple] = Record,  # type: ignore[type-arg]
+    prefix: tuple[object, ...] = (),
+) -> list[Any]:
     """Decode every whole batch in `buf` (e.g. a fetch response) into one list of records.
 
     A partial batch at the end (a fetch cut at max_bytes) is ignored, as Kafka clients do.
     """
     records: list[Record] = []
     for pos, _ in iter_batches(buf):
-        records.extend(decode_batch(buf, pos, verify_crc=verify_crc).records)
+        batch = decode_batch(
+            buf, pos, verify_crc=verify_crc, record_type=record_type, prefix=prefix
+        )
+        records.extend(batch.records)
     return records
 
 

@@ -1,0 +1,1 @@
+"""LogStore's Python clients: Admin, Producer and Consumer over gRPC."""

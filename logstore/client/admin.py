@@ -1,0 +1,195 @@
+"""`Admin`: topics, offsets and committed offsets, over gRPC."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import grpc
+
+from logstore.client._connection import (
+    make_stub,
+    open_channel,
+    partition_error,
+    resolve_bootstrap,
+    translate,
+)
+from logstore.client.types import (
+    OffsetAndMetadata,
+    OffsetAndTimestamp,
+    PartitionInfo,
+    TopicDescription,
+    TopicPartition,
+)
+from logstore.errors import ClientClosedError, InvalidRequestError
+from logstore.v1 import logstore_pb2 as pb
+
+EARLIEST = -2
+LATEST = -1
+
+
+def describe_from_proto(topic: pb.TopicDescription) -> TopicDescription:
+    return TopicDescription(
+        name=topic.name,
+        topic_id=topic.topic_id,
+        internal=topic.internal,
+        partitions=[
+            PartitionInfo(
+                p.partition,
+                p.log_start_offset,
+                p.log_end_offset,
+                p.high_watermark,
+                p.size_bytes,
+                p.segment_count,
+            )
+            for p in topic.partitions
+        ],
+        config=dict(topic.config),
+        config_overrides=dict(topic.config_overrides),
+    )
+
+
+def offset_spec(spec: str | int) -> int:
+    """ "earliest" -> -2, "latest" -> -1, a timestamp in ms -> itself."""
+    if spec == "earliest":
+        return EARLIEST
+    if spec == "latest":
+        return LATEST
+    if isinstance(spec, int) and spec >= 0:
+        return spec
+    raise InvalidRequestError(f"offset spec {spec!r}: use 'earliest', 'latest' or a ms timestamp")
+
+
+class Admin:
+    """Topic administration and offset queries.
+
+    >>> with Admin("127.0.0.1:9092") as admin:          # doctest: +SKIP
+    ...     admin.create_topic("orders", partitions=3, config={"retention.ms": "604800000"})
+    """
+
+    def __init__(self, bootstrap: str | None = None, *, request_timeout_ms: int = 30_000):
+        self.address = resolve_bootstrap(bootstrap)
+        self._timeout_s = request_timeout_ms / 1000
+        self._channel = open_channel(self.address)
+        self._stub = make_stub(self._channel)
+        self._closed = False
+
+    def _call(self, method: str, request: Any) -> Any:
+        if self._closed:
+            raise ClientClosedError("the admin client is closed")
+        try:
+            return getattr(self._stub, method)(request, timeout=self._timeout_s)
+        except grpc.RpcError as exc:
+            raise translate(exc, self.address) from None
+
+    # --- topics ------------------------------------------------------------------------------
+
+    def create_topic(
+        self, name: str, partitions: int = 1, config: Mapping[str, str | int] | None = None
+    ) -> TopicDescription:
+        request = pb.CreateTopicRequest(
+            name=name, partitions=partitions, config={k: str(v) for k, v in (config or {}).items()}
+        )
+        return describe_from_proto(self._call("CreateTopic", request).topic)
+
+    def delete_topic(self, name: str) -> None:
+        self._call("DeleteTopic", pb.DeleteTopicRequest(name=name))
+
+    def list_topics(self, include_internal: bool = False) -> list[str]:
+        response = self._call("ListTopics", pb.ListTopicsRequest(include_internal=include_internal))
+        return [t.name for t in response.topics]
+
+    def describe_topic(self, name: str) -> TopicDescription:
+        return describe_from_proto(
+            self._call("DescribeTopic", pb.DescribeTopicRequest(name=name)).topic
+        )
+
+    def alter_topic_config(
+        self,
+        name: str,
+        set: Mapping[str, str | int] | None = None,
+        delete: Iterable[str] = (),
+    ) -> TopicDescription:
+        request = pb.AlterTopicConfigRequest(
+            name=name, set={k: str(v) for k, v in (set or {}).items()}, delete=list(delete)
+        )
+        return describe_from_proto(self._call("AlterTopicConfig", request).topic)
+
+    def add_partitions(self, name: str, total: int) -> TopicDescription:
+        request = pb.AddPartitionsRequest(name=name, total_count=total)
+        return describe_from_proto(self._call("AddPartitions", request).topic)
+
+    # --- offsets -----------------------------------------------------------------------------
+
+    def list_offsets(
+        self, topic: str, spec: str | int = "latest", partitions: Iterable[int] | None = None
+    ) -> dict[int, OffsetAndTimestamp]:
+        """Per partition: the earliest or latest offset, or the first at/after a timestamp
+        (offset -1 when no record is that new)."""
+        if partitions is None:
+            partitions = range(len(self.describe_topic(topic).partitions))
+        ts = offset_spec(spec)
+        request = pb.ListOffsetsRequest(
+            topics=[
+                pb.ListOffsetsTopic(
+                    topic=topic,
+                    partitions=[
+                        pb.ListOffsetsPartition(partition=p, timestamp=ts) for p in partitions
+                    ],
+                )
+            ]
+        )
+        result: dict[int, OffsetAndTimestamp] = {}
+        for p in self._call("ListOffsets", request).topics[0].partitions:
+            error = partition_error(p.error)
+            if error is not None:
+                raise error
+            result[p.partition] = OffsetAndTimestamp(p.offset, p.timestamp)
+        return result
+
+    def committed_offsets(
+        self, group: str, topics: Iterable[str] | None = None
+    ) -> dict[TopicPartition, OffsetAndMetadata]:
+        """What `group` has committed (only partitions with a commit)."""
+        request = pb.FetchCommittedOffsetsRequest(
+            group_id=group, topics=[pb.TopicPartitions(topic=t) for t in topics or ()]
+        )
+        return {
+            (o.topic, o.partition): OffsetAndMetadata(o.offset, o.metadata, o.commit_timestamp)
+            for o in self._call("FetchCommittedOffsets", request).offsets
+            if o.offset >= 0
+        }
+
+    def commit_offsets(
+        self, group: str, offsets: Mapping[TopicPartition, int | OffsetAndMetadata]
+    ) -> None:
+        """Commit offsets for a group from outside the group (admin/standalone commits)."""
+        by_topic: dict[str, list[pb.CommitPartition]] = {}
+        for (topic, partition), value in offsets.items():
+            om = value if isinstance(value, OffsetAndMetadata) else OffsetAndMetadata(value)
+            by_topic.setdefault(topic, []).append(
+                pb.CommitPartition(partition=partition, offset=om.offset, metadata=om.metadata)
+            )
+        request = pb.CommitOffsetsRequest(
+            group_id=group,
+            generation_id=-1,
+            topics=[pb.CommitTopic(topic=t, partitions=ps) for t, ps in by_topic.items()],
+        )
+        for topic in self._call("CommitOffsets", request).topics:
+            for p in topic.partitions:
+                error = partition_error(p.error)
+                if error is not None:
+                    raise error
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._channel.close()
+
+    def __enter__(self) -> Admin:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,137 @@
+"""Running the broker: gRPC server, health, reflection, signals, graceful shutdown."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from logstore.config import LogConfig
+from logstore.log_manager import LogManager, ManagerSettings
+from logstore.offsets_store import OffsetStore
+from logstore.producer_ids import ProducerIdManager
+from logstore.server.broker import DEFAULT_MAX_FETCH_BYTES, LogStoreServicer
+from logstore.v1 import logstore_pb2 as pb
+from logstore.v1 import logstore_pb2_grpc as pb_grpc
+
+log = logging.getLogger("logstore.broker")
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["LogStore"].full_name
+DEFAULT_LISTEN = "127.0.0.1:9092"
+PRODUCER_ID_FILE = "producer-id-block"
+
+
+def default_data_dir() -> Path:
+    """Where data lives when no --data-dir is given: $XDG_DATA_HOME/logstore."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "logstore"
+
+
+@dataclass
+class BrokerSettings:
+    """Everything `logstore serve` can be told (sizes in bytes, times in ms)."""
+
+    data_dir: Path = field(default_factory=default_data_dir)
+    listen: str = DEFAULT_LISTEN
+    #: largest gRPC request accepted (a produce request holds whole batches)
+    max_request_bytes: int = 64 * 1024 * 1024
+    max_fetch_bytes: int = DEFAULT_MAX_FETCH_BYTES
+    #: threads serving RPCs; long polls and produce streams each hold one while open
+    max_workers: int = 128
+    #: more concurrent RPCs than this are refused with RESOURCE_EXHAUSTED
+    max_concurrent_rpcs: int = 1024
+    shutdown_grace_s: float = 10.0
+    topic_defaults: dict[str, str] = field(default_factory=dict)
+    manager: ManagerSettings = field(default_factory=ManagerSettings)
+
+
+class Broker:
+    """A started broker: the core objects and the gRPC server in front of them."""
+
+    def __init__(self, settings: BrokerSettings) -> None:
+        self.settings = settings
+        data_dir = Path(settings.data_dir)
+        self.manager = LogManager(
+            data_dir,
+            default_config=LogConfig.from_properties(settings.topic_defaults),
+            settings=settings.manager,
+        )
+        self.offsets = OffsetStore(self.manager)
+        self.producer_ids = ProducerIdManager(self.manager.data_dir / PRODUCER_ID_FILE)
+        self.servicer = LogStoreServicer(
+            self.manager,
+            self.offsets,
+            self.producer_ids,
+            max_fetch_bytes=settings.max_fetch_bytes,
+        )
+        self.health = health.HealthServicer()
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(
+                max_workers=settings.max_workers, thread_name_prefix="logstore-rpc"
+            ),
+            maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+            options=[
+                ("grpc.max_receive_message_length", settings.max_request_bytes),
+                ("grpc.max_send_message_length", settings.max_fetch_bytes + 1024 * 1024),
+                # Without this a second broker could bind the same port and split traffic.
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        pb_grpc.add_LogStoreServicer_to_server(self.servicer, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+        )
+        self.port = self.server.add_insecure_port(settings.listen)
+        if self.port == 0:
+            self.manager.close()
+            raise OSError(f"cannot listen on {settings.listen}")
+        host = settings.listen.rsplit(":", 1)[0]
+        self.address = f"{host}:{self.port}"
+
+    def start(self) -> None:
+        self.server.start()
+        for service in ("", SERVICE_NAME):
+            self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+
+    def stop(self) -> None:
+        """Stop accepting, let in-flight RPCs finish, then flush and close every log."""
+        for service in ("", SERVICE_NAME):
+            self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.server.stop(self.settings.shutdown_grace_s).wait()
+        self.manager.close()
+
+
+def run(settings: BrokerSettings) -> int:
+    """Run a broker in the foreground until SIGINT or SIGTERM; return the exit status."""
+    broker = Broker(settings)
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: object) -> None:
+        log.info("received %s, shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    broker.start()
+    recovered = "" if broker.manager.clean_shutdown else " (recovered after unclean shutdown)"
+    print(
+        f"LogStore broker listening on {broker.address}, data in {broker.manager.data_dir}"
+        f"{recovered}",
+        flush=True,
+    )
+    while not stop.wait(1.0):
+        pass
+    broker.stop()
+    log.info("LogStore broker stopped cleanly")
+    sys.stdout.flush()
+    return 0

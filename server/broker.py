@@ -1,0 +1,348 @@
+"""The gRPC servicer: a thin adapter from `logstore.v1` requests to the core.
+
+Each handler decodes a request, calls the log manager or offset store, and encodes the
+answer. Record batches travel as bytes from request to segment and from segment to
+response; the only per-batch work is validation (header + CRC) and the offset patch.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import grpc
+
+from logstore import record_batch as rb
+from logstore.config import is_internal_topic
+from logstore.errors import InvalidRequestError, LogStoreError
+from logstore.log_manager import LogManager, Topic
+from logstore.offsets_store import OffsetStore
+from logstore.partition_log import PartitionLog
+from logstore.producer_ids import ProducerIdManager
+from logstore.record_batch import BatchHeader
+from logstore.server.errors import abort, error_message
+from logstore.v1 import logstore_pb2 as pb
+from logstore.v1 import logstore_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+EARLIEST_TIMESTAMP = -2
+LATEST_TIMESTAMP = -1
+ACKS_ALL = -1
+#: the most a single fetch response may carry (Kafka's fetch.max.bytes default)
+DEFAULT_MAX_FETCH_BYTES = 50 * 1024 * 1024
+#: the longest a fetch may wait for data
+MAX_WAIT_CAP_MS = 30_000
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def handles_errors(method: F) -> F:
+    """Turn core exceptions into gRPC statuses; log unexpected ones with a traceback."""
+
+    @functools.wraps(method)
+    def wrapper(self: LogStoreServicer, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return method(self, request, context)
+        except (LogStoreError, OSError) as exc:
+            abort(context, exc)
+        except Exception as exc:
+            if isinstance(exc, grpc.RpcError) or type(exc).__name__ == "_AbortError":
+                raise
+            log.exception("%s failed", method.__name__)
+            abort(context, exc)
+        return None  # unreachable: abort raises
+
+    return wrapper  # type: ignore[return-value]
+
+
+class LogStoreServicer(pb_grpc.LogStoreServicer):
+    """Serves the LogStore API over one log manager."""
+
+    def __init__(
+        self,
+        manager: LogManager,
+        offsets: OffsetStore,
+        producer_ids: ProducerIdManager,
+        *,
+        max_fetch_bytes: int = DEFAULT_MAX_FETCH_BYTES,
+    ) -> None:
+        self.manager = manager
+        self.offsets = offsets
+        self.producer_ids = producer_ids
+        self.max_fetch_bytes = max_fetch_bytes
+
+    # --- topics ------------------------------------------------------------------------------
+
+    def _describe(self, topic: Topic) -> pb.TopicDescription:
+        return pb.TopicDescription(
+            name=topic.name,
+            topic_id=topic.topic_id,
+            internal=is_internal_topic(topic.name),
+            partitions=[
+                pb.PartitionDescription(
+                    partition=i,
+                    log_start_offset=p.log_start_offset,
+                    log_end_offset=p.log_end_offset,
+                    high_watermark=p.high_watermark,
+                    size_bytes=p.size_bytes,
+                    segment_count=p.segment_count,
+                )
+                for i, p in enumerate(topic.partitions)
+            ],
+            config=topic.config.to_properties(),
+            config_overrides=topic.config_overrides,
+        )
+
+    @staticmethod
+    def _refuse_internal(name: str, action: str) -> None:
+        if is_internal_topic(name):
+            raise InvalidRequestError(f"cannot {action} internal topic {name!r}")
+
+    @handles_errors
+    def CreateTopic(self, request: pb.CreateTopicRequest, context: Any) -> pb.CreateTopicResponse:
+        self._refuse_internal(request.name, "create")
+        topic = self.manager.create_topic(request.name, request.partitions, dict(request.config))
+        return pb.CreateTopicResponse(topic=self._describe(topic))
+
+    @handles_errors
+    def DeleteTopic(self, request: pb.DeleteTopicRequest, context: Any) -> pb.DeleteTopicResponse:
+        self._refuse_internal(request.name, "delete")
+        self.manager.delete_topic(request.name)
+        self.offsets.delete_topic(request.name)
+        return pb.DeleteTopicResponse()
+
+    @handles_errors
+    def ListTopics(self, request: pb.ListTopicsRequest, context: Any) -> pb.ListTopicsResponse:
+        listings = []
+        for name in self.manager.topic_names():
+            internal = is_internal_topic(name)
+            if internal and not request.include_internal:
+                continue
+            topic = self.manager.topic(name)
+            listings.append(
+                pb.TopicListing(name=name, partitions=len(topic.partitions), internal=internal)
+            )
+        return pb.ListTopicsResponse(topics=listings)
+
+    @handles_errors
+    def DescribeTopic(
+        self, request: pb.DescribeTopicRequest, context: Any
+    ) -> pb.DescribeTopicResponse:
+        return pb.DescribeTopicResponse(topic=self._describe(self.manager.topic(request.name)))
+
+    @handles_errors
+    def AlterTopicConfig(
+        self, request: pb.AlterTopicConfigRequest, context: Any
+    ) -> pb.AlterTopicConfigResponse:
+        self._refuse_internal(request.name, "alter")
+        changes: dict[str, str | None] = dict(request.set)
+        changes.update({key: None for key in request.delete})
+        topic = self.manager.alter_config(request.name, changes)
+        return pb.AlterTopicConfigResponse(topic=self._describe(topic))
+
+    @handles_errors
+    def AddPartitions(
+        self, request: pb.AddPartitionsRequest, context: Any
+    ) -> pb.AddPartitionsResponse:
+        self._refuse_internal(request.name, "add partitions to")
+        topic = self.manager.add_partitions(request.name, request.total_count)
+        return pb.AddPartitionsResponse(topic=self._describe(topic))
+
+    # --- produce -----------------------------------------------------------------------------
+
+    @handles_errors
+    def InitProducerId(
+        self, request: pb.InitProducerIdRequest, context: Any
+    ) -> pb.InitProducerIdResponse:
+        return pb.InitProducerIdResponse(producer_id=self.producer_ids.next_id(), producer_epoch=0)
+
+    def _validate_produce(
+        self, request: pb.ProduceRequest
+    ) -> list[tuple[str, int, PartitionLog, bytes, list[BatchHeader]]]:
+        """Check every partition's batches before any is appended; raise on the first bad one."""
+        if request.acks not in (0, 1, ACKS_ALL):
+            raise InvalidRequestError(f"acks must be 0, 1 or -1 (all), got {request.acks}")
+        work = []
+        for topic_data in request.topics:
+            self._refuse_internal(topic_data.topic, "produce to")
+            for part_data in topic_data.partitions:
+                part = self.manager.partition(topic_data.topic, part_data.partition)
+                try:
+                    headers = rb.split_batches(part_data.records, part.config.max_message_bytes)
+                except LogStoreError as exc:
+                    raise type(exc)(f"{part.name}: {exc}") from exc
+                work.append(
+                    (topic_data.topic, part_data.partition, part, part_data.records, headers)
+                )
+        return work
+
+    def _produce(self, request: pb.ProduceRequest) -> pb.ProduceResponse:
+        work = self._validate_produce(request)
+        by_topic: dict[str, list[pb.ProducePartitionResult]] = {}
+        appended: list[tuple[PartitionLog, int]] = []
+        for topic, partition, part, records, headers in work:
+            result = pb.ProducePartitionResult(partition=partition)
+            try:
+                appended_result = part.append(records, validated_headers=headers)
+            except (LogStoreError, OSError) as exc:
+                result.error.CopyFrom(error_message(exc))
+                result.base_offset = -1
+            else:
+                result.base_offset = appended_result.base_offset
+                result.log_append_time = appended_result.log_append_time
+                result.duplicate = appended_result.duplicate
+                appended.append((part, appended_result.last_offset + 1))
+            result.log_start_offset = part.log_start_offset
+            by_topic.setdefault(topic, []).append(result)
+        if request.acks == ACKS_ALL:
+            for part, end in appended:
+                part.flush_up_to(end)
+        return pb.ProduceResponse(
+            topics=[pb.ProduceTopicResult(topic=t, partitions=r) for t, r in by_topic.items()],
+            correlation_id=request.correlation_id,
+        )
+
+    @handles_errors
+    def Produce(self, request: pb.ProduceRequest, context: Any) -> pb.ProduceResponse:
+        return self._produce(request)
+
+    def ProduceStream(
+        self, request_iterator: Iterator[pb.ProduceRequest], context: grpc.ServicerContext
+    ) -> Iterator[pb.ProduceResponse]:
+        """Answer each request in order. A request-level error ends the stream with a status
+        (the client learns which correlation id failed from the message)."""
+        for request in request_iterator:
+            try:
+                yield self._produce(request)
+            except (LogStoreError, OSError) as exc:
+                exc.args = (f"request {request.correlation_id}: {exc}",)
+                abort(context, exc)
+
+    # --- fetch -------------------------------------------------------------------------------
+
+    def _read_all(self, request: pb.FetchRequest, max_bytes: int) -> tuple[pb.FetchResponse, int]:
+        remaining = max_bytes
+        total = 0
+        topics = []
+        for fetch_topic in request.topics:
+            results = []
+            for fp in fetch_topic.partitions:
+                result = pb.FetchPartitionResult(partition=fp.partition)
+                try:
+                    part = self.manager.partition(fetch_topic.topic, fp.partition)
+                    limit = remaining
+                    if fp.partition_max_bytes > 0:
+                        limit = min(limit, fp.partition_max_bytes)
+                    # Over budget (limit 0): no bytes, but still the offsets and range check.
+                    fetched = part.read(fp.fetch_offset, limit)
+                    result.records = fetched.data
+                    result.high_watermark = fetched.high_watermark
+                    result.log_start_offset = fetched.log_start_offset
+                    total += len(fetched.data)
+                    remaining = max(0, remaining - len(fetched.data))
+                except LogStoreError as exc:
+                    result.error.CopyFrom(error_message(exc))
+                results.append(result)
+            topics.append(pb.FetchTopicResult(topic=fetch_topic.topic, partitions=results))
+        return pb.FetchResponse(topics=topics), total
+
+    @handles_errors
+    def Fetch(self, request: pb.FetchRequest, context: grpc.ServicerContext) -> pb.FetchResponse:
+        max_bytes = self.max_fetch_bytes
+        if request.max_bytes > 0:
+            max_bytes = min(max_bytes, request.max_bytes)
+        wait_ms = min(max(request.max_wait_ms, 0), MAX_WAIT_CAP_MS)
+        deadline = time.monotonic() + wait_ms / 1000
+        while True:
+            version = self.manager.appends.version
+            response, total = self._read_all(request, max_bytes)
+            remaining_s = deadline - time.monotonic()
+            if total >= max(request.min_bytes, 1) or remaining_s <= 0 or not context.is_active():
+                return response
+            self.manager.appends.wait_for_change(version, remaining_s)
+
+    # --- offsets -----------------------------------------------------------------------------
+
+    @handles_errors
+    def ListOffsets(self, request: pb.ListOffsetsRequest, context: Any) -> pb.ListOffsetsResponse:
+        topics = []
+        for lt in request.topics:
+            results = []
+            for lp in lt.partitions:
+                result = pb.ListOffsetsPartitionResult(partition=lp.partition, timestamp=-1)
+                try:
+                    part = self.manager.partition(lt.topic, lp.partition)
+                    if lp.timestamp == EARLIEST_TIMESTAMP:
+                        result.offset = part.log_start_offset
+                    elif lp.timestamp == LATEST_TIMESTAMP:
+                        result.offset = part.high_watermark
+                    elif lp.timestamp < 0:
+                        raise InvalidRequestError(
+                            f"timestamp {lp.timestamp}: use -2 (earliest), -1 (latest) or ms >= 0"
+                        )
+                    else:
+                        found = part.find_offset_by_timestamp(lp.timestamp)
+                        result.offset, result.timestamp = found if found else (-1, -1)
+                except LogStoreError as exc:
+                    result.error.CopyFrom(error_message(exc))
+                results.append(result)
+            topics.append(pb.ListOffsetsTopicResult(topic=lt.topic, partitions=results))
+        return pb.ListOffsetsResponse(topics=topics)
+
+    @handles_errors
+    def CommitOffsets(
+        self, request: pb.CommitOffsetsRequest, context: Any
+    ) -> pb.CommitOffsetsResponse:
+        if not request.group_id:
+            raise InvalidRequestError("group_id must not be empty")
+        offsets: dict[tuple[str, int], tuple[int, str]] = {}
+        topics = []
+        for ct in request.topics:
+            results = []
+            for cp in ct.partitions:
+                result = pb.CommitPartitionResult(partition=cp.partition)
+                try:
+                    self.manager.partition(ct.topic, cp.partition)
+                    if cp.offset < 0:
+                        raise InvalidRequestError(
+                            f"cannot commit offset {cp.offset} for {ct.topic}-{cp.partition}"
+                        )
+                    offsets[(ct.topic, cp.partition)] = (cp.offset, cp.metadata)
+                except LogStoreError as exc:
+                    result.error.CopyFrom(error_message(exc))
+                results.append(result)
+            topics.append(pb.CommitTopicResult(topic=ct.topic, partitions=results))
+        self.offsets.commit(request.group_id, offsets)
+        return pb.CommitOffsetsResponse(topics=topics)
+
+    @handles_errors
+    def FetchCommittedOffsets(
+        self, request: pb.FetchCommittedOffsetsRequest, context: Any
+    ) -> pb.FetchCommittedOffsetsResponse:
+        wanted: list[tuple[str, int]] | None = None
+        if request.topics:
+            wanted = []
+            for tp in request.topics:
+                partitions = list(tp.partitions)
+                if not partitions:
+                    partitions = list(range(len(self.manager.topic(tp.topic).partitions)))
+                wanted.extend((tp.topic, p) for p in partitions)
+        committed = self.offsets.fetch(request.group_id, wanted)
+        keys = wanted if wanted is not None else sorted(committed)
+        entries = []
+        for topic, partition in keys:
+            c = committed.get((topic, partition))
+            entries.append(
+                pb.CommittedOffset(
+                    topic=topic,
+                    partition=partition,
+                    offset=c.offset if c else -1,
+                    metadata=c.metadata if c else "",
+                    commit_timestamp=c.commit_timestamp if c else -1,
+                )
+            )
+        return pb.FetchCommittedOffsetsResponse(offsets=entries)

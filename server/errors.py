@@ -1,0 +1,53 @@
+"""Mapping from LogStore's core exceptions to gRPC status codes."""
+
+from __future__ import annotations
+
+import errno
+
+import grpc
+
+from logstore import errors
+from logstore.v1 import logstore_pb2 as pb
+
+#: trailing-metadata key naming the LogStore error class of a failed RPC
+ERROR_KIND_KEY = "logstore-error-kind"
+
+# Most specific classes first: the first isinstance match wins.
+_STATUS_BY_CLASS: list[tuple[type[Exception], grpc.StatusCode]] = [
+    (errors.RecordTooLargeError, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.InvalidRequestError, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.UnknownTopicOrPartitionError, grpc.StatusCode.NOT_FOUND),
+    (errors.TopicExistsError, grpc.StatusCode.ALREADY_EXISTS),
+    (errors.OffsetOutOfRangeError, grpc.StatusCode.OUT_OF_RANGE),
+    (errors.OutOfOrderSequenceError, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.InvalidProducerEpochError, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.LogClosedError, grpc.StatusCode.UNAVAILABLE),
+    (errors.StorageError, grpc.StatusCode.UNAVAILABLE),
+]
+
+
+def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str, str]:
+    """(status code, message, kind) for an exception raised while serving a request."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, f"disk full: {exc}", "StorageError"
+    for cls, code in _STATUS_BY_CLASS:
+        if isinstance(exc, cls):
+            return code, str(exc), type(exc).__name__
+    if isinstance(exc, errors.LogStoreError):
+        return grpc.StatusCode.INTERNAL, str(exc), type(exc).__name__
+    if isinstance(exc, OSError):
+        return grpc.StatusCode.UNAVAILABLE, f"storage error: {exc}", "StorageError"
+    return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}", "Internal"
+
+
+def error_message(exc: BaseException) -> pb.Error:
+    """A per-partition `Error` for an exception."""
+    code, message, kind = status_for(exc)
+    return pb.Error(code=code.value[0], message=message, kind=kind)
+
+
+def abort(context: grpc.ServicerContext, exc: BaseException) -> None:
+    """End the RPC with the status that fits `exc` (raises, as grpc's abort does)."""
+    code, message, kind = status_for(exc)
+    context.set_trailing_metadata(((ERROR_KIND_KEY, kind),))
+    context.abort(code, message)
