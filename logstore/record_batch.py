@@ -488,13 +488,17 @@ def decode_records(
     # (topic, partition) is the common prefix: spelled out, it avoids a tuple unpack per record
     two_prefix = len(prefix) == 2
     p0, p1 = prefix if two_prefix else (None, None)
-    # Varints are decoded inline with a one-byte fast path: this loop is the consumer's
-    # hot path and a function call per varint would cost a third of its time.
+    # Varints are decoded inline with one- and two-byte fast paths: this loop is the
+    # consumer's hot path and a function call per varint would cost a third of its time.
     for _ in range(header.record_count):
         byte = data[pos]
         if byte < 0x80:
             length = (byte >> 1) ^ -(byte & 1)
             pos += 1
+        elif data[pos + 1] < 0x80:
+            length = (byte & 0x7F) | (data[pos + 1] << 7)
+            length = (length >> 1) ^ -(length & 1)
+            pos += 2
         else:
             length, pos = decode_varint(data, pos)
         record_end = pos + length
@@ -510,6 +514,10 @@ def decode_records(
         if byte < 0x80:
             offset_delta = (byte >> 1) ^ -(byte & 1)
             pos += 1
+        elif data[pos + 1] < 0x80:
+            offset_delta = (byte & 0x7F) | (data[pos + 1] << 7)
+            offset_delta = (offset_delta >> 1) ^ -(offset_delta & 1)
+            pos += 2
         else:
             offset_delta, pos = decode_varint(data, pos)
         byte = data[pos]
@@ -517,6 +525,9 @@ def decode_records(
             key_end = pos + 1 + (byte >> 1)
             key = data[pos + 1 : key_end]
             pos = key_end
+        elif byte == 1:  # -1: a null key
+            key = None
+            pos += 1
         else:
             key, pos = _read_bytes(data, pos, record_end)
         byte = data[pos]
