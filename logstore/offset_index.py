@@ -24,9 +24,11 @@ import contextlib
 import io
 import mmap
 import os
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import ClassVar, Final, Self
+from typing import Any, ClassVar, Final, Self, TypeVar
 
 import numpy as np
 
@@ -37,6 +39,21 @@ from logstore.format import OFFSET_INDEX_DTYPE
 DEFAULT_MAX_INDEX_BYTES: Final = 10 * 1024 * 1024
 #: the largest relative offset (and byte position) an entry can hold
 UINT32_MAX: Final = 2**32 - 1
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _locked(method: _F) -> _F:
+    """Run `method` under the index's lock."""
+
+    def wrapper(self: MmapIndexFile, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    wrapper.__name__ = method.__name__
+    wrapper.__doc__ = method.__doc__
+    return wrapper  # type: ignore[return-value]
 
 
 class CorruptIndexError(LogStoreError):
@@ -94,6 +111,9 @@ class MmapIndexFile:
         self._max_entries = 0
         self._keys: np.ndarray | None = None
         self._closed = False
+        # Segment readers look entries up without the partition lock while a roll may
+        # trim (remap) this file; the lock makes each lookup see a whole mapping.
+        self._lock = threading.RLock()
         flags = os.O_RDWR | os.O_CREAT if writable else os.O_RDONLY
         self._fd = os.open(self._path, flags, 0o644)
         try:
@@ -145,6 +165,7 @@ class MmapIndexFile:
         """True when no further entry fits without `resize`."""
         return self._entries >= self._max_entries
 
+    @_locked
     def entries_view(self) -> np.ndarray:
         """A read-only view of the valid entries, in the on-disk (big-endian) dtype.
 
@@ -158,12 +179,14 @@ class MmapIndexFile:
 
     # --- changing the entries -----------------------------------------------------------
 
+    @_locked
     def reset(self) -> None:
         """Drop every entry (before a rebuild); the file keeps its size."""
         self._check_writable()
         self._entries = 0
         self._keys = None
 
+    @_locked
     def resize(self, new_max_bytes: int) -> None:
         """Grow or shrink the file to `new_max_bytes` (bytes, rounded down to whole entries)
         and remap it. Never drops a valid entry: the size is at least `entries` entries.
@@ -178,6 +201,7 @@ class MmapIndexFile:
         os.ftruncate(self._fd, length)
         self._map(length)
 
+    @_locked
     def trim_to_valid_size(self) -> None:
         """Shrink the file to exactly `entries * entry_size` bytes (on segment roll or close),
         so that reopening derives `entries` from the file size.
@@ -186,12 +210,14 @@ class MmapIndexFile:
 
     # --- lifecycle ----------------------------------------------------------------------
 
+    @_locked
     def flush(self) -> None:
         """Write the mapped pages to disk (msync)."""
         self._check_open()
         if self._writable and self._mm is not None:
             self._mm.flush()
 
+    @_locked
     def close(self) -> None:
         """Flush, trim to the valid size, unmap and close the file. Safe to call twice."""
         if self._closed:
@@ -206,6 +232,7 @@ class MmapIndexFile:
             self._unmap()
             os.close(self._fd)
 
+    @_locked
     def delete(self) -> None:
         """Close the index and remove its file; a file already gone is fine."""
         self.close()
@@ -230,6 +257,7 @@ class MmapIndexFile:
 
     # --- checks -------------------------------------------------------------------------
 
+    @_locked
     def sanity_check(self) -> None:
         """Raise `CorruptIndexError`, naming the file and the problem, when the file size
         (bytes) is not a whole number of entries or the valid entries break the ordering
@@ -365,6 +393,7 @@ class OffsetIndex(MmapIndexFile):
     _KEY = "relative_offset"
     _KIND = "offset index"
 
+    @_locked
     def append(self, offset: int, position: int) -> None:
         """Add an entry for the batch whose LAST offset is `offset` (absolute) and which
         starts at byte `position` of the `.log` file.
@@ -392,6 +421,7 @@ class OffsetIndex(MmapIndexFile):
         self._check_not_full()
         self._write_entry((rel, position), np.uint32(rel))
 
+    @_locked
     def lookup(self, target_offset: int) -> tuple[int, int]:
         """(absolute offset, position in bytes) of the entry with the largest offset
         <= `target_offset`, or `(base_offset, 0)` when there is none.
@@ -403,11 +433,13 @@ class OffsetIndex(MmapIndexFile):
         slot = self._floor_slot(np.uint32(min(rel, UINT32_MAX)))
         return self._entry(slot)
 
+    @_locked
     def last_entry(self) -> tuple[int, int]:
         """(absolute offset, position in bytes) of the last entry, or `(base_offset, 0)`."""
         self._check_open()
         return self._entry(self._entries - 1)
 
+    @_locked
     def truncate_to(self, offset: int) -> None:
         """Drop every entry whose offset is >= `offset` (absolute), as the log is cut there."""
         self._check_writable()

@@ -349,17 +349,22 @@ class PartitionLog:
         )
         if seen is None:
             return None
+        # On a LogAppendTime topic the stored max timestamp is the original append time.
+        append_time = seen.max_timestamp_ms if self._log_append_time_topic() else -1
         return AppendResult(
-            seen.base_offset, seen.base_offset + seen.last_offset_delta, -1, duplicate=True
+            seen.base_offset, seen.base_offset + seen.last_offset_delta, append_time, duplicate=True
         )
+
+    def _log_append_time_topic(self) -> bool:
+        return self.config.message_timestamp_type == "LogAppendTime"
 
     def _append_locked(self, view: bytes | memoryview, headers: list[BatchHeader]) -> AppendResult:
         total = len(view)
         next_offset = self.log_end_offset
         last_offset = next_offset + sum(h.record_count for h in headers) - 1
-        segment = self._maybe_roll(total, last_offset)
+        segment = self._maybe_roll(total, last_offset, len(headers))
         log_append_time = -1
-        if self.config.message_timestamp_type == "LogAppendTime":
+        if self._log_append_time_topic():
             log_append_time = self._clock.now_ms()
         buffers, final_headers = self._assign_offsets(view, headers, next_offset, log_append_time)
         segment.append(buffers, final_headers)
@@ -403,14 +408,15 @@ class PartitionLog:
             pos += size
         return buffers, final_headers
 
-    def _maybe_roll(self, incoming_bytes: int, last_offset: int) -> LogSegment:
+    def _maybe_roll(self, incoming_bytes: int, last_offset: int, batches: int) -> LogSegment:
         """The segment to append to, rolling first when size, time, index or offsets demand."""
         active = self._segments[-1]
         if active.size == 0:
             return active
         too_big = active.size + incoming_bytes > self.config.segment_bytes
         too_old = self._clock.now_ms() - active.created_ms > self.config.segment_ms
-        if too_big or too_old or active.indexes_full() or not active.can_hold(last_offset):
+        index_full = not active.has_index_room(batches)
+        if too_big or too_old or index_full or not active.can_hold(last_offset):
             return self._roll()
         return active
 

@@ -131,8 +131,12 @@ class LogSegment:
         """Whether `last_offset` fits the indexes' 32-bit relative offsets."""
         return 0 <= last_offset - self.base_offset <= 0xFFFFFFFF
 
-    def indexes_full(self) -> bool:
-        return self.offset_index.is_full() or self.time_index.is_full()
+    def has_index_room(self, batches: int) -> bool:
+        """Whether both indexes can take an entry for each of `batches` more batches."""
+        return (
+            self.offset_index.entries + batches <= self.offset_index.max_entries
+            and self.time_index.entries + batches <= self.time_index.max_entries
+        )
 
     # --- reading -----------------------------------------------------------------------------
 
@@ -227,6 +231,9 @@ class LogSegment:
         self.make_writable()
         self.offset_index.reset()
         self.time_index.reset()
+        # A damaged file may have been opened at its odd size: give it room to rebuild.
+        self.offset_index.resize(self._max_index_bytes)
+        self.time_index.resize(self._max_index_bytes)
         self._bytes_since_last_index_entry = 0
         self.next_offset = self.base_offset
         self.max_timestamp = fmt.NO_TIMESTAMP

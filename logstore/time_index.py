@@ -20,6 +20,7 @@ from logstore.offset_index import (
     UINT32_MAX,
     CorruptIndexError,
     MmapIndexFile,
+    _locked,
 )
 
 __all__ = ["CorruptIndexError", "TimeIndex"]
@@ -40,6 +41,7 @@ class TimeIndex(MmapIndexFile):
     _KEY = "timestamp"
     _KIND = "time index"
 
+    @_locked
     def maybe_append(self, timestamp_ms: int, offset: int) -> None:
         """Add `(timestamp_ms, offset)` if `timestamp_ms` (ms) is larger than the last
         entry's timestamp; otherwise do nothing, since the index only records new maxima.
@@ -63,6 +65,7 @@ class TimeIndex(MmapIndexFile):
         self._check_not_full()
         self._write_entry((timestamp_ms, rel), np.int64(timestamp_ms))
 
+    @_locked
     def lookup(self, target_timestamp_ms: int) -> tuple[int, int]:
         """(timestamp in ms, absolute offset) of the entry with the largest timestamp
         <= `target_timestamp_ms`, or `(-1, base_offset)` when there is none.
@@ -73,11 +76,13 @@ class TimeIndex(MmapIndexFile):
         slot = self._floor_slot(np.int64(min(target_timestamp_ms, MAX_TIMESTAMP_MS)))
         return self._entry(slot)
 
+    @_locked
     def last_entry(self) -> tuple[int, int]:
         """(timestamp in ms, absolute offset) of the last entry, or `(-1, base_offset)`."""
         self._check_open()
         return self._entry(self._entries - 1)
 
+    @_locked
     def truncate_to(self, offset: int) -> None:
         """Drop every entry whose offset is >= `offset` (absolute), as the log is cut there."""
         self._check_writable()
