@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -13,6 +14,7 @@ import click
 
 from logstore import __version__
 from logstore.errors import LogStoreError
+from logstore.log_manager import ManagerSettings
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -29,6 +31,17 @@ def _load_config_file(path: str | None) -> dict[str, Any]:
             return tomllib.load(f)
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise click.ClickException(f"cannot read config file {path}: {exc}") from exc
+
+
+def _manager_settings(table: dict[str, Any]) -> ManagerSettings:
+    """[log-manager] table: retention_check_interval_ms, flush_check_interval_ms, ..."""
+    known = {f.name for f in dataclasses.fields(ManagerSettings)} - {"background_threads"}
+    unknown = set(table) - known
+    if unknown:
+        raise click.ClickException(
+            f"unknown [log-manager] keys {sorted(unknown)}; allowed: {sorted(known)}"
+        )
+    return ManagerSettings(**{k: int(v) for k, v in table.items()})
 
 
 @cli.command()
@@ -49,7 +62,8 @@ def _load_config_file(path: str | None) -> dict[str, Any]:
     "config_file",
     type=click.Path(dir_okay=False, exists=True),
     envvar="LOGSTORE_CONFIG",
-    help="TOML file: data_dir, listen, max_workers, [topic-defaults] with Kafka names.",
+    help="TOML file: data_dir, listen, max_workers, offsets_retention_minutes, "
+    "[topic-defaults] (Kafka topic settings), [log-manager] (retention_check_interval_ms...).",
 )
 @click.option("--log-level", default="INFO", show_default=True, envvar="LOGSTORE_LOG_LEVEL")
 def serve(
@@ -80,10 +94,18 @@ def serve(
     if chosen_dir:
         settings.data_dir = Path(os.path.expanduser(chosen_dir))
     settings.listen = listen or file_conf.get("listen") or settings.listen
-    for key in ("max_workers", "max_request_bytes", "max_fetch_bytes", "max_concurrent_rpcs"):
+    int_keys = (
+        "max_workers",
+        "max_request_bytes",
+        "max_fetch_bytes",
+        "max_concurrent_rpcs",
+        "offsets_retention_minutes",
+    )
+    for key in int_keys:
         if key in file_conf:
             setattr(settings, key, int(file_conf[key]))
     settings.topic_defaults = {k: str(v) for k, v in file_conf.get("topic-defaults", {}).items()}
+    settings.manager = _manager_settings(file_conf.get("log-manager", {}))
     if metrics_listen:
         click.echo("note: --metrics-listen is not served by this build yet", err=True)
     try:

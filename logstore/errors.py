@@ -107,3 +107,22 @@ class ClientClosedError(LogStoreError):
 
 class InternalBrokerError(LogStoreError):
     """The broker failed in a way it did not expect; its log has the details."""
+
+
+# --- consumer groups ------------------------------------------------------------------------
+
+
+class UnknownMemberIdError(LogStoreError):
+    """The group has no member with that id (it left or its session expired): rejoin."""
+
+
+class FencedMemberEpochError(LogStoreError):
+    """The member's epoch is not the one the coordinator gave it (a zombie): rejoin."""
+
+
+class GroupNotEmptyError(LogStoreError):
+    """The operation needs a group with no active members."""
+
+
+class UnknownGroupError(LogStoreError):
+    """No such consumer group (no members and no committed offsets)."""

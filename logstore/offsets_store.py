@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 import struct
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from logstore import record_batch as rb
@@ -250,6 +250,24 @@ class OffsetStore:
             self._append(self._partition_for(group), entries, self._clock.now_ms())
             del self._table[group]
             return len(entries)
+
+    def expire_inactive_groups(
+        self, now_ms: int, retention_ms: int, is_active: Callable[[str], bool]
+    ) -> list[str]:
+        """Delete the offsets of groups with no members whose newest commit is older than
+        `retention_ms` (Kafka's offsets.retention.minutes); return the groups removed."""
+        with self._lock:
+            expired = [
+                group
+                for group, table in self._table.items()
+                if max(c.commit_timestamp for c in table.values()) < now_ms - retention_ms
+            ]
+        removed = []
+        for group in expired:
+            if not is_active(group) and self.delete_group(group):
+                log.info("expired the committed offsets of inactive group %s", group)
+                removed.append(group)
+        return removed
 
     def delete_topic(self, topic: str) -> None:
         """Remove every group's committed offsets for a deleted topic."""

@@ -508,6 +508,10 @@ def decode_records(
         if byte < 0x80:
             ts_delta = (byte >> 1) ^ -(byte & 1)
             pos += 2
+        elif data[pos + 2] < 0x80:
+            ts_delta = (byte & 0x7F) | (data[pos + 2] << 7)
+            ts_delta = (ts_delta >> 1) ^ -(ts_delta & 1)
+            pos += 3
         else:
             ts_delta, pos = decode_varint(data, pos + 1)
         byte = data[pos]

@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from logstore.clock import SYSTEM_CLOCK
 from logstore.config import LogConfig
+from logstore.coordinator import GroupCoordinator
+from logstore.errors import UnknownTopicOrPartitionError
 from logstore.log_manager import LogManager, ManagerSettings
 from logstore.offsets_store import OffsetStore
 from logstore.producer_ids import ProducerIdManager
@@ -50,6 +54,10 @@ class BrokerSettings:
     #: more concurrent RPCs than this are refused with RESOURCE_EXHAUSTED
     max_concurrent_rpcs: int = 1024
     shutdown_grace_s: float = 10.0
+    #: committed offsets of a group with no members are dropped after this (Kafka's default)
+    offsets_retention_minutes: int = 10080
+    #: how often member sessions and offset retention are checked (ms)
+    group_check_interval_ms: int = 500
     topic_defaults: dict[str, str] = field(default_factory=dict)
     manager: ManagerSettings = field(default_factory=ManagerSettings)
 
@@ -67,11 +75,17 @@ class Broker:
         )
         self.offsets = OffsetStore(self.manager)
         self.producer_ids = ProducerIdManager(self.manager.data_dir / PRODUCER_ID_FILE)
+        self.coordinator = GroupCoordinator(partition_counts=self._partition_count)
         self.servicer = LogStoreServicer(
             self.manager,
             self.offsets,
             self.producer_ids,
+            self.coordinator,
             max_fetch_bytes=settings.max_fetch_bytes,
+        )
+        self._stopping = threading.Event()
+        self._maintenance = threading.Thread(
+            target=self._group_maintenance, name="logstore-groups", daemon=True
         )
         self.health = health.HealthServicer()
         self.server = grpc.server(
@@ -98,8 +112,33 @@ class Broker:
         host = settings.listen.rsplit(":", 1)[0]
         self.address = f"{host}:{self.port}"
 
+    def _partition_count(self, topic: str) -> int | None:
+        try:
+            return len(self.manager.topic(topic).partitions)
+        except UnknownTopicOrPartitionError:
+            return None
+
+    def _group_maintenance(self) -> None:
+        """Evict members whose sessions lapsed; expire offsets of long-inactive groups."""
+        retention_ms = self.settings.offsets_retention_minutes * 60_000
+        last_retention = 0.0
+        while not self._stopping.wait(self.settings.group_check_interval_ms / 1000):
+            try:
+                for group, member in self.coordinator.expire():
+                    log.info("group %s: member %s left (session expired)", group, member)
+                if time.monotonic() - last_retention >= 60:
+                    last_retention = time.monotonic()
+                    self.offsets.expire_inactive_groups(
+                        SYSTEM_CLOCK.now_ms(),
+                        retention_ms,
+                        lambda g: self.coordinator.active_member_count(g) > 0,
+                    )
+            except Exception:  # keep the broker serving; the next tick tries again
+                log.exception("group maintenance failed")
+
     def start(self) -> None:
         self.server.start()
+        self._maintenance.start()
         for service in ("", SERVICE_NAME):
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
 
@@ -108,6 +147,9 @@ class Broker:
         for service in ("", SERVICE_NAME):
             self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.server.stop(self.settings.shutdown_grace_s).wait()
+        self._stopping.set()
+        if self._maintenance.is_alive():
+            self._maintenance.join(timeout=10)
         self.manager.close()
 
 

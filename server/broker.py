@@ -7,23 +7,24 @@ response; the only per-batch work is validation (header + CRC) and the offset pa
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 import grpc
 
 from logstore import record_batch as rb
 from logstore.config import is_internal_topic
+from logstore.coordinator import GroupCoordinator
 from logstore.errors import InvalidRequestError, LogStoreError
 from logstore.log_manager import LogManager, Topic
 from logstore.offsets_store import OffsetStore
 from logstore.partition_log import PartitionLog
 from logstore.producer_ids import ProducerIdManager
 from logstore.record_batch import BatchHeader
-from logstore.server.errors import abort, error_message
+from logstore.server.errors import abort, error_message, handles_errors
+from logstore.server.groups import GroupHandlers
 from logstore.v1 import logstore_pb2 as pb
 from logstore.v1 import logstore_pb2_grpc as pb_grpc
 
@@ -37,29 +38,8 @@ DEFAULT_MAX_FETCH_BYTES = 50 * 1024 * 1024
 #: the longest a fetch may wait for data
 MAX_WAIT_CAP_MS = 30_000
 
-F = TypeVar("F", bound=Callable[..., Any])
 
-
-def handles_errors(method: F) -> F:
-    """Turn core exceptions into gRPC statuses; log unexpected ones with a traceback."""
-
-    @functools.wraps(method)
-    def wrapper(self: LogStoreServicer, request: Any, context: grpc.ServicerContext) -> Any:
-        try:
-            return method(self, request, context)
-        except (LogStoreError, OSError) as exc:
-            abort(context, exc)
-        except Exception as exc:
-            if isinstance(exc, grpc.RpcError) or type(exc).__name__ == "_AbortError":
-                raise
-            log.exception("%s failed", method.__name__)
-            abort(context, exc)
-        return None  # unreachable: abort raises
-
-    return wrapper  # type: ignore[return-value]
-
-
-class LogStoreServicer(pb_grpc.LogStoreServicer):
+class LogStoreServicer(GroupHandlers, pb_grpc.LogStoreServicer):
     """Serves the LogStore API over one log manager."""
 
     def __init__(
@@ -67,12 +47,14 @@ class LogStoreServicer(pb_grpc.LogStoreServicer):
         manager: LogManager,
         offsets: OffsetStore,
         producer_ids: ProducerIdManager,
+        coordinator: GroupCoordinator,
         *,
         max_fetch_bytes: int = DEFAULT_MAX_FETCH_BYTES,
     ) -> None:
         self.manager = manager
         self.offsets = offsets
         self.producer_ids = producer_ids
+        self.coordinator = coordinator
         self.max_fetch_bytes = max_fetch_bytes
 
     # --- topics ------------------------------------------------------------------------------
@@ -316,7 +298,11 @@ class LogStoreServicer(pb_grpc.LogStoreServicer):
                     result.error.CopyFrom(error_message(exc))
                 results.append(result)
             topics.append(pb.CommitTopicResult(topic=ct.topic, partitions=results))
-        self.offsets.commit(request.group_id, offsets)
+        if offsets:
+            member_id = request.member_id
+            epoch = request.generation_id if member_id else -1
+            self.coordinator.validate_commit(request.group_id, member_id, epoch, offsets)
+            self.offsets.commit(request.group_id, offsets)
         return pb.CommitOffsetsResponse(topics=topics)
 
     @handles_errors

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import errno
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import grpc
 
 from logstore import errors
 from logstore.v1 import logstore_pb2 as pb
+
+log = logging.getLogger(__name__)
 
 #: trailing-metadata key naming the LogStore error class of a failed RPC
 ERROR_KIND_KEY = "logstore-error-kind"
@@ -21,6 +27,11 @@ _STATUS_BY_CLASS: list[tuple[type[Exception], grpc.StatusCode]] = [
     (errors.OffsetOutOfRangeError, grpc.StatusCode.OUT_OF_RANGE),
     (errors.OutOfOrderSequenceError, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.InvalidProducerEpochError, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.UnknownMemberIdError, grpc.StatusCode.NOT_FOUND),
+    (errors.UnknownGroupError, grpc.StatusCode.NOT_FOUND),
+    (errors.FencedMemberEpochError, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.GroupNotEmptyError, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.CommitFailedError, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.LogClosedError, grpc.StatusCode.UNAVAILABLE),
     (errors.StorageError, grpc.StatusCode.UNAVAILABLE),
 ]
@@ -51,3 +62,25 @@ def abort(context: grpc.ServicerContext, exc: BaseException) -> None:
     code, message, kind = status_for(exc)
     context.set_trailing_metadata(((ERROR_KIND_KEY, kind),))
     context.abort(code, message)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def handles_errors(method: F) -> F:
+    """Turn core exceptions into gRPC statuses; log unexpected ones with a traceback."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return method(self, request, context)
+        except (errors.LogStoreError, OSError) as exc:
+            abort(context, exc)
+        except Exception as exc:
+            if isinstance(exc, grpc.RpcError) or type(exc).__name__ == "_AbortError":
+                raise
+            log.exception("%s failed", method.__name__)
+            abort(context, exc)
+        return None  # unreachable: abort raises
+
+    return wrapper  # type: ignore[return-value]

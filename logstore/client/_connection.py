@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 import grpc
@@ -74,7 +75,21 @@ def error_from_kind(kind: str, message: str, code: int | None = None) -> errors.
     # Some classes take structured constructor arguments; keep the broker's exact message.
     exc = cls.__new__(cls)
     Exception.__init__(exc, message)
+    if isinstance(exc, errors.OffsetOutOfRangeError):
+        _fill_offset_range(exc, message)
     return exc
+
+
+_OUT_OF_RANGE = re.compile(r"offset (-?\d+) out of range for (\S+): valid (-?\d+)\.\.(-?\d+)")
+
+
+def _fill_offset_range(exc: errors.OffsetOutOfRangeError, message: str) -> None:
+    """Give a client-side OffsetOutOfRangeError the attributes the broker's message states."""
+    match = _OUT_OF_RANGE.search(message)
+    exc.partition = match.group(2) if match else ""
+    exc.offset, exc.log_start_offset, exc.log_end_offset = (
+        (int(match.group(1)), int(match.group(3)), int(match.group(4))) if match else (-1, -1, -1)
+    )
 
 
 def grpc_code(number: int) -> grpc.StatusCode:

@@ -15,13 +15,19 @@ from logstore.client._connection import (
     translate,
 )
 from logstore.client.types import (
+    GroupDescription,
+    GroupListing,
+    MemberInfo,
     OffsetAndMetadata,
     OffsetAndTimestamp,
+    OffsetResetEntry,
     PartitionInfo,
+    PartitionLag,
     TopicDescription,
     TopicPartition,
 )
 from logstore.errors import ClientClosedError, InvalidRequestError
+from logstore.timeparse import parse_datetime_ms, parse_duration_ms
 from logstore.v1 import logstore_pb2 as pb
 
 EARLIEST = -2
@@ -181,6 +187,78 @@ class Admin:
                 if error is not None:
                     raise error
 
+    # --- consumer groups ---------------------------------------------------------------------
+
+    def list_groups(self) -> list[GroupListing]:
+        response = self._call("ListGroups", pb.ListGroupsRequest())
+        return [GroupListing(g.group_id, g.state, g.members) for g in response.groups]
+
+    def describe_group(self, group: str) -> GroupDescription:
+        """State, assignor, members and, per partition, committed offset, log end and lag."""
+        r = self._call("DescribeGroup", pb.DescribeGroupRequest(group_id=group))
+        members = [
+            MemberInfo(
+                m.member_id,
+                m.client_id,
+                m.host,
+                m.member_epoch,
+                list(m.subscribed_topics),
+                [(t.topic, p) for t in m.assignment.topics for p in t.partitions],
+            )
+            for m in r.members
+        ]
+        lags = [
+            PartitionLag(
+                o.topic,
+                o.partition,
+                o.committed_offset,
+                o.log_end_offset,
+                o.lag,
+                o.member_id,
+                o.client_id,
+                o.host,
+            )
+            for o in r.offsets
+        ]
+        return GroupDescription(r.group_id, r.state, r.assignor, r.group_epoch, members, lags)
+
+    def delete_group(self, group: str) -> int:
+        """Delete a group with no active members and its committed offsets; return how many
+        offsets went."""
+        return self._call("DeleteGroup", pb.DeleteGroupRequest(group_id=group)).deleted_offsets
+
+    def reset_offsets(
+        self,
+        group: str,
+        topics: Mapping[str, Iterable[int] | None] | Iterable[str] | None = None,
+        *,
+        to_earliest: bool = False,
+        to_latest: bool = False,
+        to_offset: int | None = None,
+        to_datetime: str | int | None = None,
+        by_duration: str | int | None = None,
+        shift_by: int | None = None,
+        dry_run: bool = True,
+    ) -> list[OffsetResetEntry]:
+        """Plan (dry_run, the default) or execute a reset, like kafka-consumer-groups.
+
+        `topics`: names, or name -> partitions (None = all); None = everything the group
+        has committed. Exactly one target: `to_datetime` is ISO 8601 or ms since the epoch,
+        `by_duration` an ISO 8601 duration (e.g. "PT1H") or ms back from now. The broker
+        refuses to execute while the group has active members.
+        """
+        request = pb.ResetOffsetsRequest(group_id=group, dry_run=dry_run)
+        items = topics.items() if isinstance(topics, Mapping) else ((t, None) for t in topics or ())
+        for topic, partitions in items:
+            request.targets.append(pb.TopicPartitions(topic=topic, partitions=partitions or []))
+        chosen = _reset_spec(to_earliest, to_latest, to_offset, to_datetime, by_duration, shift_by)
+        setattr(request, *chosen)
+        response = self._call("ResetOffsets", request)
+        return [
+            OffsetResetEntry(e.topic, e.partition, e.current_offset, e.new_offset)
+            for e in response.plan
+        ]
+
     # --- lifecycle ---------------------------------------------------------------------------
 
     def close(self) -> None:
@@ -193,3 +271,35 @@ class Admin:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _reset_spec(
+    to_earliest: bool,
+    to_latest: bool,
+    to_offset: int | None,
+    to_datetime: str | int | None,
+    by_duration: str | int | None,
+    shift_by: int | None,
+) -> tuple[str, bool | int]:
+    """The one ResetOffsetsRequest `spec` field to set, and its value."""
+    chosen: list[tuple[str, bool | int]] = []
+    if to_earliest:
+        chosen.append(("to_earliest", True))
+    if to_latest:
+        chosen.append(("to_latest", True))
+    if to_offset is not None:
+        chosen.append(("to_offset", to_offset))
+    if to_datetime is not None:
+        ms = to_datetime if isinstance(to_datetime, int) else parse_datetime_ms(to_datetime)
+        chosen.append(("to_datetime_ms", ms))
+    if by_duration is not None:
+        ms = by_duration if isinstance(by_duration, int) else parse_duration_ms(by_duration)
+        chosen.append(("by_duration_ms", ms))
+    if shift_by is not None:
+        chosen.append(("shift_by", shift_by))
+    if len(chosen) != 1:
+        raise InvalidRequestError(
+            "give exactly one of to_earliest, to_latest, to_offset, to_datetime, "
+            "by_duration, shift_by"
+        )
+    return chosen[0]

@@ -65,3 +65,56 @@ class OffsetAndMetadata:
     offset: int
     metadata: str = ""
     commit_timestamp: int = -1
+
+
+@dataclass(frozen=True)
+class GroupListing:
+    group_id: str
+    #: Empty, Rebalancing, Stable or Dead
+    state: str
+    members: int
+
+
+@dataclass(frozen=True)
+class MemberInfo:
+    member_id: str
+    client_id: str
+    host: str
+    member_epoch: int
+    subscribed_topics: list[str]
+    assignment: list[TopicPartition]
+
+
+@dataclass(frozen=True)
+class PartitionLag:
+    """One row of `groups describe`: Kafka's columns."""
+
+    topic: str
+    partition: int
+    #: -1 when nothing is committed
+    committed_offset: int
+    log_end_offset: int
+    #: -1 when nothing is committed
+    lag: int
+    member_id: str
+    client_id: str
+    host: str
+
+
+@dataclass(frozen=True)
+class GroupDescription:
+    group_id: str
+    state: str
+    assignor: str
+    group_epoch: int
+    members: list[MemberInfo]
+    offsets: list[PartitionLag]
+
+
+@dataclass(frozen=True)
+class OffsetResetEntry:
+    topic: str
+    partition: int
+    #: -1 when nothing was committed
+    current_offset: int
+    new_offset: int

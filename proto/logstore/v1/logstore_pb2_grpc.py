@@ -99,6 +99,41 @@ class LogStoreStub:
                 request_serializer=logstore_dot_v1_dot_logstore__pb2.FetchCommittedOffsetsRequest.SerializeToString,
                 response_deserializer=logstore_dot_v1_dot_logstore__pb2.FetchCommittedOffsetsResponse.FromString,
                 _registered_method=True)
+        self.JoinGroup = channel.unary_unary(
+                '/logstore.v1.LogStore/JoinGroup',
+                request_serializer=logstore_dot_v1_dot_logstore__pb2.GroupHeartbeatRequest.SerializeToString,
+                response_deserializer=logstore_dot_v1_dot_logstore__pb2.GroupHeartbeatResponse.FromString,
+                _registered_method=True)
+        self.Heartbeat = channel.unary_unary(
+                '/logstore.v1.LogStore/Heartbeat',
+                request_serializer=logstore_dot_v1_dot_logstore__pb2.GroupHeartbeatRequest.SerializeToString,
+                response_deserializer=logstore_dot_v1_dot_logstore__pb2.GroupHeartbeatResponse.FromString,
+                _registered_method=True)
+        self.LeaveGroup = channel.unary_unary(
+                '/logstore.v1.LogStore/LeaveGroup',
+                request_serializer=logstore_dot_v1_dot_logstore__pb2.GroupHeartbeatRequest.SerializeToString,
+                response_deserializer=logstore_dot_v1_dot_logstore__pb2.GroupHeartbeatResponse.FromString,
+                _registered_method=True)
+        self.ListGroups = channel.unary_unary(
+                '/logstore.v1.LogStore/ListGroups',
+                request_serializer=logstore_dot_v1_dot_logstore__pb2.ListGroupsRequest.SerializeToString,
+                response_deserializer=logstore_dot_v1_dot_logstore__pb2.ListGroupsResponse.FromString,
+                _registered_method=True)
+        self.DescribeGroup = channel.unary_unary(
+                '/logstore.v1.LogStore/DescribeGroup',
+                request_serializer=logstore_dot_v1_dot_logstore__pb2.DescribeGroupRequest.SerializeToString,
+                response_deserializer=logstore_dot_v1_dot_logstore__pb2.DescribeGroupResponse.FromString,
+                _registered_method=True)
+        self.DeleteGroup = channel.unary_unary(
+                '/logstore.v1.LogStore/DeleteGroup',
+                request_serializer=logstore_dot_v1_dot_logstore__pb2.DeleteGroupRequest.SerializeToString,
+                response_deserializer=logstore_dot_v1_dot_logstore__pb2.DeleteGroupResponse.FromString,
+                _registered_method=True)
+        self.ResetOffsets = channel.unary_unary(
+                '/logstore.v1.LogStore/ResetOffsets',
+                request_serializer=logstore_dot_v1_dot_logstore__pb2.ResetOffsetsRequest.SerializeToString,
+                response_deserializer=logstore_dot_v1_dot_logstore__pb2.ResetOffsetsResponse.FromString,
+                _registered_method=True)
 
 
 class LogStoreServicer:
@@ -189,6 +224,53 @@ class LogStoreServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def JoinGroup(self, request, context):
+        """--- consumer groups (server-side assignment, in the spirit of Kafka's KIP-848) ---
+        A member joins (member_epoch 0), heartbeats with the partitions it owns and gets back
+        the partitions it should own now, and leaves (member_epoch -1). Heartbeat does all
+        three depending on member_epoch; JoinGroup and LeaveGroup are the explicit forms.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Heartbeat(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LeaveGroup(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListGroups(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DescribeGroup(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteGroup(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResetOffsets(self, request, context):
+        """Like kafka-consumer-groups --reset-offsets; refused while the group has members.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LogStoreServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -256,6 +338,41 @@ def add_LogStoreServicer_to_server(servicer, server):
                     servicer.FetchCommittedOffsets,
                     request_deserializer=logstore_dot_v1_dot_logstore__pb2.FetchCommittedOffsetsRequest.FromString,
                     response_serializer=logstore_dot_v1_dot_logstore__pb2.FetchCommittedOffsetsResponse.SerializeToString,
+            ),
+            'JoinGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.JoinGroup,
+                    request_deserializer=logstore_dot_v1_dot_logstore__pb2.GroupHeartbeatRequest.FromString,
+                    response_serializer=logstore_dot_v1_dot_logstore__pb2.GroupHeartbeatResponse.SerializeToString,
+            ),
+            'Heartbeat': grpc.unary_unary_rpc_method_handler(
+                    servicer.Heartbeat,
+                    request_deserializer=logstore_dot_v1_dot_logstore__pb2.GroupHeartbeatRequest.FromString,
+                    response_serializer=logstore_dot_v1_dot_logstore__pb2.GroupHeartbeatResponse.SerializeToString,
+            ),
+            'LeaveGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.LeaveGroup,
+                    request_deserializer=logstore_dot_v1_dot_logstore__pb2.GroupHeartbeatRequest.FromString,
+                    response_serializer=logstore_dot_v1_dot_logstore__pb2.GroupHeartbeatResponse.SerializeToString,
+            ),
+            'ListGroups': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListGroups,
+                    request_deserializer=logstore_dot_v1_dot_logstore__pb2.ListGroupsRequest.FromString,
+                    response_serializer=logstore_dot_v1_dot_logstore__pb2.ListGroupsResponse.SerializeToString,
+            ),
+            'DescribeGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.DescribeGroup,
+                    request_deserializer=logstore_dot_v1_dot_logstore__pb2.DescribeGroupRequest.FromString,
+                    response_serializer=logstore_dot_v1_dot_logstore__pb2.DescribeGroupResponse.SerializeToString,
+            ),
+            'DeleteGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteGroup,
+                    request_deserializer=logstore_dot_v1_dot_logstore__pb2.DeleteGroupRequest.FromString,
+                    response_serializer=logstore_dot_v1_dot_logstore__pb2.DeleteGroupResponse.SerializeToString,
+            ),
+            'ResetOffsets': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResetOffsets,
+                    request_deserializer=logstore_dot_v1_dot_logstore__pb2.ResetOffsetsRequest.FromString,
+                    response_serializer=logstore_dot_v1_dot_logstore__pb2.ResetOffsetsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -609,6 +726,195 @@ class LogStore:
             '/logstore.v1.LogStore/FetchCommittedOffsets',
             logstore_dot_v1_dot_logstore__pb2.FetchCommittedOffsetsRequest.SerializeToString,
             logstore_dot_v1_dot_logstore__pb2.FetchCommittedOffsetsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def JoinGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/logstore.v1.LogStore/JoinGroup',
+            logstore_dot_v1_dot_logstore__pb2.GroupHeartbeatRequest.SerializeToString,
+            logstore_dot_v1_dot_logstore__pb2.GroupHeartbeatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Heartbeat(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/logstore.v1.LogStore/Heartbeat',
+            logstore_dot_v1_dot_logstore__pb2.GroupHeartbeatRequest.SerializeToString,
+            logstore_dot_v1_dot_logstore__pb2.GroupHeartbeatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LeaveGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/logstore.v1.LogStore/LeaveGroup',
+            logstore_dot_v1_dot_logstore__pb2.GroupHeartbeatRequest.SerializeToString,
+            logstore_dot_v1_dot_logstore__pb2.GroupHeartbeatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListGroups(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/logstore.v1.LogStore/ListGroups',
+            logstore_dot_v1_dot_logstore__pb2.ListGroupsRequest.SerializeToString,
+            logstore_dot_v1_dot_logstore__pb2.ListGroupsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DescribeGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/logstore.v1.LogStore/DescribeGroup',
+            logstore_dot_v1_dot_logstore__pb2.DescribeGroupRequest.SerializeToString,
+            logstore_dot_v1_dot_logstore__pb2.DescribeGroupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/logstore.v1.LogStore/DeleteGroup',
+            logstore_dot_v1_dot_logstore__pb2.DeleteGroupRequest.SerializeToString,
+            logstore_dot_v1_dot_logstore__pb2.DeleteGroupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResetOffsets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/logstore.v1.LogStore/ResetOffsets',
+            logstore_dot_v1_dot_logstore__pb2.ResetOffsetsRequest.SerializeToString,
+            logstore_dot_v1_dot_logstore__pb2.ResetOffsetsResponse.FromString,
             options,
             channel_credentials,
             insecure,
