@@ -125,7 +125,9 @@ class Broker:
         while not self._stopping.wait(self.settings.group_check_interval_ms / 1000):
             try:
                 for group, member in self.coordinator.expire():
-                    log.info("group %s: member %s left (session expired)", group, member)
+                    log.info(
+                        "group %s: removed member %s (session or rebalance timeout)", group, member
+                    )
                 if time.monotonic() - last_retention >= 60:
                     last_retention = time.monotonic()
                     self.offsets.expire_inactive_groups(
