@@ -1,0 +1,1484 @@
+"""`Consumer`: reads records from topics, tracks positions and commits them for a group.
+
+Threads and what they own:
+
+- the application thread calls every public method (a consumer is not thread-safe, as in
+  Kafka); it resolves starting positions, drains the record buffer and commits;
+- one fetcher thread keeps a Fetch in flight for the assigned partitions, decodes the
+  answers into `ConsumerRecord`s and appends them to a bounded buffer;
+- one commit thread (started on first use) runs `commit_async` requests in order.
+
+State the application and the fetcher share lives in `_Buffer`, under its lock. Offsets are
+record offsets; sizes are bytes of RecordBatch data as fetched; times are seconds unless a
+name ends in `_ms`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import logging
+import operator
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import grpc
+
+from logstore import errors
+from logstore.client._connection import (
+    is_retriable,
+    make_stub,
+    open_channel,
+    partition_error,
+    resolve_bootstrap,
+    translate,
+)
+from logstore.client.types import (
+    ConsumerRecord,
+    OffsetAndMetadata,
+    OffsetAndTimestamp,
+    TopicPartition,
+)
+from logstore.record_batch import decode_all, decode_batch, iter_batches
+from logstore.v1 import logstore_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+EARLIEST = -2
+LATEST = -1
+#: accepted auto_offset_reset values; "none" is Kafka's spelling of "error"
+_RESET_POLICIES = frozenset({"earliest", "latest", "error", "none"})
+#: strategy of a partition whose position comes from the group's commit, else the policy
+_COMMITTED = "committed"
+#: the longest wait between retries of a failing request
+MAX_RETRY_BACKOFF_S = 1.0
+#: how long close() waits for the fetcher thread and for pending async commits
+CLOSE_JOIN_S = 5.0
+_OFFSET_OF = operator.itemgetter(2)  # ConsumerRecord.offset, without an attribute lookup
+
+CommitCallback = Callable[[dict[TopicPartition, OffsetAndMetadata], Exception | None], None]
+Deserializer = Callable[[bytes], Any]
+
+
+class ConsumerRebalanceListener:
+    """Callbacks around changes of a subscription's assignment; override what you need.
+
+    Both run in the application thread, inside `poll()` (and `close()`). In
+    `on_partitions_revoked` the partitions are still owned, so committing their positions
+    there works; in `on_partitions_assigned` they are owned, so seeking works.
+    """
+
+    def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        """Called before `revoked` partitions stop being read."""
+
+    def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        """Called after `assigned` partitions became owned, before they are read."""
+
+
+# --- options ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Options:
+    """Validated consumer options (Kafka names in snake_case; sizes in bytes, times in ms)."""
+
+    group_id: str | None
+    auto_offset_reset: str
+    enable_auto_commit: bool
+    auto_commit_interval_ms: int
+    max_poll_records: int
+    fetch_min_bytes: int
+    fetch_max_wait_ms: int
+    fetch_max_bytes: int
+    max_partition_fetch_bytes: int
+    session_timeout_ms: int
+    heartbeat_interval_ms: int
+    max_poll_interval_ms: int
+    request_timeout_ms: int
+    retry_backoff_ms: int
+    metadata_max_age_ms: int
+    client_id: str
+
+    def validate(self) -> None:
+        if self.group_id == "":
+            raise errors.InvalidRequestError("group_id must be None or a non-empty string")
+        if self.auto_offset_reset not in _RESET_POLICIES:
+            raise errors.InvalidRequestError(
+                f"auto_offset_reset {self.auto_offset_reset!r}: use 'earliest', 'latest' or 'error'"
+            )
+        for name in (
+            "auto_commit_interval_ms",
+            "max_poll_records",
+            "fetch_max_bytes",
+            "max_partition_fetch_bytes",
+            "session_timeout_ms",
+            "heartbeat_interval_ms",
+            "max_poll_interval_ms",
+            "request_timeout_ms",
+            "metadata_max_age_ms",
+        ):
+            if getattr(self, name) <= 0:
+                raise errors.InvalidRequestError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("fetch_min_bytes", "fetch_max_wait_ms", "retry_backoff_ms"):
+            if getattr(self, name) < 0:
+                raise errors.InvalidRequestError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+    @property
+    def reset_policy(self) -> str:
+        return "error" if self.auto_offset_reset == "none" else self.auto_offset_reset
+
+
+class _Backoff:
+    """Exponential retry delay in seconds: base, 2 x base, ... capped at MAX_RETRY_BACKOFF_S."""
+
+    def __init__(self, base_s: float) -> None:
+        self._base = max(base_s, 0.001)
+        self._next = self._base
+
+    def next(self) -> float:
+        delay = self._next
+        self._next = min(self._next * 2, MAX_RETRY_BACKOFF_S)
+        return delay
+
+    def reset(self) -> None:
+        self._next = self._base
+
+
+# --- state shared with the fetcher -----------------------------------------------------------
+
+
+class _PartitionState:
+    """How far one assigned partition has been read.
+
+    `position` is what the application sees: the offset after the last record poll()
+    returned. `fetch_position` is the next offset the fetcher asks for; records in
+    [position, fetch_position) are buffered or being decoded. Both are None while the
+    position is unresolved; `strategy` then says how to resolve it ("committed",
+    "earliest", "latest" or "error"). `epoch` changes whenever `fetch_position` is moved by
+    anything other than the fetcher's own advance, so a fetch sent under an older epoch is
+    discarded instead of delivering records from the old position; epochs are unique
+    across the buffer, so this holds across a revoke and re-assign too. `buffered` counts the
+    fetched bytes of this partition not yet drained. A `halted` partition is not fetched
+    until the error chunk in the buffer has been raised to the application.
+    """
+
+    __slots__ = (
+        "buffered",
+        "epoch",
+        "failures",
+        "fetch_position",
+        "halted",
+        "position",
+        "reason",
+        "retry_at",
+        "strategy",
+    )
+
+    def __init__(self, strategy: str, epoch: int) -> None:
+        self.epoch = epoch
+        self.position: int | None = None
+        self.fetch_position: int | None = None
+        self.strategy: str | None = strategy
+        self.reason = ""
+        self.buffered = 0
+        self.halted = False
+        self.retry_at = 0.0
+        self.failures = 0
+
+
+class _Chunk:
+    """Records of one partition from one fetch, in offset order, consumed from `pos`.
+
+    Draining the last record moves the partition's position to `next_offset` (which also
+    covers offsets without a record to return). An `error` chunk carries no records: it is
+    raised once the records before it are returned. `nbytes` are the fetched bytes the
+    chunk holds against the buffer bounds.
+    """
+
+    __slots__ = ("error", "nbytes", "next_offset", "pos", "records", "tp")
+
+    def __init__(
+        self,
+        tp: TopicPartition,
+        records: list[ConsumerRecord],
+        pos: int,
+        next_offset: int,
+        nbytes: int,
+        error: errors.LogStoreError | None = None,
+    ) -> None:
+        self.tp = tp
+        self.records = records
+        self.pos = pos
+        self.next_offset = next_offset
+        self.nbytes = nbytes
+        self.error = error
+
+
+class _Buffer:
+    """Partition states and fetched records, shared by the application and the fetcher.
+
+    Invariants, under `lock`: `states` holds exactly the assigned partitions and `chunks`
+    only chunks of those; a partition's chunks are in offset order, the first starting at
+    its `position`; `buffered` is the sum of every state's `buffered`. The fetcher sends no
+    fetch while `buffered` >= `limit`, nor for a partition whose own `buffered` is at least
+    `partition_limit`, so memory stays bounded by about `limit` + one fetch.
+    """
+
+    def __init__(self, limit: int, partition_limit: int) -> None:
+        self.lock = threading.Lock()
+        #: poll() waits here for records
+        self.data_ready = threading.Condition(self.lock)
+        #: the fetcher waits here for work, answers and interrupts
+        self.fetcher_wake = threading.Condition(self.lock)
+        self.limit = limit
+        self.partition_limit = partition_limit
+        self.states: dict[TopicPartition, _PartitionState] = {}
+        self.chunks: deque[_Chunk] = deque()
+        self.buffered = 0
+        self.closed = False
+        #: set when the in-flight fetch no longer matches the assignment or positions
+        self.interrupt = False
+        #: a whole-fetch failure the application has not seen yet
+        self.fetch_error: errors.LogStoreError | None = None
+        #: False only when every state is known to have a position (a hint for poll())
+        self.unresolved = False
+        self._rotation = 0
+        self._epochs = itertools.count(1)
+
+    # The methods below expect the caller to hold `lock`.
+
+    def next_epoch(self) -> int:
+        return next(self._epochs)
+
+    def wake_fetcher(self) -> None:
+        """Make the fetcher re-plan now, cancelling a long poll that is out of date."""
+        self.interrupt = True
+        self.fetcher_wake.notify_all()
+
+    def purge(self, tp: TopicPartition, state: _PartitionState) -> None:
+        """Drop the buffered records of `tp` and release their bytes."""
+        if state.buffered:
+            self.buffered -= state.buffered
+            state.buffered = 0
+            self.fetcher_wake.notify_all()
+        if any(chunk.tp == tp for chunk in self.chunks):
+            self.chunks = deque(chunk for chunk in self.chunks if chunk.tp != tp)
+
+    def reposition(
+        self, tp: TopicPartition, offset: int | None, strategy: str | None, reason: str = ""
+    ) -> None:
+        """Move `tp` to `offset` (or make it unresolved with `strategy`), dropping what was
+        buffered or in flight for it."""
+        state = self.states[tp]
+        self.purge(tp, state)
+        state.epoch = self.next_epoch()
+        state.position = state.fetch_position = offset
+        self.unresolved |= offset is None
+        state.strategy = strategy
+        state.reason = reason
+        state.halted = False
+        state.failures = 0
+        state.retry_at = 0.0
+        self.wake_fetcher()
+
+    def set_assignment(self, wanted: set[TopicPartition], strategy: str) -> None:
+        """Own exactly `wanted`: drop the others, add new ones unresolved with `strategy`."""
+        for tp in [tp for tp in self.states if tp not in wanted]:
+            self.purge(tp, self.states.pop(tp))
+        for tp in wanted:
+            if tp not in self.states:
+                self.states[tp] = _PartitionState(strategy, self.next_epoch())
+                self.unresolved = True
+        self.wake_fetcher()
+
+    def release(self, state: _PartitionState, nbytes: int) -> None:
+        if nbytes:
+            state.buffered -= nbytes
+            self.buffered -= nbytes
+            self.fetcher_wake.notify_all()
+
+    def drain(self, limit: int) -> list[ConsumerRecord]:
+        """Up to `limit` buffered records, advancing positions past them.
+
+        Raises a chunk's error when it is reached with nothing else to return.
+        """
+        out: list[ConsumerRecord] = []
+        chunks = self.chunks
+        while chunks and len(out) < limit:
+            chunk = chunks[0]
+            state = self.states[chunk.tp]
+            if chunk.error is not None:
+                if out:
+                    break  # deliver what precedes the error first
+                self._raise_chunk_error(chunk, state)
+            records = chunk.records
+            end = len(records)
+            if chunk.pos < end:
+                stop = min(end, chunk.pos + limit - len(out))
+                out += records[chunk.pos : stop]
+                chunk.pos = stop
+                state.position = records[stop - 1].offset + 1
+                if stop < end:
+                    break
+            chunks.popleft()
+            state.position = chunk.next_offset
+            self.release(state, chunk.nbytes)
+        return out
+
+    def _raise_chunk_error(self, chunk: _Chunk, state: _PartitionState) -> None:
+        self.chunks.popleft()
+        state.position = chunk.next_offset
+        self.release(state, chunk.nbytes)
+        # Fetching resumes at the failed offset; a persistent fault is raised again there.
+        state.halted = False
+        self.wake_fetcher()
+        assert chunk.error is not None
+        raise chunk.error
+
+    def plan(self, now: float) -> tuple[list[tuple[TopicPartition, int, int]], float | None]:
+        """(tp, fetch offset, epoch) of each partition to fetch now, and the earliest time a
+        backed-off partition becomes fetchable (None if none waits)."""
+        if self.buffered >= self.limit:
+            return [], None
+        ready: list[tuple[TopicPartition, int, int]] = []
+        retry_at: float | None = None
+        for tp, state in self.states.items():
+            if state.fetch_position is None or state.halted:
+                continue
+            if state.buffered >= self.partition_limit:
+                continue
+            if state.retry_at > now:
+                retry_at = state.retry_at if retry_at is None else min(retry_at, state.retry_at)
+                continue
+            ready.append((tp, state.fetch_position, state.epoch))
+        if len(ready) > 1:
+            # Rotate so partitions late in the request are not starved by the byte cap.
+            self._rotation = (self._rotation + 1) % len(ready)
+            ready = ready[self._rotation :] + ready[: self._rotation]
+        return ready, retry_at
+
+
+# --- the fetcher -----------------------------------------------------------------------------
+
+
+class _InFlight(NamedTuple):
+    future: grpc.Future
+    #: (fetch offset, epoch) per partition asked for
+    sent: dict[TopicPartition, tuple[int, int]]
+
+
+class _Arrival(NamedTuple):
+    """Fetched bytes of one partition, accepted but not yet decoded."""
+
+    tp: TopicPartition
+    epoch: int
+    fetch_offset: int
+    next_offset: int
+    data: bytes
+
+
+class _Fetcher(threading.Thread):
+    """Keeps one Fetch in flight for every fetchable partition and buffers the records.
+
+    Positions advance only when an answer is accepted, so a failed or cancelled fetch loses
+    nothing: the same offsets are asked for again after a backoff. The next fetch is sent
+    before the current answer is decoded, so network and broker time overlap decoding.
+    """
+
+    def __init__(self, buffer: _Buffer, stub: Any, options: _Options, address: str) -> None:
+        name = options.client_id or options.group_id or "standalone"
+        super().__init__(name=f"logstore-consumer-fetcher[{name}]", daemon=True)
+        self._buffer = buffer
+        self._stub = stub
+        self._options = options
+        self._address = address
+        self._backoff = _Backoff(options.retry_backoff_ms / 1000)
+        self._rpc_timeout_s = (options.fetch_max_wait_ms + options.request_timeout_ms) / 1000
+
+    def stop(self, timeout_s: float) -> None:
+        with self._buffer.lock:
+            self._buffer.closed = True
+            self._buffer.fetcher_wake.notify_all()
+        self.join(timeout_s)
+
+    def run(self) -> None:
+        inflight: _InFlight | None = None
+        while not self._buffer.closed:
+            try:
+                inflight = self._send(block=True) if inflight is None else self._finish(inflight)
+            except Exception as exc:  # a fault here must not stop consumption for good
+                log.exception("consumer fetcher failed; retrying")
+                self._report(errors.InternalBrokerError(f"fetcher failed: {exc!r}"))
+                inflight = None
+                self._sleep(self._backoff.next())
+        if inflight is not None:
+            inflight.future.cancel()
+
+    def _finish(self, inflight: _InFlight) -> _InFlight | None:
+        """Wait for `inflight`; accept its answer, send the next fetch, then decode."""
+        response = self._await(inflight)
+        if response is None:
+            return None
+        arrivals = self._accept(inflight, response)
+        following = self._send(block=False)
+        self._deliver(arrivals)
+        return following
+
+    # --- sending -----------------------------------------------------------------------------
+
+    def _send(self, block: bool) -> _InFlight | None:
+        plan = self._plan(block)
+        if not plan:
+            return None
+        by_topic: dict[str, list[pb.FetchPartition]] = {}
+        for (topic, partition), offset, _ in plan:
+            by_topic.setdefault(topic, []).append(
+                pb.FetchPartition(
+                    partition=partition,
+                    fetch_offset=offset,
+                    partition_max_bytes=self._options.max_partition_fetch_bytes,
+                )
+            )
+        request = pb.FetchRequest(
+            topics=[pb.FetchTopic(topic=t, partitions=ps) for t, ps in by_topic.items()],
+            max_wait_ms=self._options.fetch_max_wait_ms,
+            min_bytes=self._options.fetch_min_bytes,
+            max_bytes=self._options.fetch_max_bytes,
+        )
+        future = self._stub.Fetch.future(request, timeout=self._rpc_timeout_s)
+        # Outside the lock: the callback runs at once, in this thread, if already done.
+        future.add_done_callback(self._on_done)
+        return _InFlight(future, {tp: (offset, epoch) for tp, offset, epoch in plan})
+
+    def _plan(self, block: bool) -> list[tuple[TopicPartition, int, int]]:
+        buffer = self._buffer
+        with buffer.lock:
+            while not buffer.closed:
+                plan, retry_at = buffer.plan(time.monotonic())
+                buffer.interrupt = False  # this plan reflects every change so far
+                if plan or not block:
+                    return plan
+                wait = None if retry_at is None else max(retry_at - time.monotonic(), 0.0)
+                buffer.fetcher_wake.wait(wait)
+        return []
+
+    def _on_done(self, _future: grpc.Future) -> None:
+        with self._buffer.lock:
+            self._buffer.fetcher_wake.notify_all()
+
+    # --- receiving ---------------------------------------------------------------------------
+
+    def _await(self, inflight: _InFlight) -> pb.FetchResponse | None:
+        """The answer, or None when the fetch was cancelled or failed (after a backoff)."""
+        buffer = self._buffer
+        future = inflight.future
+        with buffer.lock:
+            while not future.done() and not buffer.interrupt and not buffer.closed:
+                buffer.fetcher_wake.wait(1.0)
+            buffer.interrupt = False
+        if not future.done() and future.cancel():
+            return None
+        try:
+            response = future.result()
+        except grpc.FutureCancelledError:
+            return None
+        except grpc.RpcError as exc:
+            self._request_failed(translate(exc, self._address))
+            return None
+        self._backoff.reset()
+        return response
+
+    def _request_failed(self, exc: errors.LogStoreError) -> None:
+        if self._buffer.closed:
+            return
+        if is_retriable(exc):
+            log.debug("fetch failed, retrying: %s", exc)
+        else:
+            log.warning("fetch failed: %s", exc)
+            self._report(exc)
+        self._sleep(self._backoff.next())
+
+    def _report(self, exc: errors.LogStoreError) -> None:
+        with self._buffer.lock:
+            self._buffer.fetch_error = exc
+            self._buffer.data_ready.notify_all()
+
+    def _sleep(self, seconds: float) -> None:
+        """Wait `seconds`, or less if the consumer closes."""
+        deadline = time.monotonic() + seconds
+        with self._buffer.lock:
+            while not self._buffer.closed:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                self._buffer.fetcher_wake.wait(remaining)
+
+    def _accept(self, inflight: _InFlight, response: pb.FetchResponse) -> list[_Arrival]:
+        """Advance fetch positions past the answer (reserving its bytes), handle errors."""
+        arrivals: list[_Arrival] = []
+        now = time.monotonic()
+        buffer = self._buffer
+        with buffer.lock:
+            for topic_result in response.topics:
+                for result in topic_result.partitions:
+                    tp = (topic_result.topic, result.partition)
+                    offset, epoch = inflight.sent.get(tp, (-1, -1))
+                    state = buffer.states.get(tp)
+                    if state is None or state.epoch != epoch:
+                        continue  # reassigned or repositioned since the fetch was sent
+                    arrival = self._accept_one(tp, state, offset, result, now)
+                    if arrival is not None:
+                        arrivals.append(arrival)
+        return arrivals
+
+    def _accept_one(
+        self,
+        tp: TopicPartition,
+        state: _PartitionState,
+        offset: int,
+        result: pb.FetchPartitionResult,
+        now: float,
+    ) -> _Arrival | None:
+        error = partition_error(result.error)
+        if error is not None:
+            self._partition_failed(tp, state, offset, error, now)
+            return None
+        state.failures = 0
+        data = result.records
+        if not data:
+            return None
+        next_offset = _next_offset(data)
+        if next_offset is None:
+            error = errors.CorruptRecordError(
+                f"{tp[0]}-{tp[1]}: fetch at offset {offset} returned {len(data)} bytes "
+                "without one whole record batch"
+            )
+            self._halt(tp, state, offset, error)
+            return None
+        state.fetch_position = next_offset
+        state.buffered += len(data)
+        self._buffer.buffered += len(data)
+        return _Arrival(tp, state.epoch, offset, next_offset, data)
+
+    def _partition_failed(
+        self,
+        tp: TopicPartition,
+        state: _PartitionState,
+        offset: int,
+        error: errors.LogStoreError,
+        now: float,
+    ) -> None:
+        if isinstance(error, errors.OffsetOutOfRangeError):
+            # Kafka semantics: the position left the log (retention, truncation): reset it.
+            log.info("%s-%d: %s; resetting per auto_offset_reset", tp[0], tp[1], error)
+            self._buffer.reposition(tp, None, self._options.reset_policy, reason=str(error))
+            self._buffer.data_ready.notify_all()
+        elif is_retriable(error) or isinstance(error, errors.UnknownTopicOrPartitionError):
+            state.failures += 1
+            delay = min(
+                self._options.retry_backoff_ms / 1000 * 2 ** (state.failures - 1),
+                MAX_RETRY_BACKOFF_S,
+            )
+            state.retry_at = now + delay
+            log.debug("%s-%d: fetch failed, retrying in %.2fs: %s", tp[0], tp[1], delay, error)
+        else:
+            self._halt(tp, state, offset, error)
+
+    def _halt(
+        self, tp: TopicPartition, state: _PartitionState, offset: int, error: errors.LogStoreError
+    ) -> None:
+        """Stop fetching `tp` at `offset` until `error` has been raised by poll()."""
+        self._buffer.chunks.append(_Chunk(tp, [], 0, offset, 0, error))
+        state.fetch_position = offset
+        state.epoch = self._buffer.next_epoch()  # a fetch sent from a later offset must not deliver
+        state.halted = True
+        self._buffer.data_ready.notify_all()
+
+    def _deliver(self, arrivals: list[_Arrival]) -> None:
+        """Decode each arrival (without the lock) and append it to the buffer."""
+        for arrival in arrivals:
+            records, skip, error, error_offset = _decode(arrival)
+            buffer = self._buffer
+            with buffer.lock:
+                state = buffer.states.get(arrival.tp)
+                if state is None or state.epoch != arrival.epoch:
+                    continue  # repositioned while decoding; its bytes were released then
+                end = arrival.next_offset if error is None else error_offset
+                nbytes = len(arrival.data)
+                buffer.chunks.append(_Chunk(arrival.tp, records, skip, end, nbytes))
+                if error is not None:
+                    self._halt(arrival.tp, state, error_offset, error)
+                buffer.data_ready.notify_all()
+
+
+def _next_offset(data: bytes) -> int | None:
+    """The offset after the last whole batch in `data` (per-batch work only), or None."""
+    last = None
+    for _, header in iter_batches(data):
+        last = header
+    return None if last is None else last.next_offset
+
+
+def _decode(
+    arrival: _Arrival,
+) -> tuple[list[ConsumerRecord], int, errors.LogStoreError | None, int]:
+    """(records, index of the first at/after the fetch offset, error, offset of the error).
+
+    The broker answers with whole batches from the one holding the fetch offset, so
+    records before it are skipped by index rather than copied out.
+    """
+    prefix = arrival.tp
+    try:
+        records = decode_all(arrival.data, record_type=ConsumerRecord, prefix=prefix)
+        error: errors.LogStoreError | None = None
+        error_offset = arrival.next_offset
+    except Exception:
+        records, error, error_offset = _salvage(arrival)
+    skip = 0
+    if records and records[0].offset < arrival.fetch_offset:
+        skip = bisect.bisect_left(records, arrival.fetch_offset, key=_OFFSET_OF)
+    return records, skip, error, error_offset
+
+
+def _salvage(
+    arrival: _Arrival,
+) -> tuple[list[ConsumerRecord], errors.LogStoreError | None, int]:
+    """Decode batch by batch up to the first bad one, so the records before it are kept.
+
+    Returns (records, error, offset where reading stopped).
+    """
+    records: list[ConsumerRecord] = []
+    for pos, header in iter_batches(arrival.data):
+        try:
+            batch = decode_batch(arrival.data, pos, record_type=ConsumerRecord, prefix=arrival.tp)
+        except Exception as exc:  # any decoding fault means the bytes are corrupt
+            return (
+                records,
+                _as_corrupt(arrival, header.base_offset, exc),
+                max(header.base_offset, arrival.fetch_offset),
+            )
+        records.extend(batch.records)
+    return records, None, arrival.next_offset
+
+
+def _as_corrupt(arrival: _Arrival, offset: int, exc: Exception) -> errors.LogStoreError:
+    if isinstance(exc, errors.LogStoreError):
+        return exc
+    topic, partition = arrival.tp
+    return errors.CorruptRecordError(f"{topic}-{partition}: batch at offset {offset}: {exc!r}")
+
+
+# --- group membership ------------------------------------------------------------------------
+
+AssignmentHandler = Callable[
+    [frozenset[TopicPartition], frozenset[TopicPartition], ConsumerRebalanceListener | None],
+    None,
+]
+
+
+class _Membership:
+    """What the consumer needs from group coordination.
+
+    `poll_hook()` runs inside every poll() (and at least every heartbeat interval while poll
+    waits): it keeps membership alive and, when the assignment changes, reports
+    (old, new, listener) to the consumer's assignment handler. Commits carry `member_id()`
+    and `generation()` so the coordinator can refuse commits from a stale generation.
+    """
+
+    def subscribe(self, topics: list[str], listener: ConsumerRebalanceListener | None) -> None:
+        raise NotImplementedError
+
+    def poll_hook(self) -> None:
+        raise NotImplementedError
+
+    def assignment(self) -> frozenset[TopicPartition]:
+        raise NotImplementedError
+
+    def subscription(self) -> list[str]:
+        raise NotImplementedError
+
+    def generation(self) -> int:
+        raise NotImplementedError
+
+    def member_id(self) -> str:
+        raise NotImplementedError
+
+    def leave(self) -> None:
+        """Give up the assignment (revoking it) and leave the group."""
+        raise NotImplementedError
+
+
+class _SoleMember(_Membership):
+    """A group of one: this consumer owns every partition of the subscribed topics.
+
+    The partition lists are refreshed every `refresh_s` seconds (metadata_max_age_ms) so
+    added partitions are picked up. Commits go outside the group protocol (member "" and
+    generation -1).
+    """
+
+    def __init__(
+        self,
+        partition_count: Callable[[str], int],
+        on_change: AssignmentHandler,
+        retry_backoff_s: float,
+        refresh_s: float,
+    ) -> None:
+        self._partition_count = partition_count
+        self._on_change = on_change
+        self._refresh_s = refresh_s
+        self._backoff = _Backoff(retry_backoff_s)
+        self._topics: list[str] = []
+        self._listener: ConsumerRebalanceListener | None = None
+        self._assignment: frozenset[TopicPartition] = frozenset()
+        self._next_refresh = 0.0
+
+    def subscribe(self, topics: list[str], listener: ConsumerRebalanceListener | None) -> None:
+        self._topics = list(topics)
+        self._listener = listener
+        self._next_refresh = 0.0  # assign on the next poll, as Kafka does
+
+    def poll_hook(self) -> None:
+        if not self._topics or time.monotonic() < self._next_refresh:
+            return
+        owned: set[TopicPartition] = set()
+        for topic in self._topics:
+            try:
+                count = self._partition_count(topic)
+            except errors.UnknownTopicOrPartitionError:
+                count = 0  # not created yet: owned once it is
+            except errors.LogStoreError as exc:
+                if not is_retriable(exc):
+                    raise
+                self._next_refresh = time.monotonic() + self._backoff.next()
+                return  # keep the current assignment while the broker is away
+            owned.update((topic, p) for p in range(count))
+        self._backoff.reset()
+        self._next_refresh = time.monotonic() + self._refresh_s
+        self._assign(frozenset(owned))
+
+    def _assign(self, owned: frozenset[TopicPartition]) -> None:
+        if owned != self._assignment:
+            old, self._assignment = self._assignment, owned
+            self._on_change(old, owned, self._listener)
+
+    def assignment(self) -> frozenset[TopicPartition]:
+        return self._assignment
+
+    def subscription(self) -> list[str]:
+        return list(self._topics)
+
+    def generation(self) -> int:
+        return -1
+
+    def member_id(self) -> str:
+        return ""
+
+    def leave(self) -> None:
+        self._topics = []
+        self._assign(frozenset())
+
+
+# --- the consumer ----------------------------------------------------------------------------
+
+
+class Consumer:
+    """Reads records from assigned or subscribed partitions, Kafka-style.
+
+    >>> with Consumer("127.0.0.1:9092", group_id="billing",        # doctest: +SKIP
+    ...               auto_offset_reset="earliest") as consumer:
+    ...     consumer.subscribe(["orders"])
+    ...     for record in consumer.poll(timeout=1.0):
+    ...         print(record.offset, record.value)
+    ...     consumer.commit()
+
+    A consumer is used from one thread. poll() returns records from a buffer that a
+    background thread keeps filled; `position()` is the offset after the last record poll()
+    returned, and commit() commits those positions. Deserializers, if given, are applied
+    to non-null keys and values in poll() (a cost per record).
+
+    Options follow Kafka's consumer settings in snake_case, with Kafka's defaults, except
+    `metadata_max_age_ms` (how often a subscription looks for added partitions), which is
+    5 s here, and `auto_offset_reset="error"` (Kafka's "none", also accepted).
+    """
+
+    def __init__(
+        self,
+        bootstrap: str | None = None,
+        *,
+        group_id: str | None = None,
+        auto_offset_reset: str = "latest",
+        enable_auto_commit: bool = True,
+        auto_commit_interval_ms: int = 5000,
+        max_poll_records: int = 500,
+        fetch_min_bytes: int = 1,
+        fetch_max_wait_ms: int = 500,
+        fetch_max_bytes: int = 52_428_800,
+        max_partition_fetch_bytes: int = 1_048_576,
+        session_timeout_ms: int = 45_000,
+        heartbeat_interval_ms: int = 3000,
+        max_poll_interval_ms: int = 300_000,
+        request_timeout_ms: int = 30_000,
+        retry_backoff_ms: int = 100,
+        metadata_max_age_ms: int = 5000,
+        client_id: str = "",
+        key_deserializer: Deserializer | None = None,
+        value_deserializer: Deserializer | None = None,
+    ) -> None:
+        self._options = _Options(
+            group_id,
+            auto_offset_reset,
+            enable_auto_commit,
+            auto_commit_interval_ms,
+            max_poll_records,
+            fetch_min_bytes,
+            fetch_max_wait_ms,
+            fetch_max_bytes,
+            max_partition_fetch_bytes,
+            session_timeout_ms,
+            heartbeat_interval_ms,
+            max_poll_interval_ms,
+            request_timeout_ms,
+            retry_backoff_ms,
+            metadata_max_age_ms,
+            client_id,
+        )
+        self._options.validate()
+        self._key_deserializer = key_deserializer
+        self._value_deserializer = value_deserializer
+        self.address = resolve_bootstrap(bootstrap)
+        self._timeout_s = request_timeout_ms / 1000
+        self._channel = open_channel(self.address)
+        self._stub = make_stub(self._channel)
+        self._buffer = _Buffer(2 * fetch_max_bytes, max_partition_fetch_bytes)
+        self._membership: _Membership = _SoleMember(
+            self._partition_count,
+            self._on_assignment_change,
+            retry_backoff_ms / 1000,
+            refresh_s=metadata_max_age_ms / 1000,
+        )
+        #: "assign", "subscribe" or None: the two ways to own partitions exclude each other
+        self._mode: str | None = None
+        self._closed = False
+        self._closing = False
+        self._committer: ThreadPoolExecutor | None = None
+        self._pending_commits: set[Future[None]] = set()
+        self._next_auto_commit = time.monotonic() + auto_commit_interval_ms / 1000
+        #: unresolved positions are not looked up again before this (monotonic seconds)
+        self._resolve_at = 0.0
+        self._resolve_backoff = _Backoff(retry_backoff_ms / 1000)
+        self._fetcher = _Fetcher(self._buffer, self._stub, self._options, self.address)
+        self._fetcher.start()
+
+    # --- assignment --------------------------------------------------------------------------
+
+    def subscribe(
+        self, topics: Iterable[str], listener: ConsumerRebalanceListener | None = None
+    ) -> None:
+        """Own every partition of `topics` through the group (from the next poll()).
+
+        Needs a group_id; excludes assign(). An empty list unsubscribes.
+        """
+        self._ensure_open()
+        names = [topics] if isinstance(topics, str) else list(topics)
+        if self._options.group_id is None:
+            raise errors.InvalidRequestError("subscribe() needs a group_id; use assign() without")
+        if self._mode == "assign":
+            raise errors.InvalidRequestError(
+                "subscribe() after assign(): a consumer uses one or the other "
+                "(call unsubscribe() first)"
+            )
+        if not names:
+            self.unsubscribe()
+            return
+        self._mode = "subscribe"
+        self._membership.subscribe(names, listener)
+
+    def unsubscribe(self) -> None:
+        """Give up every partition, whether subscribed or assigned."""
+        self._ensure_open()
+        if self._mode == "subscribe":
+            self._membership.leave()
+        else:
+            self._change_assignment(set(self._assigned()), set())
+        self._mode = None
+
+    def subscription(self) -> set[str]:
+        self._ensure_open()
+        return set(self._membership.subscription()) if self._mode == "subscribe" else set()
+
+    def assign(self, partitions: Iterable[TopicPartition]) -> None:
+        """Own exactly `partitions` (topic, partition), without group coordination.
+
+        Positions start at the group's committed offsets when there is a group_id, else
+        (and when nothing is committed) per auto_offset_reset. Excludes subscribe().
+        """
+        self._ensure_open()
+        wanted = {_tp(tp) for tp in partitions}
+        if self._mode == "subscribe":
+            raise errors.InvalidRequestError(
+                "assign() after subscribe(): a consumer uses one or the other "
+                "(call unsubscribe() first)"
+            )
+        self._mode = "assign" if wanted else None
+        self._change_assignment(set(self._assigned()), wanted)
+
+    def assignment(self) -> set[TopicPartition]:
+        """The partitions this consumer currently owns."""
+        self._ensure_open()
+        return set(self._assigned())
+
+    def _assigned(self) -> list[TopicPartition]:
+        with self._buffer.lock:
+            return list(self._buffer.states)
+
+    def _on_assignment_change(
+        self,
+        old: frozenset[TopicPartition],
+        new: frozenset[TopicPartition],
+        listener: ConsumerRebalanceListener | None,
+    ) -> None:
+        """Apply a membership's new assignment: commit and revoke, then assign."""
+        revoked, added = set(old - new), set(new - old)
+        if revoked:
+            if self._auto_commit_enabled() and not self._closing:
+                self._commit_quietly(self._consumed(revoked), self._timeout_s)
+            if listener is not None:
+                listener.on_partitions_revoked(revoked)
+        self._set_states(set(new))
+        if added and listener is not None:
+            listener.on_partitions_assigned(added)
+
+    def _change_assignment(self, old: set[TopicPartition], new: set[TopicPartition]) -> None:
+        # As Kafka's assign(): positions of dropped partitions are committed asynchronously.
+        removed = old - new
+        if removed and self._auto_commit_enabled():
+            offsets = self._consumed(removed)
+            if offsets:
+                self._submit_commit(offsets, self._log_auto_commit)
+        self._set_states(new)
+
+    def _set_states(self, wanted: set[TopicPartition]) -> None:
+        strategy = _COMMITTED if self._options.group_id else self._options.reset_policy
+        with self._buffer.lock:
+            self._buffer.set_assignment(wanted, strategy)
+        self._resolve_at = 0.0  # new partitions resolve at once
+
+    def _partition_count(self, topic: str) -> int:
+        response = self._call("DescribeTopic", pb.DescribeTopicRequest(name=topic))
+        return len(response.topic.partitions)
+
+    # --- polling -----------------------------------------------------------------------------
+
+    def poll(self, timeout: float = 0.0, max_records: int | None = None) -> list[ConsumerRecord]:
+        """Up to `max_records` (default max_poll_records) records, waiting up to `timeout`
+        seconds for some; [] if none arrived in time.
+
+        Per partition, records come in offset order and continue exactly where the previous
+        poll() (or seek) left off. Raises NoOffsetForPartitionError when a position cannot
+        be resolved with auto_offset_reset="error", and errors the fetcher met (once each).
+        """
+        self._ensure_open()
+        if self._mode is None:
+            raise errors.InvalidRequestError(
+                "poll() needs partitions: call subscribe() or assign() first"
+            )
+        limit = max_records or self._options.max_poll_records
+        deadline = time.monotonic() + max(timeout, 0.0)
+        self._maybe_auto_commit()
+        buffer = self._buffer
+        while True:
+            self._membership.poll_hook()
+            retry_in = self._try_resolve_positions()
+            with buffer.lock:
+                self._raise_fetch_error()
+                records = buffer.drain(limit)
+                remaining = deadline - time.monotonic()
+                if records or remaining <= 0:
+                    break
+                heartbeat_s = self._options.heartbeat_interval_ms / 1000
+                buffer.data_ready.wait(min(remaining, retry_in, heartbeat_s))
+        return self._deserialize(records)
+
+    def _raise_fetch_error(self) -> None:
+        """Raise (once) a fetch failure the application has not seen; caller holds the lock."""
+        error, self._buffer.fetch_error = self._buffer.fetch_error, None
+        if error is not None:
+            raise error
+
+    def _deserialize(self, records: list[ConsumerRecord]) -> list[ConsumerRecord]:
+        key_fn, value_fn = self._key_deserializer, self._value_deserializer
+        if key_fn is None and value_fn is None:
+            return records
+        new = tuple.__new__
+        return [
+            new(
+                ConsumerRecord,
+                (
+                    r[0],
+                    r[1],
+                    r[2],
+                    r[3],
+                    r[4] if key_fn is None or r[4] is None else key_fn(r[4]),
+                    r[5] if value_fn is None or r[5] is None else value_fn(r[5]),
+                    r[6],
+                ),
+            )
+            for r in records
+        ]
+
+    # --- positions ---------------------------------------------------------------------------
+
+    def seek(self, topic: str, partition: int, offset: int) -> None:
+        """Make the next poll() return `topic`-`partition` records from `offset` on."""
+        self._ensure_open()
+        if offset < 0:
+            raise errors.InvalidRequestError(f"cannot seek to negative offset {offset}")
+        tp = _tp((topic, partition))
+        with self._buffer.lock:
+            self._require_assigned([tp])
+            self._buffer.reposition(tp, offset, None)
+
+    def seek_to_beginning(self, partitions: Iterable[TopicPartition] | None = None) -> None:
+        """Read `partitions` (default: all assigned) from their log start, resolved lazily."""
+        self._seek_to("earliest", partitions)
+
+    def seek_to_end(self, partitions: Iterable[TopicPartition] | None = None) -> None:
+        """Read `partitions` (default: all assigned) from their end, resolved lazily."""
+        self._seek_to("latest", partitions)
+
+    def _seek_to(self, strategy: str, partitions: Iterable[TopicPartition] | None) -> None:
+        self._ensure_open()
+        with self._buffer.lock:
+            tps = list(self._buffer.states) if partitions is None else [_tp(p) for p in partitions]
+            self._require_assigned(tps)
+            for tp in tps:
+                self._buffer.reposition(tp, None, strategy)
+        self._resolve_at = 0.0
+
+    def position(self, tp: TopicPartition) -> int:
+        """The offset of the next record poll() returns for `tp` (resolving it if needed,
+        for up to request_timeout_ms)."""
+        self._ensure_open()
+        tp = _tp(tp)
+        deadline = time.monotonic() + self._timeout_s
+        while True:
+            with self._buffer.lock:
+                self._require_assigned([tp])
+                position = self._buffer.states[tp].position
+            if position is not None:
+                return position
+            self._resolve_at = 0.0  # the caller is waiting: ask now, back off after
+            retry_in = self._try_resolve_positions()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise errors.RequestTimedOutError(f"position of {tp[0]}-{tp[1]} not resolved")
+            if retry_in != float("inf"):
+                time.sleep(min(retry_in, remaining))
+
+    def _require_assigned(self, tps: Iterable[TopicPartition]) -> None:
+        missing = [tp for tp in tps if tp not in self._buffer.states]
+        if missing:
+            raise errors.InvalidRequestError(
+                f"partitions {sorted(missing)} are not assigned to this consumer"
+            )
+
+    def _try_resolve_positions(self) -> float:
+        """Resolve what is unresolved, at most once per backoff while the broker cannot
+        answer; returns seconds until the next attempt is due (inf if none is needed)."""
+        now = time.monotonic()
+        if now < self._resolve_at:
+            return self._resolve_at - now
+        try:
+            pending = self._resolve_positions()
+        except errors.LogStoreError as exc:
+            if not is_retriable(exc):
+                raise
+            log.debug("resolving positions failed, retrying: %s", exc)
+            pending = True
+        if not pending:
+            self._resolve_backoff.reset()
+            return float("inf")
+        delay = self._resolve_backoff.next()
+        self._resolve_at = time.monotonic() + delay
+        return delay
+
+    def _resolve_positions(self) -> bool:
+        """Give unresolved partitions a position: the committed offset, else the reset
+        policy. Returns True if some stay unresolved (unknown topic); raises
+        NoOffsetForPartitionError for partitions whose policy is "error"."""
+        with self._buffer.lock:
+            if not self._buffer.unresolved:
+                return False
+            pending = {
+                tp: (s.epoch, s.strategy or self._options.reset_policy, s.reason)
+                for tp, s in self._buffer.states.items()
+                if s.fetch_position is None and not s.halted
+            }
+            self._buffer.unresolved = bool(pending)
+        if not pending:
+            return False
+        found: dict[TopicPartition, int] = {}
+        committing = [tp for tp, (_, strategy, _) in pending.items() if strategy == _COMMITTED]
+        if committing:
+            committed = self._fetch_committed(committing)
+            found.update({tp: om.offset for tp, om in committed.items()})
+        policy = self._options.reset_policy
+        wanted = {
+            tp: policy if strategy == _COMMITTED else strategy
+            for tp, (_, strategy, _) in pending.items()
+            if tp not in found
+        }
+        specs = {tp: EARLIEST if s == "earliest" else LATEST for tp, s in wanted.items()}
+        specs = {tp: spec for tp, spec in specs.items() if wanted[tp] != "error"}
+        listed, failed = self._list_offsets(specs)
+        found.update({tp: ot.offset for tp, ot in listed.items()})
+        self._apply_positions(found, pending)
+        self._raise_no_offset([tp for tp, s in wanted.items() if s == "error"], pending)
+        for exc in failed.values():
+            if not isinstance(exc, errors.UnknownTopicOrPartitionError):
+                raise exc
+        return bool(failed)
+
+    def _apply_positions(
+        self,
+        found: dict[TopicPartition, int],
+        pending: dict[TopicPartition, tuple[int, str, str]],
+    ) -> None:
+        with self._buffer.lock:
+            for tp, offset in found.items():
+                state = self._buffer.states.get(tp)
+                # Skip partitions revoked or repositioned while we asked the broker.
+                if state is None or state.epoch != pending[tp][0]:
+                    continue
+                if state.fetch_position is not None:
+                    continue
+                state.position = state.fetch_position = offset
+                state.strategy = None
+                state.reason = ""
+            if found:
+                self._buffer.wake_fetcher()
+
+    def _raise_no_offset(
+        self,
+        tps: list[TopicPartition],
+        pending: dict[TopicPartition, tuple[int, str, str]],
+    ) -> None:
+        if not tps:
+            return
+        reasons = sorted({pending[tp][2] for tp in tps if pending[tp][2]})
+        why = "; ".join(reasons) if reasons else "no committed offset"
+        raise errors.NoOffsetForPartitionError(
+            f"no valid position for {sorted(tps)} ({why}) and auto_offset_reset='error': "
+            "seek() to an offset or use auto_offset_reset='earliest' or 'latest'"
+        )
+
+    # --- offset queries ----------------------------------------------------------------------
+
+    def offsets_for_times(
+        self, timestamps: Mapping[TopicPartition, int]
+    ) -> dict[TopicPartition, OffsetAndTimestamp | None]:
+        """Per partition, the first offset whose record timestamp (ms) is >= the one
+        given, with that timestamp; None when no record is that new."""
+        self._ensure_open()
+        specs = {_tp(tp): int(ts) for tp, ts in timestamps.items()}
+        bad = {tp: ts for tp, ts in specs.items() if ts < 0}
+        if bad:
+            raise errors.InvalidRequestError(f"timestamps must be >= 0 ms, got {bad}")
+        listed = self._list_offsets_or_raise(specs)
+        return {tp: (ot if ot.offset >= 0 else None) for tp, ot in listed.items()}
+
+    def beginning_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        """The log start offset of each partition."""
+        self._ensure_open()
+        listed = self._list_offsets_or_raise({_tp(tp): EARLIEST for tp in partitions})
+        return {tp: ot.offset for tp, ot in listed.items()}
+
+    def end_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        """The offset after the last readable record of each partition."""
+        self._ensure_open()
+        listed = self._list_offsets_or_raise({_tp(tp): LATEST for tp in partitions})
+        return {tp: ot.offset for tp, ot in listed.items()}
+
+    def _list_offsets_or_raise(
+        self, specs: Mapping[TopicPartition, int]
+    ) -> dict[TopicPartition, OffsetAndTimestamp]:
+        listed, failed = self._list_offsets(specs)
+        for exc in failed.values():
+            raise exc
+        return listed
+
+    def _list_offsets(
+        self, specs: Mapping[TopicPartition, int]
+    ) -> tuple[
+        dict[TopicPartition, OffsetAndTimestamp], dict[TopicPartition, errors.LogStoreError]
+    ]:
+        """ListOffsets for (tp -> -2 | -1 | timestamp ms): results and per-partition errors."""
+        if not specs:
+            return {}, {}
+        request = pb.ListOffsetsRequest(
+            topics=[
+                pb.ListOffsetsTopic(
+                    topic=topic,
+                    partitions=[pb.ListOffsetsPartition(partition=p, timestamp=ts) for p, ts in ps],
+                )
+                for topic, ps in _by_topic(specs.items()).items()
+            ]
+        )
+        listed: dict[TopicPartition, OffsetAndTimestamp] = {}
+        failed: dict[TopicPartition, errors.LogStoreError] = {}
+        for topic in self._call("ListOffsets", request).topics:
+            for p in topic.partitions:
+                error = partition_error(p.error)
+                if error is not None:
+                    failed[(topic.topic, p.partition)] = error
+                else:
+                    listed[(topic.topic, p.partition)] = OffsetAndTimestamp(p.offset, p.timestamp)
+        return listed, failed
+
+    def committed(self, tp: TopicPartition) -> OffsetAndMetadata | None:
+        """What the group has committed for `tp` (the next offset it will read), or None."""
+        self._ensure_open()
+        tp = _tp(tp)
+        return self._fetch_committed([tp]).get(tp)
+
+    def _fetch_committed(
+        self, tps: Iterable[TopicPartition]
+    ) -> dict[TopicPartition, OffsetAndMetadata]:
+        group = self._require_group("committed offsets")
+        request = pb.FetchCommittedOffsetsRequest(
+            group_id=group,
+            topics=[
+                pb.TopicPartitions(topic=topic, partitions=[p for p, _ in ps])
+                for topic, ps in _by_topic((tp, None) for tp in tps).items()
+            ],
+        )
+        return {
+            (o.topic, o.partition): OffsetAndMetadata(o.offset, o.metadata, o.commit_timestamp)
+            for o in self._call("FetchCommittedOffsets", request).offsets
+            if o.offset >= 0
+        }
+
+    # --- commits -----------------------------------------------------------------------------
+
+    def commit(
+        self, offsets: Mapping[TopicPartition, int | OffsetAndMetadata] | None = None
+    ) -> None:
+        """Commit `offsets` (default: the position of every assigned partition, i.e. the
+        offset after what poll() returned) and wait for the broker to store them.
+
+        Retriable failures are retried for up to request_timeout_ms. Raises
+        CommitFailedError when the group refuses the commit, or the error met.
+        """
+        self._ensure_open()
+        self._require_group("commit()")
+        chosen = self._consumed() if offsets is None else _normalize_offsets(offsets)
+        self._commit_sync(chosen, self._timeout_s)
+
+    def commit_async(
+        self,
+        offsets: Mapping[TopicPartition, int | OffsetAndMetadata] | None = None,
+        callback: CommitCallback | None = None,
+    ) -> Future[None]:
+        """Commit in the background (one attempt, in call order), then call
+        `callback(offsets, exception or None)` from the commit thread.
+
+        The offsets are taken now (default: current positions). Returns a Future that
+        completes with the commit (its result() raises the commit's error).
+        """
+        self._ensure_open()
+        self._require_group("commit_async()")
+        chosen = self._consumed() if offsets is None else _normalize_offsets(offsets)
+        return self._submit_commit(chosen, callback)
+
+    def _submit_commit(
+        self, offsets: dict[TopicPartition, OffsetAndMetadata], callback: CommitCallback | None
+    ) -> Future[None]:
+        if self._committer is None:
+            self._committer = ThreadPoolExecutor(1, thread_name_prefix="logstore-consumer-commit")
+        future = self._committer.submit(self._commit_once, offsets, callback)
+        self._pending_commits.add(future)
+        future.add_done_callback(self._pending_commits.discard)
+        return future
+
+    def _commit_once(
+        self, offsets: dict[TopicPartition, OffsetAndMetadata], callback: CommitCallback | None
+    ) -> None:
+        error: Exception | None = None
+        try:
+            self._send_commit(offsets)
+        except errors.LogStoreError as exc:
+            error = exc
+        if callback is not None:
+            try:
+                callback(offsets, error)
+            except Exception:
+                log.exception("commit callback failed")
+        if error is not None:
+            raise error
+
+    def _commit_sync(
+        self, offsets: dict[TopicPartition, OffsetAndMetadata], timeout_s: float
+    ) -> None:
+        deadline = time.monotonic() + timeout_s
+        backoff = _Backoff(self._options.retry_backoff_ms / 1000)
+        while True:
+            try:
+                self._send_commit(offsets)
+                return
+            except errors.LogStoreError as exc:
+                delay = backoff.next()
+                if not is_retriable(exc) or time.monotonic() + delay >= deadline:
+                    raise
+                log.debug("commit failed, retrying in %.2fs: %s", delay, exc)
+                time.sleep(delay)
+
+    def _send_commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
+        if not offsets:
+            return
+        group = self._require_group("commit")
+        request = pb.CommitOffsetsRequest(
+            group_id=group,
+            member_id=self._membership.member_id(),
+            generation_id=self._membership.generation(),
+            topics=[
+                pb.CommitTopic(
+                    topic=topic,
+                    partitions=[
+                        pb.CommitPartition(partition=p, offset=om.offset, metadata=om.metadata)
+                        for p, om in ps
+                    ],
+                )
+                for topic, ps in _by_topic(offsets.items()).items()
+            ],
+        )
+        for topic in self._call("CommitOffsets", request).topics:
+            for p in topic.partitions:
+                error = partition_error(p.error)
+                if error is not None:
+                    raise error
+
+    def _consumed(
+        self, tps: Iterable[TopicPartition] | None = None
+    ) -> dict[TopicPartition, OffsetAndMetadata]:
+        """The current position of each (assigned, resolved) partition, as commit offsets."""
+        with self._buffer.lock:
+            states = self._buffer.states
+            chosen = states if tps is None else [tp for tp in tps if tp in states]
+            return {
+                tp: OffsetAndMetadata(states[tp].position)  # type: ignore[arg-type]
+                for tp in chosen
+                if states[tp].position is not None
+            }
+
+    def _auto_commit_enabled(self) -> bool:
+        return self._options.enable_auto_commit and self._options.group_id is not None
+
+    def _maybe_auto_commit(self) -> None:
+        if not self._auto_commit_enabled() or time.monotonic() < self._next_auto_commit:
+            return
+        self._next_auto_commit = time.monotonic() + self._options.auto_commit_interval_ms / 1000
+        offsets = self._consumed()
+        if offsets:
+            self._submit_commit(offsets, self._log_auto_commit)
+
+    @staticmethod
+    def _log_auto_commit(
+        offsets: dict[TopicPartition, OffsetAndMetadata], exc: Exception | None
+    ) -> None:
+        if exc is not None:
+            log.warning("auto-commit of %d partitions failed: %s", len(offsets), exc)
+
+    def _commit_quietly(
+        self, offsets: dict[TopicPartition, OffsetAndMetadata], timeout_s: float
+    ) -> None:
+        try:
+            self._commit_sync(offsets, timeout_s)
+        except errors.LogStoreError as exc:
+            log.warning("auto-commit of %d partitions failed: %s", len(offsets), exc)
+
+    def _require_group(self, what: str) -> str:
+        group = self._options.group_id
+        if group is None:
+            raise errors.InvalidRequestError(f"{what} needs a consumer created with a group_id")
+        return group
+
+    # --- plumbing and lifecycle --------------------------------------------------------------
+
+    def _call(self, method: str, request: Any) -> Any:
+        try:
+            return getattr(self._stub, method)(request, timeout=self._timeout_s)
+        except grpc.RpcError as exc:
+            raise translate(exc, self.address) from None
+
+    def _ensure_open(self) -> None:
+        if self._closed:
+            raise errors.ClientClosedError("the consumer is closed")
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop fetching, commit positions (with auto-commit), leave the group, disconnect.
+
+        `timeout` (seconds, default request_timeout_ms) bounds the final commit and the wait
+        for pending async commits. Idempotent; every other method then raises
+        ClientClosedError.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._closing = True
+        limit_s = self._timeout_s if timeout is None else max(timeout, 0.0)
+        self._fetcher.stop(min(CLOSE_JOIN_S, limit_s + 1.0))
+        try:
+            if self._auto_commit_enabled():
+                self._commit_quietly(self._consumed(), limit_s)
+            self._membership.leave()
+        except Exception:
+            log.exception("error while closing the consumer")
+        finally:
+            self._finish_close(limit_s)
+
+    def _finish_close(self, limit_s: float) -> None:
+        if self._pending_commits:
+            wait_futures(list(self._pending_commits), timeout=min(CLOSE_JOIN_S, limit_s))
+        if self._committer is not None:
+            self._committer.shutdown(wait=False, cancel_futures=True)
+        self._channel.close()
+
+    def __enter__(self) -> Consumer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def _tp(value: TopicPartition | tuple[str, int]) -> TopicPartition:
+    topic, partition = value
+    return (str(topic), int(partition))
+
+
+def _by_topic(items: Iterable[tuple[TopicPartition, Any]]) -> dict[str, list[tuple[int, Any]]]:
+    """Group ((topic, partition), value) pairs by topic for the per-topic request layout."""
+    grouped: dict[str, list[tuple[int, Any]]] = {}
+    for (topic, partition), value in items:
+        grouped.setdefault(topic, []).append((partition, value))
+    return grouped
+
+
+def _normalize_offsets(
+    offsets: Mapping[TopicPartition, int | OffsetAndMetadata],
+) -> dict[TopicPartition, OffsetAndMetadata]:
+    normalized: dict[TopicPartition, OffsetAndMetadata] = {}
+    for tp, value in offsets.items():
+        om = value if isinstance(value, OffsetAndMetadata) else OffsetAndMetadata(int(value))
+        if om.offset < 0:
+            raise errors.InvalidRequestError(f"cannot commit offset {om.offset} for {tp}")
+        normalized[_tp(tp)] = om
+    return normalized
