@@ -1,0 +1,489 @@
+"""`Producer` against a real broker: delivery, routing, batching, errors and recovery."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+
+import grpc
+import pytest
+
+from logstore import format as fmt
+from logstore import record_batch as rb
+from logstore.client.admin import Admin
+from logstore.client.producer import BatchMetadata, Producer, _fast_records, _frame_batch
+from logstore.errors import (
+    BufferExhaustedError,
+    ClientClosedError,
+    RecordTooLargeError,
+    RequestTimedOutError,
+    UnknownTopicOrPartitionError,
+)
+from logstore.partitioner import partition_for_key
+from logstore.v1 import logstore_pb2 as pb
+from logstore.v1 import logstore_pb2_grpc as pb_grpc
+from tests.server.conftest import BrokerProcess
+
+WAIT_S = 30
+
+
+def _create(broker: BrokerProcess, topic: str, partitions: int = 1, **config: str) -> None:
+    with Admin(broker.address) as admin:
+        admin.create_topic(topic, partitions=partitions, config=config)
+
+
+def _fetch_raw(broker: BrokerProcess, topic: str, partition: int) -> bytes:
+    """Every batch of the partition as stored, by repeated Fetch calls (bounded)."""
+    chunks = []
+    offset = 0
+    with grpc.insecure_channel(broker.address) as channel:
+        stub = pb_grpc.LogStoreStub(channel)
+        for _ in range(1000):
+            request = pb.FetchRequest(
+                topics=[
+                    pb.FetchTopic(
+                        topic=topic,
+                        partitions=[pb.FetchPartition(partition=partition, fetch_offset=offset)],
+                    )
+                ],
+                max_bytes=8 * 1024 * 1024,
+            )
+            result = stub.Fetch(request, timeout=WAIT_S).topics[0].partitions[0]
+            assert result.error.code == 0, result.error.message
+            batches = list(rb.iter_batches(result.records))
+            if not batches:
+                assert offset >= result.high_watermark
+                return b"".join(chunks)
+            end = batches[-1][0] + batches[-1][1].size
+            chunks.append(result.records[:end])
+            offset = batches[-1][1].next_offset
+    raise AssertionError("fetch did not reach the end of the partition")
+
+
+def _records(broker: BrokerProcess, topic: str, partition: int) -> list[rb.Record]:
+    return rb.decode_all(_fetch_raw(broker, topic, partition))
+
+
+def _headers(broker: BrokerProcess, topic: str, partition: int) -> list[rb.BatchHeader]:
+    return [header for _, header in rb.iter_batches(_fetch_raw(broker, topic, partition))]
+
+
+@pytest.fixture
+def producer(broker: BrokerProcess) -> Iterator[Producer]:
+    with Producer(broker.address, linger_ms=2) as p:
+        yield p
+
+
+# --- delivery and routing ----------------------------------------------------------------------
+
+
+def test_round_trip_across_partitions(broker: BrokerProcess, producer: Producer) -> None:
+    _create(broker, "orders", partitions=3)
+    futures = {
+        b"value-%d" % i: producer.send("orders", value=b"value-%d" % i, key=b"key-%d" % (i % 11))
+        for i in range(300)
+    }
+    producer.flush(WAIT_S)
+    stored = {}
+    for partition in range(3):
+        for record in _records(broker, "orders", partition):
+            stored[record.value] = (partition, record.offset, record.key)
+    assert len(stored) == 300
+    for value, future in futures.items():
+        md = future.result(WAIT_S)
+        assert md.topic == "orders"
+        assert stored[value][:2] == (md.partition, md.offset)
+    assert {p for p, _, _ in stored.values()} == {0, 1, 2}
+
+
+def test_same_key_same_partition_as_partition_for_key(
+    broker: BrokerProcess, producer: Producer
+) -> None:
+    _create(broker, "keyed", partitions=5)
+    keys = [b"user_%d" % i for i in range(40)]
+    futures = [(key, producer.send("keyed", value=b"v", key=key)) for key in keys * 3]
+    by_key: dict[bytes, set[int]] = {}
+    for key, future in futures:
+        by_key.setdefault(key, set()).add(future.result(WAIT_S).partition)
+    for key, partitions in by_key.items():
+        assert partitions == {partition_for_key(key, 5)}
+
+
+def test_explicit_partition_and_order_within_it(broker: BrokerProcess, producer: Producer) -> None:
+    _create(broker, "explicit", partitions=3)
+    futures = [producer.send("explicit", b"%d" % i, key=b"k", partition=2) for i in range(50)]
+    offsets = [f.result(WAIT_S).offset for f in futures]
+    assert all(f.result().partition == 2 for f in futures)
+    assert offsets == list(range(50))
+    assert [r.value for r in _records(broker, "explicit", 2)] == [b"%d" % i for i in range(50)]
+
+
+def test_added_partitions_are_picked_up(broker: BrokerProcess) -> None:
+    _create(broker, "growing", partitions=1)
+    with Producer(broker.address, metadata_max_age_ms=100) as p, Admin(broker.address) as admin:
+        assert p.send("growing", b"x", key=b"k").result(WAIT_S).partition == 0
+        admin.add_partitions("growing", 4)
+        keys = [b"key-%d" % i for i in range(20)]
+        for _ in range(100):  # the background refresh runs every 100 ms
+            if {p.send("growing", b"x", key=k).result(WAIT_S).partition for k in keys} != {0}:
+                break
+            time.sleep(0.05)
+        for key in keys:
+            partition = p.send("growing", b"x", key=key).result(WAIT_S).partition
+            assert partition == partition_for_key(key, 4)
+        assert p.send("growing", b"x", partition=3).result(WAIT_S).partition == 3
+
+
+def test_unknown_partition_fails_the_future(broker: BrokerProcess, producer: Producer) -> None:
+    _create(broker, "small", partitions=2)
+    with pytest.raises(UnknownTopicOrPartitionError, match="partition 7"):
+        producer.send("small", b"x", partition=7).result(WAIT_S)
+
+
+def test_headers_and_timestamps_are_preserved(broker: BrokerProcess, producer: Producer) -> None:
+    _create(broker, "meta")
+    first = producer.send("meta", b"a", headers={"k": b"v", "n": None}, timestamp_ms=1_000)
+    second = producer.send("meta", b"b", headers=[("x", b"1"), ("x", b"2")], timestamp_ms=5_000)
+    third = producer.send("meta", b"c")
+    assert first.result(WAIT_S).timestamp == 1_000
+    assert second.result(WAIT_S).timestamp == 5_000
+    assert abs(third.result(WAIT_S).timestamp - time.time() * 1000) < 60_000
+    records = _records(broker, "meta", 0)
+    assert records[0].headers == (("k", b"v"), ("n", None))
+    assert records[1].headers == (("x", b"1"), ("x", b"2"))
+    assert records[2].headers == ()
+    assert [r.timestamp for r in records[:2]] == [1_000, 5_000]
+
+
+@pytest.mark.parametrize("acks", [0, 1, "all"])
+def test_acks(broker: BrokerProcess, acks: int | str) -> None:
+    _create(broker, "acks")
+    with Producer(broker.address, acks=acks) as p:
+        futures = [p.send("acks", b"%d" % i) for i in range(20)]
+        p.flush(WAIT_S)
+        offsets = [f.result(0).offset for f in futures]
+    expected = [-1] * 20 if acks == 0 else list(range(20))
+    assert offsets == expected
+    assert [r.value for r in _records(broker, "acks", 0)] == [b"%d" % i for i in range(20)]
+
+
+def test_zstd_compression_is_stored(broker: BrokerProcess) -> None:
+    _create(broker, "zipped")
+    with Producer(broker.address, compression="zstd") as p:
+        for i in range(100):
+            p.send("zipped", b"repetitive value %d " % i * 10)
+        p.send_batch("zipped", [b"batched" * 20] * 50).result(WAIT_S)
+    headers = _headers(broker, "zipped", 0)
+    assert headers and all(h.codec == fmt.CODEC_ZSTD for h in headers)
+    assert len(_records(broker, "zipped", 0)) == 150
+
+
+def test_linger_collects_many_sends_into_few_batches(broker: BrokerProcess) -> None:
+    _create(broker, "lingered")
+    with Producer(broker.address, linger_ms=500) as p:
+        futures = [p.send("lingered", b"x" * 100) for _ in range(1000)]
+        p.flush(WAIT_S)
+    assert all(f.done() for f in futures)
+    headers = _headers(broker, "lingered", 0)
+    assert sum(h.record_count for h in headers) == 1000
+    assert len(headers) <= 3
+
+
+def test_batch_size_caps_batches(broker: BrokerProcess) -> None:
+    _create(broker, "capped")
+    with Producer(broker.address, linger_ms=500, batch_size=2_000) as p:
+        for _ in range(200):
+            p.send("capped", b"x" * 100)
+    headers = _headers(broker, "capped", 0)
+    assert sum(h.record_count for h in headers) == 200
+    # 116 estimated bytes a record: 18 records reach 2000 bytes
+    assert all(h.record_count <= 18 for h in headers)
+    assert len(headers) >= 200 // 18
+
+
+def test_records_of_many_threads_all_arrive_in_order(
+    broker: BrokerProcess, producer: Producer
+) -> None:
+    _create(broker, "threads", partitions=2)
+
+    def work(n: int) -> None:
+        for i in range(500):
+            producer.send("threads", b"%d:%d" % (n, i), key=b"thread-%d" % n)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(WAIT_S)
+    producer.flush(WAIT_S)
+    seen: dict[bytes, list[int]] = {}
+    for partition in range(2):
+        for record in _records(broker, "threads", partition):
+            thread, i = record.value.split(b":")  # type: ignore[union-attr]
+            seen.setdefault(thread, []).append(int(i))
+    assert {t: sorted(v) == v and len(v) for t, v in seen.items()} == {
+        b"%d" % n: 500 for n in range(4)
+    }
+
+
+# --- send_batch ----------------------------------------------------------------------------------
+
+
+def test_send_batch_round_trip(broker: BrokerProcess, producer: Producer) -> None:
+    _create(broker, "bulk", partitions=3)
+    values = [b"bulk-%06d" % i for i in range(10_000)]
+    result = producer.send_batch("bulk", values).result(WAIT_S)
+    assert all(isinstance(md, BatchMetadata) for md in result)
+    assert sum(md.record_count for md in result) == 10_000
+    assert len({md.partition for md in result}) == 1  # one sticky partition per call
+    partition = result[0].partition
+    assert [r.value for r in _records(broker, "bulk", partition)] == values
+    assert result[0].base_offset == 0
+
+
+def test_send_batch_with_keys_headers_and_partition(
+    broker: BrokerProcess, producer: Producer
+) -> None:
+    _create(broker, "bulk", partitions=4)
+    keys = [b"k%d" % (i % 13) for i in range(400)]
+    values = [b"v%d" % i for i in range(400)]
+    headers = [{"i": b"%d" % i} for i in range(400)]
+    result = producer.send_batch("bulk", values, keys=keys, headers=headers).result(WAIT_S)
+    assert sum(md.record_count for md in result) == 400
+    stored = {}
+    for partition in range(4):
+        for record in _records(broker, "bulk", partition):
+            stored[record.value] = (partition, record.key, record.headers)
+    for key, value, header in zip(keys, values, headers, strict=True):
+        assert stored[value] == (partition_for_key(key, 4), key, (("i", header["i"]),))
+    pinned = producer.send_batch("bulk", [b"p"] * 10, partition=3, headers={"all": b"1"})
+    (md,) = pinned.result(WAIT_S)
+    assert (md.partition, md.record_count) == (3, 10)
+    assert _records(broker, "bulk", 3)[-1].headers == (("all", b"1"),)
+
+
+def test_send_batch_keeps_order_after_send(broker: BrokerProcess) -> None:
+    _create(broker, "mixed")
+    with Producer(broker.address, linger_ms=1_000) as p:
+        p.send("mixed", b"first", partition=0)
+        p.send_batch("mixed", [b"second", b"third"], partition=0).result(WAIT_S)
+    assert [r.value for r in _records(broker, "mixed", 0)] == [b"first", b"second", b"third"]
+
+
+def test_fast_batch_encoding_matches_the_reference_encoder() -> None:
+    for values in ([b"x" * 100] * 3000, [b""] * 5, [b"y" * 70_000] * 2):
+        records = _fast_records(values)
+        assert records is not None
+        framed = _frame_batch(records, len(values), 1_234, fmt.CODEC_NONE, 7, 1, 42)
+        reference = rb.encode_batch(
+            [(None, v, None, 1_234) for v in values],
+            producer_id=7,
+            producer_epoch=1,
+            base_sequence=42,
+        )
+        assert framed == reference
+    assert _fast_records([b"a", b"bb"]) is None
+
+
+# --- futures, flush, close -----------------------------------------------------------------------
+
+
+def test_record_futures_behave_like_futures(broker: BrokerProcess) -> None:
+    _create(broker, "futures")
+    with Producer(broker.address, linger_ms=60_000) as p:
+        first = p.send("futures", b"a")
+        second = p.send("futures", b"b")
+        called = []
+        first.add_done_callback(lambda f: called.append(f.result().offset))
+        assert not first.done() and not first.cancel()
+        with pytest.raises(concurrent.futures.TimeoutError):
+            second.result(timeout=0.05)
+        waiter = threading.Thread(target=p.flush, args=(WAIT_S,))
+        waiter.start()
+        done, pending = concurrent.futures.wait([first, second], timeout=WAIT_S)
+        waiter.join(WAIT_S)
+        assert (len(done), len(pending)) == (2, 0)
+        assert [f.result().offset for f in concurrent.futures.as_completed(done)] != []
+        assert called == [0] and second.result().offset == 1 and second.exception() is None
+        late = []
+        second.add_done_callback(lambda f: late.append(f.result().offset))
+        assert late == [1]
+        assert "finished" in repr(second)
+
+
+def test_flush_waits_and_close_is_final(broker: BrokerProcess) -> None:
+    _create(broker, "closing")
+    p = Producer(broker.address, linger_ms=60_000)
+    futures = [p.send("closing", b"%d" % i) for i in range(10)]
+    p.flush(WAIT_S)
+    assert all(f.done() for f in futures)
+    late = p.send("closing", b"late")
+    p.close(WAIT_S)
+    assert late.result(0).offset == 10
+    p.close()  # twice is fine
+    with pytest.raises(ClientClosedError):
+        p.send("closing", b"after")
+    with pytest.raises(ClientClosedError):
+        p.send_batch("closing", [b"after"])
+    with Producer(broker.address, linger_ms=60_000) as q:
+        in_context = q.send("closing", b"ctx")
+    assert in_context.result(0).offset == 11
+
+
+def test_bad_arguments_raise() -> None:
+    p = Producer("127.0.0.1:1")
+    try:
+        with pytest.raises(TypeError, match="not str"):
+            p.send("t", "text")  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="key"):
+            p.send("t", b"v", key=12)  # type: ignore[arg-type]
+    finally:
+        p.close(0)
+    with pytest.raises(ValueError, match="acks"):
+        Producer("127.0.0.1:1", acks=2)
+    with pytest.raises(ValueError, match="max_in_flight"):
+        Producer("127.0.0.1:1", max_in_flight_requests_per_connection=6)
+
+
+# --- errors --------------------------------------------------------------------------------------
+
+
+def test_unknown_topic_fails_the_future(broker: BrokerProcess, producer: Producer) -> None:
+    with pytest.raises(UnknownTopicOrPartitionError, match="nope"):
+        producer.send("nope", b"x").result(WAIT_S)
+    with pytest.raises(UnknownTopicOrPartitionError):
+        producer.send_batch("nope", [b"x"]).result(WAIT_S)
+
+
+def test_record_too_large_fails_only_its_batch(broker: BrokerProcess) -> None:
+    _create(broker, "limited", **{"max.message.bytes": "1000"})
+    _create(broker, "roomy")
+    with Producer(broker.address, linger_ms=50) as p:
+        before = p.send("limited", b"small-1")
+        before.result(WAIT_S)
+        # Sent within one linger, so the broker sees both topics in one request.
+        other = p.send("roomy", b"fine")
+        big = p.send("limited", b"x" * 2_000)
+        with pytest.raises(RecordTooLargeError, match=r"max\.message\.bytes"):
+            big.result(WAIT_S)
+        assert other.result(WAIT_S).offset == 0
+        # The partition's sequence numbers recover: later records still go through.
+        after = [p.send("limited", b"small-%d" % i) for i in range(2, 5)]
+        assert [f.result(WAIT_S).offset for f in after] == [1, 2, 3]
+        too_big_for_client = Producer(broker.address, max_request_size=500)
+        try:
+            with pytest.raises(RecordTooLargeError, match="max_request_size"):
+                too_big_for_client.send("roomy", b"y" * 1_000).result(WAIT_S)
+        finally:
+            too_big_for_client.close(WAIT_S)
+    assert [r.value for r in _records(broker, "limited", 0)] == [
+        b"small-%d" % i for i in range(1, 5)
+    ]
+
+
+def test_full_buffer_blocks_then_raises(broker: BrokerProcess) -> None:
+    _create(broker, "stalled")
+    p = Producer(broker.address, buffer_memory=20_000, max_block_ms=300, delivery_timeout_ms=1_500)
+    try:
+        p.send("stalled", b"warm-up").result(WAIT_S)
+        broker.stop()
+        futures = []
+        started = time.monotonic()
+        with pytest.raises(BufferExhaustedError, match="max_block_ms"):
+            for _ in range(1_000):
+                futures.append(p.send("stalled", b"x" * 1_000))
+        assert time.monotonic() - started >= 0.3
+        assert len(futures) < 20
+        with pytest.raises(RequestTimedOutError, match="delivery_timeout_ms"):
+            futures[0].result(WAIT_S)
+    finally:
+        p.close(WAIT_S)
+
+
+def test_broker_restart_loses_and_duplicates_nothing(broker: BrokerProcess) -> None:
+    _create(broker, "durable", partitions=2)
+    count = 20_000
+    with Producer(broker.address, acks="all", linger_ms=1, batch_size=16_384) as p:
+        futures = []
+        for i in range(count):
+            futures.append(p.send("durable", b"unique-%06d" % i))
+            if i == count // 3:
+                broker.kill9()
+                broker.start()
+        p.flush(60)
+        for f in futures:
+            f.result(0)
+    values = Counter(
+        record.value for partition in range(2) for record in _records(broker, "durable", partition)
+    )
+    assert len(values) == count
+    assert max(values.values()) == 1
+
+
+def test_stalled_broker_times_out_requests_and_retries_exactly_once(
+    broker: BrokerProcess,
+) -> None:
+    _create(broker, "stalling")
+    assert broker.proc is not None
+    with Producer(broker.address, request_timeout_ms=300, linger_ms=1) as p:
+        first = [p.send("stalling", b"before-%d" % i) for i in range(100)]
+        for f in first:
+            f.result(WAIT_S)
+        broker.proc.send_signal(signal.SIGSTOP)
+        try:
+            stalled = [p.send("stalling", b"during-%d" % i) for i in range(300)]
+            time.sleep(1.0)  # > request_timeout_ms: the stream is given up and retried
+        finally:
+            broker.proc.send_signal(signal.SIGCONT)
+        p.flush(WAIT_S)
+        offsets = [f.result(0).offset for f in stalled]
+    assert offsets == list(range(100, 400))
+    values = [r.value for r in _records(broker, "stalling", 0)]
+    assert values == [b"before-%d" % i for i in range(100)] + [b"during-%d" % i for i in range(300)]
+
+
+def test_close_with_a_timeout_fails_what_is_left(broker: BrokerProcess) -> None:
+    _create(broker, "abandoned")
+    p = Producer(broker.address)
+    p.send("abandoned", b"warm-up").result(WAIT_S)
+    broker.kill9()
+    pending = p.send("abandoned", b"never")
+    started = time.monotonic()
+    p.close(0.5)
+    assert time.monotonic() - started < 10
+    with pytest.raises(ClientClosedError, match="before delivery"):
+        pending.result(0)
+
+
+def test_send_batch_larger_than_the_buffer_streams_through(broker: BrokerProcess) -> None:
+    _create(broker, "big-batch")
+    values = [b"%099d" % i for i in range(10_000)]  # about 1.2 MB against a 100 kB buffer
+    with Producer(broker.address, buffer_memory=100_000, batch_size=20_000) as p:
+        result = p.send_batch("big-batch", values).result(WAIT_S)
+    assert len(result) > 10 and sum(md.record_count for md in result) == 10_000
+    assert [r.value for r in _records(broker, "big-batch", 0)] == values
+
+
+@pytest.mark.parametrize("idempotent", [True, False])
+def test_batches_carry_producer_id_and_sequences(broker: BrokerProcess, idempotent: bool) -> None:
+    _create(broker, "stamped")
+    with Producer(broker.address, enable_idempotence=idempotent, batch_size=1_000) as p:
+        for i in range(50):
+            p.send("stamped", b"%050d" % i)
+        p.send_batch("stamped", [b"x" * 50] * 30).result(WAIT_S)
+    headers = _headers(broker, "stamped", 0)
+    assert sum(h.record_count for h in headers) == 80
+    if not idempotent:
+        assert {(h.producer_id, h.producer_epoch, h.base_sequence) for h in headers} == {
+            (-1, -1, -1)
+        }
+        return
+    assert len({h.producer_id for h in headers}) == 1 and headers[0].producer_id >= 0
+    expected = 0
+    for h in headers:
+        assert h.base_sequence == expected
+        expected += h.record_count
