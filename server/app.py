@@ -148,6 +148,7 @@ class Broker:
         """Stop accepting, let in-flight RPCs finish, then flush and close every log."""
         for service in ("", SERVICE_NAME):
             self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.servicer.begin_shutdown()
         self.server.stop(self.settings.shutdown_grace_s).wait()
         self._stopping.set()
         if self._maintenance.is_alive():

@@ -8,6 +8,7 @@ response; the only per-batch work is validation (header + CRC) and the offset pa
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -39,6 +40,10 @@ DEFAULT_MAX_FETCH_BYTES = 50 * 1024 * 1024
 MAX_WAIT_CAP_MS = 30_000
 
 
+#: (topic, partition, its log, the request's bytes, their validated batch headers)
+_ProduceWork = tuple[str, int, PartitionLog, bytes, list[BatchHeader]]
+
+
 class LogStoreServicer(GroupHandlers, pb_grpc.LogStoreServicer):
     """Serves the LogStore API over one log manager."""
 
@@ -55,6 +60,10 @@ class LogStoreServicer(GroupHandlers, pb_grpc.LogStoreServicer):
         self.offsets = offsets
         self.producer_ids = producer_ids
         self.coordinator = coordinator
+        #: set when the broker starts shutting down: long polls return at once
+        self.stopping = False
+        self._streams: set[grpc.ServicerContext] = set()
+        self._streams_lock = threading.Lock()
         self.max_fetch_bytes = max_fetch_bytes
 
     # --- topics ------------------------------------------------------------------------------
@@ -143,28 +152,45 @@ class LogStoreServicer(GroupHandlers, pb_grpc.LogStoreServicer):
         return pb.InitProducerIdResponse(producer_id=self.producer_ids.next_id(), producer_epoch=0)
 
     def _validate_produce(
-        self, request: pb.ProduceRequest
-    ) -> list[tuple[str, int, PartitionLog, bytes, list[BatchHeader]]]:
-        """Check every partition's batches before any is appended; raise on the first bad one."""
+        self, request: pb.ProduceRequest, strict: bool
+    ) -> tuple[list[_ProduceWork], list[tuple[str, int, Exception]]]:
+        """Check every partition's batches before any is appended.
+
+        `strict` (unary Produce): the first bad partition fails the whole request, so
+        nothing is appended. Otherwise (ProduceStream) a bad partition gets its own error
+        and the others proceed, so one bad batch does not cost the requests pipelined
+        behind it.
+        """
         if request.acks not in (0, 1, ACKS_ALL):
             raise InvalidRequestError(f"acks must be 0, 1 or -1 (all), got {request.acks}")
-        work = []
+        work: list[_ProduceWork] = []
+        rejected: list[tuple[str, int, Exception]] = []
         for topic_data in request.topics:
-            self._refuse_internal(topic_data.topic, "produce to")
             for part_data in topic_data.partitions:
-                part = self.manager.partition(topic_data.topic, part_data.partition)
                 try:
-                    headers = rb.split_batches(part_data.records, part.config.max_message_bytes)
+                    work.append(self._validate_partition(topic_data.topic, part_data))
                 except LogStoreError as exc:
-                    raise type(exc)(f"{part.name}: {exc}") from exc
-                work.append(
-                    (topic_data.topic, part_data.partition, part, part_data.records, headers)
-                )
-        return work
+                    if strict:
+                        raise
+                    rejected.append((topic_data.topic, part_data.partition, exc))
+        return work, rejected
 
-    def _produce(self, request: pb.ProduceRequest) -> pb.ProduceResponse:
-        work = self._validate_produce(request)
+    def _validate_partition(self, topic: str, data: pb.ProducePartitionData) -> _ProduceWork:
+        self._refuse_internal(topic, "produce to")
+        part = self.manager.partition(topic, data.partition)
+        try:
+            headers = rb.split_batches(data.records, part.config.max_message_bytes)
+        except LogStoreError as exc:
+            raise type(exc)(f"{part.name}: {exc}") from exc
+        return (topic, data.partition, part, data.records, headers)
+
+    def _produce(self, request: pb.ProduceRequest, strict: bool = True) -> pb.ProduceResponse:
+        work, rejected = self._validate_produce(request, strict)
         by_topic: dict[str, list[pb.ProducePartitionResult]] = {}
+        for topic, partition, exc in rejected:
+            result = pb.ProducePartitionResult(partition=partition, base_offset=-1)
+            result.error.CopyFrom(error_message(exc))
+            by_topic.setdefault(topic, []).append(result)
         appended: list[tuple[PartitionLog, int]] = []
         for topic, partition, part, records, headers in work:
             result = pb.ProducePartitionResult(partition=partition)
@@ -195,14 +221,31 @@ class LogStoreServicer(GroupHandlers, pb_grpc.LogStoreServicer):
     def ProduceStream(
         self, request_iterator: Iterator[pb.ProduceRequest], context: grpc.ServicerContext
     ) -> Iterator[pb.ProduceResponse]:
-        """Answer each request in order. A request-level error ends the stream with a status
-        (the client learns which correlation id failed from the message)."""
-        for request in request_iterator:
-            try:
-                yield self._produce(request)
-            except (LogStoreError, OSError) as exc:
-                exc.args = (f"request {request.correlation_id}: {exc}",)
-                abort(context, exc)
+        """Answer each request in order, with per-partition errors for bad batches. Only a
+        request that is wrong as a whole (e.g. bad acks) ends the stream with a status."""
+        with self._streams_lock:
+            self._streams.add(context)
+        try:
+            for request in request_iterator:
+                try:
+                    yield self._produce(request, strict=False)
+                except (LogStoreError, OSError) as exc:
+                    exc.args = (f"request {request.correlation_id}: {exc}",)
+                    abort(context, exc)
+        finally:
+            with self._streams_lock:
+                self._streams.discard(context)
+
+    def begin_shutdown(self) -> None:
+        """Wake long polls and end open produce streams, so a graceful stop does not wait
+        out its grace period for clients that would keep them open forever. A request being
+        appended completes first; its producer retries an unanswered one (idempotently)."""
+        self.stopping = True
+        self.manager.appends.notify()
+        with self._streams_lock:
+            streams = list(self._streams)
+        for context in streams:
+            context.cancel()
 
     # --- fetch -------------------------------------------------------------------------------
 
@@ -243,7 +286,8 @@ class LogStoreServicer(GroupHandlers, pb_grpc.LogStoreServicer):
             version = self.manager.appends.version
             response, total = self._read_all(request, max_bytes)
             remaining_s = deadline - time.monotonic()
-            if total >= max(request.min_bytes, 1) or remaining_s <= 0 or not context.is_active():
+            done = total >= max(request.min_bytes, 1) or remaining_s <= 0
+            if done or self.stopping or not context.is_active():
                 return response
             self.manager.appends.wait_for_change(version, remaining_s)
 

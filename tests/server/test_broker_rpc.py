@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -223,3 +224,64 @@ def test_sigterm_shuts_down_cleanly(broker: BrokerProcess) -> None:
     from logstore import format as fmt
 
     assert (broker.data_dir / fmt.CLEAN_SHUTDOWN_FILE).exists()
+
+
+def test_produce_stream_reports_a_bad_batch_per_partition_and_keeps_going(
+    stub: pb_grpc.LogStoreStub,
+) -> None:
+    stub.CreateTopic(pb.CreateTopicRequest(name="s", partitions=2), timeout=10)
+    bad = bytearray(_batch([b"bad"]))
+    bad[-1] ^= 0xFF
+
+    def requests() -> Iterator[pb.ProduceRequest]:
+        for cid, (p0, p1) in enumerate(
+            [(_batch([b"a"]), bytes(bad)), (_batch([b"b"]), _batch([b"c"]))]
+        ):
+            yield pb.ProduceRequest(
+                acks=1,
+                correlation_id=cid,
+                topics=[
+                    pb.ProduceTopicData(
+                        topic="s",
+                        partitions=[
+                            pb.ProducePartitionData(partition=0, records=p0),
+                            pb.ProducePartitionData(partition=1, records=p1),
+                        ],
+                    )
+                ],
+            )
+
+    responses = list(stub.ProduceStream(requests(), timeout=10))
+    assert [r.correlation_id for r in responses] == [0, 1]
+    first = {p.partition: p for p in responses[0].topics[0].partitions}
+    assert first[0].error.code == 0 and first[0].base_offset == 0
+    assert first[1].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "CRC" in first[1].error.message
+    second = {p.partition: p.base_offset for p in responses[1].topics[0].partitions}
+    assert second == {0: 1, 1: 0}  # the bad batch was never appended
+
+
+def test_shutdown_does_not_wait_for_an_idle_open_stream(broker: BrokerProcess) -> None:
+    import queue
+
+    with grpc.insecure_channel(broker.address) as channel:
+        stub = pb_grpc.LogStoreStub(channel)
+        stub.CreateTopic(pb.CreateTopicRequest(name="idle", partitions=1), timeout=10)
+        pending: queue.Queue[pb.ProduceRequest | None] = queue.Queue()
+        pending.put(
+            pb.ProduceRequest(
+                acks=1,
+                topics=[
+                    pb.ProduceTopicData(
+                        topic="idle",
+                        partitions=[pb.ProducePartitionData(partition=0, records=_batch([b"x"]))],
+                    )
+                ],
+            )
+        )
+        stream = stub.ProduceStream(iter(pending.get, None), timeout=60)
+        assert next(stream).topics[0].partitions[0].base_offset == 0  # the stream is open
+        started = time.monotonic()
+        assert broker.stop() == 0
+        assert time.monotonic() - started < 5.0
+        pending.put(None)
