@@ -205,6 +205,8 @@ class GroupCoordinator:
         self._id_suffix = id_suffix or (lambda: uuid4().hex[:12])
         self._lock = threading.Lock()
         self._groups: dict[str, _Group] = {}
+        #: group-epoch bumps (joins, leaves, expiries, subscription changes) since start
+        self.rebalances = 0
 
     # --- heartbeats ---------------------------------------------------------------------
 
@@ -222,6 +224,7 @@ class GroupCoordinator:
                 group, member, changed = self._accept(request, now)
             if self._refresh_counts(group) or changed:
                 group.group_epoch += 1
+                self.rebalances += 1
             self._refresh_target(group)
             self._reconcile(group, member, request.owned, now)
             return HeartbeatResponse(
@@ -374,6 +377,7 @@ class GroupCoordinator:
         del group.members[member_id]
         group.target.pop(member_id, None)
         group.group_epoch += 1
+        self.rebalances += 1
         if not group.members:
             # an empty group starts afresh: the next first member may choose the assignor
             group.assignor = None

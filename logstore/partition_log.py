@@ -113,6 +113,8 @@ class PartitionLog:
         self.producer_state = ProducerStateManager()
         #: called (outside the lock) after every append that added records
         self.on_append: Callable[[], None] | None = None
+        #: segments removed by retention.ms / retention.bytes since the log was opened
+        self.retention_deleted_segments = 0
         self.recovery_report = self._load(clean_shutdown)
 
     # --- opening -----------------------------------------------------------------------------
@@ -513,7 +515,9 @@ class PartitionLog:
         Returns the number of segments deleted.
         """
         with self._lock:
-            return self._delete_segments(self._segments_to_delete(), "retention")
+            deleted = self._delete_segments(self._segments_to_delete(), "retention")
+            self.retention_deleted_segments += deleted
+            return deleted
 
     def delete_segments_before(self, offset: int) -> int:
         """Delete whole non-active segments that end at or before `offset`; return count.

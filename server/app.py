@@ -24,6 +24,7 @@ from logstore.log_manager import LogManager, ManagerSettings
 from logstore.offsets_store import OffsetStore
 from logstore.producer_ids import ProducerIdManager
 from logstore.server.broker import DEFAULT_MAX_FETCH_BYTES, LogStoreServicer
+from logstore.server.metrics import BrokerMetrics
 from logstore.v1 import logstore_pb2 as pb
 from logstore.v1 import logstore_pb2_grpc as pb_grpc
 
@@ -46,6 +47,8 @@ class BrokerSettings:
 
     data_dir: Path = field(default_factory=default_data_dir)
     listen: str = DEFAULT_LISTEN
+    #: HOST:PORT for Prometheus metrics at /metrics; None serves none (and counts nothing)
+    metrics_listen: str | None = None
     #: largest gRPC request accepted (a produce request holds whole batches)
     max_request_bytes: int = 64 * 1024 * 1024
     max_fetch_bytes: int = DEFAULT_MAX_FETCH_BYTES
@@ -88,11 +91,15 @@ class Broker:
             target=self._group_maintenance, name="logstore-groups", daemon=True
         )
         self.health = health.HealthServicer()
+        self.metrics: BrokerMetrics | None = None
+        if settings.metrics_listen:
+            self.metrics = BrokerMetrics(self.manager, self.offsets, self.coordinator)
         self.server = grpc.server(
             futures.ThreadPoolExecutor(
                 max_workers=settings.max_workers, thread_name_prefix="logstore-rpc"
             ),
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+            interceptors=[self.metrics.interceptor] if self.metrics else None,
             options=[
                 ("grpc.max_receive_message_length", settings.max_request_bytes),
                 ("grpc.max_send_message_length", settings.max_fetch_bytes + 1024 * 1024),
@@ -111,6 +118,15 @@ class Broker:
             raise OSError(f"cannot listen on {settings.listen}")
         host = settings.listen.rsplit(":", 1)[0]
         self.address = f"{host}:{self.port}"
+        #: where /metrics is served ("" when it is not)
+        self.metrics_address = ""
+        if self.metrics is not None and settings.metrics_listen:
+            try:
+                self.metrics_address = self.metrics.serve(settings.metrics_listen)
+            except (OSError, ValueError) as exc:
+                self.server.stop(None)  # release the gRPC port bound above
+                self.manager.close()
+                raise OSError(f"cannot serve metrics on {settings.metrics_listen}: {exc}") from exc
 
     def _partition_count(self, topic: str) -> int | None:
         try:
@@ -153,6 +169,10 @@ class Broker:
         self._stopping.set()
         if self._maintenance.is_alive():
             self._maintenance.join(timeout=10)
+        if self.metrics is not None:
+            # After the drain, so the last requests are visible; before close, so no scrape
+            # reads a log being closed.
+            self.metrics.close()
         self.manager.close()
 
 

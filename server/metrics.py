@@ -1,0 +1,501 @@
+"""Prometheus metrics for the broker, served as text at ``http://HOST:PORT/metrics``.
+
+Three sources feed one registry per broker (never the process-global one, so several
+brokers can live in one process, as the tests do):
+
+- `LogStoreCollector` reads the log manager, offset store and coordinator at scrape time:
+  per-partition offsets and sizes, consumer-group lag, members and state, rebalances,
+  retention deletions and what recovery repaired at start. Nothing is counted on the
+  append path, so these cost nothing between scrapes.
+- `MetricsInterceptor`, a gRPC server interceptor, counts every RPC by method and final
+  status code and times it. A streaming RPC (ProduceStream, reflection, health Watch)
+  counts as one request whose duration is the life of the stream. The code is the one the
+  handler ended with, as in other gRPC metrics middleware; a client that cancelled or ran
+  out of time before the handler finished counts as CANCELLED. (A stream whose client
+  cancels between messages may instead see its requests simply end, and count as OK.)
+- The same interceptor counts produced and fetched records and bytes per topic from the
+  request and response bytes, reading only batch headers (record counts), never records.
+  ProduceStream is counted per message, like Produce.
+
+RPCs gRPC refuses itself (over `max_concurrent_rpcs`, unknown methods) are not counted:
+they never run the handler the interceptor wraps.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+from wsgiref.simple_server import WSGIServer
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from logstore import __version__
+from logstore import record_batch as rb
+from logstore.coordinator import EMPTY, REBALANCING, STABLE, GroupCoordinator
+from logstore.errors import LogStoreError, UnknownTopicOrPartitionError
+from logstore.log_manager import LogManager
+from logstore.offsets_store import OffsetStore
+from logstore.v1 import logstore_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+#: the states `GroupCoordinator` reports (Dead groups are forgotten at once, never listed)
+GROUP_STATES = (EMPTY, REBALANCING, STABLE)
+#: latency buckets (s): sub-millisecond metadata calls up to 30 s long-poll fetches
+DURATION_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+
+_LOGSTORE_SERVICE = pb.DESCRIPTOR.services_by_name["LogStore"].full_name
+_PRODUCE_METHODS = frozenset(
+    f"/{_LOGSTORE_SERVICE}/{name}" for name in ("Produce", "ProduceStream")
+)
+_FETCH_METHOD = f"/{_LOGSTORE_SERVICE}/Fetch"
+
+
+def parse_listen(address: str) -> tuple[str, int]:
+    """Split ``HOST:PORT`` (``[::1]:9100`` for IPv6; port 0 picks a free one)."""
+    host, sep, port = address.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"expected HOST:PORT, got {address!r}")
+    return host, int(port)
+
+
+def _batch_stats(records: bytes) -> tuple[int, int]:
+    """(records, bytes) in a run of whole batches, from their headers alone."""
+    count = sum(header.record_count for _, header in rb.iter_batches(records))
+    return count, len(records)
+
+
+# --- scrape-time state ---------------------------------------------------------------------
+
+
+class LogStoreCollector(Collector):
+    """Reads the broker's core objects on every scrape; holds no per-request state."""
+
+    def __init__(
+        self, manager: LogManager, offsets: OffsetStore, coordinator: GroupCoordinator
+    ) -> None:
+        self._manager = manager
+        self._offsets = offsets
+        self._coordinator = coordinator
+        # Recovery happens once, while the manager opens the logs; snapshot it now so that
+        # deleting a topic later does not rewrite what this start repaired.
+        reports = [part.recovery_report for part in manager.all_partitions()]
+        self._repaired_partitions = sum(1 for r in reports if r.repaired_anything)
+        self._truncated_bytes = sum(r.truncated_bytes for r in reports)
+        # Not `not manager.clean_shutdown`: a brand-new data directory has no marker either.
+        self._unclean_start = any(r.recovered for r in reports)
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._broker_metrics()
+        yield from self._partition_metrics()
+        yield from self._group_metrics()
+
+    def _broker_metrics(self) -> Iterator[Metric]:
+        info = GaugeMetricFamily(
+            "logstore_build_info", "LogStore version of this broker (always 1)", labels=["version"]
+        )
+        info.add_metric([__version__], 1)
+        yield info
+        yield GaugeMetricFamily(
+            "logstore_recovery_unclean_shutdown",
+            "1 if this broker found logs left by an unclean shutdown and validated their tails",
+            value=int(self._unclean_start),
+        )
+        yield GaugeMetricFamily(
+            "logstore_recovery_repaired_partitions",
+            "Partitions whose log recovery repaired something (truncated bytes, dropped "
+            "segments, rebuilt indexes, stray files) when this broker started",
+            value=self._repaired_partitions,
+        )
+        yield GaugeMetricFamily(
+            "logstore_recovery_truncated_bytes",
+            "Invalid bytes cut from the ends of logs by recovery when this broker started",
+            value=self._truncated_bytes,
+        )
+
+    def _partition_metrics(self) -> Iterator[Metric]:
+        labels = ["topic", "partition"]
+        start = GaugeMetricFamily(
+            "logstore_partition_log_start_offset", "First offset still stored", labels=labels
+        )
+        end = GaugeMetricFamily(
+            "logstore_partition_log_end_offset",
+            "Offset the next appended record will get",
+            labels=labels,
+        )
+        size = GaugeMetricFamily(
+            "logstore_partition_size_bytes", "Bytes in the partition's segments", labels=labels
+        )
+        segments = GaugeMetricFamily(
+            "logstore_partition_segments", "Segments in the partition's log", labels=labels
+        )
+        retention = CounterMetricFamily(
+            "logstore_partition_retention_deleted_segments",
+            "Segments deleted by retention.ms or retention.bytes since the broker started",
+            labels=labels,
+        )
+        for topic, index, part in self._partitions():
+            values = [topic, str(index)]
+            try:
+                start.add_metric(values, part.log_start_offset)
+                end.add_metric(values, part.log_end_offset)
+                size.add_metric(values, part.size_bytes)
+                segments.add_metric(values, part.segment_count)
+                retention.add_metric(values, part.retention_deleted_segments)
+            except (LogStoreError, OSError) as exc:
+                # A partition being deleted mid-scrape: skip it rather than fail the scrape.
+                log.debug("metrics: skipping %s: %s", part.name, exc)
+        yield from (start, end, size, segments, retention)
+
+    def _partitions(self) -> Iterator[tuple[str, int, Any]]:
+        for name in self._manager.topic_names():
+            try:
+                topic = self._manager.topic(name)
+            except UnknownTopicOrPartitionError:
+                continue  # deleted since topic_names()
+            for index, part in enumerate(list(topic.partitions)):
+                yield name, index, part
+
+    def _group_metrics(self) -> Iterator[Metric]:
+        members = GaugeMetricFamily(
+            "logstore_group_members", "Active members of the consumer group", labels=["group"]
+        )
+        state = GaugeMetricFamily(
+            "logstore_group_state",
+            "1 for the group's current state, 0 for the others",
+            labels=["group", "state"],
+        )
+        tp_labels = ["group", "topic", "partition"]
+        committed_offset = GaugeMetricFamily(
+            "logstore_group_committed_offset",
+            "Next offset the group will read, as last committed",
+            labels=tp_labels,
+        )
+        lag = GaugeMetricFamily(
+            "logstore_group_lag_records",
+            "Records between the group's committed offset and the log end offset",
+            labels=tp_labels,
+        )
+        # Groups with committed offsets but no members are listed as Empty, as ListGroups does.
+        listed = {g: (s, n) for g, s, n in self._coordinator.list_groups()}
+        for group in self._offsets.groups():
+            listed.setdefault(group, (EMPTY, 0))
+        for group, (group_state, count) in sorted(listed.items()):
+            members.add_metric([group], count)
+            for candidate in GROUP_STATES:
+                state.add_metric([group, candidate], int(candidate == group_state))
+            for (topic, partition), committed in sorted(self._offsets.fetch(group).items()):
+                try:
+                    log_end = self._manager.partition(topic, partition).log_end_offset
+                except UnknownTopicOrPartitionError:
+                    continue
+                values = [group, topic, str(partition)]
+                committed_offset.add_metric(values, committed.offset)
+                # A commit past the end (the log was truncated by recovery) is no lag.
+                lag.add_metric(values, max(log_end - committed.offset, 0))
+        yield from (members, state, committed_offset, lag)
+        yield CounterMetricFamily(
+            "logstore_group_rebalances",
+            "Group epoch bumps (a member joined, left, expired or changed its subscription, "
+            "or a subscribed topic grew) since the broker started",
+            value=self._coordinator.rebalances,
+        )
+
+
+# --- per-request counting ------------------------------------------------------------------
+
+
+@dataclass
+class _MethodMetrics:
+    """One RPC method's series; its latency child is looked up once, not per call."""
+
+    service: str
+    method: str
+    duration: Histogram
+    requests: Counter
+
+    def finish(self, context: grpc.ServicerContext, failed: bool, elapsed_s: float) -> None:
+        code = context.code()
+        if code is None:
+            # No code set: the handler returned or raised without aborting. A client that
+            # went away (cancel, deadline) never sees the answer, so it is not OK.
+            if not context.is_active():
+                code = grpc.StatusCode.CANCELLED
+            elif failed:
+                code = grpc.StatusCode.UNKNOWN  # what gRPC answers for an uncaught exception
+            else:
+                code = grpc.StatusCode.OK
+        self.requests.labels(self.service, self.method, code.name).inc()
+        self.duration.observe(elapsed_s)
+
+
+class _LastRequest:
+    """Passes a request stream through, remembering the latest request taken from it."""
+
+    def __init__(self, requests: Iterator[Any]) -> None:
+        self._requests = requests
+        self.last: Any = None
+
+    def __iter__(self) -> _LastRequest:
+        return self
+
+    def __next__(self) -> Any:
+        self.last = next(self._requests)
+        return self.last
+
+
+ResponseHook = Callable[[Any, Any], None]
+
+
+class MetricsInterceptor(grpc.ServerInterceptor):
+    """Counts and times every RPC; counts produced and fetched records and bytes."""
+
+    def __init__(self, metrics: BrokerMetrics) -> None:
+        self._metrics = metrics
+        self._by_method: dict[str, _MethodMetrics] = {}
+        self._lock = threading.Lock()
+
+    def _method_metrics(self, full_method: str) -> _MethodMetrics:
+        found = self._by_method.get(full_method)
+        if found is None:
+            service, _, method = full_method.lstrip("/").rpartition("/")
+            with self._lock:
+                found = self._by_method.setdefault(
+                    full_method,
+                    _MethodMetrics(
+                        service,
+                        method,
+                        self._metrics.rpc_duration.labels(service, method),
+                        self._metrics.rpc_requests,
+                    ),
+                )
+        return found
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        full_method = handler_call_details.method
+        metrics = self._method_metrics(full_method)
+        hook: ResponseHook | None = None
+        if full_method in _PRODUCE_METHODS:
+            hook = self._metrics.count_produce
+        elif full_method == _FETCH_METHOD:
+            hook = self._metrics.count_fetch
+        return _wrap(handler, metrics, hook)
+
+
+def _wrap(
+    handler: grpc.RpcMethodHandler, metrics: _MethodMetrics, hook: ResponseHook | None
+) -> grpc.RpcMethodHandler:
+    """The same handler, timed and counted, with `hook(request, response)` per response."""
+    serializers = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+
+    def safe_hook(request: Any, response: Any) -> None:
+        if hook is None or request is None:
+            return
+        try:
+            hook(request, response)
+        except Exception:  # a counting bug must never fail the RPC it counts
+            log.exception("metrics: counting %s failed", metrics.method)
+
+    def unary_response(call: Callable[[], Any], context: grpc.ServicerContext) -> Any:
+        started = time.perf_counter()
+        failed = True
+        try:
+            response = call()
+            failed = False
+        finally:
+            metrics.finish(context, failed, time.perf_counter() - started)
+        return response
+
+    def stream_response(
+        call: Callable[[], Iterable[Any]],
+        context: grpc.ServicerContext,
+        request_of: Callable[[], Any],
+    ) -> Iterator[Any]:
+        started = time.perf_counter()
+        failed = True
+        try:
+            for response in call():
+                safe_hook(request_of(), response)
+                yield response
+            failed = False
+        finally:
+            # Also reached through GeneratorExit when gRPC drops a cancelled stream.
+            metrics.finish(context, failed, time.perf_counter() - started)
+
+    if handler.request_streaming and handler.response_streaming:
+        inner_ss = handler.stream_stream
+
+        def stream_stream(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
+            # The servicer answers each request before taking the next, so the latest
+            # request taken is the one a response answers.
+            tracked = _LastRequest(requests)
+            return stream_response(
+                lambda: inner_ss(tracked, context), context, lambda: tracked.last
+            )
+
+        return grpc.stream_stream_rpc_method_handler(stream_stream, **serializers)
+
+    if handler.request_streaming:
+        inner_su = handler.stream_unary
+
+        def stream_unary(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
+            return unary_response(lambda: inner_su(requests, context), context)
+
+        return grpc.stream_unary_rpc_method_handler(stream_unary, **serializers)
+
+    if handler.response_streaming:
+        inner_us = handler.unary_stream
+
+        def unary_stream(request: Any, context: grpc.ServicerContext) -> Any:
+            return stream_response(lambda: inner_us(request, context), context, lambda: request)
+
+        return grpc.unary_stream_rpc_method_handler(unary_stream, **serializers)
+
+    inner_uu = handler.unary_unary
+
+    def unary_unary(request: Any, context: grpc.ServicerContext) -> Any:
+        response = unary_response(lambda: inner_uu(request, context), context)
+        safe_hook(request, response)
+        return response
+
+    return grpc.unary_unary_rpc_method_handler(unary_unary, **serializers)
+
+
+# --- the whole -----------------------------------------------------------------------------
+
+
+class BrokerMetrics:
+    """One broker's registry, its request counters and the HTTP server that exposes them."""
+
+    def __init__(
+        self, manager: LogManager, offsets: OffsetStore, coordinator: GroupCoordinator
+    ) -> None:
+        self.registry = CollectorRegistry()
+        self.registry.register(LogStoreCollector(manager, offsets, coordinator))
+        self.rpc_requests = Counter(
+            "logstore_rpc_requests",
+            "RPCs handled, by method and final gRPC status code (a stream counts once)",
+            ["service", "method", "code"],
+            registry=self.registry,
+        )
+        self.rpc_duration = Histogram(
+            "logstore_rpc_request_duration_seconds",
+            "Time from handler start to the last response (a stream: its whole life)",
+            ["service", "method"],
+            buckets=DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        self.produced_records = Counter(
+            "logstore_produced_records",
+            "Records appended by Produce and ProduceStream (duplicate retries excluded)",
+            ["topic"],
+            registry=self.registry,
+        )
+        self.produced_bytes = Counter(
+            "logstore_produced_bytes",
+            "Record batch bytes appended by Produce and ProduceStream",
+            ["topic"],
+            registry=self.registry,
+        )
+        self.fetched_records = Counter(
+            "logstore_fetched_records",
+            "Records sent in Fetch responses (whole batches, so a batch straddling the "
+            "fetch offset counts all its records)",
+            ["topic"],
+            registry=self.registry,
+        )
+        self.fetched_bytes = Counter(
+            "logstore_fetched_bytes",
+            "Record batch bytes sent in Fetch responses",
+            ["topic"],
+            registry=self.registry,
+        )
+        self.interceptor = MetricsInterceptor(self)
+        self._httpd: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
+        #: ``host:port`` actually bound (the port is resolved when 0 was asked for)
+        self.address = ""
+
+    # --- traffic ---------------------------------------------------------------------------
+
+    def count_produce(self, request: pb.ProduceRequest, response: pb.ProduceResponse) -> None:
+        """Count what a produce request appended: partitions without error or duplicate."""
+        # The servicer answers a topic's partitions in request order (a topic named twice is
+        # merged into one result list), so results pair with requests by position per topic.
+        results = {t.topic: iter(t.partitions) for t in response.topics}
+        for topic_data in request.topics:
+            topic_results = results.get(topic_data.topic)
+            if topic_results is None:
+                continue
+            for part_data in topic_data.partitions:
+                result = next(topic_results, None)
+                if result is None or result.HasField("error") or result.duplicate:
+                    continue
+                count, size = _batch_stats(part_data.records)
+                self.produced_records.labels(topic_data.topic).inc(count)
+                self.produced_bytes.labels(topic_data.topic).inc(size)
+
+    def count_fetch(self, request: pb.FetchRequest, response: pb.FetchResponse) -> None:
+        """Count the records and bytes a fetch response carries."""
+        for topic_result in response.topics:
+            for result in topic_result.partitions:
+                if result.records:
+                    count, size = _batch_stats(result.records)
+                    self.fetched_records.labels(topic_result.topic).inc(count)
+                    self.fetched_bytes.labels(topic_result.topic).inc(size)
+
+    # --- serving ---------------------------------------------------------------------------
+
+    def serve(self, listen: str) -> str:
+        """Serve ``/metrics`` on ``HOST:PORT`` in a daemon thread; return the bound address."""
+        host, port = parse_listen(listen)
+        self._httpd, self._thread = start_http_server(port, host, registry=self.registry)
+        shown = f"[{host}]" if ":" in host else host
+        self.address = f"{shown}:{self._httpd.server_port}"
+        log.info("serving Prometheus metrics at http://%s/metrics", self.address)
+        return self.address
+
+    def close(self) -> None:
+        """Stop the HTTP server and wait for its thread; safe to call more than once."""
+        httpd, thread = self._httpd, self._thread
+        self._httpd = self._thread = None
+        if httpd is not None:
+            httpd.shutdown()
+            httpd.server_close()
+        if thread is not None:
+            thread.join(timeout=10)
