@@ -69,7 +69,8 @@ from logstore.errors import (
     OutOfOrderSequenceError,
     StorageError,
 )
-from logstore.format import OFFSET_NAME_DIGITS, SNAPSHOT_SUFFIX, TEMP_SUFFIX, offset_file_name
+from logstore.fileutil import fsync_directory, write_file_atomically
+from logstore.format import OFFSET_NAME_DIGITS, SNAPSHOT_SUFFIX, offset_file_name
 
 log = logging.getLogger(__name__)
 
@@ -348,13 +349,9 @@ class ProducerStateManager:
         file is there, whole. Raises `StorageError` when the disk fails.
         """
         path = snapshot_path(directory, self.map_end_offset)
-        tmp = path.with_name(path.name + TEMP_SUFFIX)
         try:
-            _write_file_durably(tmp, self.to_snapshot_bytes())
-            os.replace(tmp, path)
-            _fsync_directory(directory)
+            write_file_atomically(path, self.to_snapshot_bytes())
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
             raise StorageError(f"cannot write producer state snapshot {path}: {exc}") from exc
         return path
 
@@ -536,18 +533,6 @@ def delete_snapshots_before(directory: Path, offset: int) -> list[Path]:
     return _delete_snapshots(directory, (o for o in list_snapshot_offsets(directory) if o < offset))
 
 
-def delete_temp_snapshots(directory: Path) -> list[Path]:
-    """Delete `*.snapshot.tmp` files a crash left half-written; call on startup."""
-    suffix = SNAPSHOT_SUFFIX + TEMP_SUFFIX
-    try:
-        stray = [directory / n for n in os.listdir(directory) if n.endswith(suffix)]
-    except FileNotFoundError:
-        return []
-    for path in stray:
-        path.unlink(missing_ok=True)
-    return stray
-
-
 def _delete_snapshots(directory: Path, offsets: Iterable[int]) -> list[Path]:
     deleted = []
     try:
@@ -558,23 +543,7 @@ def _delete_snapshots(directory: Path, offsets: Iterable[int]) -> list[Path]:
         # A deletion a crash undoes would bring back a snapshot of truncated records, which
         # a later load could pick once the log grows past its offset again.
         if deleted:
-            _fsync_directory(directory)
+            fsync_directory(directory)
     except OSError as exc:
         raise StorageError(f"cannot delete producer state snapshots in {directory}: {exc}") from exc
     return deleted
-
-
-def _write_file_durably(path: Path, data: bytes) -> None:
-    with open(path, "wb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-
-
-def _fsync_directory(directory: Path) -> None:
-    # The rename is durable only once the directory entry itself reaches the disk.
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

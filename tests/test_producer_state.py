@@ -27,7 +27,6 @@ from logstore.producer_state import (
     ProducerStateManager,
     delete_snapshots_after,
     delete_snapshots_before,
-    delete_temp_snapshots,
     list_snapshot_offsets,
     next_sequence,
     snapshot_path,
@@ -430,13 +429,11 @@ def test_write_failure_is_a_storage_error(tmp_path: Path) -> None:
 def test_snapshot_housekeeping(tmp_path: Path) -> None:
     for offset in (0, 10, 20, 30, 40):
         ProducerStateManager(offset).write_snapshot(tmp_path)
-    (tmp_path / "00000000000000000050.snapshot.tmp").write_bytes(b"half")
     (tmp_path / "00000000000000000010.log").write_bytes(b"")
     assert list_snapshot_offsets(tmp_path) == [0, 10, 20, 30, 40]
     assert delete_snapshots_after(tmp_path, 30) == [snapshot_path(tmp_path, 40)]
     assert delete_snapshots_before(tmp_path, 10) == [snapshot_path(tmp_path, 0)]
     assert list_snapshot_offsets(tmp_path) == [10, 20, 30]
-    assert delete_temp_snapshots(tmp_path) == [tmp_path / "00000000000000000050.snapshot.tmp"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "00000000000000000010.log",
         "00000000000000000010.snapshot",
