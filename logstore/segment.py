@@ -326,27 +326,27 @@ class LogSegment:
         last_offset, start = self.offset_index.last_entry()
         if start > self.size:
             raise CorruptIndexError(f"{self.offset_index.path}: entry points past the log end")
+        self.max_timestamp, self._offset_of_max_timestamp = self.time_index.last_entry()
         self.next_offset = self.base_offset
-        if self.offset_index.entries:
-            self.next_offset = last_offset + 1
         end = start
+        indexed = self.offset_index.entries > 0
         for position, header in self.iter_headers(start):
-            if header.base_offset < self.next_offset and position != start:
-                raise CorruptRecordError(f"{self.log_path}: offsets go backwards at {position}")
+            if position != start:
+                expected = self.next_offset  # dense: each batch follows the previous one
+            elif indexed:
+                expected = last_offset - header.last_offset_delta  # it ends at the entry
+            else:
+                expected = self.base_offset
+            if header.base_offset != expected:
+                raise CorruptRecordError(f"{self.log_path}: offsets are not dense at {position}")
             self.next_offset = header.next_offset
-            end = position + header.size
-        if end != self.size:
-            raise CorruptRecordError(f"{self.log_path}: {self.size - end} stray bytes at the end")
-        ts, ts_offset = self.time_index.last_entry()
-        self.max_timestamp, self._offset_of_max_timestamp = ts, ts_offset
-        self._restore_max_timestamp_tail(start)
-        self._bytes_since_last_index_entry = self.size - start
-
-    def _restore_max_timestamp_tail(self, start: int) -> None:
-        for _, header in self.iter_headers(start):
             if header.max_timestamp > self.max_timestamp:
                 self.max_timestamp = header.max_timestamp
                 self._offset_of_max_timestamp = header.last_offset
+            end = position + header.size
+        if end != self.size:
+            raise CorruptRecordError(f"{self.log_path}: {self.size - end} stray bytes at the end")
+        self._bytes_since_last_index_entry = self.size - start
 
     # --- lifecycle ---------------------------------------------------------------------------
 
