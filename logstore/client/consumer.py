@@ -6,7 +6,10 @@ Threads and what they own:
   Kafka); it resolves starting positions, drains the record buffer and commits;
 - one fetcher thread keeps a Fetch in flight for the assigned partitions, decodes the
   answers into `ConsumerRecord`s and appends them to a bounded buffer;
-- one commit thread (started on first use) runs `commit_async` requests in order.
+- one commit thread (started on first use) runs `commit_async` requests in order;
+- with subscribe(), one heartbeat thread keeps the consumer a member of its group
+  (`_GroupMember`): it only talks to the coordinator and records the newest assignment,
+  which the application thread applies inside poll(), as Kafka does.
 
 State the application and the fetcher share lives in `_Buffer`, under its lock. Offsets are
 record offsets; sizes are bytes of RecordBatch data as fetched; times are seconds unless a
@@ -31,6 +34,7 @@ from typing import Any, NamedTuple
 import grpc
 
 from logstore import errors
+from logstore.assignors import DEFAULT_ASSIGNOR, check_assignor_name
 from logstore.client._connection import (
     is_retriable,
     make_stub,
@@ -56,6 +60,7 @@ LATEST = -1
 _RESET_POLICIES = frozenset({"earliest", "latest", "error", "none"})
 #: strategy of a partition whose position comes from the group's commit, else the policy
 _COMMITTED = "committed"
+_INT32_MAX = 2**31 - 1
 #: the longest wait between retries of a failing request
 MAX_RETRY_BACKOFF_S = 1.0
 #: how long close() waits for the fetcher thread and for pending async commits
@@ -69,9 +74,11 @@ Deserializer = Callable[[bytes], Any]
 class ConsumerRebalanceListener:
     """Callbacks around changes of a subscription's assignment; override what you need.
 
-    Both run in the application thread, inside `poll()` (and `close()`). In
-    `on_partitions_revoked` the partitions are still owned, so committing their positions
-    there works; in `on_partitions_assigned` they are owned, so seeking works.
+    All run in the application thread, inside `poll()` (and `unsubscribe()` / `close()`).
+    In `on_partitions_revoked` the partitions are still owned, so committing their
+    positions there works; in `on_partitions_assigned` they are owned, so seeking works.
+    In `on_partitions_lost` they may already belong to another member, so they cannot be
+    committed.
     """
 
     def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
@@ -79,6 +86,12 @@ class ConsumerRebalanceListener:
 
     def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         """Called after `assigned` partitions became owned, before they are read."""
+
+    def on_partitions_lost(self, lost: set[TopicPartition]) -> None:
+        """Called before `lost` partitions stop being read, when the group took them
+        without a rebalance (the member was fenced, expired, or left the group because
+        poll() stalled). By default the same as `on_partitions_revoked`, as in Kafka."""
+        self.on_partitions_revoked(lost)
 
 
 # --- options ---------------------------------------------------------------------------------
@@ -104,10 +117,12 @@ class _Options:
     retry_backoff_ms: int
     metadata_max_age_ms: int
     client_id: str
+    group_remote_assignor: str
 
     def validate(self) -> None:
         if self.group_id == "":
             raise errors.InvalidRequestError("group_id must be None or a non-empty string")
+        check_assignor_name(self.group_remote_assignor)
         if self.auto_offset_reset not in _RESET_POLICIES:
             raise errors.InvalidRequestError(
                 f"auto_offset_reset {self.auto_offset_reset!r}: use 'earliest', 'latest' or 'error'"
@@ -128,6 +143,19 @@ class _Options:
         for name in ("fetch_min_bytes", "fetch_max_wait_ms", "retry_backoff_ms"):
             if getattr(self, name) < 0:
                 raise errors.InvalidRequestError(f"{name} must be >= 0, got {getattr(self, name)}")
+        # sent as int32 request fields: a larger value would fail in a background thread
+        for name in (
+            "fetch_min_bytes",
+            "fetch_max_wait_ms",
+            "fetch_max_bytes",
+            "max_partition_fetch_bytes",
+            "session_timeout_ms",
+            "max_poll_interval_ms",
+        ):
+            if getattr(self, name) > _INT32_MAX:
+                raise errors.InvalidRequestError(
+                    f"{name} must be <= {_INT32_MAX}, got {getattr(self, name)}"
+                )
 
     @property
     def reset_policy(self) -> str:
@@ -676,19 +704,37 @@ def _as_corrupt(arrival: _Arrival, offset: int, exc: Exception) -> errors.LogSto
 
 # --- group membership ------------------------------------------------------------------------
 
-AssignmentHandler = Callable[
-    [frozenset[TopicPartition], frozenset[TopicPartition], ConsumerRebalanceListener | None],
-    None,
-]
+#: member_epoch values with a meaning of their own in GroupHeartbeatRequest
+JOIN_EPOCH = 0
+LEAVE_EPOCH = -1
+_GROUP_RPC = {JOIN_EPOCH: "JoinGroup", LEAVE_EPOCH: "LeaveGroup"}
+#: errors after which the coordinator no longer counts our partitions as ours: rejoin
+_REJOIN_ERRORS = (errors.UnknownMemberIdError, errors.FencedMemberEpochError)
+
+
+class _Rebalance(NamedTuple):
+    """How the consumer applies a change of assignment, on the application thread.
+
+    `revoke` commits (with auto-commit), calls the listener while the partitions are still
+    owned, then stops reading them; `lose` calls the listener without committing, then stops
+    reading them; `add` starts reading, then calls the listener. Each is given the
+    partitions and the listener (or None); `revoke` and `lose` stop reading the partitions
+    even when the listener raises.
+    """
+
+    revoke: Callable[[set[TopicPartition], ConsumerRebalanceListener | None], None]
+    lose: Callable[[set[TopicPartition], ConsumerRebalanceListener | None], None]
+    add: Callable[[set[TopicPartition], ConsumerRebalanceListener | None], None]
 
 
 class _Membership:
     """What the consumer needs from group coordination.
 
     `poll_hook()` runs inside every poll() (and at least every heartbeat interval while poll
-    waits): it keeps membership alive and, when the assignment changes, reports
-    (old, new, listener) to the consumer's assignment handler. Commits carry `member_id()`
-    and `generation()` so the coordinator can refuse commits from a stale generation.
+    waits); it is where assignment changes are applied. `has_news()` says, without locking,
+    that poll_hook has something to apply, so poll stops waiting for records.
+    `commit_identity()` gives what commits carry (member id and epoch) and the partitions
+    they may cover.
     """
 
     def subscribe(self, topics: list[str], listener: ConsumerRebalanceListener | None) -> None:
@@ -697,91 +743,375 @@ class _Membership:
     def poll_hook(self) -> None:
         raise NotImplementedError
 
-    def assignment(self) -> frozenset[TopicPartition]:
+    def has_news(self) -> bool:
         raise NotImplementedError
 
     def subscription(self) -> list[str]:
         raise NotImplementedError
 
-    def generation(self) -> int:
+    def commit_identity(self) -> tuple[str, int, frozenset[TopicPartition]]:
         raise NotImplementedError
 
-    def member_id(self) -> str:
-        raise NotImplementedError
-
-    def leave(self) -> None:
+    def leave(self, timeout_s: float) -> None:
         """Give up the assignment (revoking it) and leave the group."""
         raise NotImplementedError
 
+    def close(self, timeout_s: float) -> None:
+        """Leave, then stop whatever runs in the background."""
+        raise NotImplementedError
 
-class _SoleMember(_Membership):
-    """A group of one: this consumer owns every partition of the subscribed topics.
 
-    The partition lists are refreshed every `refresh_s` seconds (metadata_max_age_ms) so
-    added partitions are picked up. Commits go outside the group protocol (member "" and
-    generation -1).
+class _GroupMember(_Membership):
+    """Membership of a consumer group through the coordinator's heartbeat protocol.
+
+    A heartbeat thread (started by the first subscribe()) joins, heartbeats every
+    `interval_s` and leaves; it only talks to the broker and records the newest assignment
+    the coordinator answered. The application thread applies it in `poll_hook()`: it
+    releases revoked partitions (then asks for a heartbeat at once, so the coordinator can
+    hand them on) and takes added ones.
+
+    Invariants, under `_cond`:
+
+    - `_owned` is what the application holds and what heartbeats report as `owned`: a
+      partition is added to it before it is read and removed only after reading stopped,
+      so a heartbeat never reports a partition released that is still being read;
+    - the member is in the group exactly when `_epoch` > 0; `_member_id` outlives a leave
+      so that a rejoin replaces the old incarnation instead of adding one;
+    - `_lost` (why) is set only by the heartbeat thread, when the group may already have
+      given our partitions to others; until poll_hook has dropped them nothing but a leave
+      is sent and commits may cover no partition;
+    - `_target` is the newest assignment answered and not yet applied (None: nothing new).
+
+    The heartbeat thread may take the consumer's buffer lock (through `wake`) while it
+    holds `_cond`; nothing takes `_cond` while holding the buffer lock. Times are monotonic
+    seconds unless a name ends in `_ms`.
     """
 
     def __init__(
         self,
-        partition_count: Callable[[str], int],
-        on_change: AssignmentHandler,
-        retry_backoff_s: float,
-        refresh_s: float,
+        stub: Any,
+        options: _Options,
+        address: str,
+        rebalance: _Rebalance,
+        wake: Callable[[], None],
     ) -> None:
-        self._partition_count = partition_count
-        self._on_change = on_change
-        self._refresh_s = refresh_s
-        self._backoff = _Backoff(retry_backoff_s)
-        self._topics: list[str] = []
+        assert options.group_id is not None
+        self._group = options.group_id
+        self._stub = stub
+        self._options = options
+        self._address = address
+        self._rebalance = rebalance
+        self._wake = wake
+        self._configured_interval_s = options.heartbeat_interval_ms / 1000
+        self._session_s = options.session_timeout_ms / 1000
+        self._max_poll_s = options.max_poll_interval_ms / 1000
+        # A heartbeat answered after the session would have lapsed is of no use.
+        self._rpc_timeout_s = min(options.request_timeout_ms, options.session_timeout_ms) / 1000
+        self._backoff = _Backoff(options.retry_backoff_ms / 1000)
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._topics: tuple[str, ...] = ()
         self._listener: ConsumerRebalanceListener | None = None
-        self._assignment: frozenset[TopicPartition] = frozenset()
-        self._next_refresh = 0.0
+        self._member_id = ""
+        self._epoch = JOIN_EPOCH
+        self._owned: frozenset[TopicPartition] = frozenset()
+        self._target: frozenset[TopicPartition] | None = None
+        self._lost: str | None = None
+        self._error: errors.LogStoreError | None = None
+        self._interval_s = self._configured_interval_s
+        self._beat_at = 0.0
+        #: a heartbeat is wanted now (after a release), whatever `_beat_at` says
+        self._prompt = False
+        self._in_flight = False
+        self._stopping = False
+        self._last_poll = time.monotonic()
+        self._last_answer = time.monotonic()
+        #: set when poll_hook has something to apply; read by poll() without the lock
+        self._news = False
+
+    # --- the application thread --------------------------------------------------------------
 
     def subscribe(self, topics: list[str], listener: ConsumerRebalanceListener | None) -> None:
-        self._topics = list(topics)
-        self._listener = listener
-        self._next_refresh = 0.0  # assign on the next poll, as Kafka does
-
-    def poll_hook(self) -> None:
-        if not self._topics or time.monotonic() < self._next_refresh:
-            return
-        owned: set[TopicPartition] = set()
-        for topic in self._topics:
-            try:
-                count = self._partition_count(topic)
-            except errors.UnknownTopicOrPartitionError:
-                count = 0  # not created yet: owned once it is
-            except errors.LogStoreError as exc:
-                if not is_retriable(exc):
-                    raise
-                self._next_refresh = time.monotonic() + self._backoff.next()
-                return  # keep the current assignment while the broker is away
-            owned.update((topic, p) for p in range(count))
-        self._backoff.reset()
-        self._next_refresh = time.monotonic() + self._refresh_s
-        self._assign(frozenset(owned))
-
-    def _assign(self, owned: frozenset[TopicPartition]) -> None:
-        if owned != self._assignment:
-            old, self._assignment = self._assignment, owned
-            self._on_change(old, owned, self._listener)
-
-    def assignment(self) -> frozenset[TopicPartition]:
-        return self._assignment
+        with self._cond:
+            self._topics = tuple(sorted(set(topics)))
+            self._listener = listener
+            self._last_poll = time.monotonic()
+            self._prompt = True
+            self._cond.notify_all()
+        if self._thread is None:
+            name = self._options.client_id or self._group
+            self._thread = threading.Thread(
+                target=self._run, name=f"logstore-consumer-heartbeat[{name}]", daemon=True
+            )
+            self._thread.start()
 
     def subscription(self) -> list[str]:
-        return list(self._topics)
+        with self._cond:
+            return list(self._topics)
 
-    def generation(self) -> int:
-        return -1
+    def has_news(self) -> bool:
+        return self._news
 
-    def member_id(self) -> str:
-        return ""
+    def commit_identity(self) -> tuple[str, int, frozenset[TopicPartition]]:
+        with self._cond:
+            committable = frozenset() if self._lost is not None else self._owned
+            return self._member_id, self._epoch, committable
 
-    def leave(self) -> None:
-        self._topics = []
-        self._assign(frozenset())
+    def poll_hook(self) -> None:
+        """Apply what the heartbeat thread recorded: drop lost partitions (then rejoin), or
+        move to the newest assignment; raise (once) a heartbeat error the application has
+        not seen. Counts as a poll for max_poll_interval_ms."""
+        with self._cond:
+            self._last_poll = time.monotonic()
+            self._news = False
+            error, self._error = self._error, None
+            lost, target, self._target = self._lost, self._target, None
+            owned, listener = self._owned, self._listener
+        if lost is not None:
+            self._drop_lost(owned, listener)
+        elif target is not None:
+            self._apply(owned, target, listener)
+        if error is not None:
+            raise error
+
+    def _drop_lost(
+        self, owned: frozenset[TopicPartition], listener: ConsumerRebalanceListener | None
+    ) -> None:
+        log.info("group %s: dropping lost partitions %s; rejoining", self._group, sorted(owned))
+        try:
+            if owned:
+                self._rebalance.lose(set(owned), listener)
+        finally:
+            with self._cond:
+                self._owned = frozenset()
+                self._lost = None
+                self._prompt = True  # rejoin now that nothing of the old assignment is read
+                self._cond.notify_all()
+
+    def _apply(
+        self,
+        owned: frozenset[TopicPartition],
+        target: frozenset[TopicPartition],
+        listener: ConsumerRebalanceListener | None,
+    ) -> None:
+        """Release `owned - target`, report that at once, then take `target - owned`.
+
+        A listener's exception does not stop the change: it is raised once both steps ran.
+        """
+        revoked, added = owned - target, target - owned
+        failure: Exception | None = None
+        if revoked:
+            log.info("group %s: revoking %s", self._group, sorted(revoked))
+            try:
+                self._rebalance.revoke(set(revoked), listener)
+            except Exception as exc:
+                failure = exc
+            self._set_owned(owned - revoked, prompt=True)
+        if added:
+            log.info("group %s: assigned %s", self._group, sorted(added))
+            self._set_owned(target, prompt=False)
+            try:
+                self._rebalance.add(set(added), listener)
+            except Exception as exc:
+                failure = failure or exc
+        if failure is not None:
+            raise failure
+
+    def _set_owned(self, owned: frozenset[TopicPartition], prompt: bool) -> None:
+        with self._cond:
+            self._owned = owned
+            self._prompt |= prompt
+            self._cond.notify_all()
+
+    def leave(self, timeout_s: float) -> None:
+        """Give up every partition (revoking it, or dropping it as lost if the group may
+        have taken it already) and leave the group; wait up to `timeout_s` for that."""
+        with self._cond:
+            owned, lost, listener = self._owned, self._lost, self._listener
+        try:
+            if owned and lost is None:
+                self._rebalance.revoke(set(owned), listener)
+            elif owned:
+                self._rebalance.lose(set(owned), listener)
+        finally:
+            with self._cond:
+                # Only now: the revocation may commit, which needs us still in the group.
+                self._topics = ()
+                self._target = None
+                self._owned = frozenset()
+                self._lost = None
+                self._cond.notify_all()
+                if self._thread is not None:
+                    self._cond.wait_for(self._out_of_group, timeout_s)
+
+    def close(self, timeout_s: float) -> None:
+        try:
+            self.leave(timeout_s)
+        finally:
+            with self._cond:
+                self._stopping = True
+                self._cond.notify_all()
+            if self._thread is not None:
+                self._thread.join(timeout_s)
+
+    def _out_of_group(self) -> bool:
+        return self._epoch <= 0 and not self._in_flight
+
+    # --- the heartbeat thread ----------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                request = self._next_request()
+            if request is None:
+                return
+            self._exchange(request)
+
+    def _next_request(self) -> pb.GroupHeartbeatRequest | None:
+        """Wait until a request is due and return it; None once stopping and out of the
+        group. Caller holds `_cond`."""
+        while True:
+            now = time.monotonic()
+            in_group = self._epoch > 0
+            if in_group and (self._stopping or not self._topics or self._lost is not None):
+                return self._request(LEAVE_EPOCH)
+            if self._stopping:
+                return None
+            if in_group and self._check_liveness(now):
+                continue
+            if self._topics and self._lost is None and (self._prompt or now >= self._beat_at):
+                return self._request(self._epoch)
+            self._cond.wait(self._idle_s(now))
+
+    def _check_liveness(self, now: float) -> bool:
+        """Mark the partitions lost if poll() stalled (we then leave, so they move on) or
+        no heartbeat was answered for a session (the coordinator has dropped us)."""
+        if now - self._last_poll > self._max_poll_s:
+            self._mark_lost(
+                f"poll() was not called for max_poll_interval_ms="
+                f"{self._options.max_poll_interval_ms}; left the group so its partitions "
+                "move to other members"
+            )
+            return True
+        if now - self._last_answer > self._session_s:
+            self._mark_lost(
+                f"no heartbeat answered for session_timeout_ms={self._options.session_timeout_ms}"
+            )
+            self._epoch = JOIN_EPOCH
+            return True
+        return False
+
+    def _idle_s(self, now: float) -> float | None:
+        """How long nothing is due (None: until notified)."""
+        due: list[float] = []
+        if self._topics and self._lost is None:
+            due.append(self._beat_at)
+            if self._epoch > 0:
+                due += [self._last_poll + self._max_poll_s, self._last_answer + self._session_s]
+        return max(min(due) - now, 0.0) if due else None
+
+    def _request(self, epoch: int) -> pb.GroupHeartbeatRequest:
+        """A leave (-1), join (0) or heartbeat; marks it in flight. Caller holds `_cond`."""
+        self._in_flight = True
+        if epoch == LEAVE_EPOCH:
+            return pb.GroupHeartbeatRequest(
+                group_id=self._group, member_id=self._member_id, member_epoch=LEAVE_EPOCH
+            )
+        self._prompt = False
+        self._beat_at = time.monotonic() + self._interval_s
+        options = self._options
+        return pb.GroupHeartbeatRequest(
+            group_id=self._group,
+            member_id=self._member_id,
+            member_epoch=epoch,
+            subscription=pb.Subscription(topics=list(self._topics)),
+            assignor=options.group_remote_assignor,
+            session_timeout_ms=options.session_timeout_ms,
+            rebalance_timeout_ms=options.max_poll_interval_ms,
+            client_id=options.client_id,
+            owned=_assignment_proto(self._owned),
+        )
+
+    def _exchange(self, request: pb.GroupHeartbeatRequest) -> None:
+        method = _GROUP_RPC.get(request.member_epoch, "Heartbeat")
+        try:
+            response = getattr(self._stub, method)(request, timeout=self._rpc_timeout_s)
+        except grpc.RpcError as exc:
+            self._on_failure(request, translate(exc, self._address))
+        except Exception as exc:  # a fault here must not end the membership
+            log.exception("group %s: %s failed", self._group, method)
+            self._on_failure(request, errors.BrokerUnavailableError(f"{method} failed: {exc!r}"))
+        else:
+            self._on_answer(request, response)
+
+    def _on_answer(
+        self, request: pb.GroupHeartbeatRequest, response: pb.GroupHeartbeatResponse
+    ) -> None:
+        with self._cond:
+            self._in_flight = False
+            if request.member_epoch == LEAVE_EPOCH:
+                self._epoch = JOIN_EPOCH
+            else:
+                self._accept(response)
+            self._cond.notify_all()
+
+    def _accept(self, response: pb.GroupHeartbeatResponse) -> None:
+        now = time.monotonic()
+        self._member_id = response.member_id
+        self._epoch = response.member_epoch
+        self._last_answer = now
+        self._backoff.reset()
+        server_s = response.heartbeat_interval_ms / 1000
+        self._interval_s = min(self._configured_interval_s, server_s or self._configured_interval_s)
+        self._beat_at = now + self._interval_s
+        if not self._topics or self._lost is not None:
+            return  # unsubscribed or lost meanwhile: this assignment is not to be applied
+        assignment = frozenset(
+            (t.topic, p) for t in response.assignment.topics for p in t.partitions
+        )
+        self._target = None if assignment == self._owned else assignment
+        if self._target is not None:
+            self._tell_poll()
+
+    def _on_failure(self, request: pb.GroupHeartbeatRequest, exc: errors.LogStoreError) -> None:
+        with self._cond:
+            self._in_flight = False
+            if request.member_epoch == LEAVE_EPOCH:
+                # Not retried: if it was lost the session timeout removes us anyway.
+                log.info("group %s: leaving failed: %s", self._group, exc)
+                self._epoch = JOIN_EPOCH
+            elif isinstance(exc, _REJOIN_ERRORS):
+                self._mark_lost(str(exc))
+                self._epoch = JOIN_EPOCH
+            elif is_retriable(exc):
+                log.debug("group %s: heartbeat failed, retrying: %s", self._group, exc)
+                self._beat_at = time.monotonic() + self._backoff.next()
+            else:
+                log.warning("group %s: heartbeat refused: %s", self._group, exc)
+                self._error = exc
+                self._tell_poll()
+                self._beat_at = time.monotonic() + max(self._interval_s, self._backoff.next())
+            self._cond.notify_all()
+
+    def _mark_lost(self, reason: str) -> None:
+        log.warning("group %s: member %s: %s", self._group, self._member_id, reason)
+        self._lost = reason
+        self._target = None
+        self._tell_poll()
+
+    def _tell_poll(self) -> None:
+        """Make a waiting poll() run poll_hook now. Caller holds `_cond`."""
+        self._news = True
+        self._wake()
+
+
+def _assignment_proto(partitions: Iterable[TopicPartition]) -> pb.Assignment:
+    return pb.Assignment(
+        topics=[
+            pb.TopicPartitions(topic=topic, partitions=[p for p, _ in ps])
+            for topic, ps in _by_topic((tp, None) for tp in sorted(partitions)).items()
+        ]
+    )
 
 
 # --- the consumer ----------------------------------------------------------------------------
@@ -802,9 +1132,18 @@ class Consumer:
     returned, and commit() commits those positions. Deserializers, if given, are applied
     to non-null keys and values in poll() (a cost per record).
 
+    subscribe() makes the consumer a member of its group: the group's coordinator shares
+    the partitions of the subscribed topics among the members (`group_remote_assignor`:
+    "sticky", "range" or "roundrobin"; every member of a group must name the same) and
+    moves them when members come and go. A background thread heartbeats every
+    `heartbeat_interval_ms`; a member silent for `session_timeout_ms`, or whose
+    application has not called poll() for `max_poll_interval_ms`, loses its partitions.
+    Changes of assignment are applied inside poll(), calling the listener.
+
     Options follow Kafka's consumer settings in snake_case, with Kafka's defaults, except
-    `metadata_max_age_ms` (how often a subscription looks for added partitions), which is
-    5 s here, and `auto_offset_reset="error"` (Kafka's "none", also accepted).
+    `auto_offset_reset="error"` (Kafka's "none", also accepted). `metadata_max_age_ms` is
+    accepted and validated but has no effect: the coordinator notices partitions added to
+    subscribed topics at each heartbeat.
     """
 
     def __init__(
@@ -827,6 +1166,7 @@ class Consumer:
         retry_backoff_ms: int = 100,
         metadata_max_age_ms: int = 5000,
         client_id: str = "",
+        group_remote_assignor: str = DEFAULT_ASSIGNOR,
         key_deserializer: Deserializer | None = None,
         value_deserializer: Deserializer | None = None,
     ) -> None:
@@ -847,6 +1187,7 @@ class Consumer:
             retry_backoff_ms,
             metadata_max_age_ms,
             client_id,
+            group_remote_assignor,
         )
         self._options.validate()
         self._key_deserializer = key_deserializer
@@ -856,12 +1197,14 @@ class Consumer:
         self._channel = open_channel(self.address)
         self._stub = make_stub(self._channel)
         self._buffer = _Buffer(2 * fetch_max_bytes, max_partition_fetch_bytes)
-        self._membership: _Membership = _SoleMember(
-            self._partition_count,
-            self._on_assignment_change,
-            retry_backoff_ms / 1000,
-            refresh_s=metadata_max_age_ms / 1000,
-        )
+        self._membership: _Membership | None = None
+        if group_id is not None:
+            rebalance = _Rebalance(
+                self._revoke_partitions, self._lose_partitions, self._add_partitions
+            )
+            self._membership = _GroupMember(
+                self._stub, self._options, self.address, rebalance, self._wake_poll
+            )
         #: "assign", "subscribe" or None: the two ways to own partitions exclude each other
         self._mode: str | None = None
         self._closed = False
@@ -880,14 +1223,19 @@ class Consumer:
     def subscribe(
         self, topics: Iterable[str], listener: ConsumerRebalanceListener | None = None
     ) -> None:
-        """Own every partition of `topics` through the group (from the next poll()).
+        """Join the group to share the partitions of `topics` with its other members.
 
-        Needs a group_id; excludes assign(). An empty list unsubscribes.
+        Joining happens in the background; partitions are assigned (and the listener
+        called) inside later poll() calls. Needs a group_id; excludes assign(). An empty
+        list unsubscribes; calling it again replaces the subscription.
         """
         self._ensure_open()
         names = [topics] if isinstance(topics, str) else list(topics)
-        if self._options.group_id is None:
+        if self._membership is None:
             raise errors.InvalidRequestError("subscribe() needs a group_id; use assign() without")
+        bad = [name for name in names if not isinstance(name, str) or not name]
+        if bad:
+            raise errors.InvalidRequestError(f"topic names must be non-empty strings: {bad!r}")
         if self._mode == "assign":
             raise errors.InvalidRequestError(
                 "subscribe() after assign(): a consumer uses one or the other "
@@ -900,17 +1248,20 @@ class Consumer:
         self._membership.subscribe(names, listener)
 
     def unsubscribe(self) -> None:
-        """Give up every partition, whether subscribed or assigned."""
+        """Give up every partition, whether subscribed or assigned; a member revokes its
+        partitions (committing them with auto-commit) and leaves the group."""
         self._ensure_open()
-        if self._mode == "subscribe":
-            self._membership.leave()
+        if self._mode == "subscribe" and self._membership is not None:
+            self._membership.leave(min(self._timeout_s, CLOSE_JOIN_S))
         else:
             self._change_assignment(set(self._assigned()), set())
         self._mode = None
 
     def subscription(self) -> set[str]:
         self._ensure_open()
-        return set(self._membership.subscription()) if self._mode == "subscribe" else set()
+        if self._mode != "subscribe" or self._membership is None:
+            return set()
+        return set(self._membership.subscription())
 
     def assign(self, partitions: Iterable[TopicPartition]) -> None:
         """Own exactly `partitions` (topic, partition), without group coordination.
@@ -929,7 +1280,8 @@ class Consumer:
         self._change_assignment(set(self._assigned()), wanted)
 
     def assignment(self) -> set[TopicPartition]:
-        """The partitions this consumer currently owns."""
+        """The partitions this consumer currently owns (for a group member: as of the last
+        change poll() applied)."""
         self._ensure_open()
         return set(self._assigned())
 
@@ -937,22 +1289,51 @@ class Consumer:
         with self._buffer.lock:
             return list(self._buffer.states)
 
-    def _on_assignment_change(
-        self,
-        old: frozenset[TopicPartition],
-        new: frozenset[TopicPartition],
-        listener: ConsumerRebalanceListener | None,
+    def _revoke_partitions(
+        self, revoked: set[TopicPartition], listener: ConsumerRebalanceListener | None
     ) -> None:
-        """Apply a membership's new assignment: commit and revoke, then assign."""
-        revoked, added = set(old - new), set(new - old)
-        if revoked:
+        """Give `revoked` back to the group: commit their positions (with auto-commit; not
+        again while closing, which has just committed), tell the listener while they are
+        still owned, then stop reading them, even if the listener raises."""
+        try:
+            # An older async commit landing after this one would move the offsets back.
+            self._await_pending_commits(CLOSE_JOIN_S if self._closing else self._timeout_s)
             if self._auto_commit_enabled() and not self._closing:
                 self._commit_quietly(self._consumed(revoked), self._timeout_s)
             if listener is not None:
-                listener.on_partitions_revoked(revoked)
-        self._set_states(set(new))
-        if added and listener is not None:
-            listener.on_partitions_assigned(added)
+                listener.on_partitions_revoked(set(revoked))
+        finally:
+            self._drop_partitions(revoked)
+
+    def _lose_partitions(
+        self, lost: set[TopicPartition], listener: ConsumerRebalanceListener | None
+    ) -> None:
+        """Drop `lost` without committing (another member may own them already), telling
+        the listener first."""
+        try:
+            if listener is not None:
+                callback = getattr(listener, "on_partitions_lost", listener.on_partitions_revoked)
+                callback(set(lost))
+        finally:
+            self._drop_partitions(lost)
+
+    def _add_partitions(
+        self, added: set[TopicPartition], listener: ConsumerRebalanceListener | None
+    ) -> None:
+        """Start reading `added` (from the committed offsets, else per auto_offset_reset),
+        then tell the listener, which may seek them."""
+        self._set_states(set(self._assigned()) | added)
+        if listener is not None:
+            listener.on_partitions_assigned(set(added))
+
+    def _drop_partitions(self, tps: set[TopicPartition]) -> None:
+        self._set_states(set(self._assigned()) - tps)
+
+    def _wake_poll(self) -> None:
+        """Make a waiting poll() look at the membership now (called by the heartbeat
+        thread)."""
+        with self._buffer.lock:
+            self._buffer.data_ready.notify_all()
 
     def _change_assignment(self, old: set[TopicPartition], new: set[TopicPartition]) -> None:
         # As Kafka's assign(): positions of dropped partitions are committed asynchronously.
@@ -969,10 +1350,6 @@ class Consumer:
             self._buffer.set_assignment(wanted, strategy)
         self._resolve_at = 0.0  # new partitions resolve at once
 
-    def _partition_count(self, topic: str) -> int:
-        response = self._call("DescribeTopic", pb.DescribeTopicRequest(name=topic))
-        return len(response.topic.partitions)
-
     # --- polling -----------------------------------------------------------------------------
 
     def poll(self, timeout: float = 0.0, max_records: int | None = None) -> list[ConsumerRecord]:
@@ -980,8 +1357,10 @@ class Consumer:
         seconds for some; [] if none arrived in time.
 
         Per partition, records come in offset order and continue exactly where the previous
-        poll() (or seek) left off. Raises NoOffsetForPartitionError when a position cannot
-        be resolved with auto_offset_reset="error", and errors the fetcher met (once each).
+        poll() (or seek) left off. A group member applies assignment changes here, calling
+        the listener, before it returns records. Raises NoOffsetForPartitionError when a
+        position cannot be resolved with auto_offset_reset="error", and errors the fetcher
+        or the group coordinator answered (once each).
         """
         self._ensure_open()
         if self._mode is None:
@@ -990,10 +1369,12 @@ class Consumer:
             )
         limit = max_records or self._options.max_poll_records
         deadline = time.monotonic() + max(timeout, 0.0)
+        member = self._membership if self._mode == "subscribe" else None
         self._maybe_auto_commit()
         buffer = self._buffer
         while True:
-            self._membership.poll_hook()
+            if member is not None:
+                member.poll_hook()
             retry_in = self._try_resolve_positions()
             with buffer.lock:
                 self._raise_fetch_error()
@@ -1001,8 +1382,10 @@ class Consumer:
                 remaining = deadline - time.monotonic()
                 if records or remaining <= 0:
                     break
-                heartbeat_s = self._options.heartbeat_interval_ms / 1000
-                buffer.data_ready.wait(min(remaining, retry_in, heartbeat_s))
+                if member is None or not member.has_news():
+                    # bounded so the membership sees this poll at least once an interval
+                    heartbeat_s = self._options.heartbeat_interval_ms / 1000
+                    buffer.data_ready.wait(min(remaining, retry_in, heartbeat_s))
         return self._deserialize(records)
 
     def _raise_fetch_error(self) -> None:
@@ -1272,8 +1655,11 @@ class Consumer:
         """Commit `offsets` (default: the position of every assigned partition, i.e. the
         offset after what poll() returned) and wait for the broker to store them.
 
-        Retriable failures are retried for up to request_timeout_ms. Raises
-        CommitFailedError when the group refuses the commit, or the error met.
+        A subscribed consumer commits as its group member (id and epoch) and only the
+        partitions it owns now; others are skipped. Retriable failures are retried for up
+        to request_timeout_ms. Raises CommitFailedError when the group refuses the commit
+        (UnknownMemberIdError / FencedMemberEpochError when the member was dropped), or the
+        error met.
         """
         self._ensure_open()
         self._require_group("commit()")
@@ -1339,13 +1725,14 @@ class Consumer:
                 time.sleep(delay)
 
     def _send_commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
+        group = self._require_group("commit")
+        member_id, epoch, offsets = self._as_committer(group, offsets)
         if not offsets:
             return
-        group = self._require_group("commit")
         request = pb.CommitOffsetsRequest(
             group_id=group,
-            member_id=self._membership.member_id(),
-            generation_id=self._membership.generation(),
+            member_id=member_id,
+            generation_id=epoch,
             topics=[
                 pb.CommitTopic(
                     topic=topic,
@@ -1362,6 +1749,29 @@ class Consumer:
                 error = partition_error(p.error)
                 if error is not None:
                     raise error
+
+    def _as_committer(
+        self, group: str, offsets: dict[TopicPartition, OffsetAndMetadata]
+    ) -> tuple[str, int, dict[TopicPartition, OffsetAndMetadata]]:
+        """(member id, member epoch, offsets) of a commit.
+
+        A group member commits as itself and only partitions it owns now: a partition it
+        was never given, or gave up in a rebalance, may be another member's, whose commits
+        must not be overwritten (the broker refuses them too). Outside the group protocol
+        (assign()) the commit carries "" and -1, which the broker accepts only while the
+        group has no members.
+        """
+        if self._mode != "subscribe" or self._membership is None:
+            return "", -1, offsets
+        member_id, epoch, owned = self._membership.commit_identity()
+        foreign = sorted(set(offsets) - owned)
+        if foreign:
+            log.info("group %s: not committing %s: not owned by this member", group, foreign)
+        return member_id, epoch, {tp: om for tp, om in offsets.items() if tp in owned}
+
+    def _await_pending_commits(self, timeout_s: float) -> None:
+        if self._pending_commits:
+            wait_futures(list(self._pending_commits), timeout=timeout_s)
 
     def _consumed(
         self, tps: Iterable[TopicPartition] | None = None
@@ -1421,30 +1831,33 @@ class Consumer:
             raise errors.ClientClosedError("the consumer is closed")
 
     def close(self, timeout: float | None = None) -> None:
-        """Stop fetching, commit positions (with auto-commit), leave the group, disconnect.
+        """Stop fetching, commit positions (with auto-commit), revoke the assignment and
+        leave the group (so its partitions move at once, not after the session timeout),
+        disconnect.
 
-        `timeout` (seconds, default request_timeout_ms) bounds the final commit and the wait
-        for pending async commits. Idempotent; every other method then raises
-        ClientClosedError.
+        `timeout` (seconds, default request_timeout_ms) bounds the final commit; waits for
+        the leave, the heartbeat thread and pending async commits are bounded by it and by
+        CLOSE_JOIN_S each. Idempotent; every other method then raises ClientClosedError.
         """
-        if self._closed:
+        if self._closed or self._closing:
             return
-        self._closed = True
+        # Closed only at the end, so a listener may still commit in on_partitions_revoked.
         self._closing = True
         limit_s = self._timeout_s if timeout is None else max(timeout, 0.0)
         self._fetcher.stop(min(CLOSE_JOIN_S, limit_s + 1.0))
         try:
             if self._auto_commit_enabled():
                 self._commit_quietly(self._consumed(), limit_s)
-            self._membership.leave()
+            if self._membership is not None:
+                self._membership.close(min(CLOSE_JOIN_S, limit_s))
         except Exception:
             log.exception("error while closing the consumer")
         finally:
+            self._closed = True
             self._finish_close(limit_s)
 
     def _finish_close(self, limit_s: float) -> None:
-        if self._pending_commits:
-            wait_futures(list(self._pending_commits), timeout=min(CLOSE_JOIN_S, limit_s))
+        self._await_pending_commits(min(CLOSE_JOIN_S, limit_s))
         if self._committer is not None:
             self._committer.shutdown(wait=False, cancel_futures=True)
         self._channel.close()
