@@ -13,14 +13,40 @@ from typing import Any
 import click
 
 from logstore import __version__
+from logstore.cli.common import LogStoreGroup
+from logstore.cli.consume import consume
+from logstore.cli.dump_log import dump_log
+from logstore.cli.groups import groups
+from logstore.cli.produce import produce
+from logstore.cli.topics import topics
 from logstore.errors import LogStoreError
 from logstore.log_manager import ManagerSettings
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LogStoreGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="logstore")
-def cli() -> None:
-    """LogStore: a Kafka-style partitioned log store."""
+@click.option(
+    "--debug",
+    is_flag=True,
+    envvar="LOGSTORE_DEBUG",
+    help="Show the full traceback when a command fails. Env: LOGSTORE_DEBUG.",
+)
+def cli(debug: bool) -> None:
+    """LogStore: a Kafka-style partitioned log store.
+
+    Client commands reach the broker at --bootstrap-server HOST:PORT (env
+    LOGSTORE_BOOTSTRAP, default 127.0.0.1:9092). On failure they print one
+    line starting with "error:" on stderr and exit non-zero.
+
+    \b
+    Examples:
+      logstore serve --data-dir /var/lib/logstore
+      logstore topics create orders --partitions 3
+      printf 'u1:hello\\nu2:world\\n' | logstore produce orders --key-separator :
+      logstore consume orders --from-beginning --print-key --max-messages 2
+      logstore groups describe billing
+      logstore dump-log /var/lib/logstore/orders-0/00000000000000000000.log
+    """
 
 
 def _load_config_file(path: str | None) -> dict[str, Any]:
@@ -56,7 +82,11 @@ def _manager_settings(table: dict[str, Any]) -> ManagerSettings:
     envvar="LOGSTORE_LISTEN",
     help="HOST:PORT for gRPC [default: 127.0.0.1:9092; port 0 picks a free one].",
 )
-@click.option("--metrics-listen", envvar="LOGSTORE_METRICS_LISTEN", help="HOST:PORT for /metrics.")
+@click.option(
+    "--metrics-listen",
+    envvar="LOGSTORE_METRICS_LISTEN",
+    help="HOST:PORT for Prometheus /metrics [default: off]. Env: LOGSTORE_METRICS_LISTEN.",
+)
 @click.option(
     "--config",
     "config_file",
@@ -106,13 +136,16 @@ def serve(
             setattr(settings, key, int(file_conf[key]))
     settings.topic_defaults = {k: str(v) for k, v in file_conf.get("topic-defaults", {}).items()}
     settings.manager = _manager_settings(file_conf.get("log-manager", {}))
-    if metrics_listen:
-        click.echo("note: --metrics-listen is not served by this build yet", err=True)
+    settings.metrics_listen = metrics_listen or file_conf.get("metrics_listen")
     try:
         code = run(settings)
     except (LogStoreError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
     sys.exit(code)
+
+
+for _command in (topics, produce, consume, groups, dump_log):
+    cli.add_command(_command)
 
 
 def main() -> None:

@@ -422,3 +422,19 @@ def test_parse_listen() -> None:
     for bad in ("9100", ":9100", "host:", "host:port", "host:70000"):
         with pytest.raises(ValueError):
             parse_listen(bad)
+
+
+def test_serve_flag_serves_metrics(tmp_path: Path) -> None:
+    from tests.server.conftest import BrokerProcess
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    broker = BrokerProcess(tmp_path / "data", ["--metrics-listen", f"127.0.0.1:{port}"])
+    broker.start()
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        assert "logstore_build_info" in text
+    finally:
+        assert broker.stop() == 0

@@ -1,0 +1,144 @@
+"""`logstore dump-log` on segments a real broker wrote, intact and damaged."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import struct
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from logstore import format as fmt
+from logstore import record_batch as rb
+from logstore.cli.main import cli
+from logstore.client.producer import Producer
+from tests.cli.conftest import run_cli
+from tests.server.conftest import BrokerProcess
+
+SEGMENT = "00000000000000000000"
+PLAIN_BATCHES = 5
+
+
+@pytest.fixture
+def segment(broker: BrokerProcess, tmp_path: Path) -> Path:
+    """A copy of a live segment of six one-record batches (the last zstd), indexed per batch."""
+    run_cli(
+        "topics", "create", "seg", "--config", "index.interval.bytes=0", bootstrap=broker.address
+    )
+    start = int(time.time() * 1000) - 60_000
+    with Producer(broker.address) as producer:
+        for i in range(PLAIN_BATCHES):
+            # one record per batch: result() waits for each acknowledgement; rising
+            # timestamps give the time index an entry per batch
+            value = f"value-{i}".encode()
+            headers = {"h": b"v"}
+            producer.send("seg", value, b"k", headers, timestamp_ms=start + i).result()
+    with Producer(broker.address, compression="zstd") as producer:
+        producer.send("seg", value=b"z" * 300, timestamp_ms=start + PLAIN_BATCHES).result()
+    copy = tmp_path / "copy"
+    shutil.copytree(broker.data_dir / "seg-0", copy)
+    return copy / f"{SEGMENT}.log"
+
+
+def dump(*args: str) -> Result:
+    return CliRunner().invoke(cli, ["dump-log", *args])
+
+
+def batch_positions(log: Path) -> list[int]:
+    return [pos for pos, _ in rb.iter_batches(log.read_bytes())]
+
+
+def test_intact_segment_is_described_batch_by_batch(segment: Path) -> None:
+    result = dump(str(segment))
+    assert result.exit_code == 0, result.output
+    batches = [line for line in result.stdout.splitlines() if line.startswith("baseOffset:")]
+    assert len(batches) == PLAIN_BATCHES + 1
+    first = batches[0]
+    for field in (
+        "baseOffset: 0",
+        "lastOffset: 0",
+        "count: 1",
+        "position: 0",
+        "magic: 2",
+        "compresscodec: none",
+        "isvalid: true",
+        "producerEpoch: 0",
+        "baseSequence: 0",
+    ):
+        assert field in first, field
+    assert re.search(r"CreateTime: \d+ baseTimestamp: \d+ maxTimestamp: \d+ size: \d+", first)
+    assert "compresscodec: zstd" in batches[-1]
+    assert "Summary: 6 batch(es), 0 invalid, 6 record(s), offsets 0..5" in result.stdout
+
+
+def test_print_records_shows_key_value_headers_and_truncates(segment: Path) -> None:
+    result = dump(str(segment), "--print-records", "--max-bytes", "20")
+    assert result.exit_code == 0, result.output
+    records = [line for line in result.stdout.splitlines() if line.startswith("| offset:")]
+    assert len(records) == PLAIN_BATCHES + 1
+    assert records[0].startswith("| offset: 0 CreateTime: ")
+    assert (
+        "keySize: 1 valueSize: 7 sequence: 0 headers: [h=v] key: k payload: value-0" in records[0]
+    )
+    assert records[-1].endswith("payload: " + "z" * 20 + "...(+280 bytes)")
+
+
+def test_corrupted_byte_makes_the_batch_invalid_and_the_exit_non_zero(segment: Path) -> None:
+    third = batch_positions(segment)[2]
+    data = bytearray(segment.read_bytes())
+    data[third + fmt.RECORDS_OFFSET + 3] ^= 0xFF
+    segment.write_bytes(bytes(data))
+
+    result = run_cli("dump-log", str(segment))
+    assert result.code != 0
+    invalid = [line for line in result.out.splitlines() if "isvalid: false" in line]
+    assert len(invalid) == 1 and f"position: {third} " in invalid[0]
+    assert result.err.startswith("error: ") and result.err.count("\n") == 1
+    assert "CRC" in result.err and "Traceback" not in result.err
+
+
+def test_torn_tail_is_reported(segment: Path) -> None:
+    with segment.open("ab") as f:
+        f.write(b"\x00" * 20)
+    result = dump(str(segment))
+    assert result.exit_code != 0
+    assert "Invalid data at position" in result.stdout
+
+
+def test_verify_index_accepts_the_broker_indexes(segment: Path) -> None:
+    result = dump(str(segment), "--verify-index")
+    assert result.exit_code == 0, result.output
+    assert re.search(rf"Verified {SEGMENT}\.index: [1-9]\d* entries, ok", result.stdout)
+    assert re.search(rf"Verified {SEGMENT}\.timeindex: [1-9]\d* entries, ok", result.stdout)
+
+
+def test_verify_index_reports_a_tampered_offset_index(segment: Path) -> None:
+    index = segment.with_suffix(fmt.INDEX_SUFFIX)
+    relative, position = struct.unpack_from(">II", index.read_bytes(), 0)
+    assert position in batch_positions(segment)
+    with index.open("r+b") as f:
+        f.write(struct.pack(">II", relative, position + 1))
+
+    result = dump(str(segment), "--verify-index")
+    assert result.exit_code != 0
+    assert f"entry 0 (offset {relative}): no batch starts at {position + 1}" in result.stdout
+    assert "index" in result.stderr
+
+
+def test_verify_index_reports_a_time_index_that_goes_back(segment: Path) -> None:
+    time_index = segment.with_suffix(fmt.TIME_INDEX_SUFFIX)
+    with time_index.open("r+b") as f:
+        f.seek(fmt.TIME_INDEX_ENTRY_SIZE)  # the second entry: an earlier time than the first
+        f.write(struct.pack(">qI", 1, 0))
+    result = dump(str(segment), "--verify-index")
+    assert result.exit_code != 0
+    assert "entry 1: timestamp or offset goes back from entry 0" in result.stdout
+
+
+def test_missing_file_is_a_usage_error(tmp_path: Path) -> None:
+    result = dump(str(tmp_path / "nope.log"))
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1

@@ -1,0 +1,121 @@
+"""`logstore produce` and `logstore consume` end to end against a real broker."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from logstore.partitioner import partition_for_key
+from tests.cli.conftest import RUN_TIMEOUT_S, Cli, table
+
+KEYED = "".join(f"user{i % 5}:event-{i}\n" for i in range(30))
+
+
+def test_keyed_lines_land_by_key_and_come_back_with_their_keys(cli: Cli) -> None:
+    cli.ok("topics", "create", "events", "--partitions", "3")
+    produced = cli.ok("produce", "events", "--key-separator", ":", stdin=KEYED)
+    assert "produced 30 record(s) to events" in produced.err
+    assert "partition" in produced.err and "offsets 0.." in produced.err
+
+    consumed = cli.ok(
+        "consume", "events", "--from-beginning", "--print-key", "--print-offset",
+        "--max-messages", "30",
+    )  # fmt: skip
+    partitions_of_key: dict[str, set[int]] = defaultdict(set)
+    values = []
+    for line in consumed.lines():
+        partition, _offset, key, value = line.split("\t")
+        partitions_of_key[key].add(int(partition))
+        values.append(value)
+    assert sorted(values) == sorted(f"event-{i}" for i in range(30))
+    for key, partitions in partitions_of_key.items():
+        assert partitions == {partition_for_key(key.encode(), 3)}
+    assert "processed 30 message(s)" in consumed.err
+
+
+def test_partition_headers_file_and_offset(cli: Cli, tmp_path: Path) -> None:
+    cli.ok("topics", "create", "t", "--partitions", "3")
+    lines = tmp_path / "lines.txt"
+    lines.write_text("zero\none\ntwo\nthree\n")
+    produced = cli.ok(
+        "produce", "t", "--file", str(lines), "--partition", "2", "--header", "src=cli",
+        "--header", "v=1", "--acks", "1", "--compression", "zstd",
+    )  # fmt: skip
+    assert "partition 2: 4 record(s), offsets 0..3" in produced.err
+
+    records = [
+        json.loads(line)
+        for line in cli.ok(
+            "consume", "t", "--partition", "2", "--offset", "1", "--json", "--max-messages", "3"
+        ).lines()
+    ]
+    assert [r["value"] for r in records] == ["one", "two", "three"]
+    assert [r["offset"] for r in records] == [1, 2, 3]
+    assert all(r["partition"] == 2 and r["key"] is None for r in records)
+    assert records[0]["headers"] == [["src", "cli"], ["v", "1"]]
+
+
+def test_max_messages_timeout_and_undecodable_bytes(cli: Cli) -> None:
+    cli.ok("topics", "create", "t")
+    cli.ok("produce", "t", stdin=b"first\n\xff\xfebin\nthird\n")
+    two = cli.ok("consume", "t", "--from-beginning", "--max-messages", "2")
+    assert two.lines() == ["first", "\\xff\\xfebin"]
+
+    started = time.monotonic()
+    idle = cli.ok("consume", "t", "--timeout-ms", "500")  # from the end: nothing new
+    assert idle.out == ""
+    assert time.monotonic() - started < RUN_TIMEOUT_S / 2
+
+
+def test_group_resumes_where_it_left_off(cli: Cli) -> None:
+    cli.ok("topics", "create", "t", "--partitions", "2")
+    cli.ok("produce", "t", "--key-separator", ":", stdin=KEYED)
+    first = cli.ok("consume", "t", "--group", "g", "--from-beginning", "--max-messages", "30")
+    assert len(first.lines()) == 30
+
+    again = cli.ok("consume", "t", "--group", "g", "--from-beginning", "--timeout-ms", "1000")
+    assert again.out == ""
+
+    cli.ok("produce", "t", stdin="late\n")
+    assert cli.ok("consume", "t", "--group", "g", "--max-messages", "1").lines() == ["late"]
+
+
+def test_ctrl_c_exits_zero_and_commits(cli: Cli) -> None:
+    cli.ok("topics", "create", "t")
+    cli.ok("produce", "t", stdin="a\nb\nc\n")
+    env = dict(os.environ, LOGSTORE_BOOTSTRAP=cli.address)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "logstore.cli.main", "consume", "t", "--group", "g",
+         "--from-beginning", "--timeout-ms", "-1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        # a shell running tests in the background may ignore SIGINT; a user's terminal does not
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        seen = [proc.stdout.readline() for _ in range(3)]
+        assert seen == [b"a\n", b"b\n", b"c\n"]
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=RUN_TIMEOUT_S)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert b"Traceback" not in err
+    rows = table(cli.ok("groups", "describe", "g").out)
+    assert rows[1][:6] == ["g", "t", "0", "3", "3", "0"]
+
+
+def test_line_without_separator_stops_with_an_error(cli: Cli) -> None:
+    cli.ok("topics", "create", "t")
+    result = cli("produce", "t", "--key-separator", ":", stdin="k:v\nno-separator\nk:w\n")
+    assert result.code == 1
+    assert "error: line 2 has no key separator ':'" in result.err
+    assert "produced 1 record(s)" in result.err

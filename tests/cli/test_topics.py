@@ -1,0 +1,57 @@
+"""`logstore topics ...` against a real broker."""
+
+from __future__ import annotations
+
+import json
+
+from tests.cli.conftest import Cli, table
+
+
+def test_create_list_describe_alter_delete(cli: Cli) -> None:
+    created = cli.ok(
+        "topics", "create", "orders", "--partitions", "3", "--config", "retention.ms=60000"
+    )
+    assert "created topic orders with 3 partition(s)" in created.err
+    cli.ok("topics", "create", "audit")
+
+    assert cli.ok("topics", "list").lines() == ["audit", "orders"]
+    assert json.loads(cli.ok("topics", "list", "--json").out) == ["audit", "orders"]
+
+    cli.ok("produce", "orders", "--partition", "1", stdin="a\nb\n")
+    described = json.loads(cli.ok("topics", "describe", "orders", "--json").out)
+    assert [p["partition"] for p in described["partitions"]] == [0, 1, 2]
+    assert [p["log_end_offset"] for p in described["partitions"]] == [0, 2, 0]
+    assert described["partitions"][1]["size_bytes"] > 0
+    assert all(p["segment_count"] == 1 for p in described["partitions"])
+    assert described["config_overrides"] == {"retention.ms": "60000"}
+
+    rows = table(cli.ok("topics", "describe", "orders").out)
+    assert rows[0][:2] == ["Topic:", "orders"]
+    header = rows.index(
+        ["PARTITION", "LOG-START-OFFSET", "LOG-END-OFFSET", "SIZE-BYTES", "SEGMENTS"]
+    )
+    assert rows[header + 2][:3] == ["1", "0", "2"]
+    assert ["retention.ms", "60000", "topic"] in rows
+    assert ["segment.bytes", "1073741824", "default"] in rows
+
+    altered = cli.ok(
+        "topics", "alter", "orders", "--partitions", "4",
+        "--config", "segment.bytes=1048576", "--delete-config", "retention.ms",
+    )  # fmt: skip
+    assert "4 partition(s)" in altered.err
+    described = json.loads(cli.ok("topics", "describe", "orders", "--json").out)
+    assert len(described["partitions"]) == 4
+    assert described["config_overrides"] == {"segment.bytes": "1048576"}
+
+    assert "deleted topic orders" in cli.ok("topics", "delete", "orders").err
+    assert cli.ok("topics", "list").lines() == ["audit"]
+
+
+def test_alter_that_shrinks_or_changes_nothing_fails_with_one_line(cli: Cli) -> None:
+    cli.ok("topics", "create", "t", "--partitions", "2")
+    shrink = cli("topics", "alter", "t", "--partitions", "1")
+    assert shrink.code != 0
+    assert shrink.err.count("\n") == 1 and shrink.err.startswith("error: ")
+    nothing = cli("topics", "alter", "t")
+    assert nothing.code == 2
+    assert nothing.err.startswith("error: nothing to change")
