@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -34,3 +35,41 @@ def test_python_client_example_runs(broker: BrokerProcess, tmp_path: Path) -> No
     )
     assert out.returncode == 0, out.stderr
     assert "RecordMetadata(topic='orders'" in out.stdout
+
+
+def _tour_commands() -> list[str]:
+    text = README.read_text()
+    tour = text[text.index("## A five-minute tour") :]
+    block = re.search(r"```sh\n(.*?)```", tour, flags=re.S)
+    assert block, "the tour has a shell block"
+    return [line for line in block.group(1).splitlines() if line.strip()]
+
+
+def test_five_minute_tour_runs(broker: BrokerProcess, tmp_path: Path) -> None:
+    commands = _tour_commands()
+    assert len(commands) >= 8
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    shim = bin_dir / "logstore"
+    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m logstore.cli.main "$@"\n')
+    shim.chmod(0o755)
+    env = dict(
+        os.environ, LOGSTORE_BOOTSTRAP=broker.address, PATH=f"{bin_dir}:{os.environ['PATH']}"
+    )
+    outputs = []
+    for command in commands:
+        out = subprocess.run(
+            ["sh", "-c", command],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+            check=False,
+        )
+        assert out.returncode == 0, f"{command}\n{out.stderr}"
+        outputs.append(out.stdout)
+    first_read = outputs[2].splitlines()
+    assert sorted(first_read) == ["user_1\torder 1", "user_1\torder 3", "user_2\torder 2"]
+    assert "CURRENT-OFFSET" in outputs[3] and "LOG-END-OFFSET" in outputs[3]
+    replay = outputs[7].splitlines()
+    assert sorted(replay) == ["order 1", "order 2", "order 3", "order 4"]
