@@ -233,6 +233,17 @@ class MmapIndexFile:
             os.close(self._fd)
 
     @_locked
+    def release(self) -> None:
+        """Unmap and close without flushing or trimming: for a file that is deleted, or that
+        another open index may own by now. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        self._keys = None
+        self._unmap()
+        os.close(self._fd)
+
+    @_locked
     def delete(self) -> None:
         """Close the index and remove its file; a file already gone is fine."""
         self.close()

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 from logstore import record_batch as rb
 from logstore.clock import SYSTEM_CLOCK, Clock
-from logstore.errors import CorruptRecordError, InvalidRequestError
+from logstore.errors import CorruptRecordError, InvalidRequestError, LogStoreError
 from logstore.log_manager import LogManager
 from logstore.partition_log import PartitionLog
 from logstore.partitioner import partition_for_key
@@ -55,8 +55,8 @@ OFFSETS_TOPIC_CONFIG = {
     "retention.bytes": "-1",
     "segment.bytes": str(16 * 1024 * 1024),
 }
-#: entries per batch when rewriting live state
-_REWRITE_BATCH_ENTRIES = 1000
+#: bytes of entries per batch when appending many at once (live-state rewrites)
+_REWRITE_BATCH_BYTES = 256 * 1024
 _I16 = struct.Struct(">h")
 _KEY_TAIL = struct.Struct(">i")
 _VALUE_HEAD = struct.Struct(">hqi")
@@ -238,7 +238,11 @@ class OffsetStore:
         with self._lock:
             self._append(self._partition_for(group), entries, now)
             self._table.setdefault(group, {}).update(updates)
-        self._maybe_rewrite(self._partition_for(group))
+        try:
+            self._maybe_rewrite(self._partition_for(group))
+        except (LogStoreError, OSError):
+            # The commit is durable already; a failed clean-up must not report it failed.
+            log.exception("rewriting %s failed; will retry on a later commit", OFFSETS_TOPIC)
 
     def delete_group(self, group: str) -> int:
         """Remove every committed offset of `group` (tombstones); return how many."""
@@ -285,9 +289,19 @@ class OffsetStore:
 
     @staticmethod
     def _append(part: PartitionLog, entries: list[tuple[bytes, bytes | None]], now_ms: int) -> None:
-        for start in range(0, len(entries), _REWRITE_BATCH_ENTRIES):
-            chunk = entries[start : start + _REWRITE_BATCH_ENTRIES]
-            part.append(rb.encode_batch([(k, v, None, now_ms) for k, v in chunk]))
+        """Append entries in batches that stay well under the topic's max.message.bytes."""
+        limit = min(_REWRITE_BATCH_BYTES, part.config.max_message_bytes // 2)
+        chunk: list[tuple[bytes | None, bytes | None, None, int]] = []
+        size = 0
+        for key, value in entries:
+            entry_size = len(key) + len(value or b"") + 32
+            if chunk and size + entry_size > limit:
+                part.append(rb.encode_batch(chunk))
+                chunk, size = [], 0
+            chunk.append((key, value, None, now_ms))
+            size += entry_size
+        if chunk:
+            part.append(rb.encode_batch(chunk))
 
     # --- bounded growth ----------------------------------------------------------------------
 

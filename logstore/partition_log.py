@@ -31,6 +31,7 @@ from logstore.clock import SYSTEM_CLOCK, Clock
 from logstore.config import LogConfig
 from logstore.errors import (
     CorruptRecordError,
+    InvalidProducerEpochError,
     InvalidRequestError,
     LogClosedError,
     OffsetOutOfRangeError,
@@ -103,8 +104,9 @@ class PartitionLog:
         self._lock = threading.RLock()
         self._flush_lock = threading.Lock()
         self._closed = False
-        self._segments: list[LogSegment] = []
-        self._base_offsets: list[int] = []
+        #: (segments oldest first, their base offsets): one attribute, replaced whole, so a
+        #: lock-free reader always sees a list and offsets that belong together
+        self._view: tuple[tuple[LogSegment, ...], tuple[int, ...]] = ((), ())
         #: segments renamed to .deleted, with the time (monotonic ms) they may be closed
         self._pending_deletes: list[tuple[int, LogSegment]] = []
         self.recovery_point = recovery_point
@@ -186,7 +188,9 @@ class PartitionLog:
             elif segment.base_offset in index_missing:
                 log.warning("%s: rebuilding missing index of %s", self.name, segment.log_path.name)
             rebuilt += 1
-            cut = segment.recover(self.config.max_message_bytes)
+            # Structure and CRC only: the topic's max.message.bytes may have been lowered
+            # since these batches were accepted, and they must not be cut for it.
+            cut = segment.recover()
             if i < len(segments) - 1 and not cut:
                 segment.seal()
             if cut:
@@ -257,9 +261,25 @@ class PartitionLog:
                 continue
             for _, header in segment.iter_headers(0):
                 if header.base_offset >= start:
-                    self._update_producer_state(header)
+                    self._replay_producer_state(header)
         self.producer_state.map_end_offset = self.log_end_offset
         producer_state.delete_snapshots_after(self.directory, self.log_end_offset)
+
+    def _replay_producer_state(self, header: BatchHeader) -> None:
+        """Like `_update_producer_state`, but the log is the truth: an epoch that went back
+        (possible once a producer's state expired) replaces the entry instead of failing."""
+        try:
+            self._update_producer_state(header)
+        except InvalidProducerEpochError:
+            log.warning(
+                "%s: producer %d goes back to epoch %d at offset %d; taking the log's order",
+                self.name,
+                header.producer_id,
+                header.producer_epoch,
+                header.base_offset,
+            )
+            self.producer_state.forget(header.producer_id)
+            self._update_producer_state(header)
 
     def _update_producer_state(self, header: BatchHeader) -> None:
         if header.producer_id < 0:
@@ -274,10 +294,13 @@ class PartitionLog:
             header.max_timestamp,
         )
 
-    def _set_segments(self, segments: list[LogSegment]) -> None:
-        # Readers take these lists without a lock: always replace, never mutate in place.
-        self._segments = list(segments)
-        self._base_offsets = [s.base_offset for s in segments]
+    def _set_segments(self, segments: Sequence[LogSegment]) -> None:
+        # Readers take the view without a lock: always replace it whole, never mutate it.
+        self._view = (tuple(segments), tuple(s.base_offset for s in segments))
+
+    @property
+    def _segments(self) -> tuple[LogSegment, ...]:
+        return self._view[0]
 
     # --- offsets -----------------------------------------------------------------------------
 
@@ -480,15 +503,14 @@ class PartitionLog:
         """Whole batches from the one holding `offset`, up to `max_bytes` (the first batch is
         returned whole even if larger; `max_bytes` <= 0 returns no data, only the offsets).
         Raises OffsetOutOfRangeError outside the log."""
-        segments = self._segments
-        base_offsets = self._base_offsets
+        segments, base_offsets = self._view
         log_start = segments[0].base_offset
         high_watermark = segments[-1].next_offset
         if offset < log_start or offset > high_watermark:
             raise OffsetOutOfRangeError(self.name, offset, log_start, high_watermark)
         if max_bytes <= 0:
             return FetchResult(b"", high_watermark, log_start)
-        index = bisect.bisect_right(base_offsets, offset) - 1
+        index = max(bisect.bisect_right(base_offsets, offset) - 1, 0)
         for segment in segments[index:]:
             found = segment.find_batch(offset)
             if found is not None:
@@ -570,7 +592,9 @@ class PartitionLog:
             ready = [s for due, s in self._pending_deletes if force or due <= now]
             self._pending_deletes = [(d, s) for d, s in self._pending_deletes if s not in ready]
         for segment in ready:
-            segment.close_quietly()
+            # Unlink only: a read that took the segment before it was deleted may still be
+            # using its descriptors. They close when the last reference goes (LogSegment.
+            # __del__), so a descriptor number is never reused under a reader's feet.
             for path in segment.paths():
                 Path(str(path) + fmt.DELETED_SUFFIX).unlink(missing_ok=True)
         return len(ready)
@@ -578,12 +602,19 @@ class PartitionLog:
     # --- lifecycle ---------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Flush, seal the active segment's indexes, snapshot producer state, close files."""
-        with self._lock:
+        """Flush, seal the active segment's indexes, snapshot producer state, close files.
+
+        Locks are taken in flush_up_to's order (flush lock, then log lock), never the other
+        way round, so a close racing a producer's acks=all flush cannot deadlock.
+        """
+        with self._flush_lock, self._lock:
             if self._closed:
                 return
-            self.flush()
             self._closed = True
+            for segment in self._segments:
+                if segment.next_offset > self.recovery_point:
+                    segment.flush()
+            self.recovery_point = self.log_end_offset
             self.producer_state.map_end_offset = self.log_end_offset
             self.producer_state.write_snapshot(self.directory)
             for segment in self._segments:
@@ -591,11 +622,10 @@ class PartitionLog:
         self.close_deleted_segments(force=True)
 
     def close_for_delete(self) -> None:
-        """Close every file without syncing: the partition is about to be removed."""
+        """Stop taking appends: the partition is about to be removed. Files close when the
+        last reader lets go of them (see `close_deleted_segments`)."""
         with self._lock:
             self._closed = True
-            for segment in self._segments:
-                segment.close_quietly()
         self.close_deleted_segments(force=True)
 
     def expire_producers(self, now_ms: int, expiration_ms: int) -> int:

@@ -278,6 +278,10 @@ class ProducerStateManager:
 
     # --- housekeeping -----------------------------------------------------------------
 
+    def forget(self, producer_id: int) -> None:
+        """Drop everything known about one producer (no-op if unknown)."""
+        self._producers.pop(producer_id, None)
+
     def remove_expired(
         self, now_ms: int, expiration_ms: int = DEFAULT_PRODUCER_ID_EXPIRATION_MS
     ) -> int:

@@ -407,5 +407,22 @@ class LogSegment:
         self.time_index.close()
         os.close(self._fd)
 
+    def release(self) -> None:
+        """Close the descriptors without touching the files (no fsync, no index trim)."""
+        if self._closed:
+            return
+        self._closed = True
+        self.offset_index.release()
+        self.time_index.release()
+        os.close(self._fd)
+
+    def __del__(self) -> None:
+        # A deleted segment is closed here, once no reader holds it any more. Release only:
+        # an abandoned segment's files may belong to a newer open of the same log.
+        try:  # noqa: SIM105 - contextlib may already be torn down at interpreter exit
+            self.release()
+        except Exception:
+            pass
+
     def __repr__(self) -> str:
         return f"LogSegment({self.log_path.name}, next_offset={self.next_offset}, size={self.size})"

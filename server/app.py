@@ -102,7 +102,11 @@ class Broker:
             interceptors=[self.metrics.interceptor] if self.metrics else None,
             options=[
                 ("grpc.max_receive_message_length", settings.max_request_bytes),
-                ("grpc.max_send_message_length", settings.max_fetch_bytes + 1024 * 1024),
+                # Any batch a request could carry must also fit in a response.
+                (
+                    "grpc.max_send_message_length",
+                    max(settings.max_fetch_bytes, settings.max_request_bytes) + 1024 * 1024,
+                ),
                 # Without this a second broker could bind the same port and split traffic.
                 ("grpc.so_reuseport", 0),
             ],

@@ -249,9 +249,13 @@ class LogStoreServicer(GroupHandlers, pb_grpc.LogStoreServicer):
 
     # --- fetch -------------------------------------------------------------------------------
 
-    def _read_all(self, request: pb.FetchRequest, max_bytes: int) -> tuple[pb.FetchResponse, int]:
+    def _read_all(
+        self, request: pb.FetchRequest, max_bytes: int
+    ) -> tuple[pb.FetchResponse, int, int]:
+        """The response, its record bytes, and how many partitions answered with an error."""
         remaining = max_bytes
         total = 0
+        errors = 0
         topics = []
         for fetch_topic in request.topics:
             results = []
@@ -264,6 +268,9 @@ class LogStoreServicer(GroupHandlers, pb_grpc.LogStoreServicer):
                         limit = min(limit, fp.partition_max_bytes)
                     # Over budget (limit 0): no bytes, but still the offsets and range check.
                     fetched = part.read(fp.fetch_offset, limit)
+                    if total > 0 and len(fetched.data) > limit:
+                        # Only the response's first batch may exceed the budget (KIP-74).
+                        fetched = part.read(fp.fetch_offset, 0)
                     result.records = fetched.data
                     result.high_watermark = fetched.high_watermark
                     result.log_start_offset = fetched.log_start_offset
@@ -271,9 +278,10 @@ class LogStoreServicer(GroupHandlers, pb_grpc.LogStoreServicer):
                     remaining = max(0, remaining - len(fetched.data))
                 except LogStoreError as exc:
                     result.error.CopyFrom(error_message(exc))
+                    errors += 1
                 results.append(result)
             topics.append(pb.FetchTopicResult(topic=fetch_topic.topic, partitions=results))
-        return pb.FetchResponse(topics=topics), total
+        return pb.FetchResponse(topics=topics), total, errors
 
     @handles_errors
     def Fetch(self, request: pb.FetchRequest, context: grpc.ServicerContext) -> pb.FetchResponse:
@@ -284,9 +292,10 @@ class LogStoreServicer(GroupHandlers, pb_grpc.LogStoreServicer):
         deadline = time.monotonic() + wait_ms / 1000
         while True:
             version = self.manager.appends.version
-            response, total = self._read_all(request, max_bytes)
+            response, total, errors = self._read_all(request, max_bytes)
             remaining_s = deadline - time.monotonic()
-            done = total >= max(request.min_bytes, 1) or remaining_s <= 0
+            # As Kafka: an error (e.g. offset out of range) is news the client wants now.
+            done = total >= max(request.min_bytes, 1) or remaining_s <= 0 or errors > 0
             if done or self.stopping or not context.is_active():
                 return response
             self.manager.appends.wait_for_change(version, remaining_s)

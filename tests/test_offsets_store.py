@@ -124,3 +124,17 @@ def test_forced_rewrite_keeps_the_table(tmp_path: Path) -> None:
     assert store.fetch("g")[("t", 0)].offset == 10
     assert store.fetch("h")[("u", 1)].offset == 20
     manager.close()
+
+
+def test_rewrite_splits_large_live_state_into_batches_that_fit(tmp_path: Path) -> None:
+    manager, store = _open(tmp_path, rewrite_min_bytes=64 * 1024)
+    for g in range(1100):  # ~1.1 MB of live entries: more than one batch may hold
+        store.commit(f"group-{g}", {("t", 0): (g, "m" * 1000)})
+    store.rewrite_all()
+    store.commit("group-0", {("t", 0): (5, "")})  # a commit after the rewrite still works
+    manager.close()
+    manager, store = _open(tmp_path)
+    assert len(store.groups()) == 1100
+    assert store.fetch("group-0")[("t", 0)].offset == 5
+    assert store.fetch("group-1099")[("t", 0)].metadata == "m" * 1000
+    manager.close()

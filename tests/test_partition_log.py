@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from logstore import format as fmt
 from logstore.clock import ManualClock
+from logstore.config import LogConfig
 from logstore.errors import (
     CorruptRecordError,
     InvalidProducerEpochError,
@@ -1289,4 +1290,62 @@ def test_reads_of_the_newest_record_while_segments_roll(tmp_path: Path) -> None:
         sys.setswitchinterval(switch_interval)
     assert not thread.is_alive()
     assert not errors, errors[0]
+    log.close()
+
+
+# --- regressions from review ----------------------------------------------------------------
+
+
+def test_lowering_max_message_bytes_never_cuts_stored_batches_on_recovery(
+    tmp_path: Path,
+) -> None:
+    log = open_log(tmp_path)
+    log.append(encode_batch(make_records("small", 1)))
+    log.append(encode_batch(make_records("big", 1, value_size=50_000)))
+    log.append(encode_batch(make_records("after", 3)))
+    log.flush()
+    end = log.log_end_offset
+    log.config = LogConfig.from_properties({"max.message.bytes": 1_000})
+    # no close(): as after kill -9, the next open validates the tail
+    reopened = open_log(tmp_path, {"max.message.bytes": 1_000}, clean=False)
+    assert reopened.log_end_offset == end
+    assert reopened.recovery_report.truncated_bytes == 0
+    reopened.close()
+
+
+def test_an_epoch_that_went_back_after_expiry_does_not_stop_recovery(tmp_path: Path) -> None:
+    log = open_log(tmp_path)
+    log.append(producer_batch(0, 1, epoch=1, ts=0))
+    assert log.expire_producers(now_ms=10**12, expiration_ms=1) == 1
+    log.append(producer_batch(0, 1, epoch=0, ts=10**12))  # accepted: the state expired
+    log.flush()
+    reopened = open_log(tmp_path, clean=False)
+    assert reopened.log_end_offset == 2
+    retry = reopened.append(producer_batch(0, 1, epoch=0, ts=10**12))
+    assert retry.duplicate and retry.base_offset == 1
+    reopened.close()
+
+
+def test_a_read_holding_a_deleted_segment_still_reads_its_own_bytes(tmp_path: Path) -> None:
+    clock = ManualClock()
+    log = open_log(
+        tmp_path,
+        {"segment.bytes": 1024, "retention.ms": 1, "file.delete.delay.ms": 0},
+        clock=clock,
+    )
+    for i in range(20):
+        log.append(encode_batch(make_records(f"r{i}", 4, timestamps=clock.now_ms())))
+    held = log.segments()[0]  # as a lock-free read would hold it
+    expected = held.read_bytes(0, held.size)
+    clock.advance(1_000)
+    assert log.delete_old_segments() > 0
+    opened = [open(tmp_path / f"other-{i}", "wb+") for i in range(8)]  # noqa: SIM115
+    try:
+        for f in opened:
+            f.write(b"\xff" * 4096)
+            f.flush()
+        assert held.read_bytes(0, held.size) == expected  # not another file's bytes
+    finally:
+        for f in opened:
+            f.close()
     log.close()

@@ -285,3 +285,33 @@ def test_shutdown_does_not_wait_for_an_idle_open_stream(broker: BrokerProcess) -
         assert broker.stop() == 0
         assert time.monotonic() - started < 5.0
         pending.put(None)
+
+
+def test_fetch_keeps_to_its_byte_budget_and_errors_end_a_long_poll(
+    stub: pb_grpc.LogStoreStub,
+) -> None:
+    stub.CreateTopic(pb.CreateTopicRequest(name="big", partitions=2), timeout=10)
+    for p in (0, 1):
+        _produce(stub, "big", p, _batch([b"v" * 600_000]))
+    response = stub.Fetch(
+        pb.FetchRequest(
+            max_bytes=1_000_000,
+            topics=[
+                pb.FetchTopic(
+                    topic="big",
+                    partitions=[
+                        pb.FetchPartition(partition=0, fetch_offset=0),
+                        pb.FetchPartition(partition=1, fetch_offset=0),
+                    ],
+                )
+            ],
+        ),
+        timeout=10,
+    )
+    sizes = [len(p.records) for p in response.topics[0].partitions]
+    assert sizes[0] > 600_000 and sizes[1] == 0  # only the first batch may pass the budget
+    assert response.topics[0].partitions[1].high_watermark == 1
+    started = time.monotonic()
+    result = _fetch(stub, "big", 0, 99, max_wait_ms=10_000, min_bytes=1)
+    assert result.error.code == grpc.StatusCode.OUT_OF_RANGE.value[0]
+    assert time.monotonic() - started < 5.0
