@@ -111,12 +111,12 @@ def bootstrap_option(func: F) -> F:
         show_default=True,
         show_envvar=True,
         metavar="HOST:PORT",
-        callback=_check_bootstrap,
+        callback=check_bootstrap,
         help="Broker address.",
     )(func)
 
 
-def _check_bootstrap(ctx: click.Context, param: click.Parameter, value: str) -> str:
+def check_bootstrap(ctx: click.Context, param: click.Parameter, value: str) -> str:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit():
         raise click.BadParameter(f"{value!r} is not HOST:PORT", ctx, param)

@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from logstore import __version__
+from logstore.cli.bench import bench
 from logstore.cli.common import LogStoreGroup
 from logstore.cli.consume import consume
 from logstore.cli.dump_log import dump_log
@@ -144,7 +145,7 @@ def serve(
     sys.exit(code)
 
 
-for _command in (topics, produce, consume, groups, dump_log):
+for _command in (topics, produce, consume, groups, dump_log, bench):
     cli.add_command(_command)
 
 
