@@ -237,8 +237,7 @@ class LogManager:
             if name in self._topics:
                 raise TopicExistsError(f"topic {name!r} already exists")
             topic = Topic(name, uuid.uuid4().hex, overrides, log_config)
-            for p in range(partitions):
-                topic.partitions.append(self._open_partition(name, p, log_config, 0, new=True))
+            self._open_new_partitions(topic, range(partitions))
             self._write_metadata(topic)
             self._topics[name] = topic
         log.info("created topic %s with %d partitions", name, partitions)
@@ -281,10 +280,29 @@ class LogManager:
                 raise InvalidPartitionsError(
                     f"topic {name!r} has {current} partitions; the new count must be larger"
                 )
-            for p in range(current, total):
-                topic.partitions.append(self._open_partition(name, p, topic.config, 0, new=True))
+            self._open_new_partitions(topic, range(current, total))
             self._write_metadata(topic)
         return topic
+
+    def _open_new_partitions(self, topic: Topic, numbers: range) -> None:
+        """Create empty partitions and make their directories durable; on any failure
+        (e.g. too many open files) remove the ones this call made, leaving no trace."""
+        opened: list[PartitionLog] = []
+        try:
+            for p in numbers:
+                opened.append(self._open_partition(topic.name, p, topic.config, 0, new=True))
+                fsync_directory(opened[-1].directory)
+            fsync_directory(self.data_dir)
+        except BaseException:
+            for part in opened:
+                part.release_files()  # nobody has seen these yet
+            made = {part.directory for part in opened}
+            made.update(self.data_dir / f"{topic.name}-{p}" for p in numbers)
+            for directory in made:
+                if directory.exists():
+                    self._remove_directory(directory)
+            raise
+        topic.partitions.extend(opened)
 
     def alter_config(self, name: str, changes: Mapping[str, str | int | None]) -> Topic:
         """Set (or, with None, reset to the default) topic config keys; applies at once."""

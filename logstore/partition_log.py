@@ -628,6 +628,14 @@ class PartitionLog:
             self._closed = True
         self.close_deleted_segments(force=True)
 
+    def release_files(self) -> None:
+        """Close every descriptor at once, without syncing: only for a log that no reader
+        can have seen (e.g. a partition whose creation failed)."""
+        with self._lock:
+            self._closed = True
+            for segment in self._segments:
+                segment.release()
+
     def expire_producers(self, now_ms: int, expiration_ms: int) -> int:
         """Forget idempotent producers idle for longer than `expiration_ms`."""
         with self._lock:

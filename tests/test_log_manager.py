@@ -1253,3 +1253,20 @@ def test_write_file_atomically(tmp_path: Path) -> None:
     write_file_atomically(target, b"")
     assert target.read_bytes() == b""
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file.json"]
+
+
+def test_a_topic_that_fails_halfway_leaves_nothing_behind(tmp_path: Path) -> None:
+    import resource
+
+    manager = LogManager(tmp_path / "data", settings=ManagerSettings(background_threads=False))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+    try:
+        with pytest.raises(OSError):
+            manager.create_topic("wide", 500)  # needs more descriptors than allowed
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert "wide" not in manager.topic_names()
+    assert not [p for p in (tmp_path / "data").iterdir() if p.name.startswith("wide")]
+    manager.create_topic("wide", 2)  # the descriptors came back: it works now
+    manager.close()
