@@ -113,7 +113,11 @@ class LogSegment:
         for header in headers:
             self._index_batch(header, batch_position)
             batch_position += header.size
+        # Publish the new size before the new end offset: a reader that sees an offset as
+        # written must also see the bytes that hold it.
         self.size = position + total
+        if headers:
+            self.next_offset = headers[-1].next_offset
         return position
 
     def _index_batch(self, header: BatchHeader, position: int) -> None:
@@ -125,7 +129,6 @@ class LogSegment:
             self.time_index.maybe_append(self.max_timestamp, self._offset_of_max_timestamp)
             self._bytes_since_last_index_entry = 0
         self._bytes_since_last_index_entry += header.size
-        self.next_offset = header.next_offset
 
     def can_hold(self, last_offset: int) -> bool:
         """Whether `last_offset` fits the indexes' 32-bit relative offsets."""
@@ -311,6 +314,7 @@ class LogSegment:
                 )
                 return pos
             self._index_batch(header, position + pos)
+            self.next_offset = header.next_offset
             if on_batch is not None:
                 on_batch(header)
             pos += header.size

@@ -154,6 +154,28 @@ def test_read_bytes_never_reads_past_the_segment_size(tmp_path: Path) -> None:
     segment.close()
 
 
+def test_an_offset_is_published_only_after_the_bytes_that_hold_it(tmp_path: Path) -> None:
+    """A reader running between any two steps of an append finds every offset below
+    `next_offset` (it once saw the new end offset before the new size, and found nothing)."""
+    segment = open_segment(tmp_path, interval=0)
+    append_batches(segment, [make_records("a", 2)])
+    seen: list[int] = []
+    index_batch = segment._index_batch
+
+    def index_then_read(header: BatchHeader, position: int) -> None:
+        index_batch(header, position)
+        latest = segment.next_offset - 1
+        seen.append(latest)
+        assert segment.find_batch(latest) is not None
+
+    segment._index_batch = index_then_read  # type: ignore[method-assign]
+    append_batches(segment, [make_records("b", 3), make_records("c", 1)])
+    assert seen == [1, 1]
+    assert segment.next_offset == 6
+    assert segment.find_batch(5) is not None
+    segment.close()
+
+
 # --- indexes -------------------------------------------------------------------------------
 
 
