@@ -3,6 +3,10 @@
 import importlib
 import subprocess
 import sys
+import tomllib
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def test_server_and_cli_install_under_logstore_namespace() -> None:
@@ -49,3 +53,26 @@ def test_the_storage_and_coordination_core_imports_no_grpc() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
     )
     assert out.returncode == 0, out.stderr
+
+
+def _declared_packages() -> set[str]:
+    with open(REPO / "pyproject.toml", "rb") as f:
+        return set(tomllib.load(f)["tool"]["setuptools"]["packages"])
+
+
+def test_every_package_directory_is_declared_for_the_wheel() -> None:
+    """A package missing from pyproject's explicit list would be left out of a built wheel
+    while still importing fine from an editable install; one listed but absent breaks the
+    build."""
+    roots = {
+        "logstore": REPO / "logstore",
+        "logstore.server": REPO / "server",
+        "logstore.cli": REPO / "cli",
+        "logstore.v1": REPO / "proto" / "logstore" / "v1",
+    }
+    found = set()
+    for name, root in roots.items():
+        for init in root.rglob("__init__.py"):
+            parts = init.parent.relative_to(root).parts
+            found.add(".".join((name, *parts)))
+    assert found == _declared_packages()
