@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 import grpc
 
 from logstore import errors
-from logstore.assignors import DEFAULT_ASSIGNOR, check_assignor_name
+from logstore.assignors import check_assignor_name
 from logstore.client._connection import (
     is_retriable,
     make_stub,
@@ -117,12 +117,13 @@ class _Options:
     retry_backoff_ms: int
     metadata_max_age_ms: int
     client_id: str
-    group_remote_assignor: str
+    group_remote_assignor: str | None
 
     def validate(self) -> None:
         if self.group_id == "":
             raise errors.InvalidRequestError("group_id must be None or a non-empty string")
-        check_assignor_name(self.group_remote_assignor)
+        if self.group_remote_assignor is not None:
+            check_assignor_name(self.group_remote_assignor)
         if self.auto_offset_reset not in _RESET_POLICIES:
             raise errors.InvalidRequestError(
                 f"auto_offset_reset {self.auto_offset_reset!r}: use 'earliest', 'latest' or 'error'"
@@ -1025,7 +1026,7 @@ class _GroupMember(_Membership):
             member_id=self._member_id,
             member_epoch=epoch,
             subscription=pb.Subscription(topics=list(self._topics)),
-            assignor=options.group_remote_assignor,
+            assignor=options.group_remote_assignor or "",
             session_timeout_ms=options.session_timeout_ms,
             rebalance_timeout_ms=options.max_poll_interval_ms,
             client_id=options.client_id,
@@ -1134,7 +1135,8 @@ class Consumer:
 
     subscribe() makes the consumer a member of its group: the group's coordinator shares
     the partitions of the subscribed topics among the members (`group_remote_assignor`:
-    "sticky", "range" or "roundrobin"; every member of a group must name the same) and
+    "sticky", "range" or "roundrobin"; members that name one must all name the same, and
+    None, the default, takes the group's: "sticky" for a new group) and
     moves them when members come and go. A background thread heartbeats every
     `heartbeat_interval_ms`; a member silent for `session_timeout_ms`, or whose
     application has not called poll() for `max_poll_interval_ms`, loses its partitions.
@@ -1166,7 +1168,7 @@ class Consumer:
         retry_backoff_ms: int = 100,
         metadata_max_age_ms: int = 5000,
         client_id: str = "",
-        group_remote_assignor: str = DEFAULT_ASSIGNOR,
+        group_remote_assignor: str | None = None,
         key_deserializer: Deserializer | None = None,
         value_deserializer: Deserializer | None = None,
     ) -> None:

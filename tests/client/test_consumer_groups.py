@@ -351,6 +351,23 @@ def test_assignor_option_and_a_mismatch(broker: BrokerProcess, admin: Admin) -> 
         member(broker, "g", "c2", max_poll_interval_ms=2**31)
 
 
+def test_a_member_naming_no_assignor_takes_the_groups(broker: BrokerProcess, admin: Admin) -> None:
+    admin.create_topic(TOPIC, partitions=4)
+    with (
+        member(broker, "g", "c0", group_remote_assignor="range") as c0,
+        member(broker, "g", "c1") as c1,
+    ):
+        c0.subscribe([TOPIC])
+        settle(admin, "g", {"c0": c0}, [4], {}, 4)
+        c1.subscribe([TOPIC])
+        settle(admin, "g", {"c0": c0, "c1": c1}, [2, 2], {}, 4)
+        assert admin.describe_group("g").assignor == "range"
+    with member(broker, "fresh", "c2") as c2:
+        c2.subscribe([TOPIC])
+        settle(admin, "fresh", {"c2": c2}, [4], {}, 4)
+        assert admin.describe_group("fresh").assignor == "sticky"
+
+
 def test_member_commits_carry_its_identity_and_only_owned_partitions(
     broker: BrokerProcess, stub: pb_grpc.LogStoreStub, admin: Admin
 ) -> None:
