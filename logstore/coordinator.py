@@ -1,8 +1,10 @@
 """Consumer-group coordinator: membership, epochs and server-side assignment (KIP-848 style).
 
 Members heartbeat with their subscription and the partitions they own; the coordinator
-owns member ids, epochs and session timeouts, computes a target assignment with the
-group's assignor and moves each member toward its target one heartbeat at a time.
+owns epochs and session timeouts, computes a target assignment with the group's assignor
+and moves each member toward its target one heartbeat at a time. A member names itself
+(KIP-848: a client-chosen UUID, so a join retried after a lost answer replaces its first
+incarnation) or, joining with an empty id, is named by the coordinator.
 
 Safety invariant: within a group no partition is ever in two members' ``assigned |
 pending_revocation``. A partition leaves a member only when that member reports (with an
@@ -72,6 +74,8 @@ from logstore.errors import (
 
 JOIN_EPOCH = 0
 LEAVE_EPOCH = -1
+#: longest member id accepted (KIP-848 clients send a 36-character UUID)
+MAX_MEMBER_ID_LENGTH = 255
 #: Kafka's group.consumer.min/max.session.timeout.ms and session.timeout.ms default
 MIN_SESSION_TIMEOUT_MS = 6_000
 MAX_SESSION_TIMEOUT_MS = 300_000
@@ -250,10 +254,10 @@ class GroupCoordinator:
         self._groups[group.group_id] = group
         member_id = request.member_id
         if member_id in group.members:
-            # a known id rejoining says it lost its partitions: drop the old incarnation
+            # a known id rejoining says it lost its partitions (or never heard the answer to
+            # its join): drop the old incarnation, so a lost reply leaves no orphan behind
             self._remove(group, member_id)
-        else:
-            # never let a client pick its id: a fresh one cannot collide with a live member
+        elif not member_id:
             member_id = f"{request.client_id or 'consumer'}-{self._id_suffix()}"
         if group.assignor is None:
             group.assignor = wanted or DEFAULT_ASSIGNOR
@@ -485,6 +489,11 @@ def _validate(request: HeartbeatRequest) -> None:
         raise InvalidRequestError(
             f"member_epoch {request.member_epoch} needs the member_id the coordinator gave; "
             "to join send member_epoch 0"
+        )
+    if len(request.member_id) > MAX_MEMBER_ID_LENGTH or not request.member_id.isprintable():
+        raise InvalidRequestError(
+            f"member_id must be at most {MAX_MEMBER_ID_LENGTH} printable characters "
+            "(a client-chosen UUID is the usual choice)"
         )
     if request.member_epoch == JOIN_EPOCH and request.subscribed_topics is None:
         raise InvalidRequestError("joining a group needs subscribed_topics")

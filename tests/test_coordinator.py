@@ -151,6 +151,23 @@ def test_leave_of_an_unknown_member_is_a_no_op() -> None:
     assert world.coordinator.list_groups() == []
 
 
+def test_a_client_chosen_member_id_is_kept_and_a_repeated_join_leaves_no_orphan() -> None:
+    world = World()
+    first = world.join(member_id="5f0c-uuid")
+    assert first.member_id == "5f0c-uuid"
+    # the answer to that join was lost: the client joins again under the same id
+    again = world.join(member_id="5f0c-uuid")
+    assert again.member_id == "5f0c-uuid"
+    assert [m.member_id for m in world.coordinator.describe(G).members] == ["5f0c-uuid"]
+    assert settle(world, [again])[0].assignment == all_of("t0", 4)
+
+
+@pytest.mark.parametrize("member_id", ["x" * 256, "tab\there", "nl\n"])
+def test_an_unusable_member_id_is_refused(member_id: str) -> None:
+    with pytest.raises(InvalidRequestError, match="member_id must be at most 255 printable"):
+        World().join(member_id=member_id)
+
+
 def test_more_members_than_partitions_leaves_extras_idle() -> None:
     world = World({"t0": 2})
     members = settle(world, [world.join() for _ in range(4)])

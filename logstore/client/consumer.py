@@ -24,6 +24,7 @@ import logging
 import operator
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -813,7 +814,9 @@ class _GroupMember(_Membership):
         self._thread: threading.Thread | None = None
         self._topics: tuple[str, ...] = ()
         self._listener: ConsumerRebalanceListener | None = None
-        self._member_id = ""
+        # Chosen here, as KIP-848 clients do: a join whose answer is lost is retried under
+        # the same id, which replaces the first incarnation instead of orphaning it.
+        self._member_id = str(uuid.uuid4())
         self._epoch = JOIN_EPOCH
         self._owned: frozenset[TopicPartition] = frozenset()
         self._target: frozenset[TopicPartition] | None = None
