@@ -445,6 +445,15 @@ class OffsetIndex(MmapIndexFile):
         return self._entry(slot)
 
     @_locked
+    def batch_start_at_most(self, position: int) -> int | None:
+        """The largest indexed position <= `position` (bytes), or None. Every indexed
+        position is where a batch starts, so it is a safe place to cut a read."""
+        self._check_open()
+        column = self._arr[: self._entries]["position"]
+        slot = bisect.bisect_right(column, position) - 1
+        return None if slot < 0 else int(column[slot])
+
+    @_locked
     def last_entry(self) -> tuple[int, int]:
         """(absolute offset, position in bytes) of the last entry, or `(base_offset, 0)`."""
         self._check_open()

@@ -190,16 +190,33 @@ class LogSegment:
         The first batch is returned whole even when larger than `max_bytes`, so a consumer
         always makes progress (Kafka's KIP-74 rule).
         """
-        data = self.read_bytes(position, max(max_bytes, fmt.BATCH_HEADER_SIZE))
-        if len(data) < fmt.BATCH_HEADER_SIZE:
-            return b""
-        first = rb.read_header(data, 0)
-        if first.size > len(data):
-            return self.read_bytes(position, first.size)
-        end = 0
-        for rel, header in rb.iter_batches(data, 0):
-            end = rel + header.size
-        return data if end == len(data) else data[:end]
+        size = self.size
+        limit = position + max(max_bytes, fmt.BATCH_HEADER_SIZE)
+        if limit >= size:
+            # up to the end of the log: that end is a batch boundary, nothing to cut
+            return self.read_bytes(position, size - position)
+        end = self._end_of_whole_batches(position, limit, size)
+        if end == position:
+            head = self.read_bytes(position, fmt.BATCH_HEADER_SIZE)
+            if len(head) < fmt.BATCH_HEADER_SIZE:
+                return b""
+            return self.read_bytes(position, rb.read_header(head, 0).size)
+        return self.read_bytes(position, end - position)
+
+    def _end_of_whole_batches(self, position: int, limit: int, size: int) -> int:
+        """The end of the last whole batch from `position` that ends by `limit` (bytes).
+
+        Reading exactly up to it in one pread avoids reading past it and then copying the
+        part to keep. The offset index (whose positions are batch starts) jumps close to
+        `limit`, so only about `index_interval_bytes` of batch headers are walked.
+        """
+        start = self.offset_index.batch_start_at_most(limit)
+        end = start if start is not None and start > position else position
+        for batch_position, header in self.iter_headers(end, size):
+            if batch_position + header.size > limit:
+                break
+            end = batch_position + header.size
+        return end
 
     def find_offset_by_timestamp(self, timestamp_ms: int) -> tuple[int, int] | None:
         """(offset, timestamp) of the first record with timestamp >= `timestamp_ms`, or None.

@@ -256,11 +256,13 @@ class LogStoreServicer(GroupHandlers, pb_grpc.LogStoreServicer):
         remaining = max_bytes
         total = 0
         errors = 0
-        topics = []
+        # Built in place: passing finished messages to a constructor deep-copies them, and
+        # with them every record byte (that was half the broker's time on 1 MiB fetches).
+        response = pb.FetchResponse()
         for fetch_topic in request.topics:
-            results = []
+            results = response.topics.add(topic=fetch_topic.topic).partitions
             for fp in fetch_topic.partitions:
-                result = pb.FetchPartitionResult(partition=fp.partition)
+                result = results.add(partition=fp.partition)
                 try:
                     part = self.manager.partition(fetch_topic.topic, fp.partition)
                     limit = remaining
@@ -279,9 +281,7 @@ class LogStoreServicer(GroupHandlers, pb_grpc.LogStoreServicer):
                 except LogStoreError as exc:
                     result.error.CopyFrom(error_message(exc))
                     errors += 1
-                results.append(result)
-            topics.append(pb.FetchTopicResult(topic=fetch_topic.topic, partitions=results))
-        return pb.FetchResponse(topics=topics), total, errors
+        return response, total, errors
 
     @handles_errors
     def Fetch(self, request: pb.FetchRequest, context: grpc.ServicerContext) -> pb.FetchResponse:

@@ -359,6 +359,9 @@ def test_lookup_agrees_with_linear_scan(
         for target in [base + t for t in targets + extremes]:
             assert idx.lookup(target) == scan(pairs, base, target)
         assert idx.last_entry() == (pairs[-1] if pairs else (base, 0))
+        for limit in [*targets, -1, 0, position, position + 1]:
+            at_most = [p for _, p in pairs if p <= limit]
+            assert idx.batch_start_at_most(limit) == (max(at_most) if at_most else None)
     finally:
         idx.delete()
 
