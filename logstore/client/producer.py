@@ -744,6 +744,11 @@ class Producer:
             if self._buffered + size > self._buffer_memory:
                 self._wait_for_space(size)
             batch = part.open
+            if batch is not None and batch.size + size > self._batch_size and batch.records:
+                # as Kafka: a record that does not fit starts the next batch, so a batch
+                # outgrows batch_size only when a single record does
+                self._close_open(part)
+                batch = None
             if batch is None:
                 batch = self._open_batch(part)
             records = batch.records

@@ -205,6 +205,19 @@ def test_batch_size_caps_batches(broker: BrokerProcess) -> None:
     assert len(headers) >= 200 // 18
 
 
+def test_a_record_that_does_not_fit_starts_the_next_batch(broker: BrokerProcess) -> None:
+    """With batch_size at the topic's max.message.bytes, no batch is refused as too large:
+    a batch grows past batch_size only when a single record is that large."""
+    _create(broker, "snug", **{"max.message.bytes": "300000"})
+    with Producer(broker.address, linger_ms=500, batch_size=300_000) as p:
+        futures = [p.send("snug", bytes([i]) * 120_000) for i in range(7)]
+        p.flush()
+    assert [f.result(timeout=10).offset for f in futures] == list(range(7))
+    headers = _headers(broker, "snug", 0)
+    assert [h.record_count for h in headers] == [2, 2, 2, 1]
+    assert all(h.size <= 300_000 for h in headers)
+
+
 def test_records_of_many_threads_all_arrive_in_order(
     broker: BrokerProcess, producer: Producer
 ) -> None:
