@@ -16,7 +16,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rich.console import Console
 from rich.table import Table
 
-from logstore.client._connection import BOOTSTRAP_ENV, DEFAULT_BOOTSTRAP, open_channel
+from logstore.client._connection import (
+    BOOTSTRAP_ENV,
+    DEFAULT_BOOTSTRAP,
+    TLS_CA_ENV,
+    TLS_CERT_ENV,
+    TLS_KEY_ENV,
+    TOKEN_ENV,
+    open_channel,
+)
 from logstore.client.admin import Admin
 from logstore.errors import BrokerUnavailableError, LogStoreError
 
@@ -102,7 +110,8 @@ def current_bootstrap(ctx: click.Context) -> str | None:
 
 
 def bootstrap_option(func: F) -> F:
-    """`--bootstrap-server HOST:PORT` (env LOGSTORE_BOOTSTRAP)."""
+    """`--bootstrap-server HOST:PORT` (env LOGSTORE_BOOTSTRAP) and the security options."""
+    func = security_options(func)
     return click.option(
         "--bootstrap-server",
         "bootstrap",
@@ -114,6 +123,51 @@ def bootstrap_option(func: F) -> F:
         callback=check_bootstrap,
         help="Broker address.",
     )(func)
+
+
+#: (flag, environment variable, metavar, help) of the options that secure a connection
+_SECURITY_OPTIONS = (
+    (
+        "--tls-ca",
+        TLS_CA_ENV,
+        "PEM",
+        "CA bundle the broker's certificate must chain to; turns TLS on.",
+    ),
+    ("--tls-cert", TLS_CERT_ENV, "PEM", "Client certificate for mutual TLS (with --tls-key)."),
+    ("--tls-key", TLS_KEY_ENV, "PEM", "Private key of --tls-cert."),
+    (
+        "--token",
+        TOKEN_ENV,
+        "TOKEN",
+        "Bearer token naming the caller (prefer the environment variable: "
+        "command lines are visible to other local users).",
+    ),
+)
+
+
+def security_options(func: F) -> F:
+    """`--tls-ca`, `--tls-cert`, `--tls-key`, `--token` (env LOGSTORE_TLS_CA, ...)."""
+    for flag, envvar, metavar, help_text in reversed(_SECURITY_OPTIONS):
+        func = click.option(
+            flag,
+            envvar=envvar,
+            show_envvar=True,
+            metavar=metavar,
+            expose_value=False,
+            callback=_export_security_value,
+            help=help_text,
+        )(func)
+    return func
+
+
+def _export_security_value(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> str | None:
+    # Admin, Producer and Consumer fall back to these variables, so exporting them here
+    # reaches every client the command builds, without threading them through each one.
+    if value and param.envvar:
+        os.environ[str(param.envvar)] = value
+    return value
 
 
 def check_bootstrap(ctx: click.Context, param: click.Parameter, value: str) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from logstore import __version__
+from logstore.cli.acls import acls, security_settings, serve_security_options
 from logstore.cli.bench import bench
 from logstore.cli.common import LogStoreGroup
 from logstore.cli.consume import consume
@@ -94,9 +95,11 @@ def _manager_settings(table: dict[str, Any]) -> ManagerSettings:
     type=click.Path(dir_okay=False, exists=True),
     envvar="LOGSTORE_CONFIG",
     help="TOML file: data_dir, listen, max_workers, offsets_retention_minutes, "
-    "[topic-defaults] (Kafka topic settings), [log-manager] (retention_check_interval_ms...).",
+    "[topic-defaults] (Kafka topic settings), [log-manager] (retention_check_interval_ms...), "
+    'tls_cert, tls_key, tls_client_ca, auth_tokens, authorizer = "acl", super_users.',
 )
 @click.option("--log-level", default="INFO", show_default=True, envvar="LOGSTORE_LOG_LEVEL")
+@serve_security_options
 def serve(
     data_dir: str | None,
     listen: str | None,
@@ -111,6 +114,8 @@ def serve(
       logstore serve
       logstore serve --data-dir /var/lib/logstore --listen 0.0.0.0:9092
       logstore serve --config broker.toml
+      logstore serve --tls-cert broker.pem --tls-key broker.key --auth-tokens tokens.toml \\
+          --acls-enabled --super-users User:admin
     """
     from logstore.server.app import BrokerSettings, run
 
@@ -138,6 +143,7 @@ def serve(
     settings.topic_defaults = {k: str(v) for k, v in file_conf.get("topic-defaults", {}).items()}
     settings.manager = _manager_settings(file_conf.get("log-manager", {}))
     settings.metrics_listen = metrics_listen or file_conf.get("metrics_listen")
+    settings.security = security_settings(file_conf)
     try:
         code = run(settings)
     except (LogStoreError, OSError) as exc:
@@ -145,7 +151,7 @@ def serve(
     sys.exit(code)
 
 
-for _command in (topics, produce, consume, groups, dump_log, bench):
+for _command in (topics, produce, consume, groups, dump_log, bench, acls):
     cli.add_command(_command)
 
 

@@ -126,3 +126,18 @@ class GroupNotEmptyError(LogStoreError):
 
 class UnknownGroupError(LogStoreError):
     """No such consumer group (no members and no committed offsets)."""
+
+
+# --- security -------------------------------------------------------------------------------
+
+
+class AuthenticationError(LogStoreError):
+    """The broker did not accept the client's credentials (no token, or an unknown one)."""
+
+
+class AuthorizationError(LogStoreError):
+    """The principal may not perform the operation on the resource (see the ACLs)."""
+
+
+class InvalidAclError(LogStoreError):
+    """An ACL binding or filter names an unknown resource type, operation or principal."""

@@ -25,6 +25,7 @@ from logstore.offsets_store import OffsetStore
 from logstore.producer_ids import ProducerIdManager
 from logstore.server.broker import DEFAULT_MAX_FETCH_BYTES, LogStoreServicer
 from logstore.server.metrics import BrokerMetrics
+from logstore.server.security import BrokerSecurity, SecuritySettings
 from logstore.v1 import logstore_pb2 as pb
 from logstore.v1 import logstore_pb2_grpc as pb_grpc
 
@@ -63,6 +64,8 @@ class BrokerSettings:
     group_check_interval_ms: int = 500
     topic_defaults: dict[str, str] = field(default_factory=dict)
     manager: ManagerSettings = field(default_factory=ManagerSettings)
+    #: TLS, authentication and ACLs (all off by default)
+    security: SecuritySettings = field(default_factory=SecuritySettings)
 
 
 class Broker:
@@ -71,6 +74,8 @@ class Broker:
     def __init__(self, settings: BrokerSettings) -> None:
         self.settings = settings
         data_dir = Path(settings.data_dir)
+        # Before anything opens: a misconfigured broker must fail, never start unprotected.
+        self.security = BrokerSecurity(settings.security, data_dir)
         self.manager = LogManager(
             data_dir,
             default_config=LogConfig.from_properties(settings.topic_defaults),
@@ -99,7 +104,11 @@ class Broker:
                 max_workers=settings.max_workers, thread_name_prefix="logstore-rpc"
             ),
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
-            interceptors=[self.metrics.interceptor] if self.metrics else None,
+            # Metrics outermost, so refused calls are counted with their status code.
+            interceptors=[
+                *([self.metrics.interceptor] if self.metrics else []),
+                self.security.interceptor,
+            ],
             options=[
                 ("grpc.max_receive_message_length", settings.max_request_bytes),
                 # Any batch a request could carry must also fit in a response.
@@ -116,12 +125,13 @@ class Broker:
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
         )
-        self.port = self.server.add_insecure_port(settings.listen)
+        self.port = self.security.add_port(self.server, settings.listen)
         if self.port == 0:
             self.manager.close()
             raise OSError(f"cannot listen on {settings.listen}")
         host = settings.listen.rsplit(":", 1)[0]
         self.address = f"{host}:{self.port}"
+        log.info("listener security: %s", self.security.describe())
         #: where /metrics is served ("" when it is not)
         self.metrics_address = ""
         if self.metrics is not None and settings.metrics_listen:

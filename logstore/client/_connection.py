@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -12,7 +15,13 @@ from logstore import errors
 from logstore.v1 import logstore_pb2 as pb
 from logstore.v1 import logstore_pb2_grpc as pb_grpc
 
+log = logging.getLogger(__name__)
+
 BOOTSTRAP_ENV = "LOGSTORE_BOOTSTRAP"
+TLS_CA_ENV = "LOGSTORE_TLS_CA"
+TLS_CERT_ENV = "LOGSTORE_TLS_CERT"
+TLS_KEY_ENV = "LOGSTORE_TLS_KEY"
+TOKEN_ENV = "LOGSTORE_TOKEN"
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 ERROR_KIND_KEY = "logstore-error-kind"
 #: the largest message a client sends or accepts (a produce request or fetch response)
@@ -32,6 +41,8 @@ _CODE_TO_CLASS: dict[grpc.StatusCode, type[errors.LogStoreError]] = {
     grpc.StatusCode.DEADLINE_EXCEEDED: errors.RequestTimedOutError,
     grpc.StatusCode.RESOURCE_EXHAUSTED: errors.StorageError,
     grpc.StatusCode.CANCELLED: errors.BrokerUnavailableError,
+    grpc.StatusCode.UNAUTHENTICATED: errors.AuthenticationError,
+    grpc.StatusCode.PERMISSION_DENIED: errors.AuthorizationError,
 }
 #: kinds and codes a client may retry (the request may succeed later unchanged)
 RETRIABLE_KINDS = frozenset({"BrokerUnavailableError", "LogClosedError", "StorageError"})
@@ -49,17 +60,118 @@ def resolve_bootstrap(bootstrap: str | None) -> str:
     return bootstrap or os.environ.get(BOOTSTRAP_ENV) or DEFAULT_BOOTSTRAP
 
 
-def open_channel(address: str) -> grpc.Channel:
-    return grpc.insecure_channel(
-        address,
-        options=[
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            # Reconnect quickly after a broker restart instead of backing off for minutes.
-            ("grpc.initial_reconnect_backoff_ms", 100),
-            ("grpc.max_reconnect_backoff_ms", 2000),
-        ],
-    )
+@dataclass(frozen=True)
+class ClientSecurity:
+    """How a client proves who it is and checks the broker (paths to PEM files).
+
+    TLS is used when `ssl_cafile` is set: the broker's certificate must chain to it.
+    `ssl_certfile` and `ssl_keyfile` (both or neither, only with TLS) present a client
+    certificate for mutual TLS. `token` is sent as ``authorization: Bearer <token>`` on
+    every call. `repr` never shows the token.
+    """
+
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    token: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def resolve(
+        cls,
+        ssl_cafile: str | None = None,
+        ssl_certfile: str | None = None,
+        ssl_keyfile: str | None = None,
+        token: str | None = None,
+    ) -> ClientSecurity:
+        """The given values, each falling back to its environment variable
+        (LOGSTORE_TLS_CA, LOGSTORE_TLS_CERT, LOGSTORE_TLS_KEY, LOGSTORE_TOKEN)."""
+        env = os.environ
+        security = cls(
+            ssl_cafile or env.get(TLS_CA_ENV) or None,
+            ssl_certfile or env.get(TLS_CERT_ENV) or None,
+            ssl_keyfile or env.get(TLS_KEY_ENV) or None,
+            token or env.get(TOKEN_ENV) or None,
+        )
+        security.validate()
+        return security
+
+    def validate(self) -> None:
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("give both ssl_certfile and ssl_keyfile, or neither")
+        if self.ssl_certfile is not None and self.ssl_cafile is None:
+            raise ValueError("a client certificate needs TLS: give ssl_cafile too")
+
+    def channel_credentials(self) -> grpc.ChannelCredentials:
+        """TLS credentials (with the token, if any, as per-call credentials)."""
+        assert self.ssl_cafile is not None
+        try:
+            ca = Path(self.ssl_cafile).read_bytes()
+            key = Path(self.ssl_keyfile).read_bytes() if self.ssl_keyfile else None
+            chain = Path(self.ssl_certfile).read_bytes() if self.ssl_certfile else None
+        except OSError as exc:
+            raise errors.InvalidRequestError(f"cannot read TLS file: {exc}") from exc
+        credentials = grpc.ssl_channel_credentials(ca, key, chain)
+        if self.token:
+            credentials = grpc.composite_channel_credentials(
+                credentials, grpc.access_token_call_credentials(self.token)
+            )
+        return credentials
+
+
+class _BearerToken(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """Adds ``authorization: Bearer <token>`` to every call on a plaintext channel (gRPC
+    refuses call credentials there, as they would cross the network in the clear)."""
+
+    def __init__(self, token: str) -> None:
+        self._metadata = (("authorization", f"Bearer {token}"),)
+
+    def _with_token(self, details: Any) -> Any:
+        return details._replace(metadata=(*(details.metadata or ()), *self._metadata))
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._with_token(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._with_token(details), request)
+
+    def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._with_token(details), requests)
+
+    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._with_token(details), requests)
+
+
+def _is_loopback(address: str) -> bool:
+    host = address.rpartition(":")[0].strip("[]")
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def open_channel(address: str, security: ClientSecurity | None = None) -> grpc.Channel:
+    """A channel to `address`; `security` None reads it from the environment."""
+    if security is None:
+        security = ClientSecurity.resolve()
+    options = [
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        # Reconnect quickly after a broker restart instead of backing off for minutes.
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 2000),
+    ]
+    if security.ssl_cafile is not None:
+        return grpc.secure_channel(address, security.channel_credentials(), options=options)
+    channel = grpc.insecure_channel(address, options=options)
+    if not security.token:
+        return channel
+    if not _is_loopback(address):
+        log.warning(
+            "sending a bearer token to %s without TLS: anyone on the path can read it", address
+        )
+    return grpc.intercept_channel(channel, _BearerToken(security.token))
 
 
 def make_stub(channel: grpc.Channel) -> pb_grpc.LogStoreStub:

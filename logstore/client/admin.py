@@ -7,7 +7,9 @@ from typing import Any
 
 import grpc
 
+from logstore.acls import AclBinding, AclFilter
 from logstore.client._connection import (
+    ClientSecurity,
     make_stub,
     open_channel,
     partition_error,
@@ -71,12 +73,29 @@ class Admin:
 
     >>> with Admin("127.0.0.1:9092") as admin:          # doctest: +SKIP
     ...     admin.create_topic("orders", partitions=3, config={"retention.ms": "604800000"})
+
+    Security: `ssl_cafile` is the CA bundle (PEM) the broker's certificate must chain to;
+    setting it turns TLS on. `ssl_certfile` / `ssl_keyfile`: client certificate and key
+    (PEM) for mutual TLS. `token`: bearer token sent with every request. Each falls back
+    to its environment variable (LOGSTORE_TLS_CA, LOGSTORE_TLS_CERT, LOGSTORE_TLS_KEY,
+    LOGSTORE_TOKEN).
     """
 
-    def __init__(self, bootstrap: str | None = None, *, request_timeout_ms: int = 30_000):
+    def __init__(
+        self,
+        bootstrap: str | None = None,
+        *,
+        request_timeout_ms: int = 30_000,
+        ssl_cafile: str | None = None,
+        ssl_certfile: str | None = None,
+        ssl_keyfile: str | None = None,
+        token: str | None = None,
+    ) -> None:
         self.address = resolve_bootstrap(bootstrap)
         self._timeout_s = request_timeout_ms / 1000
-        self._channel = open_channel(self.address)
+        self._channel = open_channel(
+            self.address, ClientSecurity.resolve(ssl_cafile, ssl_certfile, ssl_keyfile, token)
+        )
         self._stub = make_stub(self._channel)
         self._closed = False
 
@@ -259,6 +278,23 @@ class Admin:
             for e in response.plan
         ]
 
+    # --- access control lists ----------------------------------------------------------------
+
+    def create_acls(self, bindings: Iterable[AclBinding]) -> list[AclBinding]:
+        """Add ACL bindings (needs alter on the cluster); return those that were new."""
+        request = pb.CreateAclsRequest(acls=[_binding_to_proto(b) for b in bindings])
+        return [_binding_from_proto(b) for b in self._call("CreateAcls", request).created]
+
+    def delete_acls(self, selector: AclFilter) -> list[AclBinding]:
+        """Remove every binding `selector` matches (at least one field must be set)."""
+        request = pb.DeleteAclsRequest(filter=_filter_to_proto(selector))
+        return [_binding_from_proto(b) for b in self._call("DeleteAcls", request).deleted]
+
+    def describe_acls(self, selector: AclFilter | None = None) -> list[AclBinding]:
+        """The bindings `selector` matches (all without one); needs describe on the cluster."""
+        request = pb.DescribeAclsRequest(filter=_filter_to_proto(selector or AclFilter()))
+        return [_binding_from_proto(b) for b in self._call("DescribeAcls", request).acls]
+
     # --- lifecycle ---------------------------------------------------------------------------
 
     def close(self) -> None:
@@ -303,3 +339,27 @@ def _reset_spec(
             "by_duration, shift_by"
         )
     return chosen[0]
+
+
+def _binding_to_proto(binding: AclBinding) -> pb.AclBinding:
+    return pb.AclBinding(**binding.to_dict())
+
+
+def _binding_from_proto(message: pb.AclBinding) -> AclBinding:
+    return AclBinding(
+        message.principal,
+        message.resource_type,
+        message.resource_name,
+        message.operation,
+        message.permission or "allow",
+    )
+
+
+def _filter_to_proto(selector: AclFilter) -> pb.AclFilter:
+    return pb.AclFilter(
+        principal=selector.principal or "",
+        resource_type=selector.resource_type or "",
+        resource_name=selector.resource_name or "",
+        operation=selector.operation or "",
+        permission=selector.permission or "",
+    )

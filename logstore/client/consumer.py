@@ -37,6 +37,7 @@ import grpc
 from logstore import errors
 from logstore.assignors import check_assignor_name
 from logstore.client._connection import (
+    ClientSecurity,
     is_retriable,
     make_stub,
     open_channel,
@@ -1149,6 +1150,12 @@ class Consumer:
     `auto_offset_reset="error"` (Kafka's "none", also accepted). `metadata_max_age_ms` is
     accepted and validated but has no effect: the coordinator notices partitions added to
     subscribed topics at each heartbeat.
+
+    Security: `ssl_cafile` is the CA bundle (PEM) the broker's certificate must chain to;
+    setting it turns TLS on. `ssl_certfile` / `ssl_keyfile`: client certificate and key
+    (PEM) for mutual TLS. `token`: bearer token sent with every request. Each falls back
+    to its environment variable (LOGSTORE_TLS_CA, LOGSTORE_TLS_CERT, LOGSTORE_TLS_KEY,
+    LOGSTORE_TOKEN).
     """
 
     def __init__(
@@ -1174,6 +1181,10 @@ class Consumer:
         group_remote_assignor: str | None = None,
         key_deserializer: Deserializer | None = None,
         value_deserializer: Deserializer | None = None,
+        ssl_cafile: str | None = None,
+        ssl_certfile: str | None = None,
+        ssl_keyfile: str | None = None,
+        token: str | None = None,
     ) -> None:
         self._options = _Options(
             group_id,
@@ -1199,7 +1210,9 @@ class Consumer:
         self._value_deserializer = value_deserializer
         self.address = resolve_bootstrap(bootstrap)
         self._timeout_s = request_timeout_ms / 1000
-        self._channel = open_channel(self.address)
+        self._channel = open_channel(
+            self.address, ClientSecurity.resolve(ssl_cafile, ssl_certfile, ssl_keyfile, token)
+        )
         self._stub = make_stub(self._channel)
         self._buffer = _Buffer(2 * fetch_max_bytes, max_partition_fetch_bytes)
         self._membership: _Membership | None = None

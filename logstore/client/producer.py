@@ -45,6 +45,7 @@ from logstore import format as fmt
 from logstore import record_batch as rb
 from logstore.client._connection import (
     ERROR_KIND_KEY,
+    ClientSecurity,
     is_retriable,
     make_stub,
     open_channel,
@@ -580,6 +581,11 @@ class Producer:
     * `metadata_max_age_ms`: how often known topics are described again in the background,
       so added partitions get keyed records (ms).
     * `client_id`: sent to the broker as the `client-id` call metadata.
+    * `ssl_cafile`: CA bundle (PEM) the broker's certificate must chain to; setting it turns
+      TLS on. `ssl_certfile` / `ssl_keyfile`: client certificate and key (PEM) for mutual
+      TLS. `token`: bearer token sent with every request. Each falls back to its
+      environment variable (LOGSTORE_TLS_CA, LOGSTORE_TLS_CERT, LOGSTORE_TLS_KEY,
+      LOGSTORE_TOKEN).
 
     `value` and `key` must be bytes (or bytes-like, copied) or None: a str raises TypeError
     rather than being encoded with a guessed charset. Thread-safe: any number of threads may
@@ -605,6 +611,10 @@ class Producer:
         max_request_size: int = 8_388_608,
         metadata_max_age_ms: float = 300_000,
         client_id: str = "",
+        ssl_cafile: str | None = None,
+        ssl_certfile: str | None = None,
+        ssl_keyfile: str | None = None,
+        token: str | None = None,
     ) -> None:
         if acks not in _ACKS:
             raise ValueError(f"acks must be 0, 1 or 'all' (-1), got {acks!r}")
@@ -651,7 +661,9 @@ class Producer:
         self._call_metadata = (("client-id", client_id),) if client_id else None
 
         self.address = resolve_bootstrap(bootstrap)
-        self._channel = open_channel(self.address)
+        self._channel = open_channel(
+            self.address, ClientSecurity.resolve(ssl_cafile, ssl_certfile, ssl_keyfile, token)
+        )
         self._stub = make_stub(self._channel)
         self._sticky = StickyPartitioner()
         self._topics: dict[str, _Topic] = {}

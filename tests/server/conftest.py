@@ -34,6 +34,8 @@ class BrokerProcess:
         #: the broker's "listening on ..." line of its latest start
         self.start_line = ""
         self.log_path = data_dir.parent / "broker.log"
+        #: how the readiness check connects (set for a broker serving TLS)
+        self.channel_credentials: grpc.ChannelCredentials | None = None
 
     def start(self) -> None:
         # Reuse the port across restarts so clients can reconnect to the same address.
@@ -69,7 +71,11 @@ class BrokerProcess:
         self._wait_serving(deadline)
 
     def _wait_serving(self, deadline: float) -> None:
-        with grpc.insecure_channel(self.address) as channel:
+        if self.channel_credentials is not None:
+            channel = grpc.secure_channel(self.address, self.channel_credentials)
+        else:
+            channel = grpc.insecure_channel(self.address)
+        with channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while time.monotonic() < deadline:
                 try:

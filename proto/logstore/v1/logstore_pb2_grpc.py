@@ -134,6 +134,21 @@ class LogStoreStub:
                 request_serializer=logstore_dot_v1_dot_logstore__pb2.ResetOffsetsRequest.SerializeToString,
                 response_deserializer=logstore_dot_v1_dot_logstore__pb2.ResetOffsetsResponse.FromString,
                 _registered_method=True)
+        self.CreateAcls = channel.unary_unary(
+                '/logstore.v1.LogStore/CreateAcls',
+                request_serializer=logstore_dot_v1_dot_logstore__pb2.CreateAclsRequest.SerializeToString,
+                response_deserializer=logstore_dot_v1_dot_logstore__pb2.CreateAclsResponse.FromString,
+                _registered_method=True)
+        self.DeleteAcls = channel.unary_unary(
+                '/logstore.v1.LogStore/DeleteAcls',
+                request_serializer=logstore_dot_v1_dot_logstore__pb2.DeleteAclsRequest.SerializeToString,
+                response_deserializer=logstore_dot_v1_dot_logstore__pb2.DeleteAclsResponse.FromString,
+                _registered_method=True)
+        self.DescribeAcls = channel.unary_unary(
+                '/logstore.v1.LogStore/DescribeAcls',
+                request_serializer=logstore_dot_v1_dot_logstore__pb2.DescribeAclsRequest.SerializeToString,
+                response_deserializer=logstore_dot_v1_dot_logstore__pb2.DescribeAclsResponse.FromString,
+                _registered_method=True)
 
 
 class LogStoreServicer:
@@ -271,6 +286,27 @@ class LogStoreServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateAcls(self, request, context):
+        """--- access control lists (served when the broker runs with ACLs enabled) ---
+        Creating and deleting needs "alter" on the cluster, describing "describe" on it (or a
+        super user). Without ACLs enabled these fail with FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteAcls(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DescribeAcls(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LogStoreServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -373,6 +409,21 @@ def add_LogStoreServicer_to_server(servicer, server):
                     servicer.ResetOffsets,
                     request_deserializer=logstore_dot_v1_dot_logstore__pb2.ResetOffsetsRequest.FromString,
                     response_serializer=logstore_dot_v1_dot_logstore__pb2.ResetOffsetsResponse.SerializeToString,
+            ),
+            'CreateAcls': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateAcls,
+                    request_deserializer=logstore_dot_v1_dot_logstore__pb2.CreateAclsRequest.FromString,
+                    response_serializer=logstore_dot_v1_dot_logstore__pb2.CreateAclsResponse.SerializeToString,
+            ),
+            'DeleteAcls': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteAcls,
+                    request_deserializer=logstore_dot_v1_dot_logstore__pb2.DeleteAclsRequest.FromString,
+                    response_serializer=logstore_dot_v1_dot_logstore__pb2.DeleteAclsResponse.SerializeToString,
+            ),
+            'DescribeAcls': grpc.unary_unary_rpc_method_handler(
+                    servicer.DescribeAcls,
+                    request_deserializer=logstore_dot_v1_dot_logstore__pb2.DescribeAclsRequest.FromString,
+                    response_serializer=logstore_dot_v1_dot_logstore__pb2.DescribeAclsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -915,6 +966,87 @@ class LogStore:
             '/logstore.v1.LogStore/ResetOffsets',
             logstore_dot_v1_dot_logstore__pb2.ResetOffsetsRequest.SerializeToString,
             logstore_dot_v1_dot_logstore__pb2.ResetOffsetsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateAcls(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/logstore.v1.LogStore/CreateAcls',
+            logstore_dot_v1_dot_logstore__pb2.CreateAclsRequest.SerializeToString,
+            logstore_dot_v1_dot_logstore__pb2.CreateAclsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteAcls(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/logstore.v1.LogStore/DeleteAcls',
+            logstore_dot_v1_dot_logstore__pb2.DeleteAclsRequest.SerializeToString,
+            logstore_dot_v1_dot_logstore__pb2.DeleteAclsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DescribeAcls(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/logstore.v1.LogStore/DescribeAcls',
+            logstore_dot_v1_dot_logstore__pb2.DescribeAclsRequest.SerializeToString,
+            logstore_dot_v1_dot_logstore__pb2.DescribeAclsResponse.FromString,
             options,
             channel_credentials,
             insecure,
