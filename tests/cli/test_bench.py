@@ -79,3 +79,14 @@ def test_e2e_rejects_records_too_small_for_the_timestamp() -> None:
     )
     assert result.code != 0
     assert "--record-size" in result.err
+
+
+def test_produce_with_several_producer_processes_counts_every_record() -> None:
+    report = bench("produce", "--mode", "send", "--producers", "2", "--acks", "1")
+    assert report["producers"] == 2
+    assert report["num_records"] == 2000
+    assert report["records_per_s"] > 0
+    assert_ordered(report["latency_ms"])
+    # both processes sampled latency: together about as many samples as records
+    assert report["latency_ms"]["samples"] == 2000
+    assert_cleaned_up(report)

@@ -1,0 +1,66 @@
+"""A bare gRPC server for the raw-streaming ceiling of `bench.compare`.
+
+Run as `python -m bench._grpc_sink`; prints `listening on 127.0.0.1:PORT` and serves two
+generic streaming methods with identity (bytes in, bytes out) serializers, so what is
+measured is gRPC itself, with no protobuf work:
+
+* `/bench.Sink/Upload` (stream -> unary): counts the bytes of every message; answers the
+  total as 8 big-endian bytes.
+* `/bench.Sink/Download` (unary -> stream): the request is 16 big-endian bytes, (total
+  bytes, message bytes); answers with messages of that size until the total is sent.
+"""
+
+from __future__ import annotations
+
+import signal
+import struct
+import sys
+import threading
+from collections.abc import Iterator
+from concurrent import futures
+from typing import Any
+
+import grpc
+
+_TOTALS = struct.Struct(">qq")
+_COUNT = struct.Struct(">q")
+
+
+def _identity(data: bytes) -> bytes:
+    return data
+
+
+def _upload(requests: Iterator[bytes], context: Any) -> bytes:
+    return _COUNT.pack(sum(len(r) for r in requests))
+
+
+def _download(request: bytes, context: Any) -> Iterator[bytes]:
+    total, size = _TOTALS.unpack(request)
+    message = b"\x00" * size
+    sent = 0
+    while sent < total:
+        yield message
+        sent += size
+
+
+def main() -> None:
+    options = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=options)
+    handlers = {
+        "Upload": grpc.stream_unary_rpc_method_handler(_upload, _identity, _identity),
+        "Download": grpc.unary_stream_rpc_method_handler(_download, _identity, _identity),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("bench.Sink", handlers),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    print(f"listening on 127.0.0.1:{port}", flush=True)
+    done.wait()
+    server.stop(1).wait()
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
