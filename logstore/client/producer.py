@@ -1270,7 +1270,13 @@ class Producer:
             force = self._forcing or self._closed
             for part in list(self._open_parts):
                 batch = part.open
-                if batch is not None and (force or now - batch.created >= self._linger_s):
+                if batch is None:
+                    continue
+                # As Kafka's accumulator: while an earlier batch still waits for a free
+                # in-flight slot, the open one keeps filling, so a short linger_ms under load
+                # makes bigger batches instead of a queue of one-record requests.
+                backlog = bool(part.ready) or bool(part.closed)
+                if force or (now - batch.created >= self._linger_s and not backlog):
                     self._close_open(part)
             return list(self._closed_parts)
 
@@ -1451,7 +1457,8 @@ class Producer:
             return None
         deadline = now + _MAX_IDLE_WAIT_S
         for part in self._open_parts:
-            if part.open is not None:
+            # a batch held open behind a backlog waits for an answer, which wakes us anyway
+            if part.open is not None and not part.ready and not part.closed:
                 deadline = min(deadline, part.open.created + self._linger_s)
         for part in self._ready_parts:
             if part.retry_at > now:

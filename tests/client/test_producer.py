@@ -218,6 +218,25 @@ def test_a_record_that_does_not_fit_starts_the_next_batch(broker: BrokerProcess)
     assert all(h.size <= 300_000 for h in headers)
 
 
+def test_with_no_linger_records_queue_into_the_open_batch_behind_a_backlog(
+    broker: BrokerProcess,
+) -> None:
+    """linger_ms=0 sends at once, but while earlier batches wait for an in-flight slot the
+    open batch keeps filling (as Kafka's accumulator does), instead of queueing one-record
+    batches that cap throughput at max_in_flight records per round trip."""
+    _create(broker, "eager", **{"flush.messages": "1"})  # an fsync per request: slow answers
+    with Producer(
+        broker.address, linger_ms=0, acks="all", max_in_flight_requests_per_connection=1
+    ) as p:
+        for i in range(2000):
+            p.send("eager", b"%d" % i)
+            time.sleep(0.0002)  # an application producing steadily, not in one burst
+        p.flush()
+    headers = _headers(broker, "eager", 0)
+    assert sum(h.record_count for h in headers) == 2000
+    assert len(headers) < 1500, f"{len(headers)} batches for 2000 records"
+
+
 def test_records_of_many_threads_all_arrive_in_order(
     broker: BrokerProcess, producer: Producer
 ) -> None:
