@@ -17,6 +17,7 @@ from logstore.cli.common import (
     print_table,
 )
 from logstore.client.types import GroupDescription, OffsetResetEntry
+from logstore.patterns.monitoring import QueueDepth, group_queue_depths
 
 DESCRIBE_COLUMNS = (
     "GROUP",
@@ -88,10 +89,12 @@ def describe(group: str, members: bool, state: bool, as_json: bool, bootstrap: s
         raise click.UsageError("--members and --state exclude each other")
     with open_admin(bootstrap) as admin:
         description = admin.describe_group(group)
+        queues = group_queue_depths(admin, description)
     if not description.members and not description.offsets:
         fail(f"consumer group {group!r} does not exist (no members, no committed offsets)")
     if as_json:
-        print_json(dataclasses.asdict(description))
+        queue_rows = [dataclasses.asdict(q) for q in queues]
+        print_json({**dataclasses.asdict(description), "queues": queue_rows})
     elif members:
         print_table(MEMBER_COLUMNS, member_rows(description))
     elif state:
@@ -99,12 +102,30 @@ def describe(group: str, members: bool, state: bool, as_json: bool, bootstrap: s
         print_table(STATE_COLUMNS, [(d.group_id, d.assignor, d.state, len(d.members))])
     else:
         _print_offsets(description)
+        _print_queues(queues)
 
 
 def _print_offsets(description: GroupDescription) -> None:
     if not description.members:
         note(f"consumer group {description.group_id!r} has no active members")
     print_table(DESCRIBE_COLUMNS, offset_rows(description))
+
+
+QUEUE_COLUMNS = ("QUEUE", "TOPIC", "SOURCE-TOPIC", "RECORDS", "BACKLOG")
+
+
+def _print_queues(queues: list[QueueDepth]) -> None:
+    """Under the offsets: per DLQ its depth, per retry topic its records and the group's
+    backlog there (only when the group's topics have such companions)."""
+    if not queues:
+        return
+    totals: dict[tuple[str, str, str], list[int]] = {}
+    for q in queues:
+        total = totals.setdefault((q.kind, q.topic, q.source_topic), [0, 0])
+        total[0] += q.records
+        total[1] += q.backlog
+    click.echo("")
+    print_table(QUEUE_COLUMNS, [(*key, *value) for key, value in sorted(totals.items())])
 
 
 def offset_rows(d: GroupDescription) -> Iterable[tuple[object, ...]]:

@@ -17,6 +17,7 @@ from logstore.cli.acls import acls, security_settings, serve_security_options
 from logstore.cli.bench import bench
 from logstore.cli.common import LogStoreGroup
 from logstore.cli.consume import consume
+from logstore.cli.dlq import dlq
 from logstore.cli.dump_log import dump_log
 from logstore.cli.groups import groups
 from logstore.cli.produce import produce
@@ -153,6 +154,7 @@ def serve(
 
 for _command in (topics, produce, consume, groups, dump_log, bench, acls):
     cli.add_command(_command)
+cli.add_command(dlq)
 
 
 def main() -> None:

@@ -5,7 +5,8 @@ brokers can live in one process, as the tests do):
 
 - `LogStoreCollector` reads the log manager, offset store and coordinator at scrape time:
   per-partition offsets and sizes, consumer-group lag, members and state, rebalances,
-  retention deletions and what recovery repaired at start. Nothing is counted on the
+  retention deletions, what recovery repaired at start, and the depth of dead letter
+  queues and retry topics (named as `logstore.patterns` names them). Nothing is counted on the
   append path, so these cost nothing between scrapes.
 - `MetricsInterceptor`, a gRPC server interceptor, counts every RPC by method and final
   status code and times it. A streaming RPC (ProduceStream, reflection, health Watch)
@@ -42,6 +43,7 @@ from logstore.coordinator import EMPTY, REBALANCING, STABLE, GroupCoordinator
 from logstore.errors import LogStoreError, UnknownTopicOrPartitionError
 from logstore.log_manager import LogManager
 from logstore.offsets_store import OffsetStore
+from logstore.patterns import headers as patterns
 from logstore.v1 import logstore_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -114,6 +116,7 @@ class LogStoreCollector(Collector):
         yield from self._broker_metrics()
         yield from self._partition_metrics()
         yield from self._group_metrics()
+        yield from self._queue_metrics()
 
     def _broker_metrics(self) -> Iterator[Metric]:
         info = GaugeMetricFamily(
@@ -180,6 +183,52 @@ class LogStoreCollector(Collector):
                 continue  # deleted since topic_names()
             for index, part in enumerate(list(topic.partitions)):
                 yield name, index, part
+
+    def _queue_metrics(self) -> Iterator[Metric]:
+        """Dead letter queue depth and retry topic records and backlog, by topic name
+        (`<source>.dlq`, `<source>.retry.<n>`, as `logstore.patterns` names them)."""
+        dlq_depth = GaugeMetricFamily(
+            "logstore_dlq_depth_records",
+            "Records stored in a dead letter queue partition (log end - log start)",
+            labels=["topic", "partition", "source_topic"],
+        )
+        retry_records = GaugeMetricFamily(
+            "logstore_retry_topic_records",
+            "Records stored in a retry topic partition (log end - log start)",
+            labels=["topic", "partition", "source_topic", "level"],
+        )
+        retry_backlog = GaugeMetricFamily(
+            "logstore_retry_backlog_records",
+            "Records of a retry topic partition a group has not consumed yet "
+            "(log end - committed offset)",
+            labels=["group", "topic", "partition", "source_topic", "level"],
+        )
+        bounds: dict[tuple[str, int], tuple[int, int]] = {}
+        for topic, index, part in self._partitions():
+            level = patterns.retry_level(topic)
+            if level is None and not patterns.is_dlq_topic(topic):
+                continue
+            try:
+                start, end = part.log_start_offset, part.log_end_offset
+            except (LogStoreError, OSError) as exc:
+                log.debug("metrics: skipping %s: %s", part.name, exc)
+                continue
+            values = [topic, str(index), patterns.source_of(topic)]
+            if level is None:
+                dlq_depth.add_metric(values, max(end - start, 0))
+            else:
+                retry_records.add_metric([*values, str(level)], max(end - start, 0))
+                bounds[(topic, index)] = (start, end)
+        if bounds:
+            for group in sorted(self._offsets.groups()):
+                for tp, committed in sorted(self._offsets.fetch(group).items()):
+                    if tp not in bounds:
+                        continue
+                    start, end = bounds[tp]
+                    level_label = str(patterns.retry_level(tp[0]))
+                    labels = [group, tp[0], str(tp[1]), patterns.source_of(tp[0]), level_label]
+                    retry_backlog.add_metric(labels, max(end - max(committed.offset, start), 0))
+        yield from (dlq_depth, retry_records, retry_backlog)
 
     def _group_metrics(self) -> Iterator[Metric]:
         members = GaugeMetricFamily(
