@@ -205,6 +205,7 @@ class _PartitionState:
         "failures",
         "fetch_position",
         "halted",
+        "paused",
         "position",
         "reason",
         "retry_at",
@@ -219,6 +220,8 @@ class _PartitionState:
         self.reason = ""
         self.buffered = 0
         self.halted = False
+        #: set by Consumer.pause(): not fetched, and its buffered records are not returned
+        self.paused = False
         self.retry_at = 0.0
         self.failures = 0
 
@@ -335,10 +338,20 @@ class _Buffer:
             self.fetcher_wake.notify_all()
 
     def drain(self, limit: int) -> list[ConsumerRecord]:
-        """Up to `limit` buffered records, advancing positions past them.
-
-        Raises a chunk's error when it is reached with nothing else to return.
+        """Up to `limit` buffered records of partitions not paused, advancing positions past
+        them. Raises a chunk's error when it is reached with nothing else to return.
         """
+        if not any(self.states[c.tp].paused for c in self.chunks):
+            return self._drain(limit)
+        # Set the paused partitions' chunks aside (each partition's chunks stay in order).
+        held = deque(c for c in self.chunks if self.states[c.tp].paused)
+        self.chunks = deque(c for c in self.chunks if not self.states[c.tp].paused)
+        try:
+            return self._drain(limit)
+        finally:
+            self.chunks.extend(held)
+
+    def _drain(self, limit: int) -> list[ConsumerRecord]:
         out: list[ConsumerRecord] = []
         chunks = self.chunks
         while chunks and len(out) < limit:
@@ -380,7 +393,7 @@ class _Buffer:
         ready: list[tuple[TopicPartition, int, int]] = []
         retry_at: float | None = None
         for tp, state in self.states.items():
-            if state.fetch_position is None or state.halted:
+            if state.fetch_position is None or state.halted or state.paused:
                 continue
             if state.buffered >= self.partition_limit:
                 continue
@@ -1302,6 +1315,40 @@ class Consumer:
         change poll() applied)."""
         self._ensure_open()
         return set(self._assigned())
+
+    def pause(self, partitions: Iterable[TopicPartition]) -> None:
+        """Stop fetching `partitions` and returning their records from poll(), keeping
+        their positions and what is already buffered, until resume(). A group member keeps
+        heartbeating meanwhile (Kafka's pause: flow control, e.g. while a downstream is
+        slow or a retry is not yet due). Raises InvalidRequestError for a partition this
+        consumer does not own; a pause ends when the partition is revoked."""
+        self._set_paused(partitions, True)
+
+    def resume(self, partitions: Iterable[TopicPartition]) -> None:
+        """Fetch and return `partitions` again after pause()."""
+        self._set_paused(partitions, False)
+
+    def paused(self) -> set[TopicPartition]:
+        """The owned partitions that are paused."""
+        self._ensure_open()
+        with self._buffer.lock:
+            return {tp for tp, state in self._buffer.states.items() if state.paused}
+
+    def _set_paused(self, partitions: Iterable[TopicPartition], paused: bool) -> None:
+        self._ensure_open()
+        wanted = [_tp(tp) for tp in partitions]
+        buffer = self._buffer
+        with buffer.lock:
+            unknown = [f"{t}-{p}" for t, p in wanted if (t, p) not in buffer.states]
+            if unknown:
+                verb = "pause" if paused else "resume"
+                raise errors.InvalidRequestError(
+                    f"cannot {verb} {', '.join(sorted(unknown))}: not assigned to this consumer"
+                )
+            for tp in wanted:
+                buffer.states[tp].paused = paused
+            buffer.wake_fetcher()
+            buffer.data_ready.notify_all()
 
     def _assigned(self) -> list[TopicPartition]:
         with self._buffer.lock:

@@ -216,6 +216,9 @@ class RetryingConsumer:
             if not self._due(record):
                 self._holds[tp] = _Hold(record.offset, self._not_before(record))
                 self.stats.held += 1
+                # paused, the partition is not fetched until due; the others go on
+                self.consumer.seek(tp[0], tp[1], record.offset)
+                self.consumer.pause([tp])
                 continue
             try:
                 self._settle(record)
@@ -368,7 +371,8 @@ class RetryingConsumer:
         for tp, hold in list(self._holds.items()):
             if hold.due_ms <= now:
                 del self._holds[tp]
-                self.consumer.seek(tp[0], tp[1], hold.offset)
+                if tp in self.consumer.paused():
+                    self.consumer.resume([tp])
 
     def _commit(self) -> None:
         if self._to_commit:

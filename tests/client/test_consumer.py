@@ -125,6 +125,32 @@ def test_assign_reads_every_partition_in_order(
     assert first.timestamp == TS0 + 10 * first.offset
 
 
+def test_pause_holds_a_partition_and_resume_goes_on_where_it_stopped(
+    broker: BrokerProcess, stub: pb_grpc.LogStoreStub
+) -> None:
+    create(stub, "held", partitions=2)
+    produce(stub, "held", 0, 0, 300)
+    produce(stub, "held", 1, 0, 200)
+    with Consumer(broker.address, auto_offset_reset="earliest", max_poll_records=50) as c:
+        c.assign([("held", 0), ("held", 1)])
+        first = c.poll(timeout=WAIT_S)
+        assert first
+        c.pause([("held", 0)])
+        assert c.paused() == {("held", 0)}
+        position = c.position(("held", 0))
+        # partition 1 alone comes through while 0 is paused, buffered records included
+        rest = poll_until(c, 200 - len(by_partition(first).get(1, [])))
+        assert set(by_partition(rest)) == {1}
+        assert c.poll(timeout=0.3) == []
+        assert c.position(("held", 0)) == position
+        c.resume([("held", 0)])
+        assert c.paused() == set()
+        resumed = poll_until(c, 300 - position)
+        with pytest.raises(InvalidRequestError, match="cannot pause other-0: not assigned"):
+            c.pause([("other", 0)])
+    assert by_partition(first + rest + resumed) == {0: list(range(300)), 1: list(range(200))}
+
+
 def test_max_poll_records_is_respected(broker: BrokerProcess, stub: pb_grpc.LogStoreStub) -> None:
     create(stub, "t", partitions=2)
     produce(stub, "t", 0, 0, 100)
