@@ -22,9 +22,14 @@ def write_file_atomically(path: Path, data: bytes) -> None:
     """Replace `path` with `data` so a crash leaves either the old or the new content."""
     # A short random temp name: `<name>.tmp` could pass the 255-byte file-name limit.
     tmp = path.with_name(f".{uuid.uuid4().hex}{fmt.TEMP_SUFFIX}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        # e.g. a full disk: a half-written temp file would hold on to space for good
+        tmp.unlink(missing_ok=True)
+        raise
     fsync_directory(path.parent)

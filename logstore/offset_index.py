@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import errno
 import io
 import mmap
 import os
@@ -39,6 +40,8 @@ from logstore.format import OFFSET_INDEX_DTYPE
 DEFAULT_MAX_INDEX_BYTES: Final = 10 * 1024 * 1024
 #: the largest relative offset (and byte position) an entry can hold
 UINT32_MAX: Final = 2**32 - 1
+#: disk blocks are reserved for entries this many bytes at a time (see `reserve`)
+_RESERVE_CHUNK_BYTES: Final = 64 * 1024
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -110,6 +113,8 @@ class MmapIndexFile:
         self._arr: np.ndarray = np.empty(0, dtype=self._DTYPE)
         self._max_entries = 0
         self._keys: np.ndarray | None = None
+        #: bytes from the file start known to have disk blocks behind them (see `reserve`)
+        self._reserved = 0
         self._closed = False
         # Segment readers look entries up without the partition lock while a roll may
         # trim (remap) this file; the lock makes each lookup see a whole mapping.
@@ -120,6 +125,8 @@ class MmapIndexFile:
             size = os.fstat(self._fd).st_size
             # a closed index is trimmed, so its size counts its entries (0 for a new file)
             self._entries = size // self._entry_size
+            # written entries have blocks; the preallocated rest of the file is sparse
+            self._reserved = self._entries * self._entry_size
             self._map(size - size % self._entry_size)
             # growing a torn file would hide the evidence sanity_check reports
             if writable and size % self._entry_size == 0:
@@ -199,6 +206,7 @@ class MmapIndexFile:
             return
         self._unmap()
         os.ftruncate(self._fd, length)
+        self._reserved = min(self._reserved, length)
         self._map(length)
 
     @_locked
@@ -354,9 +362,43 @@ class MmapIndexFile:
         column = self._arr[: self._entries]["relative_offset"]
         return bisect.bisect_left(column, rel)
 
+    @_locked
+    def reserve(self, count: int) -> None:
+        """Make sure disk blocks back the next `count` entry slots (capped at the mapped
+        size), so writing them through the mapping cannot fault.
+
+        The file is preallocated sparse: on a full disk the first store into a page with
+        no block behind it kills the process with SIGBUS instead of raising. Reserving
+        with posix_fallocate first turns that into an OSError (ENOSPC) the caller can
+        report, before anything is written. Blocks are reserved `_RESERVE_CHUNK_BYTES` at
+        a time, so this is one system call per few thousand entries.
+        """
+        self._check_writable()
+        mapped = self._max_entries * self._entry_size
+        needed = min((self._entries + count) * self._entry_size, mapped)
+        if needed <= self._reserved:
+            return
+        chunk_end = -(-needed // _RESERVE_CHUNK_BYTES) * _RESERVE_CHUNK_BYTES
+        for end in dict.fromkeys((min(chunk_end, mapped), needed)):
+            try:
+                os.posix_fallocate(self._fd, self._reserved, end - self._reserved)
+            except OSError as exc:
+                if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                    end = mapped  # the file system cannot reserve: nothing better to do
+                elif end != needed:
+                    continue  # no room for a whole chunk: try just what is needed
+                else:
+                    raise OSError(
+                        exc.errno, f"cannot grow {self._KIND} {self._path}: {exc.strerror}"
+                    ) from exc
+            self._reserved = end
+            return
+
     def _write_entry(self, entry: tuple[int, int], key: np.generic) -> None:
         """Store `entry` in the next slot and keep the native key column in step."""
         n = self._entries
+        if (n + 1) * self._entry_size > self._reserved:
+            self.reserve(1)
         self._arr[n] = entry
         if self._keys is not None:
             if n == len(self._keys):

@@ -104,6 +104,10 @@ class LogSegment:
         """
         position = self.size
         total = sum(len(b) for b in buffers)
+        # Disk blocks for the index entries first: on a full disk this fails cleanly
+        # (ENOSPC) before the log changes, instead of faulting on the mapping afterwards.
+        self.offset_index.reserve(len(headers))
+        self.time_index.reserve(len(headers) + 1)
         written = os.pwritev(self._fd, buffers, position)
         if written != total:
             # pwritev may write partially only on a full disk; undo so no torn tail remains.

@@ -23,11 +23,14 @@ from logstore.errors import UnknownTopicOrPartitionError
 from logstore.log_manager import LogManager, ManagerSettings
 from logstore.offsets_store import OffsetStore
 from logstore.producer_ids import ProducerIdManager
-from logstore.server.broker import DEFAULT_MAX_FETCH_BYTES, LogStoreServicer
+from logstore.server.broker import (
+    DEFAULT_MAX_FETCH_BYTES,
+    LogStoreServicer,
+    add_servicer_to_server,
+)
 from logstore.server.metrics import BrokerMetrics
 from logstore.server.security import BrokerSecurity, SecuritySettings
 from logstore.v1 import logstore_pb2 as pb
-from logstore.v1 import logstore_pb2_grpc as pb_grpc
 
 log = logging.getLogger("logstore.broker")
 
@@ -90,6 +93,7 @@ class Broker:
             self.producer_ids,
             self.coordinator,
             max_fetch_bytes=settings.max_fetch_bytes,
+            max_request_bytes=settings.max_request_bytes,
         )
         self._stopping = threading.Event()
         self._maintenance = threading.Thread(
@@ -120,7 +124,7 @@ class Broker:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        pb_grpc.add_LogStoreServicer_to_server(self.servicer, self.server)
+        add_servicer_to_server(self.servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server

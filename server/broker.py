@@ -7,18 +7,21 @@ response; the only per-batch work is validation (header + CRC) and the offset pa
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
+from google.protobuf import message_factory
+from google.protobuf.message import DecodeError
 
 from logstore import record_batch as rb
 from logstore.config import is_internal_topic
 from logstore.coordinator import GroupCoordinator
-from logstore.errors import InvalidRequestError, LogStoreError
+from logstore.errors import InvalidConfigError, InvalidRequestError, LogStoreError
 from logstore.log_manager import LogManager, Topic
 from logstore.offsets_store import OffsetStore
 from logstore.partition_log import PartitionLog
@@ -38,10 +41,82 @@ ACKS_ALL = -1
 DEFAULT_MAX_FETCH_BYTES = 50 * 1024 * 1024
 #: the longest a fetch may wait for data
 MAX_WAIT_CAP_MS = 30_000
+#: the largest gRPC request the broker accepts by default (BrokerSettings.max_request_bytes)
+DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
+#: room in a produce request for everything but the batch: topic name, field tags (bytes)
+_REQUEST_FRAMING_BYTES = 4096
 
 
 #: (topic, partition, its log, the request's bytes, their validated batch headers)
 _ProduceWork = tuple[str, int, PartitionLog, bytes, list[BatchHeader]]
+
+SERVICE = pb.DESCRIPTOR.services_by_name["LogStore"]
+
+
+class MalformedRequest:
+    """Stands in for request bytes that do not parse as the RPC's message, so the handler
+    answers INVALID_ARGUMENT: a deserializer that raises makes gRPC answer INTERNAL."""
+
+    def __init__(self, message_name: str, error: str) -> None:
+        self.message = f"malformed {message_name}: {error or 'the bytes do not parse'}"
+
+
+def lenient_parser(message_cls: Any) -> Callable[[bytes], Any]:
+    def parse(data: bytes) -> Any:
+        try:
+            return message_cls.FromString(data)
+        except DecodeError as exc:
+            return MalformedRequest(message_cls.DESCRIPTOR.full_name, str(exc))
+
+    return parse
+
+
+def rejecting_malformed(method: Callable[..., Any], streaming_request: bool) -> Callable[..., Any]:
+    """Wrap a servicer method so a MalformedRequest ends the RPC with INVALID_ARGUMENT."""
+
+    def check(request: Any, context: grpc.ServicerContext) -> Any:
+        if isinstance(request, MalformedRequest):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+        return request
+
+    if streaming_request:
+
+        @functools.wraps(method)
+        def streaming(request_iterator: Iterator[Any], context: grpc.ServicerContext) -> Any:
+            return method((check(r, context) for r in request_iterator), context)
+
+        return streaming
+
+    @functools.wraps(method)
+    def unary(request: Any, context: grpc.ServicerContext) -> Any:
+        return method(check(request, context), context)
+
+    return unary
+
+
+def add_servicer_to_server(servicer: pb_grpc.LogStoreServicer, server: grpc.Server) -> None:
+    """Register `servicer` like the generated `add_LogStoreServicer_to_server`, except that
+    request bytes which do not parse get INVALID_ARGUMENT instead of INTERNAL."""
+    factories = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }
+    handlers = {}
+    for method in SERVICE.methods:
+        request_cls = message_factory.GetMessageClass(method.input_type)
+        response_cls = message_factory.GetMessageClass(method.output_type)
+        factory = factories[(method.client_streaming, method.server_streaming)]
+        handlers[method.name] = factory(
+            rejecting_malformed(getattr(servicer, method.name), method.client_streaming),
+            request_deserializer=lenient_parser(request_cls),
+            response_serializer=response_cls.SerializeToString,
+        )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),)
+    )
+    server.add_registered_method_handlers(SERVICE.full_name, handlers)
 
 
 class LogStoreServicer(GroupHandlers, pb_grpc.LogStoreServicer):
@@ -55,6 +130,7 @@ class LogStoreServicer(GroupHandlers, pb_grpc.LogStoreServicer):
         coordinator: GroupCoordinator,
         *,
         max_fetch_bytes: int = DEFAULT_MAX_FETCH_BYTES,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
     ) -> None:
         self.manager = manager
         self.offsets = offsets
@@ -65,6 +141,8 @@ class LogStoreServicer(GroupHandlers, pb_grpc.LogStoreServicer):
         self._streams: set[grpc.ServicerContext] = set()
         self._streams_lock = threading.Lock()
         self.max_fetch_bytes = max_fetch_bytes
+        #: max.message.bytes may not exceed this (bytes): a larger batch could never arrive
+        self.max_message_bytes_limit = max_request_bytes - _REQUEST_FRAMING_BYTES
 
     # --- topics ------------------------------------------------------------------------------
 
@@ -93,9 +171,19 @@ class LogStoreServicer(GroupHandlers, pb_grpc.LogStoreServicer):
         if is_internal_topic(name):
             raise InvalidRequestError(f"cannot {action} internal topic {name!r}")
 
+    def _check_message_limit(self, overrides: dict[str, str]) -> None:
+        """Refuse a max.message.bytes that no produce request could carry."""
+        config = self.manager.default_config.with_overrides(overrides)
+        if config.max_message_bytes > self.max_message_bytes_limit:
+            raise InvalidConfigError(
+                f"invalid value {config.max_message_bytes} for max.message.bytes: the broker "
+                f"accepts requests of at most {self.max_message_bytes_limit} bytes of batches"
+            )
+
     @handles_errors
     def CreateTopic(self, request: pb.CreateTopicRequest, context: Any) -> pb.CreateTopicResponse:
         self._refuse_internal(request.name, "create")
+        self._check_message_limit(dict(request.config))
         topic = self.manager.create_topic(request.name, request.partitions, dict(request.config))
         return pb.CreateTopicResponse(topic=self._describe(topic))
 
@@ -132,6 +220,11 @@ class LogStoreServicer(GroupHandlers, pb_grpc.LogStoreServicer):
         self._refuse_internal(request.name, "alter")
         changes: dict[str, str | None] = dict(request.set)
         changes.update({key: None for key in request.delete})
+        overrides = dict(self.manager.topic(request.name).config_overrides)
+        overrides.update({k: v for k, v in changes.items() if v is not None})
+        for key in request.delete:
+            overrides.pop(key, None)
+        self._check_message_limit(overrides)
         topic = self.manager.alter_config(request.name, changes)
         return pb.AlterTopicConfigResponse(topic=self._describe(topic))
 
@@ -295,7 +388,14 @@ class LogStoreServicer(GroupHandlers, pb_grpc.LogStoreServicer):
             response, total, errors = self._read_all(request, max_bytes)
             remaining_s = deadline - time.monotonic()
             # As Kafka: an error (e.g. offset out of range) is news the client wants now.
-            done = total >= max(request.min_bytes, 1) or remaining_s <= 0 or errors > 0
+            # With no partitions nothing can arrive: waiting would only hold a thread.
+            nothing_asked = not any(t.partitions for t in request.topics)
+            done = (
+                total >= max(request.min_bytes, 1)
+                or remaining_s <= 0
+                or errors > 0
+                or nothing_asked
+            )
             if done or self.stopping or not context.is_active():
                 return response
             self.manager.appends.wait_for_change(version, remaining_s)

@@ -32,6 +32,9 @@ _STATUS_BY_CLASS: list[tuple[type[Exception], grpc.StatusCode]] = [
     (errors.FencedMemberEpochError, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.GroupNotEmptyError, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.CommitFailedError, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.AuthenticationError, grpc.StatusCode.UNAUTHENTICATED),
+    (errors.AuthorizationError, grpc.StatusCode.PERMISSION_DENIED),
+    (errors.InvalidAclError, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.LogClosedError, grpc.StatusCode.UNAVAILABLE),
     (errors.StorageError, grpc.StatusCode.UNAVAILABLE),
 ]
@@ -39,7 +42,7 @@ _STATUS_BY_CLASS: list[tuple[type[Exception], grpc.StatusCode]] = [
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str, str]:
     """(status code, message, kind) for an exception raised while serving a request."""
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+    if _disk_full(exc):
         return grpc.StatusCode.RESOURCE_EXHAUSTED, f"disk full: {exc}", "StorageError"
     for cls, code in _STATUS_BY_CLASS:
         if isinstance(exc, cls):
@@ -49,6 +52,19 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str, str]:
     if isinstance(exc, OSError):
         return grpc.StatusCode.UNAVAILABLE, f"storage error: {exc}", "StorageError"
     return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}", "Internal"
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """Whether `exc`, or an error it was raised from (e.g. a StorageError wrapping the
+    OSError of a snapshot write), is a full disk or quota."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # a cause chain is short; never loop on a cycle
+        if seen is None:
+            return False
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        seen = seen.__cause__
+    return False
 
 
 def error_message(exc: BaseException) -> pb.Error:

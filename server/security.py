@@ -46,6 +46,7 @@ from logstore.acls import (
     InvalidAclError,
 )
 from logstore.errors import LogStoreError
+from logstore.server.broker import lenient_parser, rejecting_malformed
 from logstore.server.errors import abort
 from logstore.v1 import logstore_pb2 as pb
 
@@ -325,8 +326,8 @@ class AclService:
     def handlers(self) -> dict[str, grpc.RpcMethodHandler]:
         def handler(method: Callable[..., Any], request_type: Any) -> grpc.RpcMethodHandler:
             return grpc.unary_unary_rpc_method_handler(
-                method,
-                request_deserializer=request_type.FromString,
+                rejecting_malformed(method, streaming_request=False),
+                request_deserializer=lenient_parser(request_type),
                 response_serializer=lambda m: m.SerializeToString(),
             )
 
