@@ -246,6 +246,20 @@ def test_missing_and_unknown_tokens_are_unauthenticated(acl_broker: BrokerProces
     assert ADMIN not in acl_broker.logs() and "guess" not in acl_broker.logs()
 
 
+@pytest.mark.parametrize("method", ["Produce", "CreateAcls"])
+def test_unparseable_request_bytes_are_invalid_argument_with_acls_on(
+    acl_broker: BrokerProcess, method: str
+) -> None:
+    """The ACL check must not trip over bytes that are not a request (it once answered
+    INTERNAL): the handler refuses them as malformed."""
+    with grpc.insecure_channel(acl_broker.address) as channel:
+        call = channel.unary_unary(f"/logstore.v1.LogStore/{method}")
+        with pytest.raises(grpc.RpcError) as raised:
+            call(b"\xff\xff\xff", metadata=(("authorization", f"Bearer {ADMIN}"),), timeout=10)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "malformed" in str(raised.value.details())
+
+
 def test_deny_by_default_and_super_user_bypass(acl_broker: BrokerProcess) -> None:
     with admin(acl_broker.address, ADMIN) as a:
         a.create_topic("dflt")  # super user: no ACL needed
