@@ -99,3 +99,21 @@ def rewind(consumer: Consumer, unsettled: Sequence[ConsumerRecord]) -> None:
     for (topic, partition), offset in first.items():
         if (topic, partition) in owned:
             consumer.seek(topic, partition, offset)
+
+
+def run_bounded(
+    poll_once: Callable[[float], object],
+    duration_s: float | None,
+    until: Callable[[], bool] | None,
+    poll_timeout: float,
+) -> None:
+    """Call `poll_once(poll_timeout)` until `until()` is true or `duration_s` seconds have
+    passed. One of the two is required, so the loop is bounded: the `run()` of every
+    worker in this package."""
+    if duration_s is None and until is None:
+        raise ValueError("give duration_s or until, or call poll_once() in your own loop")
+    deadline = None if duration_s is None else time.monotonic() + duration_s
+    while not (until is not None and until()):
+        if deadline is not None and time.monotonic() >= deadline:
+            break
+        poll_once(poll_timeout)

@@ -31,7 +31,7 @@ from typing import Any
 from logstore.client.consumer import Consumer
 from logstore.client.types import ConsumerRecord
 from logstore.patterns import headers as h
-from logstore.patterns.delivery import rewind
+from logstore.patterns.delivery import rewind, run_bounded
 from logstore.patterns.retry import now_ms
 
 log = logging.getLogger(__name__)
@@ -249,13 +249,7 @@ class IdempotentConsumer:
         poll_timeout: float = 0.2,
     ) -> IdempotentStats:
         """Poll until `until()` or `duration_s` (one is required)."""
-        if duration_s is None and until is None:
-            raise ValueError("give duration_s or until, or call poll_once() in your own loop")
-        deadline = None if duration_s is None else time.monotonic() + duration_s
-        while not (until is not None and until()):
-            if deadline is not None and time.monotonic() >= deadline:
-                break
-            self.poll_once(poll_timeout)
+        run_bounded(self.poll_once, duration_s, until, poll_timeout)
         return self.stats
 
     def _maybe_purge(self) -> None:

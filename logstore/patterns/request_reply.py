@@ -25,7 +25,7 @@ from logstore.client.producer import Producer
 from logstore.client.types import ConsumerRecord
 from logstore.errors import LogStoreError, RequestTimedOutError, TopicExistsError
 from logstore.patterns import headers as h
-from logstore.patterns.delivery import rewind
+from logstore.patterns.delivery import rewind, run_bounded
 
 log = logging.getLogger(__name__)
 
@@ -275,13 +275,7 @@ class Responder:
     ) -> int:
         """Answer requests until `until()` or `duration_s` (one is required); returns how
         many were answered in all."""
-        if duration_s is None and until is None:
-            raise ValueError("give duration_s or until, or call poll_once() in your own loop")
-        deadline = None if duration_s is None else time.monotonic() + duration_s
-        while not (until is not None and until()):
-            if deadline is not None and time.monotonic() >= deadline:
-                break
-            self.poll_once(poll_timeout)
+        run_bounded(self.poll_once, duration_s, until, poll_timeout)
         return self.answered
 
     def close(self) -> None:

@@ -35,7 +35,7 @@ from logstore.client.producer import Producer
 from logstore.client.types import ConsumerRecord, TopicPartition
 from logstore.errors import TopicExistsError
 from logstore.patterns import headers as h
-from logstore.patterns.delivery import rewind
+from logstore.patterns.delivery import rewind, run_bounded
 
 log = logging.getLogger(__name__)
 
@@ -243,13 +243,7 @@ class RetryingConsumer:
     ) -> RetryStats:
         """Poll until `until()` is true or `duration_s` seconds passed (at least one must
         be given, so the loop is bounded)."""
-        if duration_s is None and until is None:
-            raise ValueError("give duration_s or until, or call poll_once() in your own loop")
-        deadline = None if duration_s is None else time.monotonic() + duration_s
-        while not (until is not None and until()):
-            if deadline is not None and time.monotonic() >= deadline:
-                break
-            self.poll_once(poll_timeout)
+        run_bounded(self.poll_once, duration_s, until, poll_timeout)
         return self.stats
 
     def close(self) -> None:
