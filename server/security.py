@@ -294,9 +294,7 @@ class AclService:
         try:
             bindings = [binding_from_proto(b) for b in request.acls]
             created = self.store.add(bindings)
-        except InvalidAclError as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except OSError as exc:
+        except (InvalidAclError, OSError) as exc:
             abort(context, exc)
         for binding in created:
             log.info("ACL added: %s", binding)
@@ -308,9 +306,7 @@ class AclService:
         self._require_enabled(context)
         try:
             deleted = self.store.remove(filter_from_proto(request.filter))
-        except InvalidAclError as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except OSError as exc:
+        except (InvalidAclError, OSError) as exc:
             abort(context, exc)
         for binding in deleted:
             log.info("ACL removed: %s", binding)
