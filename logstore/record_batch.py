@@ -8,7 +8,8 @@ Clients encode with `encode_batch` and decode with `decode_batch`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import crc32c
@@ -16,6 +17,14 @@ import zstandard
 
 from logstore import format as fmt
 from logstore.errors import CorruptRecordError, RecordTooLargeError, UnsupportedCompressionError
+
+_c_decode_records: Callable[..., list[Any]] | None
+try:
+    if os.environ.get("LOGSTORE_PURE_PYTHON"):
+        raise ImportError("LOGSTORE_PURE_PYTHON is set")
+    from logstore._record_decoder import decode_records as _c_decode_records
+except ImportError:  # not built (no C compiler at install time): the Python decoder serves
+    _c_decode_records = None
 
 Header = tuple[str, bytes | None]
 #: what a producer hands the encoder: (key, value, headers, timestamp_ms or None for "now")
@@ -464,17 +473,50 @@ def _decode_headers(data: bytes, pos: int, end: int) -> tuple[tuple[Header, ...]
 
 def decode_records(
     header: BatchHeader,
+    records_data: bytes | bytearray | memoryview,
+    record_type: type[tuple] = Record,  # type: ignore[type-arg]
+    prefix: tuple[object, ...] = (),
+    start: int = 0,
+    end: int | None = None,
+) -> list[Any]:
+    """Decode `header.record_count` records from the uncompressed records section
+    records_data[start:end] (end defaults to the end of the buffer).
+
+    Each record is built as `record_type(*prefix, offset, timestamp, key, value, headers)`:
+    a client passes its own NamedTuple and e.g. (topic, partition) so records are built
+    once, without a second object per record. `record_type` must be a tuple subclass
+    without instance fields. Raises CorruptRecordError if the bytes do not hold exactly that
+    many well-formed records. Uses the C decoder when it is built, else the Python one;
+    both accept exactly the same inputs.
+    """
+    end = len(records_data) if end is None else end
+    if _c_decode_records is None:
+        data = records_data if start == 0 and end == len(records_data) else records_data[start:end]
+        try:
+            return _decode_records_py(header, bytes(data), record_type, prefix)
+        except IndexError as exc:
+            raise CorruptRecordError("record data ends inside a record") from exc
+    log_append_time = header.max_timestamp if header.timestamp_type else None
+    return _c_decode_records(  # type: ignore[no-any-return]
+        records_data,
+        start,
+        end,
+        header.record_count,
+        header.base_offset,
+        header.base_timestamp,
+        log_append_time,
+        record_type,
+        prefix,
+    )
+
+
+def _decode_records_py(
+    header: BatchHeader,
     records_data: bytes,
     record_type: type[tuple] = Record,  # type: ignore[type-arg]
     prefix: tuple[object, ...] = (),
 ) -> list[Any]:
-    """Decode `header.record_count` records from an uncompressed records section.
-
-    Each record is built as `record_type(*prefix, offset, timestamp, key, value, headers)`:
-    a client passes its own NamedTuple and e.g. (topic, partition) so records are built
-    once, without a second object per record. Raises CorruptRecordError if the bytes do not
-    hold exactly that many well-formed records.
-    """
+    """The pure-Python record decoder (see `decode_records`); IndexError on a short buffer."""
     data = records_data
     end = len(data)
     pos = 0
@@ -584,12 +626,13 @@ def decode_batch(
         header = read_header(buf, pos)
         check_header(header, len(buf) - pos)
         check_contents(header)
-    payload = bytes(memoryview(buf)[pos + fmt.RECORDS_OFFSET : pos + header.size])
+    start, end = pos + fmt.RECORDS_OFFSET, pos + header.size
+    if header.codec == fmt.CODEC_NONE:
+        # decoded in place: the records section is not copied out first
+        return DecodedBatch(header, decode_records(header, buf, record_type, prefix, start, end))
+    payload = bytes(memoryview(buf)[start:end])
     data = _decompress(header.codec, payload, max_decompressed_bytes)
-    try:
-        return DecodedBatch(header, decode_records(header, data, record_type, prefix))
-    except IndexError as exc:
-        raise CorruptRecordError("record data ends inside a record") from exc
+    return DecodedBatch(header, decode_records(header, data, record_type, prefix))
 
 
 def decode_all(
