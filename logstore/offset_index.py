@@ -133,8 +133,15 @@ class MmapIndexFile:
                 self.resize(max_index_bytes)
         except BaseException:
             self._unmap()
-            os.close(self._fd)
+            self._close_fd()
             raise
+        #: the file's size when opened (bytes); a read-only index never changes it
+        self._opened_size = size
+        if not writable:
+            # The mapping keeps its own descriptor (CPython's mmap dups it), so a sealed
+            # segment's index needs ours no longer: a broker with thousands of sealed
+            # segments would otherwise hold two descriptors per index file.
+            self._close_fd()
 
     # --- properties ---------------------------------------------------------------------
 
@@ -238,7 +245,7 @@ class MmapIndexFile:
             self._closed = True
             self._keys = None
             self._unmap()
-            os.close(self._fd)
+            self._close_fd()
 
     @_locked
     def release(self) -> None:
@@ -249,7 +256,7 @@ class MmapIndexFile:
         self._closed = True
         self._keys = None
         self._unmap()
-        os.close(self._fd)
+        self._close_fd()
 
     @_locked
     def delete(self) -> None:
@@ -283,7 +290,7 @@ class MmapIndexFile:
         invariants of the index.
         """
         self._check_open()
-        size = os.fstat(self._fd).st_size
+        size = os.fstat(self._fd).st_size if self._fd >= 0 else self._opened_size
         if size % self._entry_size != 0:
             raise self._corrupt(
                 f"its size {size} bytes is not a multiple of the {self._entry_size}-byte entry"
@@ -420,6 +427,11 @@ class MmapIndexFile:
         access = mmap.ACCESS_WRITE if self._writable else mmap.ACCESS_READ
         self._mm = mmap.mmap(self._fd, length, access=access)
         self._arr = np.frombuffer(self._mm, dtype=self._DTYPE)
+
+    def _close_fd(self) -> None:
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
 
     def _unmap(self) -> None:
         """Release the mapping; our array goes first, since an exported buffer blocks close."""

@@ -261,6 +261,34 @@ def test_read_only_index_is_not_grown_and_refuses_changes(tmp_path: Path) -> Non
         OffsetIndex(tmp_path / "missing.index", BASE, writable=False)
 
 
+def _descriptors_on(path: Path) -> int:
+    """How many of this process's descriptors refer to `path` (mappings' dups included)."""
+    fd_dir = Path("/proc/self/fd")
+    count = 0
+    for entry in fd_dir.iterdir():
+        try:
+            count += os.readlink(entry) == str(path)
+        except OSError:
+            continue  # the directory's own descriptor, gone once listed
+    return count
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc")
+def test_read_only_index_keeps_only_its_mapping_descriptor(tmp_path: Path) -> None:
+    path = tmp_path / "ro.index"
+    write_raw(path, [(1, 0), (5, 100)])
+    idx = OffsetIndex(path, BASE, writable=False)
+    assert _descriptors_on(path.resolve()) == 1  # the mapping's own (CPython dups it)
+    assert idx.lookup(BASE + 6) == (BASE + 5, 100)
+    idx.sanity_check()
+    idx.close()
+    idx.close()
+    assert _descriptors_on(path.resolve()) == 0
+    writable = OffsetIndex(path, BASE)
+    assert _descriptors_on(path.resolve()) == 2
+    writable.close()
+
+
 def test_bad_arguments(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         OffsetIndex(tmp_path / "a.index", -1)
