@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import signal
 import sys
 import threading
@@ -194,8 +195,35 @@ class Broker:
         self.manager.close()
 
 
+#: the soft descriptor limit to aim for when the hard limit is unlimited (Linux's default
+#: fs.nr_open, the most a process may set)
+_NOFILE_WHEN_UNLIMITED = 1 << 20
+
+
+def raise_open_file_limit() -> tuple[int, int]:
+    """Raise the soft limit on open descriptors to the hard limit; return (before, after).
+
+    Every segment keeps its .log file open and every sealed index its mapping, and each
+    client connection takes one more: a broker with many partitions or small segments needs
+    far more than the 1,024 a login shell often starts with (Kafka's guidance is 100,000).
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = _NOFILE_WHEN_UNLIMITED if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open-file limit from %d to %d: %s", soft, target, exc)
+            return soft, soft
+        return soft, target
+    return soft, soft
+
+
 def run(settings: BrokerSettings) -> int:
     """Run a broker in the foreground until SIGINT or SIGTERM; return the exit status."""
+    before, after = raise_open_file_limit()
+    if after != before:
+        log.info("raised the open-file limit from %d to %d", before, after)
     broker = Broker(settings)
     stop = threading.Event()
 
