@@ -2,7 +2,8 @@
 
 Run as `python -m bench._grpc_sink`; prints `listening on 127.0.0.1:PORT` and serves two
 generic streaming methods with identity (bytes in, bytes out) serializers, so what is
-measured is gRPC itself, with no protobuf work:
+measured is gRPC itself, with no protobuf work (and malloc set up as LogStore's processes
+set it, see `logstore.allocator`):
 
 * `/bench.Sink/Upload` (stream -> unary): counts the bytes of every message; answers the
   total as 8 big-endian bytes.
@@ -21,6 +22,8 @@ from concurrent import futures
 from typing import Any
 
 import grpc
+
+from logstore.allocator import keep_freed_memory
 
 _TOTALS = struct.Struct(">qq")
 _COUNT = struct.Struct(">q")
@@ -44,6 +47,9 @@ def _download(request: bytes, context: Any) -> Iterator[bytes]:
 
 
 def main() -> None:
+    # The same allocator setting as the broker and clients, so the ceiling is not held
+    # down by page faults that LogStore's own processes avoid.
+    keep_freed_memory()
     options = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=options)
     handlers = {

@@ -520,6 +520,10 @@ def run_file(args: argparse.Namespace, out: Callable[[Result], None]) -> None:
 def run_grpc(args: argparse.Namespace, out: Callable[[Result], None]) -> None:
     import grpc
 
+    from logstore.allocator import keep_freed_memory
+
+    keep_freed_memory()  # as LogStore's clients do; the sink does the same
+
     count = max(4, args.big_mib)
     total = count * MIB
     proc = subprocess.Popen(

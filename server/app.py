@@ -17,6 +17,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from logstore.allocator import TRIM_THRESHOLD_BYTES, keep_freed_memory
 from logstore.clock import SYSTEM_CLOCK
 from logstore.config import LogConfig
 from logstore.coordinator import GroupCoordinator
@@ -224,6 +225,8 @@ def run(settings: BrokerSettings) -> int:
     before, after = raise_open_file_limit()
     if after != before:
         log.info("raised the open-file limit from %d to %d", before, after)
+    if keep_freed_memory():
+        log.info("malloc keeps up to %d bytes of freed memory for reuse", TRIM_THRESHOLD_BYTES)
     broker = Broker(settings)
     stop = threading.Event()
 

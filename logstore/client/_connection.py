@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 
 from logstore import errors
+from logstore.allocator import keep_freed_memory
 from logstore.v1 import logstore_pb2 as pb
 from logstore.v1 import logstore_pb2_grpc as pb_grpc
 
@@ -152,7 +153,12 @@ def _is_loopback(address: str) -> bool:
 
 
 def open_channel(address: str, security: ClientSecurity | None = None) -> grpc.Channel:
-    """A channel to `address`; `security` None reads it from the environment."""
+    """A channel to `address`; `security` None reads it from the environment.
+
+    Every client opens its channels here, so this is also where the process's allocator
+    is told to keep freed batch buffers (see `logstore.allocator`).
+    """
+    keep_freed_memory()
     if security is None:
         security = ClientSecurity.resolve()
     options = [
