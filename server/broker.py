@@ -271,11 +271,12 @@ class LogStoreServicer(GroupHandlers, pb_grpc.LogStoreServicer):
     def _validate_partition(self, topic: str, data: pb.ProducePartitionData) -> _ProduceWork:
         self._refuse_internal(topic, "produce to")
         part = self.manager.partition(topic, data.partition)
+        records = data.records  # each access copies the bytes out of the message: once only
         try:
-            headers = rb.split_batches(data.records, part.config.max_message_bytes)
+            headers = rb.split_batches(records, part.config.max_message_bytes)
         except LogStoreError as exc:
             raise type(exc)(f"{part.name}: {exc}") from exc
-        return (topic, data.partition, part, data.records, headers)
+        return (topic, data.partition, part, records, headers)
 
     def _produce(self, request: pb.ProduceRequest, strict: bool = True) -> pb.ProduceResponse:
         work, rejected = self._validate_produce(request, strict)
