@@ -503,20 +503,55 @@ class PartitionLog:
         """Whole batches from the one holding `offset`, up to `max_bytes` (the first batch is
         returned whole even if larger; `max_bytes` <= 0 returns no data, only the offsets).
         Raises OffsetOutOfRangeError outside the log."""
+        found, high_watermark, log_start = self._locate(offset, find=max_bytes > 0)
+        data = b""
+        if found is not None:
+            segment, position = found
+            data = segment.read_batches(position, max_bytes)
+        return FetchResult(data, high_watermark, log_start)
+
+    def offset_after_read(self, offset: int, max_bytes: int) -> int:
+        """The offset right after the batches `read(offset, max_bytes)` returns now.
+
+        Lets a consumer ask for the fetch after the one it has in flight: batches are
+        immutable and only appended, so while the log holds more than that read returns,
+        this is exactly where the read ends. Raises OffsetOutOfRangeError outside the log.
+        """
+        found, high_watermark, _ = self._locate(offset, find=max_bytes > 0)
+        if max_bytes <= 0:
+            return offset
+        if found is None:
+            return high_watermark
+        segment, position = found
+        return self._offset_at(segment, segment.end_of_read(position, max_bytes))
+
+    def _locate(
+        self, offset: int, find: bool = True
+    ) -> tuple[tuple[LogSegment, int] | None, int, int]:
+        """((segment, position) of the batch holding `offset`, or None at the end of the log
+        or when not `find`; high watermark; log start offset). Raises OffsetOutOfRangeError
+        outside the log."""
         segments, base_offsets = self._view
         log_start = segments[0].base_offset
         high_watermark = segments[-1].next_offset
         if offset < log_start or offset > high_watermark:
             raise OffsetOutOfRangeError(self.name, offset, log_start, high_watermark)
-        if max_bytes <= 0:
-            return FetchResult(b"", high_watermark, log_start)
-        index = max(bisect.bisect_right(base_offsets, offset) - 1, 0)
-        for segment in segments[index:]:
-            found = segment.find_batch(offset)
-            if found is not None:
-                data = segment.read_batches(found[0], max_bytes)
-                return FetchResult(data, high_watermark, log_start)
-        return FetchResult(b"", high_watermark, log_start)
+        if find and offset < high_watermark:
+            index = max(bisect.bisect_right(base_offsets, offset) - 1, 0)
+            for segment in segments[index:]:
+                found = segment.find_batch(offset)
+                if found is not None:
+                    return (segment, found[0]), high_watermark, log_start
+        return None, high_watermark, log_start
+
+    @staticmethod
+    def _offset_at(segment: LogSegment, position: int) -> int:
+        """The base offset of the batch at `position` of `segment` (a batch boundary), or the
+        segment's end offset when `position` is its end."""
+        head = segment.read_bytes(position, fmt.BATCH_HEADER_SIZE)
+        if len(head) < fmt.BATCH_HEADER_SIZE:
+            return segment.next_offset
+        return rb.read_header(head, 0).base_offset
 
     def find_offset_by_timestamp(self, timestamp_ms: int) -> tuple[int, int] | None:
         """(offset, timestamp) of the first record at or after `timestamp_ms`, or None."""

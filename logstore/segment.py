@@ -194,18 +194,23 @@ class LogSegment:
         The first batch is returned whole even when larger than `max_bytes`, so a consumer
         always makes progress (Kafka's KIP-74 rule).
         """
+        return self.read_bytes(position, self.end_of_read(position, max_bytes) - position)
+
+    def end_of_read(self, position: int, max_bytes: int) -> int:
+        """The position (bytes) where `read_batches(position, max_bytes)` ends: a batch
+        boundary, or `position` itself when no whole batch is there."""
         size = self.size
         limit = position + max(max_bytes, fmt.BATCH_HEADER_SIZE)
         if limit >= size:
             # up to the end of the log: that end is a batch boundary, nothing to cut
-            return self.read_bytes(position, size - position)
+            return max(size, position)
         end = self._end_of_whole_batches(position, limit, size)
         if end == position:
             head = self.read_bytes(position, fmt.BATCH_HEADER_SIZE)
             if len(head) < fmt.BATCH_HEADER_SIZE:
-                return b""
-            return self.read_bytes(position, rb.read_header(head, 0).size)
-        return self.read_bytes(position, end - position)
+                return position
+            return min(position + rb.read_header(head, 0).size, size)
+        return end
 
     def _end_of_whole_batches(self, position: int, limit: int, size: int) -> int:
         """The end of the last whole batch from `position` that ends by `limit` (bytes).

@@ -362,11 +362,14 @@ class LogStoreServicer(GroupHandlers, pb_grpc.LogStoreServicer):
                     limit = remaining
                     if fp.partition_max_bytes > 0:
                         limit = min(limit, fp.partition_max_bytes)
+                    offset = fp.fetch_offset
+                    if fp.skip_bytes > 0:
+                        offset = part.offset_after_read(offset, fp.skip_bytes)
                     # Over budget (limit 0): no bytes, but still the offsets and range check.
-                    fetched = part.read(fp.fetch_offset, limit)
+                    fetched = part.read(offset, limit)
                     if total > 0 and len(fetched.data) > limit:
                         # Only the response's first batch may exceed the budget (KIP-74).
-                        fetched = part.read(fp.fetch_offset, 0)
+                        fetched = part.read(offset, 0)
                     result.records = fetched.data
                     result.high_watermark = fetched.high_watermark
                     result.log_start_offset = fetched.log_start_offset

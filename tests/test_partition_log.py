@@ -139,15 +139,17 @@ append_plans = st.lists(
     min_size=1,
     max_size=25,
 )
-
-
-@PROPERTY
-@given(
+#: a log of small segments and index intervals, appended to by a plan, and more draws
+LOG_SHAPES = given(
     segment_bytes=st.integers(1024, 4096),
     interval=st.integers(64, 512),
     plan=append_plans,
     data=st.data(),
 )
+
+
+@PROPERTY
+@LOG_SHAPES
 def test_offsets_are_dense_across_rolls_and_everything_reads_back(
     segment_bytes: int,
     interval: int,
@@ -192,6 +194,38 @@ def test_offsets_are_dense_across_rolls_and_everything_reads_back(
             assert segment_layout(log) == layout
             assert read_rows(log, 0, max_bytes) == model.rows
             log.close()
+
+
+@PROPERTY
+@LOG_SHAPES
+def test_offset_after_read_is_where_that_read_ends(
+    segment_bytes: int,
+    interval: int,
+    plan: list[list[tuple[int, int, bool]]],
+    data: st.DataObject,
+) -> None:
+    """The consumer's fetch ahead relies on it: asked for the fetch after a read from
+    `offset` of `max_bytes`, the broker starts exactly where that read ended."""
+    with tempfile.TemporaryDirectory() as tmp:
+        log = open_log(
+            Path(tmp), {"segment.bytes": segment_bytes, "index.interval.bytes": interval}
+        )
+        model = LogModel()
+        for i, shapes in enumerate(plan):
+            batches = [
+                make_records(f"r{i}.{j}", n, value_size=size, with_headers=h)
+                for j, (n, size, h) in enumerate(shapes)
+            ]
+            model.append(log, batches)
+        for _ in range(20):
+            offset = data.draw(st.integers(0, model.end), label="offset")
+            max_bytes = data.draw(st.integers(0, 5_000), label="max_bytes")
+            read = scan_bytes(log.read(offset, max_bytes).data)
+            expected = read[-1][1].next_offset if read else offset
+            assert log.offset_after_read(offset, max_bytes) == expected
+        with pytest.raises(OffsetOutOfRangeError):
+            log.offset_after_read(model.end + 1, 100)
+        log.close()
 
 
 def scan_bytes_first(data: bytes) -> BatchHeader:

@@ -4,8 +4,9 @@ Threads and what they own:
 
 - the application thread calls every public method (a consumer is not thread-safe, as in
   Kafka); it resolves starting positions, drains the record buffer and commits;
-- one fetcher thread keeps a Fetch in flight for the assigned partitions, decodes the
-  answers into `ConsumerRecord`s and appends them to a bounded buffer;
+- one fetcher thread keeps a Fetch in flight for the assigned partitions (and one more
+  ahead for partitions with a backlog), decodes the answers into `ConsumerRecord`s and
+  appends them to a bounded buffer;
 - one commit thread (started on first use) runs `commit_async` requests in order;
 - with subscribe(), one heartbeat thread keeps the consumer a member of its group
   (`_GroupMember`): it only talks to the coordinator and records the newest assignment,
@@ -65,6 +66,9 @@ _COMMITTED = "committed"
 _INT32_MAX = 2**31 - 1
 #: the longest wait between retries of a failing request
 MAX_RETRY_BACKOFF_S = 1.0
+#: fetches the fetcher keeps unanswered: one from the real positions, and one ahead of it
+#: while a partition has a backlog (see `_PartitionState`)
+MAX_FETCHES_IN_FLIGHT = 2
 #: how long close() waits for the fetcher thread and for pending async commits
 CLOSE_JOIN_S = 5.0
 _OFFSET_OF = operator.itemgetter(2)  # ConsumerRecord.offset, without an attribute lookup
@@ -197,14 +201,25 @@ class _PartitionState:
     across the buffer, so this holds across a revoke and re-assign too. `buffered` counts the
     fetched bytes of this partition not yet drained. A `halted` partition is not fetched
     until the error chunk in the buffer has been raised to the application.
+
+    Fetching ahead: while a partition has a backlog (`ahead`: at least one more answer's
+    worth of records waited behind the last answer), a second fetch is sent before the
+    first is answered, asking the broker to start where the first will end (FetchPartition
+    .skip_bytes). An answer is used only from `fetch_position` on: one that starts past it
+    (the first fetch ended early, e.g. cut by the response's byte budget) is dropped, so a
+    miss costs a round trip, never a record. `inflight` counts this partition's unanswered
+    fetches of the current epoch; the oldest always starts at `fetch_position`.
     """
 
     __slots__ = (
+        "ahead",
         "buffered",
         "epoch",
         "failures",
         "fetch_position",
         "halted",
+        "high_watermark",
+        "inflight",
         "paused",
         "position",
         "reason",
@@ -224,6 +239,19 @@ class _PartitionState:
         self.paused = False
         self.retry_at = 0.0
         self.failures = 0
+        self.inflight = 0
+        self.ahead = False
+        self.high_watermark = -1
+
+    def renew(self, epoch: int) -> None:
+        """Start a new epoch: fetches sent before it no longer count for this partition."""
+        self.epoch = epoch
+        self.forget_fetches()
+
+    def forget_fetches(self) -> None:
+        """No fetch of this partition is in flight any more (answered, dropped or cancelled)."""
+        self.inflight = 0
+        self.ahead = False
 
 
 class _Chunk:
@@ -261,7 +289,8 @@ class _Buffer:
     only chunks of those; a partition's chunks are in offset order, the first starting at
     its `position`; `buffered` is the sum of every state's `buffered`. The fetcher sends no
     fetch while `buffered` >= `limit`, nor for a partition whose own `buffered` is at least
-    `partition_limit`, so memory stays bounded by about `limit` + one fetch.
+    `partition_limit`, so memory stays bounded by about `limit` + MAX_FETCHES_IN_FLIGHT
+    fetches.
     """
 
     def __init__(self, limit: int, partition_limit: int) -> None:
@@ -311,7 +340,7 @@ class _Buffer:
         buffered or in flight for it."""
         state = self.states[tp]
         self.purge(tp, state)
-        state.epoch = self.next_epoch()
+        state.renew(self.next_epoch())
         state.position = state.fetch_position = offset
         self.unresolved |= offset is None
         state.strategy = strategy
@@ -385,9 +414,14 @@ class _Buffer:
         assert chunk.error is not None
         raise chunk.error
 
-    def plan(self, now: float) -> tuple[list[tuple[TopicPartition, int, int]], float | None]:
+    def plan(
+        self, now: float, ahead: bool = False
+    ) -> tuple[list[tuple[TopicPartition, int, int]], float | None]:
         """(tp, fetch offset, epoch) of each partition to fetch now, and the earliest time a
-        backed-off partition becomes fetchable (None if none waits)."""
+        backed-off partition becomes fetchable (None if none waits). Counts the fetches as
+        sent. `ahead`: only partitions with one fetch in flight and a backlog behind it,
+        from where that fetch is expected to end; otherwise only those with none in flight.
+        """
         if self.buffered >= self.limit:
             return [], None
         ready: list[tuple[TopicPartition, int, int]] = []
@@ -400,12 +434,23 @@ class _Buffer:
             if state.retry_at > now:
                 retry_at = state.retry_at if retry_at is None else min(retry_at, state.retry_at)
                 continue
+            if not _fetchable(state, ahead):
+                continue
+            state.inflight += 1
             ready.append((tp, state.fetch_position, state.epoch))
         if len(ready) > 1:
             # Rotate so partitions late in the request are not starved by the byte cap.
             self._rotation = (self._rotation + 1) % len(ready)
             ready = ready[self._rotation :] + ready[: self._rotation]
         return ready, retry_at
+
+
+def _fetchable(state: _PartitionState, ahead: bool) -> bool:
+    """Whether to fetch `state`'s partition now: from its position when nothing is in
+    flight, or (`ahead`) after the one fetch in flight while it has a backlog."""
+    if not ahead:
+        return state.inflight == 0
+    return state.inflight == 1 and state.ahead
 
 
 # --- the fetcher -----------------------------------------------------------------------------
@@ -415,6 +460,8 @@ class _InFlight(NamedTuple):
     future: grpc.Future
     #: (fetch offset, epoch) per partition asked for
     sent: dict[TopicPartition, tuple[int, int]]
+    #: a fetch ahead: each partition's records start where its fetch in flight ends
+    ahead: bool
 
 
 class _Arrival(NamedTuple):
@@ -428,11 +475,14 @@ class _Arrival(NamedTuple):
 
 
 class _Fetcher(threading.Thread):
-    """Keeps one Fetch in flight for every fetchable partition and buffers the records.
+    """Keeps a Fetch in flight for every fetchable partition and buffers the records.
 
     Positions advance only when an answer is accepted, so a failed or cancelled fetch loses
     nothing: the same offsets are asked for again after a backoff. The next fetch is sent
-    before the current answer is decoded, so network and broker time overlap decoding.
+    before the current answer is decoded, so network and broker time overlap decoding;
+    partitions with a backlog also get a fetch ahead (see `_PartitionState`), so one
+    answer travels while the next is read, up to MAX_FETCHES_IN_FLIGHT. Answers are taken
+    in the order the fetches were sent.
     """
 
     def __init__(self, buffer: _Buffer, stub: Any, options: _Options, address: str) -> None:
@@ -452,32 +502,56 @@ class _Fetcher(threading.Thread):
         self.join(timeout_s)
 
     def run(self) -> None:
-        inflight: _InFlight | None = None
+        pending: deque[_InFlight] = deque()
         while not self._buffer.closed:
             try:
-                inflight = self._send(block=True) if inflight is None else self._finish(inflight)
+                if not pending:
+                    self._send_into(pending, block=True)
+                elif not self._finish(pending):
+                    self._abandon(pending)
             except Exception as exc:  # a fault here must not stop consumption for good
                 log.exception("consumer fetcher failed; retrying")
                 self._report(errors.InternalBrokerError(f"fetcher failed: {exc!r}"))
-                inflight = None
+                self._abandon(pending)
                 self._sleep(self._backoff.next())
-        if inflight is not None:
-            inflight.future.cancel()
+        self._abandon(pending)
 
-    def _finish(self, inflight: _InFlight) -> _InFlight | None:
-        """Wait for `inflight`; accept its answer, send the next fetch, then decode."""
-        response = self._await(inflight)
+    def _finish(self, pending: deque[_InFlight]) -> bool:
+        """Wait for the oldest fetch; accept its answer, send the next fetches, then decode.
+        False when it was cancelled or failed: the fetches behind it are then moot."""
+        response = self._await(pending[0])
         if response is None:
-            return None
-        arrivals = self._accept(inflight, response)
-        following = self._send(block=False)
+            return False
+        arrivals = self._accept(pending.popleft(), response)
+        self._send_into(pending, block=False)
         self._deliver(arrivals)
-        return following
+        return True
+
+    def _abandon(self, pending: deque[_InFlight]) -> None:
+        """Cancel every unanswered fetch; their partitions are fetched afresh."""
+        if not pending:
+            return
+        for inflight in pending:
+            inflight.future.cancel()
+        pending.clear()
+        with self._buffer.lock:
+            for state in self._buffer.states.values():
+                state.forget_fetches()
 
     # --- sending -----------------------------------------------------------------------------
 
-    def _send(self, block: bool) -> _InFlight | None:
-        plan = self._plan(block)
+    def _send_into(self, pending: deque[_InFlight], block: bool) -> None:
+        """Send a fetch for partitions with none in flight (waiting for one to be fetchable
+        if `block` and nothing is in flight), then one ahead, up to MAX_FETCHES_IN_FLIGHT."""
+        for ahead in (False, True):
+            if len(pending) >= MAX_FETCHES_IN_FLIGHT:
+                return
+            inflight = self._send(block=block and not ahead and not pending, ahead=ahead)
+            if inflight is not None:
+                pending.append(inflight)
+
+    def _send(self, block: bool, ahead: bool = False) -> _InFlight | None:
+        plan = self._plan(block, ahead)
         if not plan:
             return None
         by_topic: dict[str, list[pb.FetchPartition]] = {}
@@ -487,25 +561,31 @@ class _Fetcher(threading.Thread):
                     partition=partition,
                     fetch_offset=offset,
                     partition_max_bytes=self._options.max_partition_fetch_bytes,
+                    # ahead: start where the fetch in flight (from `offset`) will end
+                    skip_bytes=self._options.max_partition_fetch_bytes if ahead else 0,
                 )
             )
         request = pb.FetchRequest(
             topics=[pb.FetchTopic(topic=t, partitions=ps) for t, ps in by_topic.items()],
-            max_wait_ms=self._options.fetch_max_wait_ms,
-            min_bytes=self._options.fetch_min_bytes,
+            # a fetch ahead asks for records known to be there: it has no reason to wait
+            max_wait_ms=0 if ahead else self._options.fetch_max_wait_ms,
+            min_bytes=0 if ahead else self._options.fetch_min_bytes,
             max_bytes=self._options.fetch_max_bytes,
         )
         future = self._stub.Fetch.future(request, timeout=self._rpc_timeout_s)
         # Outside the lock: the callback runs at once, in this thread, if already done.
         future.add_done_callback(self._on_done)
-        return _InFlight(future, {tp: (offset, epoch) for tp, offset, epoch in plan})
+        return _InFlight(future, {tp: (offset, epoch) for tp, offset, epoch in plan}, ahead)
 
-    def _plan(self, block: bool) -> list[tuple[TopicPartition, int, int]]:
+    def _plan(self, block: bool, ahead: bool) -> list[tuple[TopicPartition, int, int]]:
         buffer = self._buffer
         with buffer.lock:
             while not buffer.closed:
-                plan, retry_at = buffer.plan(time.monotonic())
-                buffer.interrupt = False  # this plan reflects every change so far
+                plan, retry_at = buffer.plan(time.monotonic(), ahead)
+                if not ahead:
+                    # This plan reflects every change so far. (Not a plan ahead: a change
+                    # since the last plan must still cancel the fetches it made.)
+                    buffer.interrupt = False
                 if plan or not block:
                     return plan
                 wait = None if retry_at is None else max(retry_at - time.monotonic(), 0.0)
@@ -565,20 +645,26 @@ class _Fetcher(threading.Thread):
 
     def _accept(self, inflight: _InFlight, response: pb.FetchResponse) -> list[_Arrival]:
         """Advance fetch positions past the answer (reserving its bytes), handle errors."""
+        results = {
+            (topic_result.topic, result.partition): result
+            for topic_result in response.topics
+            for result in topic_result.partitions
+        }
         arrivals: list[_Arrival] = []
         now = time.monotonic()
         buffer = self._buffer
         with buffer.lock:
-            for topic_result in response.topics:
-                for result in topic_result.partitions:
-                    tp = (topic_result.topic, result.partition)
-                    offset, epoch = inflight.sent.get(tp, (-1, -1))
-                    state = buffer.states.get(tp)
-                    if state is None or state.epoch != epoch:
-                        continue  # reassigned or repositioned since the fetch was sent
-                    arrival = self._accept_one(tp, state, offset, result, now)
-                    if arrival is not None:
-                        arrivals.append(arrival)
+            for tp, (offset, epoch) in inflight.sent.items():
+                state = buffer.states.get(tp)
+                if state is None or state.epoch != epoch:
+                    continue  # reassigned or repositioned since the fetch was sent
+                state.inflight -= 1
+                result = results.get(tp)
+                if result is None:
+                    continue  # not answered: fetched again from fetch_position
+                arrival = self._accept_one(tp, state, offset, result, now, inflight.ahead)
+                if arrival is not None:
+                    arrivals.append(arrival)
         return arrivals
 
     def _accept_one(
@@ -588,27 +674,55 @@ class _Fetcher(threading.Thread):
         offset: int,
         result: pb.FetchPartitionResult,
         now: float,
+        ahead: bool,
     ) -> _Arrival | None:
         error = partition_error(result.error)
         if error is not None:
-            self._partition_failed(tp, state, offset, error, now)
+            if ahead:
+                state.ahead = False  # left to the fetch from the position, which meets it too
+            else:
+                self._partition_failed(tp, state, offset, error, now)
             return None
-        state.failures = 0
+        if not ahead:
+            state.failures = 0
+        return self._arrival(tp, state, offset, result, ahead)
+
+    def _arrival(
+        self,
+        tp: TopicPartition,
+        state: _PartitionState,
+        offset: int,
+        result: pb.FetchPartitionResult,
+        ahead: bool,
+    ) -> _Arrival | None:
+        """Take the records of `result` (a fetch from `offset`, or ahead of it) from the
+        fetch position on, and advance the position past them."""
+        position = state.fetch_position
+        assert position is not None  # set before any fetch of this epoch was sent
+        state.high_watermark = max(state.high_watermark, result.high_watermark)
         data = result.records
-        if not data:
+        span = _batch_span(data) if data else None
+        if span is None or (ahead and span[0] > position):
+            # No records, or records ahead that start past the position: the fetch before
+            # this one ended early, so using them would skip records. (A log with a gap in
+            # its offsets answers a fetch from the position past it too: that is kept.)
+            state.ahead = False
+            if data and span is None and not ahead:
+                error = errors.CorruptRecordError(
+                    f"{tp[0]}-{tp[1]}: fetch at offset {offset} returned {len(data)} bytes "
+                    "without one whole record batch"
+                )
+                self._halt(tp, state, offset, error)
             return None
-        next_offset = _next_offset(data)
-        if next_offset is None:
-            error = errors.CorruptRecordError(
-                f"{tp[0]}-{tp[1]}: fetch at offset {offset} returned {len(data)} bytes "
-                "without one whole record batch"
-            )
-            self._halt(tp, state, offset, error)
-            return None
+        first, next_offset = span
+        if next_offset <= position:
+            return None  # an answer ahead that holds nothing new
         state.fetch_position = next_offset
+        # Fetch ahead while at least one more answer's worth of records waits behind this one.
+        state.ahead = state.high_watermark - next_offset >= next_offset - first
         state.buffered += len(data)
         self._buffer.buffered += len(data)
-        return _Arrival(tp, state.epoch, offset, next_offset, data)
+        return _Arrival(tp, state.epoch, position, next_offset, data)
 
     def _partition_failed(
         self,
@@ -640,7 +754,7 @@ class _Fetcher(threading.Thread):
         """Stop fetching `tp` at `offset` until `error` has been raised by poll()."""
         self._buffer.chunks.append(_Chunk(tp, [], 0, offset, 0, error))
         state.fetch_position = offset
-        state.epoch = self._buffer.next_epoch()  # a fetch sent from a later offset must not deliver
+        state.renew(self._buffer.next_epoch())  # a fetch sent from a later offset must not deliver
         state.halted = True
         self._buffer.data_ready.notify_all()
 
@@ -661,12 +775,15 @@ class _Fetcher(threading.Thread):
                 buffer.data_ready.notify_all()
 
 
-def _next_offset(data: bytes) -> int | None:
-    """The offset after the last whole batch in `data` (per-batch work only), or None."""
-    last = None
+def _batch_span(data: bytes) -> tuple[int, int] | None:
+    """(first batch's base offset, offset after the last whole batch) of `data`, per-batch
+    work only; None without a whole batch."""
+    first = last = None
     for _, header in iter_batches(data):
+        if first is None:
+            first = header
         last = header
-    return None if last is None else last.next_offset
+    return None if first is None or last is None else (first.base_offset, last.next_offset)
 
 
 def _decode(
@@ -1227,7 +1344,8 @@ class Consumer:
             self.address, ClientSecurity.resolve(ssl_cafile, ssl_certfile, ssl_keyfile, token)
         )
         self._stub = make_stub(self._channel)
-        self._buffer = _Buffer(2 * fetch_max_bytes, max_partition_fetch_bytes)
+        # Room for two fetches per partition: one answer is drained while the next arrives.
+        self._buffer = _Buffer(2 * fetch_max_bytes, 2 * max_partition_fetch_bytes)
         self._membership: _Membership | None = None
         if group_id is not None:
             rebalance = _Rebalance(

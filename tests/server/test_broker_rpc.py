@@ -38,18 +38,17 @@ def _produce(
 
 
 def _fetch(
-    stub: pb_grpc.LogStoreStub, topic: str, partition: int, offset: int, **kw: int
+    stub: pb_grpc.LogStoreStub,
+    topic: str,
+    partition: int,
+    offset: int,
+    part: dict[str, int] | None = None,
+    **kw: int,
 ) -> pb.FetchPartitionResult:
+    """Fetch one partition; `part` holds more FetchPartition fields, `kw` FetchRequest's."""
+    fetch_partition = pb.FetchPartition(partition=partition, fetch_offset=offset, **(part or {}))
     response = stub.Fetch(
-        pb.FetchRequest(
-            topics=[
-                pb.FetchTopic(
-                    topic=topic,
-                    partitions=[pb.FetchPartition(partition=partition, fetch_offset=offset)],
-                )
-            ],
-            **kw,
-        ),
+        pb.FetchRequest(topics=[pb.FetchTopic(topic=topic, partitions=[fetch_partition])], **kw),
         timeout=30,
     )
     return response.topics[0].partitions[0]
@@ -57,6 +56,24 @@ def _fetch(
 
 def _values(result: pb.FetchPartitionResult) -> list[bytes]:
     return [r.value for r in rb.decode_all(result.records)]  # type: ignore[misc]
+
+
+def test_a_fetch_with_skip_bytes_starts_where_the_fetch_it_skips_ends(
+    stub: pb_grpc.LogStoreStub,
+) -> None:
+    stub.CreateTopic(pb.CreateTopicRequest(name="t", partitions=1), timeout=10)
+    for i in range(30):
+        _produce(stub, "t", 0, _batch([b"%d-%d" % (i, j) for j in range(i % 4 + 1)]))
+    limit = {"partition_max_bytes": 300}
+    for offset in (0, 5, 17, 40):
+        skipped = rb.decode_all(_fetch(stub, "t", 0, offset, limit).records)
+        after = rb.decode_all(_fetch(stub, "t", 0, offset, {**limit, "skip_bytes": 300}).records)
+        assert skipped and after
+        assert after[0].offset == skipped[-1].offset + 1
+    everything = _fetch(stub, "t", 0, 0, {"partition_max_bytes": 1_000_000})
+    end = rb.decode_all(everything.records)[-1].offset + 1
+    past_all = _fetch(stub, "t", 0, 0, {"skip_bytes": 1_000_000}, max_wait_ms=0)
+    assert (past_all.records, past_all.high_watermark) == (b"", end)
 
 
 def test_create_produce_fetch_round_trip(stub: pb_grpc.LogStoreStub) -> None:
