@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 
 class AppendNotifier:
@@ -26,8 +27,19 @@ class AppendNotifier:
             self._version += 1
             self._condition.notify_all()
 
-    def wait_for_change(self, seen_version: int, timeout_s: float) -> int:
-        """Block until the version differs from `seen_version` or `timeout_s` passes."""
+    def poke(self) -> None:
+        """Wake every waiter to re-check its `also` condition, without a new version."""
         with self._condition:
-            self._condition.wait_for(lambda: self._version != seen_version, timeout_s)
+            self._condition.notify_all()
+
+    def wait_for_change(
+        self, seen_version: int, timeout_s: float, also: Callable[[], bool] | None = None
+    ) -> int:
+        """Block until the version differs from `seen_version`, `also()` is true (checked
+        at each wake-up, e.g. after `poke`), or `timeout_s` passes."""
+        with self._condition:
+            if also is None:
+                self._condition.wait_for(lambda: self._version != seen_version, timeout_s)
+            else:
+                self._condition.wait_for(lambda: self._version != seen_version or also(), timeout_s)
             return self._version

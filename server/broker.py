@@ -11,6 +11,7 @@ import functools
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -31,6 +32,12 @@ from logstore.server.errors import abort, error_message, handles_errors
 from logstore.server.groups import GroupHandlers
 from logstore.v1 import logstore_pb2 as pb
 from logstore.v1 import logstore_pb2_grpc as pb_grpc
+from logstore.wire import (
+    PartitionAnswer,
+    TopicAnswers,
+    decode_produce_request,
+    encode_response,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +52,24 @@ MAX_WAIT_CAP_MS = 30_000
 DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
 #: room in a produce request for everything but the batch: topic name, field tags (bytes)
 _REQUEST_FRAMING_BYTES = 4096
+#: FetchPartition.fetch_offset on a FetchStream: where the stream's last answer ended
+CONTINUE_OFFSET = -1
+
+#: (topic, partition)
+_Key = tuple[str, int]
+#: the offset a fetch of (topic, partition, requested offset) reads from
+_Resolver = Callable[[str, int, int], int]
 
 
 #: (topic, partition, its log, the request's bytes, their validated batch headers)
-_ProduceWork = tuple[str, int, PartitionLog, bytes, list[BatchHeader]]
+_ProduceWork = tuple[str, int, PartitionLog, bytes | memoryview, list[BatchHeader]]
 
 SERVICE = pb.DESCRIPTOR.services_by_name["LogStore"]
+#: methods whose handlers yield responses already serialized (see `logstore.wire`)
+_PRESERIALIZED = frozenset({"FetchStream"})
+#: methods whose requests are read by hand, leaving record batches in the received bytes
+_HAND_PARSED: dict[str, Callable[[bytes], Any]] = {"ProduceStream": decode_produce_request}
+_NO_ERROR = pb.Error()
 
 
 class MalformedRequest:
@@ -61,11 +80,16 @@ class MalformedRequest:
         self.message = f"malformed {message_name}: {error or 'the bytes do not parse'}"
 
 
-def lenient_parser(message_cls: Any) -> Callable[[bytes], Any]:
+def lenient_parser(
+    message_cls: Any, decode: Callable[[bytes], Any] | None = None
+) -> Callable[[bytes], Any]:
+    """Parse with `decode` (default: the message class) into a request or MalformedRequest."""
+    decode = decode or message_cls.FromString
+
     def parse(data: bytes) -> Any:
         try:
-            return message_cls.FromString(data)
-        except DecodeError as exc:
+            return decode(data)
+        except (DecodeError, ValueError, UnicodeDecodeError) as exc:
             return MalformedRequest(message_cls.DESCRIPTOR.full_name, str(exc))
 
     return parse
@@ -94,6 +118,10 @@ def rejecting_malformed(method: Callable[..., Any], streaming_request: bool) -> 
     return unary
 
 
+def _identity(data: bytes) -> bytes:
+    return data
+
+
 def add_servicer_to_server(servicer: pb_grpc.LogStoreServicer, server: grpc.Server) -> None:
     """Register `servicer` like the generated `add_LogStoreServicer_to_server`, except that
     request bytes which do not parse get INVALID_ARGUMENT instead of INTERNAL."""
@@ -108,15 +136,93 @@ def add_servicer_to_server(servicer: pb_grpc.LogStoreServicer, server: grpc.Serv
         request_cls = message_factory.GetMessageClass(method.input_type)
         response_cls = message_factory.GetMessageClass(method.output_type)
         factory = factories[(method.client_streaming, method.server_streaming)]
+        serialize = response_cls.SerializeToString
+        if method.name in _PRESERIALIZED:
+            serialize = _identity
         handlers[method.name] = factory(
             rejecting_malformed(getattr(servicer, method.name), method.client_streaming),
-            request_deserializer=lenient_parser(request_cls),
-            response_serializer=response_cls.SerializeToString,
+            request_deserializer=lenient_parser(request_cls, _HAND_PARSED.get(method.name)),
+            response_serializer=serialize,
         )
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),)
     )
     server.add_registered_method_handlers(SERVICE.full_name, handlers)
+
+
+def _as_proto(topics: TopicAnswers) -> pb.FetchResponse:
+    """The FetchResponse message of `topics`."""
+    # Built in place: passing finished messages to a constructor deep-copies them, and
+    # with them every record byte (that was half the broker's time on 1 MiB fetches).
+    response = pb.FetchResponse()
+    for topic, answers in topics:
+        results = response.topics.add(topic=topic).partitions
+        for answer in answers:
+            result = results.add(partition=answer.partition)
+            if answer.error.code:
+                result.error.CopyFrom(answer.error)
+                continue
+            result.records = answer.records
+            result.high_watermark = answer.high_watermark
+            result.log_start_offset = answer.log_start_offset
+    return response
+
+
+def _end_offset(data: bytes, start: int) -> int:
+    """The offset after the last whole batch in `data`, or `start` when it holds none."""
+    last = None
+    for _, header in rb.iter_batches(data):
+        last = header
+    return start if last is None else last.next_offset
+
+
+class _RequestQueue:
+    """Reads a request stream in a thread of its own, so that the handler can notice the
+    next request while it is long-polling for the current one.
+
+    `on_arrival` is called after each request is queued and when the stream ends. An
+    exception from the stream (e.g. an abort by a per-message check) is raised by `take`.
+    """
+
+    def __init__(self, requests: Iterator[Any], on_arrival: Callable[[], None]) -> None:
+        self._cond = threading.Condition()
+        self._items: deque[Any] = deque()
+        self._ended = False
+        self._error: BaseException | None = None
+        self._on_arrival = on_arrival
+        self._thread = threading.Thread(
+            target=self._pump, args=(requests,), name="logstore-fetch-stream", daemon=True
+        )
+        self._thread.start()
+
+    def _pump(self, requests: Iterator[Any]) -> None:
+        try:
+            for request in requests:
+                with self._cond:
+                    self._items.append(request)
+                    self._cond.notify_all()
+                self._on_arrival()
+        except BaseException as exc:  # handed to the handler thread, which raises it
+            self._error = exc
+        finally:
+            with self._cond:
+                self._ended = True
+                self._cond.notify_all()
+            self._on_arrival()
+
+    def pending(self) -> bool:
+        """Whether a request is waiting or the stream has ended (a long poll should stop)."""
+        return bool(self._items) or self._ended
+
+    def take(self) -> Any | None:
+        """The next request, or None when the stream has ended."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._items or self._ended)
+            if self._items:
+                return self._items.popleft()
+            if self._error is not None:
+                raise self._error
+            return None
 
 
 class LogStoreServicer(GroupHandlers, pb_grpc.LogStoreServicer):
@@ -271,7 +377,8 @@ class LogStoreServicer(GroupHandlers, pb_grpc.LogStoreServicer):
     def _validate_partition(self, topic: str, data: pb.ProducePartitionData) -> _ProduceWork:
         self._refuse_internal(topic, "produce to")
         part = self.manager.partition(topic, data.partition)
-        records = data.records  # each access copies the bytes out of the message: once only
+        # ProduceStream: a view of the received bytes; Produce: each access copies, so once
+        records = data.records
         try:
             headers = rb.split_batches(records, part.config.max_message_bytes)
         except LogStoreError as exc:
@@ -344,25 +451,33 @@ class LogStoreServicer(GroupHandlers, pb_grpc.LogStoreServicer):
     # --- fetch -------------------------------------------------------------------------------
 
     def _read_all(
-        self, request: pb.FetchRequest, max_bytes: int
-    ) -> tuple[pb.FetchResponse, int, int]:
-        """The response, its record bytes, and how many partitions answered with an error."""
+        self,
+        request: pb.FetchRequest,
+        max_bytes: int,
+        resolve: _Resolver | None = None,
+        ends: dict[_Key, int] | None = None,
+    ) -> tuple[TopicAnswers, int, int]:
+        """The answers, their record bytes, and how many partitions answered with an error.
+
+        `resolve` maps a requested offset to the one to read from (FetchStream's
+        continuation); `ends` (if given) gets the offset each answered partition ends at.
+        """
         remaining = max_bytes
         total = 0
         errors = 0
-        # Built in place: passing finished messages to a constructor deep-copies them, and
-        # with them every record byte (that was half the broker's time on 1 MiB fetches).
-        response = pb.FetchResponse()
+        topics: TopicAnswers = []
         for fetch_topic in request.topics:
-            results = response.topics.add(topic=fetch_topic.topic).partitions
+            answers: list[PartitionAnswer] = []
+            topics.append((fetch_topic.topic, answers))
             for fp in fetch_topic.partitions:
-                result = results.add(partition=fp.partition)
                 try:
                     part = self.manager.partition(fetch_topic.topic, fp.partition)
                     limit = remaining
                     if fp.partition_max_bytes > 0:
                         limit = min(limit, fp.partition_max_bytes)
                     offset = fp.fetch_offset
+                    if resolve is not None:
+                        offset = resolve(fetch_topic.topic, fp.partition, offset)
                     if fp.skip_bytes > 0:
                         offset = part.offset_after_read(offset, fp.skip_bytes)
                     # Over budget (limit 0): no bytes, but still the offsets and range check.
@@ -370,18 +485,39 @@ class LogStoreServicer(GroupHandlers, pb_grpc.LogStoreServicer):
                     if total > 0 and len(fetched.data) > limit:
                         # Only the response's first batch may exceed the budget (KIP-74).
                         fetched = part.read(offset, 0)
-                    result.records = fetched.data
-                    result.high_watermark = fetched.high_watermark
-                    result.log_start_offset = fetched.log_start_offset
-                    total += len(fetched.data)
-                    remaining = max(0, remaining - len(fetched.data))
                 except LogStoreError as exc:
-                    result.error.CopyFrom(error_message(exc))
+                    answers.append(PartitionAnswer(fp.partition, error_message(exc), 0, 0, b""))
                     errors += 1
-        return response, total, errors
+                    continue
+                if ends is not None:
+                    ends[(fetch_topic.topic, fp.partition)] = _end_offset(fetched.data, offset)
+                answers.append(
+                    PartitionAnswer(
+                        fp.partition,
+                        _NO_ERROR,
+                        fetched.high_watermark,
+                        fetched.log_start_offset,
+                        fetched.data,
+                    )
+                )
+                total += len(fetched.data)
+                remaining = max(0, remaining - len(fetched.data))
+        return topics, total, errors
 
     @handles_errors
     def Fetch(self, request: pb.FetchRequest, context: grpc.ServicerContext) -> pb.FetchResponse:
+        return _as_proto(self._fetch(request, context))
+
+    def _fetch(
+        self,
+        request: pb.FetchRequest,
+        context: grpc.ServicerContext,
+        resolve: _Resolver | None = None,
+        ends: dict[_Key, int] | None = None,
+        interrupted: Callable[[], bool] | None = None,
+    ) -> TopicAnswers:
+        """Answer one fetch, long-polling as it asks; `interrupted()` true ends the wait
+        early with what there is (see `_read_all` for `resolve` and `ends`)."""
         max_bytes = self.max_fetch_bytes
         if request.max_bytes > 0:
             max_bytes = min(max_bytes, request.max_bytes)
@@ -389,7 +525,9 @@ class LogStoreServicer(GroupHandlers, pb_grpc.LogStoreServicer):
         deadline = time.monotonic() + wait_ms / 1000
         while True:
             version = self.manager.appends.version
-            response, total, errors = self._read_all(request, max_bytes)
+            if ends is not None:
+                ends.clear()
+            answers, total, errors = self._read_all(request, max_bytes, resolve, ends)
             remaining_s = deadline - time.monotonic()
             # As Kafka: an error (e.g. offset out of range) is news the client wants now.
             # With no partitions nothing can arrive: waiting would only hold a thread.
@@ -401,8 +539,50 @@ class LogStoreServicer(GroupHandlers, pb_grpc.LogStoreServicer):
                 or nothing_asked
             )
             if done or self.stopping or not context.is_active():
-                return response
-            self.manager.appends.wait_for_change(version, remaining_s)
+                return answers
+            if interrupted is not None and interrupted():
+                return answers
+            self.manager.appends.wait_for_change(version, remaining_s, interrupted)
+
+    def FetchStream(
+        self, request_iterator: Iterator[pb.FetchRequest], context: grpc.ServicerContext
+    ) -> Iterator[bytes]:
+        """Answer each fetch in order, as Fetch would (encoded FetchResponse bytes, see
+        `logstore.wire`); fetch_offset -1 continues where this
+        stream's previous answer for the partition ended. A long poll ends early when the
+        next request arrives. Only a failure of the whole stream ends it with a status."""
+        with self._streams_lock:
+            self._streams.add(context)
+        requests = _RequestQueue(request_iterator, self.manager.appends.poke)
+        #: where the last answer for each partition ended: what fetch_offset -1 reads from
+        positions: dict[_Key, int] = {}
+
+        def resolve(topic: str, partition: int, offset: int) -> int:
+            if offset != CONTINUE_OFFSET:
+                return offset
+            found = positions.get((topic, partition))
+            if found is None:
+                raise InvalidRequestError(
+                    f"{topic}-{partition}: fetch_offset -1 continues an earlier fetch of the "
+                    "partition on this stream, and there is none: send an offset first"
+                )
+            return found
+
+        try:
+            while not self.stopping:
+                request = requests.take()
+                if request is None:
+                    return
+                ends: dict[_Key, int] = {}
+                try:
+                    answers = self._fetch(request, context, resolve, ends, requests.pending)
+                except (LogStoreError, OSError) as exc:
+                    abort(context, exc)
+                positions.update(ends)
+                yield encode_response(answers)
+        finally:
+            with self._streams_lock:
+                self._streams.discard(context)
 
     # --- offsets -----------------------------------------------------------------------------
 

@@ -45,6 +45,7 @@ from logstore.log_manager import LogManager
 from logstore.offsets_store import OffsetStore
 from logstore.patterns import headers as patterns
 from logstore.v1 import logstore_pb2 as pb
+from logstore.wire import decode_response
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,8 @@ _PRODUCE_METHODS = frozenset(
     f"/{_LOGSTORE_SERVICE}/{name}" for name in ("Produce", "ProduceStream")
 )
 _FETCH_METHOD = f"/{_LOGSTORE_SERVICE}/Fetch"
+#: answers already encoded by the servicer (see `logstore.wire`)
+_FETCH_STREAM_METHOD = f"/{_LOGSTORE_SERVICE}/FetchStream"
 
 
 def parse_listen(address: str) -> tuple[str, int]:
@@ -360,6 +363,8 @@ class MetricsInterceptor(grpc.ServerInterceptor):
             hook = self._metrics.count_produce
         elif full_method == _FETCH_METHOD:
             hook = self._metrics.count_fetch
+        elif full_method == _FETCH_STREAM_METHOD:
+            hook = self._metrics.count_fetch_stream
         return _wrap(handler, metrics, hook)
 
 
@@ -522,11 +527,19 @@ class BrokerMetrics:
     def count_fetch(self, request: pb.FetchRequest, response: pb.FetchResponse) -> None:
         """Count the records and bytes a fetch response carries."""
         for topic_result in response.topics:
-            for result in topic_result.partitions:
-                if result.records:
-                    count, size = _batch_stats(result.records)
-                    self.fetched_records.labels(topic_result.topic).inc(count)
-                    self.fetched_bytes.labels(topic_result.topic).inc(size)
+            self._count_fetched(topic_result.topic, (r.records for r in topic_result.partitions))
+
+    def count_fetch_stream(self, request: pb.FetchRequest, response: bytes) -> None:
+        """Count a FetchStream answer: FetchResponse bytes, read without copying records."""
+        for topic, answers in decode_response(response):
+            self._count_fetched(topic, (a.records for a in answers))
+
+    def _count_fetched(self, topic: str, records: Iterable[bytes | memoryview]) -> None:
+        for data in records:
+            if data:
+                count, size = _batch_stats(data)
+                self.fetched_records.labels(topic).inc(count)
+                self.fetched_bytes.labels(topic).inc(size)
 
     # --- serving ---------------------------------------------------------------------------
 

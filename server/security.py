@@ -190,6 +190,7 @@ RULES: dict[str, Callable[[Any], list[Need]]] = {
     "Produce": _each_topic("produce"),
     "ProduceStream": _each_topic("produce"),
     "Fetch": _each_topic("consume"),
+    "FetchStream": _each_topic("consume"),
     "ListOffsets": _each_topic("describe"),
     "CommitOffsets": _commit_offsets,
     "FetchCommittedOffsets": _fetch_committed,

@@ -23,6 +23,7 @@ import bisect
 import itertools
 import logging
 import operator
+import queue
 import threading
 import time
 import uuid
@@ -54,6 +55,7 @@ from logstore.client.types import (
 )
 from logstore.record_batch import decode_all, decode_batch, iter_batches
 from logstore.v1 import logstore_pb2 as pb
+from logstore.wire import PartitionAnswer, TopicAnswers, decode_response
 
 log = logging.getLogger(__name__)
 
@@ -422,26 +424,38 @@ class _Buffer:
         sent. `ahead`: only partitions with one fetch in flight and a backlog behind it,
         from where that fetch is expected to end; otherwise only those with none in flight.
         """
-        if self.buffered >= self.limit:
-            return [], None
+        candidates, retry_at = self.candidates(now, self.partition_limit)
         ready: list[tuple[TopicPartition, int, int]] = []
-        retry_at: float | None = None
-        for tp, state in self.states.items():
-            if state.fetch_position is None or state.halted or state.paused:
-                continue
-            if state.buffered >= self.partition_limit:
-                continue
-            if state.retry_at > now:
-                retry_at = state.retry_at if retry_at is None else min(retry_at, state.retry_at)
-                continue
+        for tp, state in candidates:
             if not _fetchable(state, ahead):
                 continue
             state.inflight += 1
-            ready.append((tp, state.fetch_position, state.epoch))
+            ready.append((tp, state.fetch_position, state.epoch))  # type: ignore[arg-type]
         if len(ready) > 1:
             # Rotate so partitions late in the request are not starved by the byte cap.
             self._rotation = (self._rotation + 1) % len(ready)
             ready = ready[self._rotation :] + ready[: self._rotation]
+        return ready, retry_at
+
+    def candidates(
+        self, now: float, partition_limit: int
+    ) -> tuple[list[tuple[TopicPartition, _PartitionState]], float | None]:
+        """The partitions that may be fetched now (positioned, not halted, paused or backed
+        off, under `partition_limit` buffered bytes), whatever is in flight; and the earliest
+        time a backed-off partition becomes fetchable (None if none waits)."""
+        if self.buffered >= self.limit:
+            return [], None
+        ready: list[tuple[TopicPartition, _PartitionState]] = []
+        retry_at: float | None = None
+        for tp, state in self.states.items():
+            if state.fetch_position is None or state.halted or state.paused:
+                continue
+            if state.buffered >= partition_limit:
+                continue
+            if state.retry_at > now:
+                retry_at = state.retry_at if retry_at is None else min(retry_at, state.retry_at)
+                continue
+            ready.append((tp, state))
         return ready, retry_at
 
 
@@ -471,7 +485,8 @@ class _Arrival(NamedTuple):
     epoch: int
     fetch_offset: int
     next_offset: int
-    data: bytes
+    #: bytes of a Fetch answer, or a view of a FetchStream answer
+    data: bytes | memoryview
 
 
 class _Fetcher(threading.Thread):
@@ -672,7 +687,7 @@ class _Fetcher(threading.Thread):
         tp: TopicPartition,
         state: _PartitionState,
         offset: int,
-        result: pb.FetchPartitionResult,
+        result: pb.FetchPartitionResult | PartitionAnswer,
         now: float,
         ahead: bool,
     ) -> _Arrival | None:
@@ -692,7 +707,7 @@ class _Fetcher(threading.Thread):
         tp: TopicPartition,
         state: _PartitionState,
         offset: int,
-        result: pb.FetchPartitionResult,
+        result: pb.FetchPartitionResult | PartitionAnswer,
         ahead: bool,
     ) -> _Arrival | None:
         """Take the records of `result` (a fetch from `offset`, or ahead of it) from the
@@ -775,7 +790,240 @@ class _Fetcher(threading.Thread):
                 buffer.data_ready.notify_all()
 
 
-def _batch_span(data: bytes) -> tuple[int, int] | None:
+# --- the streaming fetcher -------------------------------------------------------------------
+
+#: FetchPartition.fetch_offset on a FetchStream: continue where the previous answer ended
+CONTINUE_OFFSET = -1
+FETCH_STREAM_METHOD = "/logstore.v1.LogStore/FetchStream"
+#: fetches a consumer keeps in flight on its FetchStream (and, per partition, how many
+#: max_partition_fetch_bytes it may have buffered or in flight)
+STREAM_DEPTH = 4
+
+#: per partition in a request on the stream: (explicit offset or None to continue, epoch,
+#: the stream's token for the partition's chain of continuations)
+_StreamSent = dict[TopicPartition, tuple[int | None, int, int]]
+
+
+class _Stream:
+    """One open FetchStream and what is in flight on it; guarded by the buffer's lock.
+
+    `chains` maps a partition to (epoch, token) of the request that last set the broker's
+    position for it on this stream with an explicit offset; requests that continue from
+    there carry the same token. An error for the partition ends its chain, so answers to
+    continuations sent after the failed request are ignored.
+    """
+
+    def __init__(self, call: Any, outbox: queue.SimpleQueue[pb.FetchRequest | None]) -> None:
+        self.call = call
+        self.outbox = outbox
+        #: (what each request in flight asked for, when it was sent), in request order
+        self.pending: deque[tuple[_StreamSent, float]] = deque()
+        self.inflight: dict[TopicPartition, int] = {}
+        self.chains: dict[TopicPartition, tuple[int, int]] = {}
+        #: partitions whose last answer had records: only these get more than one fetch
+        #: in flight, so a caught-up partition does not cut its own long polls short
+        self.hot: set[TopicPartition] = set()
+        self.failed: errors.LogStoreError | None = None
+        self.unimplemented = False
+        self.tokens = itertools.count(1)
+
+
+class _StreamFetcher(_Fetcher):
+    """Fetches over one FetchStream with up to STREAM_DEPTH requests in flight.
+
+    Same buffer, positions and epochs as `_Fetcher`; the difference is that a partition
+    with records to read keeps several fetches in flight, each continuing where the one
+    before ended (fetch_offset -1), so the broker reads the next chunk while the previous
+    one is on the wire or being decoded. This thread plans and sends; a reader thread
+    accepts and decodes the answers in order. A broker without FetchStream (UNIMPLEMENTED)
+    is read with unary Fetch calls, as `_Fetcher` does.
+    """
+
+    def __init__(
+        self, buffer: _Buffer, stub: Any, options: _Options, address: str, channel: grpc.Channel
+    ) -> None:
+        super().__init__(buffer, stub, options, address)
+        # Answers are decoded by hand so that records stay views of the received bytes.
+        self._fetch_stream = channel.stream_stream(
+            FETCH_STREAM_METHOD,
+            request_serializer=pb.FetchRequest.SerializeToString,
+            response_deserializer=decode_response,
+        )
+
+    def run(self) -> None:
+        while not self._buffer.closed:
+            try:
+                stream = self._open()
+                self._pump(stream)
+                if stream.unimplemented:
+                    log.info("broker has no FetchStream; fetching with unary calls")
+                    super().run()
+                    return
+                if stream.failed is not None:
+                    self._request_failed(stream.failed)
+            except Exception as exc:  # a fault here must not stop consumption for good
+                log.exception("consumer fetcher failed; retrying")
+                self._report(errors.InternalBrokerError(f"fetcher failed: {exc!r}"))
+                self._sleep(self._backoff.next())
+
+    def _open(self) -> _Stream:
+        outbox: queue.SimpleQueue[pb.FetchRequest | None] = queue.SimpleQueue()
+        call = self._fetch_stream(iter(outbox.get, None))
+        return _Stream(call, outbox)
+
+    def _pump(self, stream: _Stream) -> None:
+        """Send fetches while the stream lives; the reader thread takes the answers."""
+        reader = threading.Thread(
+            target=self._read, args=(stream,), name=f"{self.name}-reader", daemon=True
+        )
+        reader.start()
+        try:
+            while True:
+                request = self._next_request(stream)
+                if request is None:
+                    return
+                stream.outbox.put(request)
+        finally:
+            stream.outbox.put(None)
+            stream.call.cancel()
+            reader.join(CLOSE_JOIN_S)
+
+    def _next_request(self, stream: _Stream) -> pb.FetchRequest | None:
+        """Wait until a fetch is due and record it as in flight; None when the stream ends."""
+        buffer = self._buffer
+        with buffer.lock:
+            while not buffer.closed and stream.failed is None:
+                now = time.monotonic()
+                if stream.pending and now - stream.pending[0][1] > self._rpc_timeout_s:
+                    stream.failed = errors.RequestTimedOutError("fetch stream: answer overdue")
+                    break
+                sent, wait = self._plan_stream(stream, now)
+                buffer.interrupt = False
+                if sent:
+                    stream.pending.append((sent, now))
+                    return self._stream_request(sent)
+                buffer.fetcher_wake.wait(wait)
+        return None
+
+    def _plan_stream(self, stream: _Stream, now: float) -> tuple[_StreamSent, float]:
+        """The partitions to put in the next request (empty if none is due or the window
+        is full), and how long to wait before planning again."""
+        wait = self._rpc_timeout_s
+        if len(stream.pending) >= STREAM_DEPTH:
+            return {}, wait
+        fetch_bytes = self._options.max_partition_fetch_bytes
+        budget = max(self._buffer.partition_limit, STREAM_DEPTH * fetch_bytes)
+        ready, retry_at = self._buffer.candidates(now, budget)
+        if retry_at is not None:
+            wait = min(wait, max(retry_at - now, 0.0))
+        sent: _StreamSent = {}
+        for tp, state in ready:
+            inflight = stream.inflight.get(tp, 0)
+            if inflight and tp not in stream.hot:
+                continue
+            if state.buffered + inflight * fetch_bytes >= budget:
+                continue
+            assert state.fetch_position is not None
+            sent[tp] = self._chain(stream, tp, state.fetch_position, state.epoch)
+            stream.inflight[tp] = inflight + 1
+        return sent, wait
+
+    @staticmethod
+    def _chain(
+        stream: _Stream, tp: TopicPartition, offset: int, epoch: int
+    ) -> tuple[int | None, int, int]:
+        """Continue the partition's chain if it was started under `epoch`, else start one
+        at `offset`."""
+        chain = stream.chains.get(tp)
+        if chain is not None and chain[0] == epoch:
+            return None, epoch, chain[1]
+        token = next(stream.tokens)
+        stream.chains[tp] = (epoch, token)
+        return offset, epoch, token
+
+    def _stream_request(self, sent: _StreamSent) -> pb.FetchRequest:
+        by_topic: dict[str, list[pb.FetchPartition]] = {}
+        for (topic, partition), (offset, _, _) in sent.items():
+            by_topic.setdefault(topic, []).append(
+                pb.FetchPartition(
+                    partition=partition,
+                    fetch_offset=CONTINUE_OFFSET if offset is None else offset,
+                    partition_max_bytes=self._options.max_partition_fetch_bytes,
+                )
+            )
+        return pb.FetchRequest(
+            topics=[pb.FetchTopic(topic=t, partitions=ps) for t, ps in by_topic.items()],
+            max_wait_ms=self._options.fetch_max_wait_ms,
+            min_bytes=self._options.fetch_min_bytes,
+            max_bytes=self._options.fetch_max_bytes,
+        )
+
+    # --- the reader thread ---------------------------------------------------------------
+
+    def _read(self, stream: _Stream) -> None:
+        """Accept and decode each answer in order; record how the stream ended."""
+        failure: errors.LogStoreError
+        try:
+            for response in stream.call:
+                arrivals = self._accept_answer(stream, response)
+                self._backoff.reset()
+                self._deliver(arrivals)
+            failure = errors.BrokerUnavailableError("the broker ended the fetch stream")
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                stream.unimplemented = True
+            failure = translate(exc, self._address)
+        with self._buffer.lock:
+            if stream.failed is None:
+                stream.failed = failure
+            self._buffer.fetcher_wake.notify_all()
+
+    def _accept_answer(self, stream: _Stream, response: TopicAnswers) -> list[_Arrival]:
+        buffer = self._buffer
+        now = time.monotonic()
+        arrivals: list[_Arrival] = []
+        with buffer.lock:
+            sent, _ = stream.pending.popleft()
+            for tp in sent:
+                stream.inflight[tp] -= 1
+            for topic, answers in response:
+                for answer in answers:
+                    tp = (topic, answer.partition)
+                    arrival = self._accept_stream_one(stream, sent, tp, answer, now)
+                    if arrival is not None:
+                        arrivals.append(arrival)
+            buffer.fetcher_wake.notify_all()
+        return arrivals
+
+    def _accept_stream_one(
+        self,
+        stream: _Stream,
+        sent: _StreamSent,
+        tp: TopicPartition,
+        result: PartitionAnswer,
+        now: float,
+    ) -> _Arrival | None:
+        asked = sent.get(tp)
+        state = self._buffer.states.get(tp)
+        chain = stream.chains.get(tp)
+        if asked is None or state is None or state.fetch_position is None:
+            return None
+        offset, epoch, token = asked
+        if state.epoch != epoch or chain is None or chain[1] != token:
+            return None  # repositioned since, or a continuation of a failed chain
+        if offset is None:
+            offset = state.fetch_position
+        if result.error.code:
+            del stream.chains[tp]  # the broker's position is unknown: restart explicitly
+        arrival = self._accept_one(tp, state, offset, result, now, ahead=False)
+        if arrival is None:
+            stream.hot.discard(tp)
+        else:
+            stream.hot.add(tp)
+        return arrival
+
+
+def _batch_span(data: bytes | memoryview) -> tuple[int, int] | None:
     """(first batch's base offset, offset after the last whole batch) of `data`, per-batch
     work only; None without a whole batch."""
     first = last = None
@@ -1315,6 +1563,7 @@ class Consumer:
         ssl_certfile: str | None = None,
         ssl_keyfile: str | None = None,
         token: str | None = None,
+        fetch_stream: bool = True,
     ) -> None:
         self._options = _Options(
             group_id,
@@ -1364,7 +1613,13 @@ class Consumer:
         #: unresolved positions are not looked up again before this (monotonic seconds)
         self._resolve_at = 0.0
         self._resolve_backoff = _Backoff(retry_backoff_ms / 1000)
-        self._fetcher = _Fetcher(self._buffer, self._stub, self._options, self.address)
+        self._fetcher: _Fetcher
+        if fetch_stream:
+            self._fetcher = _StreamFetcher(
+                self._buffer, self._stub, self._options, self.address, self._channel
+            )
+        else:
+            self._fetcher = _Fetcher(self._buffer, self._stub, self._options, self.address)
         self._fetcher.start()
 
     # --- assignment --------------------------------------------------------------------------

@@ -56,6 +56,7 @@ from logstore.client._connection import (
 from logstore.client.types import Headers, RecordMetadata
 from logstore.partitioner import StickyPartitioner, partition_for_key
 from logstore.v1 import logstore_pb2 as pb
+from logstore.wire import encode_produce_request
 
 __all__ = ["BatchMetadata", "Producer"]
 
@@ -74,6 +75,13 @@ _ACKS = {"all": -1, "-1": -1, -1: -1, "1": 1, 1: 1, "0": 0, 0: 0}
 _CODECS = {None: fmt.CODEC_NONE, "none": fmt.CODEC_NONE, "zstd": fmt.CODEC_ZSTD}
 #: the broker remembers this many batches per producer and partition for duplicate checks
 _MAX_IDEMPOTENT_IN_FLIGHT = 5
+PRODUCE_STREAM_METHOD = "/logstore.v1.LogStore/ProduceStream"
+
+
+def _identity(data: bytes) -> bytes:
+    return data
+
+
 _new_tuple = tuple.__new__  # skips NamedTuple.__new__'s Python frame, once per record
 _timestamp_of = operator.itemgetter(3)
 
@@ -402,16 +410,13 @@ class _Request:
         self.cid = cid
         self.batches = batches
         self.sent_at = time.monotonic()
-        by_topic: dict[str, list[pb.ProducePartitionData]] = {}
+        by_topic: dict[str, list[tuple[int, bytes]]] = {}
         for batch in batches:
             by_topic.setdefault(batch.part.topic.name, []).append(
-                pb.ProducePartitionData(partition=batch.part.partition, records=batch.data)
+                (batch.part.partition, batch.data)
             )
-        self.message = pb.ProduceRequest(
-            acks=acks,
-            correlation_id=cid,
-            topics=[pb.ProduceTopicData(topic=t, partitions=ps) for t, ps in by_topic.items()],
-        )
+        #: the serialized ProduceRequest
+        self.message = encode_produce_request(acks, cid, by_topic)
 
 
 class _Stream:
@@ -475,10 +480,10 @@ def _prefixes(length: int, count: int) -> list[bytes]:
     return built
 
 
-def _fast_records(values: list[bytes]) -> bytes | None:
+def _fast_records(values: list[bytes]) -> list[bytes] | None:
     """The records section for null-key, header-less `values` sharing one timestamp, when
-    every value has the same length; else None. Byte for byte what `encode_records` gives,
-    at C speed: it is the `send_batch` hot path."""
+    every value has the same length, as pieces to join; else None. Byte for byte what
+    `encode_records` gives, at C speed: it is the `send_batch` hot path."""
     lengths = set(map(len, values))
     if len(lengths) != 1:
         return None
@@ -487,23 +492,40 @@ def _fast_records(values: list[bytes]) -> bytes | None:
     parts[0::2] = _prefixes(lengths.pop(), count)[:count]
     parts[1::2] = values
     parts.append(b"\x00")
-    return b"".join(parts)
+    return parts
+
+
+#: a records section in at most this many pieces is framed without joining it first (its
+#: CRC is chained over the pieces): large values are then copied once, not twice
+_FRAME_PIECES_MAX = 64
 
 
 def _frame_batch(
-    records: bytes, count: int, timestamp: int, codec: int, pid: int, epoch: int, seq: int
+    records: bytes | list[bytes],
+    count: int,
+    timestamp: int,
+    codec: int,
+    pid: int,
+    epoch: int,
+    seq: int,
 ) -> bytes:
-    """A RecordBatch v2 around an encoded records section whose records all carry
-    `timestamp` (ms): what `rb.encode_batch` builds, header field for field."""
-    if codec == fmt.CODEC_ZSTD:
-        records = zstandard.ZstdCompressor(level=3).compress(records)
+    """A RecordBatch v2 around an encoded records section (bytes, or pieces to join) whose
+    records all carry `timestamp` (ms): what `rb.encode_batch` builds, field for field."""
+    pieces = [records] if isinstance(records, bytes) else records
+    if codec == fmt.CODEC_ZSTD or len(pieces) > _FRAME_PIECES_MAX:
+        joined = b"".join(pieces)
+        if codec == fmt.CODEC_ZSTD:
+            joined = zstandard.ZstdCompressor(level=3).compress(joined)
+        pieces = [joined]
     after_crc = fmt.BATCH_HEADER_AFTER_CRC.pack(
         codec, count - 1, timestamp, timestamp, pid, epoch, seq, count
     )
-    crc = crc32c.crc32c(records, crc32c.crc32c(after_crc))
-    length = fmt.BATCH_HEADER_SIZE - fmt.LOG_OVERHEAD + len(records)
+    crc = crc32c.crc32c(after_crc)
+    for piece in pieces:
+        crc = crc32c.crc32c(piece, crc)
+    length = fmt.BATCH_HEADER_SIZE - fmt.LOG_OVERHEAD + sum(map(len, pieces))
     prefix = fmt.BATCH_PREFIX.pack(0, length, fmt.NO_PARTITION_LEADER_EPOCH, fmt.MAGIC_V2)
-    return b"".join((prefix, fmt.UINT32.pack(crc), after_crc, records))
+    return b"".join((prefix, fmt.UINT32.pack(crc), after_crc, *pieces))
 
 
 def _restamp(data: bytes, pid: int, epoch: int, seq: int) -> bytes:
@@ -665,6 +687,12 @@ class Producer:
             self.address, ClientSecurity.resolve(ssl_cafile, ssl_certfile, ssl_keyfile, token)
         )
         self._stub = make_stub(self._channel)
+        # Requests are serialized by hand (see `logstore.wire`): the stream sends bytes.
+        self._produce_stream = self._channel.stream_stream(
+            PRODUCE_STREAM_METHOD,
+            request_serializer=_identity,
+            response_deserializer=pb.ProduceResponse.FromString,
+        )
         self._sticky = StickyPartitioner()
         self._topics: dict[str, _Topic] = {}
         self._metadata_lock = threading.Lock()
@@ -1156,7 +1184,7 @@ class Producer:
         """Encode one send_batch chunk into `batch` (`part.encode_lock` held)."""
         count = len(indexes)
         seq = self._take_sequence(part, count)
-        records = None
+        records: bytes | list[bytes] | None = None
         if keys is None and headers is None:
             chunk = values[indexes.start : indexes.stop] if isinstance(indexes, range) else None
             if chunk is not None and None not in chunk:
@@ -1474,9 +1502,7 @@ class Producer:
     def _open_stream(self) -> _Stream:
         """Start a ProduceStream call and its reader thread (lock held)."""
         stream = _Stream(self._lock)
-        stream.call = self._stub.ProduceStream(
-            self._requests_of(stream), metadata=self._call_metadata
-        )
+        stream.call = self._produce_stream(self._requests_of(stream), metadata=self._call_metadata)
         stream.reader = threading.Thread(
             target=self._read, args=(stream,), name="logstore-producer-reader", daemon=True
         )
@@ -1484,7 +1510,7 @@ class Producer:
         stream.reader.start()
         return stream
 
-    def _requests_of(self, stream: _Stream) -> Iterator[pb.ProduceRequest]:
+    def _requests_of(self, stream: _Stream) -> Iterator[bytes]:
         """What gRPC writes to the stream: requests as the sender queues them."""
         while True:
             with self._lock:

@@ -77,7 +77,10 @@ def test_a_backlog_is_read_with_fetches_ahead_and_wrong_guesses_lose_nothing(
     create(stub, "t")
     fill_irregularly(stub, "t", 6000)
     with Consumer(
-        broker.address, auto_offset_reset="earliest", max_partition_fetch_bytes=FETCH_BYTES
+        broker.address,
+        fetch_stream=False,  # fetch ahead is the unary fetcher's
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=FETCH_BYTES,
     ) as consumer:
         consumer.assign([("t", 0)])
         records = poll_until(consumer, 6000, timeout_s=60)
@@ -97,6 +100,7 @@ def test_answers_ahead_that_start_past_the_position_are_dropped(
         fill_irregularly(stub, "t", 3000, partition)
     with Consumer(
         broker.address,
+        fetch_stream=False,  # fetch ahead is the unary fetcher's
         auto_offset_reset="earliest",
         max_partition_fetch_bytes=FETCH_BYTES,
         fetch_max_bytes=FETCH_BYTES * 3 // 2,
@@ -117,6 +121,7 @@ def test_seeks_while_fetches_ahead_are_in_flight_read_from_the_new_position(
     fill_irregularly(stub, "t", 3000)
     with Consumer(
         broker.address,
+        fetch_stream=False,  # fetch ahead is the unary fetcher's
         auto_offset_reset="earliest",
         max_partition_fetch_bytes=FETCH_BYTES,
         max_poll_records=50,
@@ -137,7 +142,9 @@ def test_a_consumer_at_the_end_of_the_log_does_not_fetch_ahead(
     broker: BrokerProcess, stub: pb_grpc.LogStoreStub, fetch_log: collections.Counter[str]
 ) -> None:
     create(stub, "t")
-    with Consumer(broker.address, auto_offset_reset="earliest", fetch_max_wait_ms=50) as consumer:
+    with Consumer(
+        broker.address, fetch_stream=False, auto_offset_reset="earliest", fetch_max_wait_ms=50
+    ) as consumer:
         consumer.assign([("t", 0)])
         for start in range(0, 50, 10):
             produce(stub, "t", 0, start, 10)

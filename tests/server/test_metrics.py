@@ -140,6 +140,11 @@ def test_produce_fetch_counters_and_partition_gauges(
     )
     assert len(responses) == 2
     fetched = _fetch(stub, "orders", 0, 0)
+    stream_request = pb.FetchRequest(
+        topics=[pb.FetchTopic(topic="orders", partitions=[pb.FetchPartition(partition=1)])]
+    )
+    (answer,) = stub.FetchStream(iter([stream_request]), timeout=10)
+    assert len(answer.topics[0].partitions[0].records) == sum(map(len, streamed))
 
     samples = scrape(broker)
     p0 = {"topic": "orders", "partition": "0"}
@@ -161,8 +166,10 @@ def test_produce_fetch_counters_and_partition_gauges(
     assert value(samples, "logstore_produced_records_total", topic="orders") == 19
     all_bytes = sum(map(len, unary + streamed))
     assert value(samples, "logstore_produced_bytes_total", topic="orders") == all_bytes
-    assert value(samples, "logstore_fetched_records_total", topic="orders") == 15
-    assert value(samples, "logstore_fetched_bytes_total", topic="orders") == len(fetched) > 0
+    # 15 by Fetch, 4 by FetchStream
+    assert value(samples, "logstore_fetched_records_total", topic="orders") == 19
+    fetched_bytes = len(fetched) + sum(map(len, streamed))
+    assert value(samples, "logstore_fetched_bytes_total", topic="orders") == fetched_bytes
 
     assert requests_of(samples, "Produce", "OK") == 3
     assert requests_of(samples, "ProduceStream", "OK") == 1  # a stream counts once

@@ -298,6 +298,15 @@ def test_produce_and_consume_acls(acl_broker: BrokerProcess) -> None:
         with pytest.raises(grpc.RpcError) as caught:
             next(responses)
         assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        fetches = [
+            pb.FetchRequest(topics=[pb.FetchTopic(topic=t, partitions=[pb.FetchPartition()])])
+            for t in ("pc-orders", "pc-secret")
+        ]
+        answers = stub.FetchStream(iter(fetches), metadata=meta, timeout=5)
+        assert next(answers).topics[0].topic == "pc-orders"
+        with pytest.raises(grpc.RpcError) as caught:
+            next(answers)
+        assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
     with Consumer(address, token=ALICE, auto_offset_reset="earliest") as c:
         c.assign([("pc-orders", 0)])
         assert poll_values(c) == [b"v"]

@@ -84,6 +84,11 @@ class LogStoreStub:
                 request_serializer=logstore_dot_v1_dot_logstore__pb2.FetchRequest.SerializeToString,
                 response_deserializer=logstore_dot_v1_dot_logstore__pb2.FetchResponse.FromString,
                 _registered_method=True)
+        self.FetchStream = channel.stream_stream(
+                '/logstore.v1.LogStore/FetchStream',
+                request_serializer=logstore_dot_v1_dot_logstore__pb2.FetchRequest.SerializeToString,
+                response_deserializer=logstore_dot_v1_dot_logstore__pb2.FetchResponse.FromString,
+                _registered_method=True)
         self.ListOffsets = channel.unary_unary(
                 '/logstore.v1.LogStore/ListOffsets',
                 request_serializer=logstore_dot_v1_dot_logstore__pb2.ListOffsetsRequest.SerializeToString,
@@ -216,6 +221,18 @@ class LogStoreServicer:
 
     def Fetch(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FetchStream(self, request_iterator, context):
+        """Pipelined fetch: responses come back in request order, one per request, each answered
+        as Fetch would answer it. A FetchPartition with fetch_offset -1 continues where this
+        stream's previous answer for that partition ended (the offset after its last batch, or
+        the offset it asked for when it returned no records), so a client can keep several
+        fetches of a partition in flight without knowing where the earlier ones end. A long
+        poll ends early, answering what it has, when the next request arrives on the stream.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -357,6 +374,11 @@ def add_LogStoreServicer_to_server(servicer, server):
             ),
             'Fetch': grpc.unary_unary_rpc_method_handler(
                     servicer.Fetch,
+                    request_deserializer=logstore_dot_v1_dot_logstore__pb2.FetchRequest.FromString,
+                    response_serializer=logstore_dot_v1_dot_logstore__pb2.FetchResponse.SerializeToString,
+            ),
+            'FetchStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.FetchStream,
                     request_deserializer=logstore_dot_v1_dot_logstore__pb2.FetchRequest.FromString,
                     response_serializer=logstore_dot_v1_dot_logstore__pb2.FetchResponse.SerializeToString,
             ),
@@ -694,6 +716,33 @@ class LogStore:
             request,
             target,
             '/logstore.v1.LogStore/Fetch',
+            logstore_dot_v1_dot_logstore__pb2.FetchRequest.SerializeToString,
+            logstore_dot_v1_dot_logstore__pb2.FetchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/logstore.v1.LogStore/FetchStream',
             logstore_dot_v1_dot_logstore__pb2.FetchRequest.SerializeToString,
             logstore_dot_v1_dot_logstore__pb2.FetchResponse.FromString,
             options,
