@@ -297,6 +297,14 @@ def _e2e(address: str, topic: str, size: int, n: int) -> tuple[float, dict[str, 
     return elapsed, percentiles(reader.latencies)
 
 
+def _settle() -> None:
+    """Write back every dirty page before a measurement, so the disk is not still writing
+    the previous row's data (the 1 MiB rows leave over a gigabyte) while the next row is
+    timed. Before this, the end-to-end row (timed right after them) gave p99 of 10.7-14.2 ms
+    in two runs; with it, 5.9 and 6.5 ms."""
+    os.sync()
+
+
 def run_logstore(args: argparse.Namespace, out: Callable[[Result], None]) -> None:
     from logstore.cli.bench import _local_broker, payload
     from logstore.client.admin import Admin
@@ -314,23 +322,29 @@ def run_logstore(args: argparse.Namespace, out: Callable[[Result], None]) -> Non
             ("e2e", {}),
         ):
             admin.create_topic(name, partitions=1, config=config)
+        _settle()
         s = _produce_batches(address, "batch1", value, n, acks=1)
         out(_records_result("ls.batch.acks1", "LogStore", "produce send_batch acks=1", n, size, s))
+        _settle()
         s = _produce_batches(address, "batchall", value, n, acks="all")
         out(
             _records_result(
                 "ls.batch.acksall", "LogStore", "produce send_batch acks=all", n, size, s
             )
         )
+        _settle()
         s = _produce_sends(address, "send", value, n, acks=1)
         out(_records_result("ls.send", "LogStore", "produce send() per record acks=1", n, size, s))
+        _settle()
         s = _consume(address, "batch1", n, None)
         out(_records_result("ls.poll", "LogStore", "consume poll() no group", n, size, s))
+        _settle()
         s = _consume(address, "batch1", n, "bench-compare")
         out(_records_result("ls.poll.group", "LogStore", "consume poll() with group", n, size, s))
 
         big = max(4, args.big_mib * MIB // BIG_VALUE)
         big_value = payload(BIG_VALUE)
+        _settle()
         s = _produce_batches(address, "big", big_value, big, acks=1, batch_size=MIB)
         out(
             _mb_result(
@@ -342,6 +356,7 @@ def run_logstore(args: argparse.Namespace, out: Callable[[Result], None]) -> Non
                 s,
             )
         )
+        _settle()
         s = _consume(address, "big", big, None, max_poll_records=16)
         out(
             _mb_result(
@@ -349,15 +364,18 @@ def run_logstore(args: argparse.Namespace, out: Callable[[Result], None]) -> Non
             )
         )
 
+        _settle()
         s = _group_commit(address, "gc1", value, n, 1)
         gc_n = (n // GROUP_COMMIT_THREADS) * GROUP_COMMIT_THREADS
         label = f"{GROUP_COMMIT_THREADS} producer threads acks=1"
         out(_records_result("ls.gc.acks1", "LogStore", label, gc_n, size, s))
+        _settle()
         s = _group_commit(address, "gcall", value, n, "all")
         label = f"{GROUP_COMMIT_THREADS} producer threads acks=all flush.messages=1"
         out(_records_result("ls.gc.fsync", "LogStore", label, gc_n, size, s))
 
         e2e_n = min(n, E2E_RATE * E2E_SECONDS)
+        _settle()
         s, latency = _e2e(address, "e2e", size, e2e_n)
         result = _records_result(
             "ls.e2e", "LogStore", f"end to end at {E2E_RATE:,} records/s", e2e_n, size, s
@@ -810,6 +828,7 @@ def main(argv: list[str] | None = None) -> int:
         if system not in only:
             continue
         try:
+            _settle()
             RUNNERS[system](args, out)
         except Unavailable as exc:
             for key in PLANNED[system]:
