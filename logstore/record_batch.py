@@ -383,6 +383,17 @@ def iter_batches(
         pos += header.size
 
 
+def batch_span(buf: bytes | bytearray | memoryview) -> tuple[int, int] | None:
+    """(first batch's base offset, offset after the last whole batch) of `buf`, from the
+    headers alone; None when it holds no whole batch."""
+    first = last = None
+    for _, header in iter_batches(buf):
+        if first is None:
+            first = header
+        last = header
+    return None if first is None or last is None else (first.base_offset, last.next_offset)
+
+
 def split_batches(
     buf: bytes | bytearray | memoryview, max_batch_bytes: int | None = None
 ) -> list[BatchHeader]:

@@ -168,14 +168,6 @@ def _as_proto(topics: TopicAnswers) -> pb.FetchResponse:
     return response
 
 
-def _end_offset(data: bytes, start: int) -> int:
-    """The offset after the last whole batch in `data`, or `start` when it holds none."""
-    last = None
-    for _, header in rb.iter_batches(data):
-        last = header
-    return start if last is None else last.next_offset
-
-
 class _RequestQueue:
     """Reads a request stream in a thread of its own, so that the handler can notice the
     next request while it is long-polling for the current one.
@@ -490,7 +482,8 @@ class LogStoreServicer(GroupHandlers, pb_grpc.LogStoreServicer):
                     errors += 1
                     continue
                 if ends is not None:
-                    ends[(fetch_topic.topic, fp.partition)] = _end_offset(fetched.data, offset)
+                    span = rb.batch_span(fetched.data)
+                    ends[(fetch_topic.topic, fp.partition)] = offset if span is None else span[1]
                 answers.append(
                     PartitionAnswer(
                         fp.partition,

@@ -53,7 +53,7 @@ from logstore.client.types import (
     OffsetAndTimestamp,
     TopicPartition,
 )
-from logstore.record_batch import decode_all, decode_batch, iter_batches
+from logstore.record_batch import batch_span, decode_all, decode_batch, iter_batches
 from logstore.v1 import logstore_pb2 as pb
 from logstore.wire import PartitionAnswer, TopicAnswers, decode_response
 
@@ -716,7 +716,7 @@ class _Fetcher(threading.Thread):
         assert position is not None  # set before any fetch of this epoch was sent
         state.high_watermark = max(state.high_watermark, result.high_watermark)
         data = result.records
-        span = _batch_span(data) if data else None
+        span = batch_span(data) if data else None
         if span is None or (ahead and span[0] > position):
             # No records, or records ahead that start past the position: the fetch before
             # this one ended early, so using them would skip records. (A log with a gap in
@@ -1021,17 +1021,6 @@ class _StreamFetcher(_Fetcher):
         else:
             stream.hot.add(tp)
         return arrival
-
-
-def _batch_span(data: bytes | memoryview) -> tuple[int, int] | None:
-    """(first batch's base offset, offset after the last whole batch) of `data`, per-batch
-    work only; None without a whole batch."""
-    first = last = None
-    for _, header in iter_batches(data):
-        if first is None:
-            first = header
-        last = header
-    return None if first is None or last is None else (first.base_offset, last.next_offset)
 
 
 def _decode(
