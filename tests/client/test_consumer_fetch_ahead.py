@@ -46,6 +46,18 @@ def fill_irregularly(
         start += size
 
 
+def unary_consumer(broker: BrokerProcess, **options: Any) -> Consumer:
+    """A consumer on unary Fetch (fetch ahead is that fetcher's), small fetches, from the
+    start of each partition."""
+    return Consumer(
+        broker.address,
+        fetch_stream=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=FETCH_BYTES,
+        **options,
+    )
+
+
 @pytest.fixture
 def fetch_log(monkeypatch: pytest.MonkeyPatch) -> collections.Counter[str]:
     """Counts fetches sent ahead and what became of their answers."""
@@ -76,12 +88,7 @@ def test_a_backlog_is_read_with_fetches_ahead_and_wrong_guesses_lose_nothing(
 ) -> None:
     create(stub, "t")
     fill_irregularly(stub, "t", 6000)
-    with Consumer(
-        broker.address,
-        fetch_stream=False,  # fetch ahead is the unary fetcher's
-        auto_offset_reset="earliest",
-        max_partition_fetch_bytes=FETCH_BYTES,
-    ) as consumer:
+    with unary_consumer(broker) as consumer:
         consumer.assign([("t", 0)])
         records = poll_until(consumer, 6000, timeout_s=60)
         assert consumer.poll(timeout=0.3) == []
@@ -98,13 +105,7 @@ def test_answers_ahead_that_start_past_the_position_are_dropped(
     create(stub, "t", partitions=2)
     for partition in (0, 1):
         fill_irregularly(stub, "t", 3000, partition)
-    with Consumer(
-        broker.address,
-        fetch_stream=False,  # fetch ahead is the unary fetcher's
-        auto_offset_reset="earliest",
-        max_partition_fetch_bytes=FETCH_BYTES,
-        fetch_max_bytes=FETCH_BYTES * 3 // 2,
-    ) as consumer:
+    with unary_consumer(broker, fetch_max_bytes=FETCH_BYTES * 3 // 2) as consumer:
         consumer.assign([("t", 0), ("t", 1)])
         records = poll_until(consumer, 6000, timeout_s=60)
     offsets = {p: [r.offset for r in records if r.partition == p] for p in (0, 1)}
@@ -119,13 +120,7 @@ def test_seeks_while_fetches_ahead_are_in_flight_read_from_the_new_position(
 ) -> None:
     create(stub, "t")
     fill_irregularly(stub, "t", 3000)
-    with Consumer(
-        broker.address,
-        fetch_stream=False,  # fetch ahead is the unary fetcher's
-        auto_offset_reset="earliest",
-        max_partition_fetch_bytes=FETCH_BYTES,
-        max_poll_records=50,
-    ) as consumer:
+    with unary_consumer(broker, max_poll_records=50) as consumer:
         consumer.assign([("t", 0)])
         assert poll_until(consumer, 1), "nothing arrived before the first seek"
         for target in (2000, 100, 2950, 7):
