@@ -110,6 +110,7 @@ def test_json_holds_every_measurement(run: tuple[subprocess.CompletedProcess[str
         "ls.e2e",
         "file.append",
         "grpc.up",
+        "grpc.up.file",
         "grpc.down",
     }
     assert expected <= set(keys)
@@ -121,6 +122,7 @@ def test_json_holds_every_measurement(run: tuple[subprocess.CompletedProcess[str
     assert raw["machine"]["cores"] >= 1
     assert raw["ratios"]["send_batch acks=1 / Redis XADD"] is None
     assert raw["ratios"]["1 MiB produce / raw gRPC upload"] > 0
+    assert raw["ratios"]["1 MiB produce / raw gRPC upload + file append"] > 0
     assert {t["result"] for t in raw["targets"]} <= {"PASS", "MISS", "n/a"}
 
 
