@@ -1103,8 +1103,9 @@ class _Membership:
     `poll_hook()` runs inside every poll() (and at least every heartbeat interval while poll
     waits); it is where assignment changes are applied. `has_news()` says, without locking,
     that poll_hook has something to apply, so poll stops waiting for records.
-    `commit_identity()` gives what commits carry (member id and epoch) and the partitions
-    they may cover.
+    `commit_identity()` gives what commits carry (member id and epoch), the partitions
+    they may cover, and why the member lost its partitions if it did (until poll() has
+    dropped them and rejoins).
     """
 
     def subscribe(self, topics: list[str], listener: ConsumerRebalanceListener | None) -> None:
@@ -1119,7 +1120,13 @@ class _Membership:
     def subscription(self) -> list[str]:
         raise NotImplementedError
 
-    def commit_identity(self) -> tuple[str, int, frozenset[TopicPartition]]:
+    def commit_identity(self) -> tuple[str, int, frozenset[TopicPartition], str | None]:
+        raise NotImplementedError
+
+    def commit_refused(self, member_id: str, epoch: int, reason: str) -> None:
+        """The coordinator refused a commit made as (`member_id`, `epoch`) because it no
+        longer knows that member: give up the partitions and rejoin, as a heartbeat that
+        met the same error would."""
         raise NotImplementedError
 
     def leave(self, timeout_s: float) -> None:
@@ -1224,10 +1231,18 @@ class _GroupMember(_Membership):
     def has_news(self) -> bool:
         return self._news
 
-    def commit_identity(self) -> tuple[str, int, frozenset[TopicPartition]]:
+    def commit_identity(self) -> tuple[str, int, frozenset[TopicPartition], str | None]:
         with self._cond:
             committable = frozenset() if self._lost is not None else self._owned
-            return self._member_id, self._epoch, committable
+            return self._member_id, self._epoch, committable, self._lost
+
+    def commit_refused(self, member_id: str, epoch: int, reason: str) -> None:
+        with self._cond:
+            if (member_id, epoch) != (self._member_id, self._epoch) or self._epoch <= 0:
+                return  # the membership moved on since that commit was made
+            self._mark_lost(f"commit refused: {reason}")
+            self._epoch = JOIN_EPOCH
+            self._cond.notify_all()
 
     def poll_hook(self) -> None:
         """Apply what the heartbeat thread recorded: drop lost partitions (then rejoin), or
@@ -1483,6 +1498,17 @@ def _assignment_proto(partitions: Iterable[TopicPartition]) -> pb.Assignment:
             pb.TopicPartitions(topic=topic, partitions=[p for p, _ in ps])
             for topic, ps in _by_topic((tp, None) for tp in sorted(partitions)).items()
         ]
+    )
+
+
+def _member_commit_failed(group: str, reason: str) -> errors.CommitFailedError:
+    """As in Kafka, a commit by a member the group has dropped (its session expired, the
+    broker restarted, poll() came too late) fails with CommitFailedError; the consumer
+    rejoins in its next poll()."""
+    return errors.CommitFailedError(
+        f"group {group}: commit refused, this consumer is no longer a member of the group "
+        f"({reason}). It rejoins in the next poll(); records after the last committed "
+        "offsets may be delivered again."
     )
 
 
@@ -2084,9 +2110,10 @@ class Consumer:
 
         A subscribed consumer commits as its group member (id and epoch) and only the
         partitions it owns now; others are skipped. Retriable failures are retried for up
-        to request_timeout_ms. Raises CommitFailedError when the group refuses the commit
-        (UnknownMemberIdError / FencedMemberEpochError when the member was dropped), or the
-        error met.
+        to request_timeout_ms. Raises CommitFailedError when the group refuses the commit,
+        also when the coordinator has dropped this member (its session expired, or the
+        broker restarted): the consumer then rejoins in the next poll(). Otherwise raises
+        the error met.
         """
         self._ensure_open()
         self._require_group("commit()")
@@ -2171,7 +2198,13 @@ class Consumer:
                 for topic, ps in _by_topic(offsets.items()).items()
             ],
         )
-        for topic in self._call("CommitOffsets", request).topics:
+        try:
+            response = self._call("CommitOffsets", request)
+        except _REJOIN_ERRORS as exc:
+            if self._membership is not None and member_id:
+                self._membership.commit_refused(member_id, epoch, str(exc))
+            raise _member_commit_failed(group, str(exc)) from exc
+        for topic in response.topics:
             for p in topic.partitions:
                 error = partition_error(p.error)
                 if error is not None:
@@ -2184,13 +2217,16 @@ class Consumer:
 
         A group member commits as itself and only partitions it owns now: a partition it
         was never given, or gave up in a rebalance, may be another member's, whose commits
-        must not be overwritten (the broker refuses them too). Outside the group protocol
+        must not be overwritten (the broker refuses them too). A member that has lost its
+        partitions commits nothing and raises CommitFailedError. Outside the group protocol
         (assign()) the commit carries "" and -1, which the broker accepts only while the
         group has no members.
         """
         if self._mode != "subscribe" or self._membership is None:
             return "", -1, offsets
-        member_id, epoch, owned = self._membership.commit_identity()
+        member_id, epoch, owned, lost = self._membership.commit_identity()
+        if lost is not None and offsets:
+            raise _member_commit_failed(group, lost)
         foreign = sorted(set(offsets) - owned)
         if foreign:
             log.info("group %s: not committing %s: not owned by this member", group, foreign)

@@ -28,7 +28,7 @@ from logstore import record_batch as rb
 from logstore.client.admin import Admin
 from logstore.client.consumer import Consumer, ConsumerRebalanceListener
 from logstore.client.types import ConsumerRecord, TopicPartition
-from logstore.errors import GroupNotEmptyError, InvalidRequestError
+from logstore.errors import CommitFailedError, GroupNotEmptyError, InvalidRequestError
 from logstore.v1 import logstore_pb2 as pb
 from logstore.v1 import logstore_pb2_grpc as pb_grpc
 from tests.server.conftest import BrokerProcess
@@ -462,6 +462,36 @@ def test_broker_restart_makes_the_member_rejoin_and_resume_at_its_commits(
     twice = {key for key, n in Counter(keys(reads["c0"])).items() if n > 1}
     assert all(offset >= 20 for _, offset in twice)
     assert [kind for kind, _ in listener.events] == ["assigned", "lost", "assigned", "revoked"]
+
+
+def test_a_commit_after_the_broker_forgot_the_member_fails_and_the_member_rejoins(
+    broker: BrokerProcess, stub: pb_grpc.LogStoreStub, admin: Admin
+) -> None:
+    """As in Kafka: CommitFailedError, whether the commit itself meets the unknown member
+    or a heartbeat found out first; the next poll() rejoins and commits work again."""
+    admin.create_topic(TOPIC, partitions=2)
+    produce_all(stub, 2, 0, 20)
+    reads: dict[str, list[ConsumerRecord]] = {}
+    with member(broker, "g", "c0", retry_backoff_ms=50) as consumer:
+        consumer.subscribe([TOPIC])
+        poll_all({"c0": consumer}, reads, 40)
+        before = {p: consumer.position((TOPIC, p)) for p in range(2)}
+        assert before == {0: 20, 1: 20}
+        broker.restart()
+        with pytest.raises(CommitFailedError, match="no longer a member") as refused:
+            consumer.commit()
+        assert "rejoins in the next poll()" in str(refused.value)
+        # nothing was committed: offsets are still unset for this group
+        assert admin.committed_offsets("g") == {}
+        produce_all(stub, 2, 20, 5)
+        settle(admin, "g", {"c0": consumer}, [2], reads, 2)
+        poll_all({"c0": consumer}, reads, len(reads["c0"]) + 50)
+        consumer.commit()
+        committed = admin.committed_offsets("g")
+        assert {tp: om.offset for tp, om in committed.items()} == {(TOPIC, 0): 25, (TOPIC, 1): 25}
+    # the uncommitted records come again after the rejoin; none is missing
+    assert set(keys(reads["c0"])) == set(every_record(2, 25))
+    assert Counter(keys(reads["c0"]))[(0, 0)] == 2
 
 
 # --- a member killed outright ----------------------------------------------------------------
