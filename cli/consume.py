@@ -23,6 +23,7 @@ from logstore.cli.common import (
 )
 from logstore.client.consumer import Consumer, ConsumerRebalanceListener
 from logstore.client.types import ConsumerRecord, TopicPartition
+from logstore.errors import CommitFailedError
 
 DEFAULT_TIMEOUT_MS = 10_000
 #: records asked of one poll; small enough that output starts flowing at once
@@ -99,9 +100,15 @@ class Committer(ConsumerRebalanceListener):
         self._next = time.monotonic() + COMMIT_INTERVAL_S
 
     def maybe_commit(self) -> None:
+        """The periodic commit. One the group refuses (this member was dropped, e.g. by a
+        broker restart) is reported and consumption goes on: the next poll rejoins, and
+        the following commit covers what was printed meanwhile."""
         if self._enabled and time.monotonic() >= self._next:
-            self.commit()
             self._next = time.monotonic() + COMMIT_INTERVAL_S
+            try:
+                self.commit()
+            except CommitFailedError as exc:
+                note(f"warning: {exc}")
 
     def commit(self) -> None:
         """Commit after the last printed record of each partition; a partition with nothing

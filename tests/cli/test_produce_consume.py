@@ -9,10 +9,17 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
+from logstore.cli import consume as consume_command
+from logstore.client.consumer import Consumer
+from logstore.client.types import ConsumerRecord
 from logstore.partitioner import partition_for_key
 from tests.cli.conftest import RUN_TIMEOUT_S, Cli, table
+from tests.server.conftest import BrokerProcess
 
 KEYED = "".join(f"user{i % 5}:event-{i}\n" for i in range(30))
 
@@ -111,6 +118,49 @@ def test_ctrl_c_exits_zero_and_commits(cli: Cli) -> None:
     assert b"Traceback" not in err
     rows = table(cli.ok("groups", "describe", "g").out)
     assert rows[1][:6] == ["g", "t", "0", "3", "3", "0"]
+
+
+def _poll_until(
+    consumer: Consumer, done: Callable[[list[ConsumerRecord]], bool]
+) -> list[ConsumerRecord]:
+    records: list[ConsumerRecord] = []
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    for _ in range(1000):
+        if done(records) or time.monotonic() > deadline:
+            break
+        records += consumer.poll(timeout=0.1)
+    return records
+
+
+def test_a_periodic_commit_the_group_refuses_is_a_warning_and_consuming_goes_on(
+    cli: Cli,
+    broker: BrokerProcess,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After a broker restart the group no longer knows the consumer: `consume --group`
+    reports the refused commit and keeps going, as the next poll rejoins."""
+    cli.ok("topics", "create", "t")
+    cli.ok("produce", "t", stdin="a\nb\n")
+    monkeypatch.setattr(consume_command, "COMMIT_INTERVAL_S", 0.0)  # every call commits
+    printer = consume_command.Printer(print_key=False, print_offset=False, as_json=False)
+    with Consumer(
+        cli.address, group_id="g", auto_offset_reset="earliest", enable_auto_commit=False
+    ) as consumer:
+        committer = consume_command.Committer(consumer, printer, "g")
+        consumer.subscribe(["t"], listener=committer)
+        printer.write(_poll_until(consumer, lambda got: len(got) >= 2))
+        broker.restart()
+        committer.maybe_commit()
+        at_refusal = capsys.readouterr()
+        assert "warning: group g: commit refused" in at_refusal.err
+        again = _poll_until(consumer, lambda got: bool(consumer.assignment()) and len(got) >= 2)
+        assert [r.value for r in again] == [b"a", b"b"]  # nothing was committed before
+        printer.write(again)
+        committer.maybe_commit()
+    assert at_refusal.out + capsys.readouterr().out == "a\nb\na\nb\n"
+    rows = table(cli.ok("groups", "describe", "g").out)
+    assert rows[1][:6] == ["g", "t", "0", "2", "2", "0"]
 
 
 def test_line_without_separator_stops_with_an_error(cli: Cli) -> None:
