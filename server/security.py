@@ -166,6 +166,14 @@ def _commit_offsets(request: pb.CommitOffsetsRequest) -> list[Need]:
     return [(GROUP, request.group_id, "read"), *_each_topic("consume")(request)]
 
 
+def _group_member(request: pb.GroupHeartbeatRequest) -> list[Need]:
+    """A member acts for the group and names the topics it subscribes to: as in Kafka, it
+    must see them, so a principal cannot learn a hidden topic's partitions from its
+    assignment, nor take those partitions from members that may read them."""
+    topics = dict.fromkeys(request.subscription.topics)
+    return [(GROUP, request.group_id, "read"), *((TOPIC, t, "describe") for t in topics)]
+
+
 def _fetch_committed(request: pb.FetchCommittedOffsetsRequest) -> list[Need]:
     return [(GROUP, request.group_id, "describe"), *_each_topic("describe")(request)]
 
@@ -194,8 +202,8 @@ RULES: dict[str, Callable[[Any], list[Need]]] = {
     "ListOffsets": _each_topic("describe"),
     "CommitOffsets": _commit_offsets,
     "FetchCommittedOffsets": _fetch_committed,
-    "JoinGroup": _group("read"),
-    "Heartbeat": _group("read"),
+    "JoinGroup": _group_member,
+    "Heartbeat": _group_member,
     "LeaveGroup": _group("read"),
     "ListGroups": _nothing,
     "DescribeGroup": _group("describe"),

@@ -377,6 +377,16 @@ def test_group_acls(acl_broker: BrokerProcess) -> None:
         with pytest.raises(AuthorizationError, match="User:bob may not read group grp-alice"):
             for _ in range(50):
                 consumer.poll(timeout=0.1)
+    # a member must see the topics it subscribes to, even in a group it may read
+    grant(address, "User:bob", "group", "grp-bob", "read")
+    with Consumer(address, token=BOB, group_id="grp-bob") as consumer:
+        consumer.subscribe(["grp-t"])
+        with pytest.raises(AuthorizationError, match="User:bob may not describe topic grp-t"):
+            for _ in range(50):
+                consumer.poll(timeout=0.1)
+        assert consumer.assignment() == set()
+    with admin(address, ADMIN) as a:
+        assert a.describe_group("grp-bob").members == []
     with admin(address, BOB) as bob:
         with pytest.raises(AuthorizationError, match="may not describe group grp-alice"):
             bob.describe_group("grp-alice")
