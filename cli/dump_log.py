@@ -22,6 +22,8 @@ from logstore import format as fmt
 from logstore import record_batch as rb
 from logstore.cli.common import fail
 from logstore.errors import LogStoreError
+from logstore.offset_index import OFFSET_INDEX_DTYPE
+from logstore.time_index import TIME_INDEX_DTYPE
 
 #: bytes of a key, value or header value shown before it is cut
 DEFAULT_MAX_BYTES = 100
@@ -205,7 +207,7 @@ def _listed(path: Path, mismatches: list[str]) -> list[str]:
 def check_offset_index(path: Path, scan: LogScan) -> tuple[int, list[str]]:
     """(entries, problems): each entry must point at a batch start whose last offset it names."""
     problems: list[str] = []
-    entries, used = read_index(path, fmt.OFFSET_INDEX_DTYPE, problems)
+    entries, used = read_index(path, OFFSET_INDEX_DTYPE, problems)
     first = scan.batches[0].header if scan.batches else None
     if used == 0 and len(entries) and first is not None and first.last_offset == scan.base_offset:
         used = 1  # (0, 0) is a real entry when the first batch holds only the base offset
@@ -233,7 +235,7 @@ def check_time_index(path: Path, scan: LogScan) -> tuple[int, list[str]]:
     """(entries, problems): timestamps must rise, offsets not fall and lie in the segment,
     and each timestamp must be the largest the log holds up to that offset."""
     problems: list[str] = []
-    entries, used = read_index(path, fmt.TIME_INDEX_DTYPE, problems)
+    entries, used = read_index(path, TIME_INDEX_DTYPE, problems)
     entries = entries[:used]
     last_offsets = [b.header.last_offset for b in scan.batches]
     running_max = list(np.maximum.accumulate([b.header.max_timestamp for b in scan.batches]))

@@ -50,8 +50,6 @@ from __future__ import annotations
 import struct
 from typing import Final
 
-import numpy as np
-
 # --- RecordBatch v2 header -------------------------------------------------------------
 BASE_OFFSET_OFFSET: Final = 0
 BATCH_LENGTH_OFFSET: Final = 8
@@ -123,10 +121,11 @@ MAX_DECOMPRESSED_BYTES: Final = 64 * 1024 * 1024
 # --- Index files -------------------------------------------------------------------------
 OFFSET_INDEX_ENTRY_SIZE: Final = 8
 TIME_INDEX_ENTRY_SIZE: Final = 12
-OFFSET_INDEX_DTYPE: Final = np.dtype([("relative_offset", ">u4"), ("position", ">u4")])
-TIME_INDEX_DTYPE: Final = np.dtype([("timestamp", ">i8"), ("relative_offset", ">u4")])
-assert OFFSET_INDEX_DTYPE.itemsize == OFFSET_INDEX_ENTRY_SIZE
-assert TIME_INDEX_DTYPE.itemsize == TIME_INDEX_ENTRY_SIZE
+#: (field, numpy type) of an entry, in file order: `offset_index` and `time_index` build
+#: their dtypes from these, so that importing the format (as every client does, for record
+#: batches) does not load numpy
+OFFSET_INDEX_FIELDS: Final = (("relative_offset", ">u4"), ("position", ">u4"))
+TIME_INDEX_FIELDS: Final = (("timestamp", ">i8"), ("relative_offset", ">u4"))
 
 # --- File names --------------------------------------------------------------------------
 LOG_SUFFIX: Final = ".log"

@@ -34,7 +34,10 @@ from typing import Any, ClassVar, Final, Self, TypeVar
 import numpy as np
 
 from logstore.errors import LogStoreError
-from logstore.format import OFFSET_INDEX_DTYPE
+from logstore.format import OFFSET_INDEX_ENTRY_SIZE, OFFSET_INDEX_FIELDS
+
+OFFSET_INDEX_DTYPE: Final = np.dtype(list(OFFSET_INDEX_FIELDS))
+assert OFFSET_INDEX_DTYPE.itemsize == OFFSET_INDEX_ENTRY_SIZE
 
 #: Kafka's default `segment.index.bytes` (bytes)
 DEFAULT_MAX_INDEX_BYTES: Final = 10 * 1024 * 1024

@@ -15,7 +15,7 @@ from typing import Final
 
 import numpy as np
 
-from logstore.format import NO_TIMESTAMP, TIME_INDEX_DTYPE
+from logstore.format import NO_TIMESTAMP, TIME_INDEX_ENTRY_SIZE, TIME_INDEX_FIELDS
 from logstore.offset_index import (
     UINT32_MAX,
     CorruptIndexError,
@@ -24,6 +24,9 @@ from logstore.offset_index import (
 )
 
 __all__ = ["CorruptIndexError", "TimeIndex"]
+
+TIME_INDEX_DTYPE: Final = np.dtype(list(TIME_INDEX_FIELDS))
+assert TIME_INDEX_DTYPE.itemsize == TIME_INDEX_ENTRY_SIZE
 
 _INT64 = np.iinfo(np.int64)
 #: the largest timestamp an entry can hold (ms)

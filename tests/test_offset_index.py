@@ -14,8 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from logstore.format import OFFSET_INDEX_DTYPE, OFFSET_INDEX_ENTRY_SIZE
-from logstore.offset_index import UINT32_MAX, CorruptIndexError, OffsetIndex
+from logstore.format import OFFSET_INDEX_ENTRY_SIZE
+from logstore.offset_index import OFFSET_INDEX_DTYPE, UINT32_MAX, CorruptIndexError, OffsetIndex
 
 ENTRY = struct.Struct(">II")
 BASE = 1_000

@@ -55,6 +55,21 @@ def test_the_storage_and_coordination_core_imports_no_grpc() -> None:
     assert out.returncode == 0, out.stderr
 
 
+def test_the_clients_do_not_load_numpy() -> None:
+    """numpy serves the brokers' mmap indexes only. Loading it costs an application that
+    just produces or consumes tens of ms at import and starts BLAS threads that spin."""
+    clients = ["logstore.client.producer", "logstore.client.consumer", "logstore.client.admin"]
+    code = (
+        "import sys\n"
+        f"for name in {clients!r}: __import__(name)\n"
+        "assert 'numpy' not in sys.modules\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert out.returncode == 0, out.stderr
+
+
 def _declared_packages() -> set[str]:
     with open(REPO / "pyproject.toml", "rb") as f:
         return set(tomllib.load(f)["tool"]["setuptools"]["packages"])

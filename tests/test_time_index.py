@@ -14,9 +14,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from logstore.format import TIME_INDEX_DTYPE, TIME_INDEX_ENTRY_SIZE
+from logstore.format import TIME_INDEX_ENTRY_SIZE
 from logstore.offset_index import UINT32_MAX
-from logstore.time_index import MAX_TIMESTAMP_MS, CorruptIndexError, TimeIndex
+from logstore.time_index import MAX_TIMESTAMP_MS, TIME_INDEX_DTYPE, CorruptIndexError, TimeIndex
 
 ENTRY = struct.Struct(">qI")
 BASE = 5_000
