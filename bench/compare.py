@@ -1,4 +1,4 @@
-"""LogStore against Redis Streams, NATS JetStream and two ceilings, in one run.
+"""LogStore against Redis Streams, NATS JetStream and the physical ceilings, in one run.
 
 `python -m bench.compare [--records N] [--record-size B] [--only logstore,redis,nats,file,grpc]
 [--out DIR]` measures, on this machine and in this run, the same records (default one
