@@ -21,7 +21,7 @@ from logstore.allocator import TRIM_THRESHOLD_BYTES, keep_freed_memory
 from logstore.clock import SYSTEM_CLOCK
 from logstore.config import LogConfig
 from logstore.coordinator import GroupCoordinator
-from logstore.errors import UnknownTopicOrPartitionError
+from logstore.errors import LogStoreError, UnknownTopicOrPartitionError
 from logstore.log_manager import LogManager, ManagerSettings
 from logstore.offsets_store import OffsetStore
 from logstore.producer_ids import ProducerIdManager
@@ -220,8 +220,21 @@ def raise_open_file_limit() -> tuple[int, int]:
     return soft, soft
 
 
+def reload_security(broker: Broker) -> bool:
+    """Re-read the token and TLS files (on SIGHUP): credentials rotate without a restart.
+    A bad file is logged and changes nothing. Returns whether the reload took effect."""
+    try:
+        what = broker.security.reload()
+    except LogStoreError as exc:
+        log.error("reload refused, still serving the previous credentials: %s", exc)
+        return False
+    log.info("reloaded %s", what)
+    return True
+
+
 def run(settings: BrokerSettings) -> int:
-    """Run a broker in the foreground until SIGINT or SIGTERM; return the exit status."""
+    """Run a broker in the foreground until SIGINT or SIGTERM (SIGHUP re-reads the token
+    and TLS files); return the exit status."""
     before, after = raise_open_file_limit()
     if after != before:
         log.info("raised the open-file limit from %d to %d", before, after)
@@ -236,6 +249,7 @@ def run(settings: BrokerSettings) -> int:
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: reload_security(broker))
     broker.start()
     recovered = "" if broker.manager.clean_shutdown else " (recovered after unclean shutdown)"
     print(

@@ -14,7 +14,9 @@
   principal may describe. Refusals are PERMISSION_DENIED naming principal, operation and
   resource. An RPC without a rule is refused: new RPCs fail closed.
 
-Health checking and reflection stay open (TLS still applies): they reveal no data.
+Credentials rotate without a restart: `BrokerSecurity.reload` (SIGHUP) re-reads the token
+and TLS files, all or nothing. Health checking and reflection stay open (TLS still
+applies): they reveal no data.
 `SecurityInterceptor` also serves the ACL management RPCs (CreateAcls, DeleteAcls,
 DescribeAcls) from the `AclStore`, so the servicer in broker.py knows nothing of ACLs.
 """
@@ -23,6 +25,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import ssl
+import threading
 import tomllib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -113,23 +117,70 @@ def _digest(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
 
-def server_credentials(settings: SecuritySettings) -> grpc.ServerCredentials | None:
-    """TLS credentials for the listener, or None for plaintext."""
+@dataclass(frozen=True)
+class TlsFiles:
+    """The PEM bytes the listener serves: certificate chain, private key, client CA."""
+
+    chain: bytes
+    key: bytes
+    client_ca: bytes | None
+
+    def configuration(self) -> grpc.ServerCertificateConfiguration:
+        return grpc.ssl_server_certificate_configuration(
+            [(self.key, self.chain)], root_certificates=self.client_ca
+        )
+
+
+def read_tls_files(settings: SecuritySettings) -> TlsFiles | None:
+    """The listener's TLS files, checked as OpenSSL will use them (the key must match the
+    certificate); None for plaintext. Raises SecurityConfigError naming what is wrong."""
     if settings.tls_cert is None and settings.tls_key is None:
         if settings.tls_client_ca is not None:
             raise SecurityConfigError("--tls-client-ca needs --tls-cert and --tls-key")
         return None
     if settings.tls_cert is None or settings.tls_key is None:
         raise SecurityConfigError("TLS needs both --tls-cert and --tls-key")
+    cert, key, ca = Path(settings.tls_cert), Path(settings.tls_key), settings.tls_client_ca
+
+    def read() -> TlsFiles:
+        return TlsFiles(cert.read_bytes(), key.read_bytes(), Path(ca).read_bytes() if ca else None)
+
     try:
-        chain = Path(settings.tls_cert).read_bytes()
-        key = Path(settings.tls_key).read_bytes()
-        client_ca = Path(settings.tls_client_ca).read_bytes() if settings.tls_client_ca else None
-    except OSError as exc:
-        raise SecurityConfigError(f"cannot read TLS file: {exc}") from exc
-    return grpc.ssl_server_credentials(
-        [(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None
-    )
+        files = read()
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key, password="")  # an encrypted key fails, no prompt
+        if ca is not None:
+            context.load_verify_locations(cafile=ca)
+        again = read()  # what was checked must be what is served, not a file replaced since
+    except (OSError, ssl.SSLError) as exc:
+        raise SecurityConfigError(f"TLS files: {exc}") from exc
+    if again != files:
+        raise SecurityConfigError("TLS files changed while they were read; try again")
+    return files
+
+
+class ReloadableTls:
+    """Server credentials whose certificate, key and client CA can be replaced while the
+    broker runs: gRPC asks `_next` before each new connection's handshake, and keeps the
+    previous configuration when it answers None. Open connections are not affected."""
+
+    def __init__(self, files: TlsFiles) -> None:
+        self._lock = threading.Lock()
+        self._pending: grpc.ServerCertificateConfiguration | None = None
+        self.credentials = grpc.dynamic_ssl_server_credentials(
+            files.configuration(),
+            self._next,
+            require_client_authentication=files.client_ca is not None,
+        )
+
+    def replace(self, files: TlsFiles) -> None:
+        with self._lock:
+            self._pending = files.configuration()
+
+    def _next(self) -> grpc.ServerCertificateConfiguration | None:
+        with self._lock:
+            pending, self._pending = self._pending, None
+        return pending
 
 
 # --- what each RPC needs ---------------------------------------------------------------------
@@ -357,6 +408,8 @@ class SecurityInterceptor(grpc.ServerInterceptor):
     ) -> None:
         self._acl_handlers = acl_service.handlers()
         self._tokens = tokens
+        #: bumped by every `replace_tokens`
+        self._token_generation = 0
         self._authorizer = authorizer
         #: whether any call needs more than passing through
         self.active = tokens is not None or authorizer is not None
@@ -375,6 +428,12 @@ class SecurityInterceptor(grpc.ServerInterceptor):
         if handler is None or not self.active:
             return handler
         return self._guard(handler, name)
+
+    def replace_tokens(self, tokens: dict[bytes, str]) -> None:
+        """Serve `tokens` from the next call on (a token file was re-read). Open streams
+        authenticate again at their next message, so a revoked token ends them."""
+        self._tokens = tokens
+        self._token_generation += 1
 
     # --- who is calling --------------------------------------------------------------------
 
@@ -429,7 +488,12 @@ class SecurityInterceptor(grpc.ServerInterceptor):
     def _checked(
         self, principal: str, name: str, requests: Iterator[Any], context: Any
     ) -> Iterator[Any]:
+        generation = self._token_generation
         for request in requests:
+            if generation != self._token_generation:
+                generation = self._token_generation
+                if self.principal(context) != principal:  # aborts if the token is gone
+                    self._refuse(context, "the token now names another principal")
             self._check(principal, name, request, context)
             yield request
 
@@ -487,7 +551,9 @@ class BrokerSecurity:
 
     def __init__(self, settings: SecuritySettings, data_dir: Path) -> None:
         self.settings = settings
-        self.credentials = server_credentials(settings)
+        tls = read_tls_files(settings)
+        self._tls = None if tls is None else ReloadableTls(tls)
+        self.credentials = None if self._tls is None else self._tls.credentials
         tokens = load_tokens(Path(settings.auth_tokens)) if settings.auth_tokens else None
         self.acl_store = AclStore(Path(data_dir))
         self.authorizer: Authorizer | None = None
@@ -498,6 +564,24 @@ class BrokerSecurity:
         self.interceptor = SecurityInterceptor(
             AclService(self.acl_store, settings.acls_enabled), tokens, self.authorizer
         )
+
+    def reload(self) -> str:
+        """Re-read the token file and the TLS files (what `logstore serve` does on SIGHUP),
+        all or nothing: if any file is unreadable or invalid this raises
+        SecurityConfigError and the broker keeps serving what it had. Returns what was
+        reloaded, for the log. New tokens apply from the next call; new TLS files from
+        the next connection."""
+        s = self.settings
+        tokens = load_tokens(Path(s.auth_tokens)) if s.auth_tokens else None
+        tls = read_tls_files(s) if self._tls is not None else None
+        done = []
+        if tokens is not None:
+            self.interceptor.replace_tokens(tokens)
+            done.append(f"{len(tokens)} tokens")
+        if self._tls is not None and tls is not None:
+            self._tls.replace(tls)
+            done.append("TLS certificate" + (" and client CA" if tls.client_ca else ""))
+        return ", ".join(done) or "nothing (no token or TLS files configured)"
 
     def add_port(self, server: grpc.Server, listen: str) -> int:
         """Bind `listen` with TLS when configured; the port bound (0 on failure)."""

@@ -8,7 +8,9 @@ topic and group names.
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -464,3 +466,105 @@ def test_every_logstore_rpc_has_an_access_rule() -> None:
 
     methods = {m.name for m in pb.DESCRIPTOR.services_by_name["LogStore"].methods}
     assert methods == set(RULES)
+
+
+# --- rotating credentials without a restart (SIGHUP) --------------------------------------------
+
+#: how long a test waits for the broker to act on a SIGHUP (s)
+RELOAD_WAIT_S = 10.0
+
+
+def reload_and_wait(broker: BrokerProcess, line: str) -> None:
+    """SIGHUP the broker and wait until its log has one more `line` than before."""
+    before = broker.logs().count(line)
+    assert broker.proc is not None
+    broker.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + RELOAD_WAIT_S
+    for _ in range(1000):
+        if broker.logs().count(line) > before:
+            return
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    raise AssertionError(f"the broker did not log {line!r} after SIGHUP:\n{broker.logs()}")
+
+
+def write_tokens(path: Path, tokens: dict[str, str]) -> None:
+    path.write_text("[tokens]\n" + "".join(f'"{t}" = "{p}"\n' for t, p in tokens.items()))
+
+
+def test_sighup_rereads_the_token_file(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens.toml"
+    write_tokens(tokens, {ALICE: "User:alice", BOB: "User:bob"})
+    broker = start_broker(tmp_path, ["--auth-tokens", str(tokens)])
+    try:
+        with admin(broker.address, ALICE) as alice:
+            alice.create_topic("rotation")
+        with admin(broker.address, "carol-s3cret") as carol, pytest.raises(AuthenticationError):
+            carol.list_topics()
+        write_tokens(tokens, {ALICE: "User:alice", "carol-s3cret": "User:carol"})
+        reload_and_wait(broker, "reloaded 2 tokens")
+        with admin(broker.address, "carol-s3cret") as carol:
+            assert carol.list_topics() == ["rotation"]
+        with admin(broker.address, ALICE) as alice:
+            assert alice.list_topics() == ["rotation"]
+        with admin(broker.address, BOB) as bob, pytest.raises(AuthenticationError, match="unknown"):
+            bob.list_topics()
+
+        # a stream opened with a token that is then revoked ends at its next message
+        with Producer(broker.address, token="carol-s3cret", request_timeout_ms=5000) as carol:
+            assert carol.send("rotation", b"before").result(timeout=10).offset == 0
+            write_tokens(tokens, {ALICE: "User:alice"})
+            reload_and_wait(broker, "reloaded 1 tokens")
+            with pytest.raises(AuthenticationError, match="unknown token"):
+                carol.send("rotation", b"after").result(timeout=10)
+
+        tokens.write_text("[tokens\n")  # broken: the reload is refused, nothing changes
+        reload_and_wait(broker, "reload refused, still serving the previous credentials")
+        with admin(broker.address, ALICE) as alice:
+            assert alice.list_topics() == ["rotation"]
+        assert broker.proc is not None and broker.proc.poll() is None
+    finally:
+        broker.close()
+
+
+def _new_server_leaf(pki: Pki, name: str, ca: str) -> tuple[Path, Path]:
+    d = pki.ca.parent
+    if not (d / f"{name}.pem").exists():
+        extensions = "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n"
+        _make_leaf(d, name, ca, "logstore-broker", extensions)
+    return d / f"{name}.pem", d / f"{name}.key"
+
+
+def test_sighup_rotates_the_tls_certificate_for_new_connections(pki: Pki, tmp_path: Path) -> None:
+    cert, key = tmp_path / "broker.pem", tmp_path / "broker.key"
+    shutil.copy(pki.server_cert, cert)
+    shutil.copy(pki.server_key, key)
+    broker = start_broker(
+        tmp_path, ["--tls-cert", str(cert), "--tls-key", str(key)], tls_credentials(pki)
+    )
+    old_ca, new_ca = str(pki.ca), str(pki.other_ca)
+    try:
+        with admin(broker.address, ssl_cafile=old_ca) as before:
+            before.create_topic("rotated")
+            new_cert, new_key = _new_server_leaf(pki, "server-rotated", "other-ca")
+
+            # a certificate with another certificate's key is refused: nothing changes
+            shutil.copy(new_cert, cert)
+            reload_and_wait(broker, "reload refused, still serving the previous credentials")
+            with admin(broker.address, ssl_cafile=old_ca) as still:
+                assert still.list_topics() == ["rotated"]
+
+            shutil.copy(new_key, key)
+            reload_and_wait(broker, "reloaded TLS certificate")
+            with admin(broker.address, ssl_cafile=new_ca) as after:
+                assert after.list_topics() == ["rotated"]
+            with (
+                admin(broker.address, ssl_cafile=old_ca) as stale,
+                pytest.raises(BrokerUnavailableError),
+            ):
+                stale.list_topics()
+            # a connection opened before the rotation goes on working
+            assert before.list_topics() == ["rotated"]
+    finally:
+        broker.close()
