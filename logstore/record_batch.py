@@ -176,17 +176,23 @@ def _encode_headers(headers: Sequence[Header]) -> list[bytes]:
     return parts
 
 
-def encode_records(records: Sequence[RecordInput], base_timestamp: int) -> bytes:
+def encode_records(
+    records: Sequence[RecordInput],
+    base_timestamp: int,
+    offset_deltas: Iterable[int] | None = None,
+) -> bytes:
     """Encode records into the records section of a batch (uncompressed).
 
-    Offset deltas are the records' positions in `records`; timestamp deltas are relative
-    to `base_timestamp` (ms). Every timestamp must already be resolved (no None).
+    Offset deltas are the records' positions in `records` unless `offset_deltas` gives
+    them (increasing; a compacted batch keeps its records' offsets); timestamp deltas are
+    relative to `base_timestamp` (ms). Every timestamp must already be resolved (no None).
     """
     parts: list[bytes] = []
     append = parts.append
     table = _VARINT
     limit = _VARINT_TABLE_LIMIT
-    for offset_delta, (key, value, headers, timestamp) in enumerate(records):
+    deltas = range(len(records)) if offset_deltas is None else offset_deltas
+    for offset_delta, (key, value, headers, timestamp) in zip(deltas, records, strict=True):
         ts_delta = timestamp - base_timestamp  # type: ignore[operator]
         ts_part = table[ts_delta + 1] if -1 <= ts_delta < limit else encode_varint(ts_delta)
         od_part = table[offset_delta + 1] if offset_delta < limit else encode_varint(offset_delta)
@@ -268,7 +274,7 @@ def encode_batch(
     attributes = codec | (timestamp_type << 3)
     if is_transactional:
         attributes |= fmt.TRANSACTIONAL_FLAG_MASK
-    after_crc = fmt.BATCH_HEADER_AFTER_CRC.pack(
+    fields = (
         attributes,
         len(records) - 1,
         base_timestamp,
@@ -278,10 +284,54 @@ def encode_batch(
         base_sequence,
         len(records),
     )
+    return _assemble(base_offset, partition_leader_epoch, fields, payload)
+
+
+def _assemble(
+    base_offset: int, partition_leader_epoch: int, after_crc_fields: tuple[int, ...], payload: bytes
+) -> bytes:
+    """A whole batch: prefix, CRC-32C over the header fields after it and the payload."""
+    after_crc = fmt.BATCH_HEADER_AFTER_CRC.pack(*after_crc_fields)
     crc = crc32c.crc32c(payload, crc32c.crc32c(after_crc))
     batch_length = fmt.BATCH_HEADER_SIZE - fmt.LOG_OVERHEAD + len(payload)
     prefix = fmt.BATCH_PREFIX.pack(base_offset, batch_length, partition_leader_epoch, fmt.MAGIC_V2)
     return b"".join((prefix, fmt.UINT32.pack(crc), after_crc, payload))
+
+
+def rewrite_batch(header: BatchHeader, kept: Sequence[Record]) -> bytes:
+    """The batch `header` describes, holding only `kept` (some of its records, in order).
+
+    What compaction writes. Everything the header says about the batch stays: base offset
+    and lastOffsetDelta (so offsets stay dense from batch to batch), producer id, epoch
+    and base sequence (so idempotent producers' state replays the same), timestamps,
+    timestamp type and the transactional flag. Records keep their offsets and timestamps.
+    With nothing kept the batch is empty (recordCount 0, no compression): 61 bytes that
+    still cover the batch's offsets, as Kafka's cleaner leaves them.
+    """
+    base_offset, base_timestamp = header.base_offset, header.base_timestamp
+    if any(not base_offset <= r.offset <= header.last_offset for r in kept):
+        raise ValueError("a kept record lies outside the batch's offsets")
+    log_append_time = header.timestamp_type == fmt.TIMESTAMP_TYPE_LOG_APPEND_TIME
+    inputs = [
+        (r.key, r.value, r.headers, base_timestamp if log_append_time else r.timestamp)
+        for r in kept
+    ]
+    codec = header.codec if kept else fmt.CODEC_NONE
+    payload = b""
+    if kept:
+        deltas = [r.offset - base_offset for r in kept]
+        payload = _compress(codec, encode_records(inputs, base_timestamp, deltas))
+    fields = (
+        (header.attributes & ~fmt.COMPRESSION_CODEC_MASK) | codec,
+        header.last_offset_delta,
+        base_timestamp,
+        header.max_timestamp,
+        header.producer_id,
+        header.producer_epoch,
+        header.base_sequence,
+        len(kept),
+    )
+    return _assemble(base_offset, header.partition_leader_epoch, fields, payload)
 
 
 # --- header access and validation ----------------------------------------------------------
@@ -331,13 +381,27 @@ def check_header(header: BatchHeader, available: int, max_batch_bytes: int | Non
         )
 
 
-def check_contents(header: BatchHeader) -> None:
-    """Check the CRC-covered header fields: record count and codec."""
-    if header.record_count < 1 or header.last_offset_delta != header.record_count - 1:
+def check_contents(header: BatchHeader, dense: bool = True) -> None:
+    """Check the CRC-covered header fields: record count and codec.
+
+    `dense` (what a producer sends): one record per offset, recordCount = lastOffsetDelta
+    + 1 >= 1. Otherwise (a stored batch, which compaction may have thinned out, down to
+    no records at all): 0 <= recordCount <= lastOffsetDelta + 1.
+    """
+    if dense:
+        if header.record_count < 1 or header.last_offset_delta != header.record_count - 1:
+            raise CorruptRecordError(
+                f"record batch has recordCount {header.record_count} and lastOffsetDelta "
+                f"{header.last_offset_delta}: expected recordCount >= 1 and "
+                "lastOffsetDelta = recordCount - 1"
+            )
+    elif header.last_offset_delta < 0 or not (
+        0 <= header.record_count <= header.last_offset_delta + 1
+    ):
         raise CorruptRecordError(
             f"record batch has recordCount {header.record_count} and lastOffsetDelta "
-            f"{header.last_offset_delta}: expected recordCount >= 1 and "
-            "lastOffsetDelta = recordCount - 1"
+            f"{header.last_offset_delta}: expected lastOffsetDelta >= 0 and "
+            "0 <= recordCount <= lastOffsetDelta + 1"
         )
     if header.codec not in _SUPPORTED_CODECS:
         raise UnsupportedCompressionError(
@@ -347,12 +411,16 @@ def check_contents(header: BatchHeader) -> None:
 
 
 def validate_batch(
-    buf: bytes | bytearray | memoryview, pos: int = 0, max_batch_bytes: int | None = None
+    buf: bytes | bytearray | memoryview,
+    pos: int = 0,
+    max_batch_bytes: int | None = None,
+    dense: bool = True,
 ) -> BatchHeader:
     """Validate the batch at `pos` (header fields and CRC-32C) and return its header.
 
     Per-batch work only: records are not decoded. Raises CorruptRecordError,
     UnsupportedCompressionError or RecordTooLargeError with a message naming the problem.
+    `dense=False` accepts a stored batch that compaction thinned out (`check_contents`).
     """
     header = read_header(buf, pos)
     check_header(header, len(buf) - pos, max_batch_bytes)
@@ -362,7 +430,7 @@ def validate_batch(
             f"record batch at offset {header.base_offset} has CRC {header.crc:#010x} "
             f"but its bytes give {actual:#010x}"
         )
-    check_contents(header)
+    check_contents(header, dense)
     return header
 
 
@@ -630,13 +698,14 @@ def decode_batch(
     record_type: type[tuple] = Record,  # type: ignore[type-arg]
     prefix: tuple[object, ...] = (),
 ) -> DecodedBatch:
-    """Decode the batch at `pos`: header and every record. Validates the CRC by default."""
+    """Decode the batch at `pos`: header and every record. Validates the CRC by default.
+    A batch thinned out by compaction is read as it is: records keep their offsets."""
     if verify_crc:
-        header = validate_batch(buf, pos)
+        header = validate_batch(buf, pos, dense=False)
     else:
         header = read_header(buf, pos)
         check_header(header, len(buf) - pos)
-        check_contents(header)
+        check_contents(header, dense=False)
     start, end = pos + fmt.RECORDS_OFFSET, pos + header.size
     if header.codec == fmt.CODEC_NONE:
         # decoded in place: the records section is not copied out first

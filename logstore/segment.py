@@ -327,7 +327,8 @@ class LogSegment:
         pos = 0
         while len(chunk) - pos >= fmt.BATCH_HEADER_SIZE:
             try:
-                header = rb.validate_batch(chunk, pos, max_batch_bytes)
+                # dense=False: compaction leaves batches with fewer records than offsets
+                header = rb.validate_batch(chunk, pos, max_batch_bytes, dense=False)
             except LogStoreError:
                 return pos
             if header.base_offset != self.next_offset:
