@@ -55,6 +55,8 @@ KAFKA_NAMES: Final[Mapping[str, str]] = MappingProxyType(
         "flush.ms": "flush_ms",
         "message.timestamp.type": "message_timestamp_type",
         "file.delete.delay.ms": "file_delete_delay_ms",
+        "delete.retention.ms": "delete_retention_ms",
+        "min.compaction.lag.ms": "min_compaction_lag_ms",
     }
 )
 #: `LogConfig` field name -> Kafka's dotted configuration name
@@ -80,6 +82,8 @@ INT_RANGES: Final[Mapping[str, tuple[int, int]]] = MappingProxyType(
         "flush_messages": (1, INT64_MAX),
         "flush_ms": (0, INT64_MAX),
         "file_delete_delay_ms": (0, INT64_MAX),
+        "delete_retention_ms": (0, INT64_MAX),
+        "min_compaction_lag_ms": (0, INT64_MAX),
     }
 )
 
@@ -122,6 +126,11 @@ class LogConfig:
     message_timestamp_type: str = CREATE_TIME
     #: wait this long before removing a file marked `.deleted` (ms)
     file_delete_delay_ms: int = 60_000
+    #: compaction keeps a tombstone (a null value) this long after its batch's newest
+    #: record, so consumers see the delete before the key disappears (ms)
+    delete_retention_ms: int = 86_400_000
+    #: compaction leaves a segment alone until its newest record is this old (ms)
+    min_compaction_lag_ms: int = 0
 
     def __post_init__(self) -> None:
         for field_name in INT_RANGES:

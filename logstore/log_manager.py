@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from logstore import format as fmt
+from logstore import log_cleaner
 from logstore.clock import SYSTEM_CLOCK, Clock
 from logstore.config import (
     LogConfig,
@@ -76,6 +77,7 @@ class ManagerSettings:
     flush_check_interval_ms: int = 1_000  # log.flush.scheduler.interval.ms (Kafka: never)
     recovery_point_checkpoint_interval_ms: int = 60_000  # log.flush.offset.checkpoint...
     producer_id_expiration_ms: int = 86_400_000  # producer.id.expiration.ms
+    cleaner_backoff_ms: int = 15_000  # log.cleaner.backoff.ms: between compaction passes
     background_threads: bool = True
 
 
@@ -117,12 +119,17 @@ class LogManager:
         self._remove_deleted_topic_dirs()
         self._load_topics()
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         if self.settings.background_threads:
-            self._thread = threading.Thread(
-                target=self._background_loop, name="logstore-log-manager", daemon=True
-            )
-            self._thread.start()
+            # Compaction has its own thread, as Kafka's cleaner does: a long pass must not
+            # hold up time-based flushes and retention.
+            for target, name in (
+                (self._background_loop, "logstore-log-manager"),
+                (self._cleaner_loop, "logstore-log-cleaner"),
+            ):
+                thread = threading.Thread(target=target, name=name, daemon=True)
+                thread.start()
+                self._threads.append(thread)
 
     # --- loading -----------------------------------------------------------------------------
 
@@ -379,6 +386,24 @@ class LogManager:
             self.data_dir / fmt.RECOVERY_POINT_CHECKPOINT_FILE, ("\n".join(lines) + "\n").encode()
         )
 
+    def run_cleaner(self, force: bool = False) -> int:
+        """One compaction pass over every compacted partition that is dirty enough (all
+        with anything to clean if `force`); return the segments rewritten."""
+        rewritten = 0
+        for part in self.all_partitions():
+            result = log_cleaner.clean(part, self._clock.now_ms(), force, self._stop.is_set)
+            rewritten += result.segments_rewritten if result is not None else 0
+        return rewritten
+
+    def _cleaner_loop(self) -> None:
+        while not self._stop.wait(max(self.settings.cleaner_backoff_ms, 10) / 1000):
+            try:
+                self.run_cleaner()
+            except (LogClosedError, log_cleaner.CleanerStopped):
+                continue
+            except Exception:  # keep the broker alive; the next pass tries again
+                log.exception("log cleaner pass failed")
+
     def _background_loop(self) -> None:
         s = self.settings
         last = {"retention": self._clock.monotonic_ms(), "checkpoint": self._clock.monotonic_ms()}
@@ -412,8 +437,8 @@ class LogManager:
                 return
             self._closed = True
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
+        for thread in self._threads:
+            thread.join(timeout=30)
         for part in self.all_partitions():
             part.close()
         self.checkpoint_recovery_points()

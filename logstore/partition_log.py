@@ -8,7 +8,11 @@ Invariants:
 - `read` returns whole batches as bytes, starting at the batch that holds the offset.
 - Everything below `recovery_point` has been fsynced; after an unclean shutdown, segments
   from the one holding the recovery point onwards are validated batch by batch.
-- Retention deletes whole, non-active segments only and then advances `log_start_offset`.
+- Retention deletes whole, non-active segments only and then advances `log_start_offset`
+  (topics whose cleanup.policy includes delete).
+- Compaction (`logstore.log_cleaner`) may replace a sealed segment by a copy holding fewer
+  records: same offsets, batches keep their offset ranges (some become sparse or empty),
+  so offsets stay dense at batch level.
 
 Thread safety: appends, rolls, flushes and deletions take `_lock`; reads take no lock and
 work on a snapshot of the segment list and of each segment's size, so a read never waits
@@ -19,6 +23,8 @@ from __future__ import annotations
 
 import bisect
 import logging
+import os
+import shutil
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -36,6 +42,7 @@ from logstore.errors import (
     LogClosedError,
     OffsetOutOfRangeError,
 )
+from logstore.fileutil import fsync_directory
 from logstore.offset_index import CorruptIndexError
 from logstore.producer_state import ProducerStateManager
 from logstore.record_batch import BatchHeader
@@ -83,6 +90,20 @@ class RecoveryReport:
         )
 
 
+def _require_keys(view: bytes | memoryview, headers: Sequence[BatchHeader]) -> None:
+    """A compacted topic keeps the latest record per key: a record without one is refused,
+    as Kafka does (the only place the broker decodes records, and only for such topics)."""
+    position = 0
+    for header in headers:
+        for record in rb.decode_batch(view, position, verify_crc=False).records:
+            if record.key is None:
+                raise InvalidRequestError(
+                    "a compacted topic (cleanup.policy=compact) cannot accept a record "
+                    "without a key"
+                )
+        position += header.size
+
+
 class PartitionLog:
     """One partition of a topic, stored in `directory` (see the module docstring)."""
 
@@ -117,6 +138,9 @@ class PartitionLog:
         self.on_append: Callable[[], None] | None = None
         #: segments removed by retention.ms / retention.bytes since the log was opened
         self.retention_deleted_segments = 0
+        #: compaction has cleaned the log below this offset (in memory only: after a
+        #: restart the first pass cleans everything again, which is correct, only slower)
+        self.cleaner_checkpoint = 0
         self.recovery_report = self._load(clean_shutdown)
 
     # --- opening -----------------------------------------------------------------------------
@@ -144,7 +168,10 @@ class PartitionLog:
             )
             if path.name.endswith(stray_suffixes) or orphan_index:
                 log.warning("%s: removing stray file %s", self.name, path.name)
-                path.unlink(missing_ok=True)
+                if path.is_dir():  # the log cleaner's work directory
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
                 removed += 1
         return removed
 
@@ -349,6 +376,8 @@ class PartitionLog:
         """
         view = memoryview(batches).cast("B") if not isinstance(batches, bytes) else batches
         headers = validated_headers or rb.split_batches(view, self.config.max_message_bytes)
+        if self.config.compact:
+            _require_keys(view, headers)
         idempotent = any(h.producer_id >= 0 for h in headers)
         if idempotent and len(headers) > 1:
             raise InvalidRequestError(
@@ -571,6 +600,8 @@ class PartitionLog:
         the oldest segments while the log stays at or above retention.bytes without them.
         Returns the number of segments deleted.
         """
+        if not self.config.delete:
+            return 0  # cleanup.policy=compact alone: old segments are compacted, not deleted
         with self._lock:
             deleted = self._delete_segments(self._segments_to_delete(), "retention")
             self.retention_deleted_segments += deleted
@@ -633,6 +664,53 @@ class PartitionLog:
             for path in segment.paths():
                 Path(str(path) + fmt.DELETED_SUFFIX).unlink(missing_ok=True)
         return len(ready)
+
+    # --- compaction --------------------------------------------------------------------------
+
+    def new_work_segment(self, directory: Path, base_offset: int) -> LogSegment:
+        """An empty writable segment in `directory` with this log's index settings, for
+        building a replacement of the segment at `base_offset`."""
+        return LogSegment(
+            directory,
+            base_offset,
+            index_interval_bytes=self.config.index_interval_bytes,
+            max_index_bytes=self.config.segment_index_bytes,
+            created_ms=self._clock.now_ms(),
+        )
+
+    def replace_segment(self, old: LogSegment, copy: LogSegment) -> bool:
+        """Put `copy` (sealed, in another directory, same base and next offset) in place of
+        the sealed segment `old`; False, changing nothing, if `old` is gone meanwhile
+        (retention) or is the active segment.
+
+        Crash safety: `old`'s index files go first, then the copy's .log replaces `old`'s
+        in one atomic rename, then the copy's indexes move in; the directory is synced
+        after each step. Wherever a crash interrupts this, the directory holds one whole
+        .log for the segment (old or new), and an index that is missing is rebuilt from
+        it when the log is opened. Readers that took `old` go on reading it through its
+        open descriptors.
+        """
+        if (copy.base_offset, copy.next_offset) != (old.base_offset, old.next_offset):
+            raise ValueError(f"{copy} does not cover the offsets of {old}")
+        with self._lock:
+            segments = list(self._segments)
+            if self._closed or old not in segments[:-1]:
+                return False
+            copy.close()
+            for path in (old.offset_index.path, old.time_index.path):
+                path.unlink(missing_ok=True)
+            fsync_directory(self.directory)
+            os.replace(copy.log_path, old.log_path)
+            fsync_directory(self.directory)
+            os.replace(copy.offset_index.path, old.offset_index.path)
+            os.replace(copy.time_index.path, old.time_index.path)
+            fsync_directory(self.directory)
+            new = self._new_segment(old.base_offset, existing=True)
+            new.load_state_from_indexes()
+            new.created_ms = old.created_ms
+            segments[segments.index(old)] = new
+            self._set_segments(segments)
+        return True
 
     # --- lifecycle ---------------------------------------------------------------------------
 

@@ -35,6 +35,8 @@ KAFKA_DEFAULTS = {
     "flush.ms": "9223372036854775807",
     "message.timestamp.type": "CreateTime",
     "file.delete.delay.ms": "60000",
+    "delete.retention.ms": "86400000",
+    "min.compaction.lag.ms": "0",
 }
 
 

@@ -421,7 +421,9 @@ def test_close_and_reopen_restores_topics_config_and_data(
             base, _ = append_values(mgr.partition("orders", p), values)
             rows.extend((base + j, v) for j, v in enumerate(values))
         expected[("orders", p)] = rows
-    append_values(mgr.partition("logs", 0), [b"l0", b"l1", b"l2"])
+    # a compacted topic takes keyed records only
+    keyed = [(b"k%d" % i, v, (), TS) for i, v in enumerate([b"l0", b"l1", b"l2"])]
+    mgr.partition("logs", 0).append(rb.encode_batch(keyed))
     expected[("logs", 0)] = [(0, b"l0"), (1, b"l1"), (2, b"l2")]
     ends = {key: mgr.partition(*key).log_end_offset for key in expected}
     segments = {key: mgr.partition(*key).segment_count for key in expected}
@@ -1106,10 +1108,8 @@ def test_background_thread_applies_retention_and_flush_ms(data_dir: Path) -> Non
     mgr = LogManager(data_dir, settings=settings)
     try:
         new_threads = set(threading.enumerate()) - threads_before
-        assert len(new_threads) == 1
-        thread = next(iter(new_threads))
-        assert thread.is_alive()
-        assert thread.daemon
+        assert {t.name for t in new_threads} == {"logstore-log-manager", "logstore-log-cleaner"}
+        assert all(t.is_alive() and t.daemon for t in new_threads)
 
         mgr.create_topic("old", 1, {**RETENTION_CONFIG, "retention.ms": 60_000})
         mgr.create_topic("flushed", 1, {"flush.ms": 50})
@@ -1141,7 +1141,7 @@ def test_background_thread_applies_retention_and_flush_ms(data_dir: Path) -> Non
     finally:
         mgr.close()
 
-    assert not thread.is_alive()
+    assert not any(t.is_alive() for t in new_threads)
     assert (data_dir / fmt.CLEAN_SHUTDOWN_FILE).exists()
 
 
@@ -1149,7 +1149,7 @@ def test_close_stops_an_idle_background_thread_promptly(data_dir: Path) -> None:
     threads_before = set(threading.enumerate())
     mgr = LogManager(data_dir, settings=ManagerSettings(flush_check_interval_ms=20))
     new_threads = set(threading.enumerate()) - threads_before
-    assert len(new_threads) == 1
+    assert len(new_threads) == 2  # background tasks and the log cleaner
     started = time.monotonic()
     mgr.close()
     assert time.monotonic() - started < 2.0
