@@ -16,9 +16,10 @@ How a pass works (`clean`):
 3. Each cleanable segment is copied batch by batch into a new segment, each batch holding
    only the records it keeps (`record_batch.rewrite_batch`): base offset, last offset
    delta and producer fields stay, so offsets stay dense from batch to batch and
-   idempotent producers' state replays the same. A batch whose records all go remains as
-   an empty 61-byte batch. Batches that lose nothing are copied byte for byte; a segment
-   that loses nothing is not rewritten.
+   idempotent producers' state replays the same. Batches whose records all go remain as
+   empty 61-byte batches, adjacent ones of the same producer joined into one. Batches
+   that lose nothing are copied byte for byte; a segment that changes in no way is not
+   rewritten.
 4. `PartitionLog.replace_segment` swaps the copy in (see there for crash safety).
 
 Records without a key (written before the topic became compacted; LogStore refuses new
@@ -173,9 +174,14 @@ def _copy_segment(
     stop: Callable[[], bool],
 ) -> tuple[LogSegment | None, int]:
     """A sealed copy of `segment` in `work` keeping only what compaction keeps, and the
-    number of records dropped; (None, 0) when it would keep everything."""
+    number of records dropped; (None, 0) when it would change nothing.
+
+    Adjacent batches left empty are written as one empty batch where `_extends` allows,
+    so a topic written one record per batch shrinks to about one header per run of
+    superseded records instead of one per record."""
     copy: LogSegment | None = None
-    dropped = 0
+    dropped = merged = 0
+    empty_run: rb.BatchHeader | None = None
     try:
         copy = log_.new_work_segment(work, segment.base_offset)
         for header, data, records in _batches(segment, stop):
@@ -185,8 +191,22 @@ def _copy_segment(
                 dropped += len(records) - len(kept)
                 data = rb.rewrite_batch(header, kept)
                 header = rb.read_header(data)
+            if header.record_count == 0 and not header.is_control:
+                if empty_run is not None and _extends(empty_run, header):
+                    empty_run = empty_run._replace(
+                        last_offset_delta=header.last_offset - empty_run.base_offset,
+                        max_timestamp=max(empty_run.max_timestamp, header.max_timestamp),
+                    )
+                    merged += 1
+                    continue
+                _write_empty(copy, empty_run)
+                empty_run = header
+                continue
+            _write_empty(copy, empty_run)
+            empty_run = None
             copy.append([data], [header])
-        if dropped == 0:
+        _write_empty(copy, empty_run)
+        if dropped == 0 and merged == 0:
             copy.close_quietly()
             return None, 0
         copy.seal()
@@ -195,3 +215,28 @@ def _copy_segment(
         if copy is not None:
             copy.close_quietly()
         raise
+
+
+def _extends(run: rb.BatchHeader, header: rb.BatchHeader) -> bool:
+    """Whether the empty batch `header`, right after the empty `run`, can join it: same
+    attributes, producer and epoch, and for an idempotent producer sequences that carry
+    on, so the joined batch's last sequence is `header`'s and producer state replays to
+    the same place."""
+    if (run.attributes, run.producer_id, run.producer_epoch) != (
+        header.attributes,
+        header.producer_id,
+        header.producer_epoch,
+    ):
+        return False
+    if header.base_offset != run.next_offset:
+        return False
+    if run.producer_id < 0:
+        return True
+    joined = run._replace(last_offset_delta=header.last_offset - run.base_offset)
+    return run.base_sequence >= 0 and joined.last_sequence == header.last_sequence
+
+
+def _write_empty(copy: LogSegment, run: rb.BatchHeader | None) -> None:
+    if run is not None:
+        data = rb.rewrite_batch(run, [])
+        copy.append([data], [rb.read_header(data)])

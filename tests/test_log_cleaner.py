@@ -145,20 +145,60 @@ def test_batches_keep_their_offsets_and_producer_fields(directory: Path) -> None
         records = [(b"k%d" % (i % 3), b"v%d" % i, (), T0) for i in range(seq, seq + 4)]
         log.append(rb.encode_batch(records, producer_id=7, producer_epoch=2, base_sequence=seq))
     log.roll()
-    headers_before = [h for s in log.segments() for _, h in s.iter_headers(0)]
+    before = {h.base_offset: h for s in log.segments() for _, h in s.iter_headers(0)}
     log_cleaner.clean(log, T0, force=True)
-    headers_after = [h for s in log.segments() for _, h in s.iter_headers(0)]
-    same = ("base_offset", "last_offset_delta", "producer_id", "producer_epoch", "base_sequence")
-    for old, new in zip(headers_before, headers_after, strict=True):
-        assert [getattr(new, f) for f in same] == [getattr(old, f) for f in same]
-        assert new.max_timestamp == old.max_timestamp
-    assert sum(h.record_count for h in headers_after) == 3  # one per key
-    assert any(h.record_count == 0 for h in headers_after)  # emptied, still in place
+    after = [h for s in log.segments() for _, h in s.iter_headers(0)]
+    # offsets still tile the log batch after batch
+    assert [h.base_offset for h in after[1:]] == [h.next_offset for h in after[:-1]]
+    assert after[0].base_offset == 0 and after[-1].next_offset == 200
+    same = ("base_offset", "producer_id", "producer_epoch", "base_sequence", "max_timestamp")
+    for header in after:
+        original = before[header.base_offset]
+        assert [getattr(header, f) for f in same] == [getattr(original, f) for f in same]
+        assert header.last_sequence == before[header.last_offset - 3].last_sequence
+        if header.record_count:
+            assert header.last_offset_delta == original.last_offset_delta
+    assert sum(h.record_count for h in after) == 3  # one per key
+    # the emptied batches of the one producer, adjacent per segment, were joined
+    empty = [h for h in after if h.record_count == 0]
+    assert len(empty) <= 2 * log.segment_count
     log.close()
     reopened = PartitionLog(directory, compact_config(), clean_shutdown=False)
     entry = reopened.producer_state.entry(7)
     assert entry is not None and entry.last_seq == 199  # the sequences replay the same
     reopened.close()
+
+
+def test_emptied_batches_join_only_when_producer_state_allows(directory: Path) -> None:
+    """Adjacent emptied batches join per producer and epoch; a batch of another producer
+    or a new epoch starts a new run; batches without a producer always join."""
+    log = PartitionLog(directory, compact_config(segment_bytes=64 * 1024))
+    plan = [(1, 0)] * 3 + [(2, 0)] + [(1, 0)] * 2 + [(1, 1)] * 3 + [(-1, -1)] * 4
+    sequences: dict[tuple[int, int], int] = {}
+    for i, (pid, epoch) in enumerate(plan):
+        seq = sequences.get((pid, epoch), 0) if pid >= 0 else -1
+        sequences[(pid, epoch)] = seq + 1
+        log.append(
+            rb.encode_batch(
+                [(b"k", b"%d" % i, (), T0)], producer_id=pid, producer_epoch=epoch,
+                base_sequence=seq,
+            )
+        )  # fmt: skip
+    log.append(rb.encode_batch([(b"k", b"last", (), T0)]))
+    log.roll()
+    log_cleaner.clean(log, T0, force=True)
+    after = [h for s in log.segments() for _, h in s.iter_headers(0)]
+    ranges = [(h.base_offset, h.last_offset, h.producer_id, h.record_count) for h in after]
+    assert ranges == [
+        (0, 2, 1, 0),
+        (3, 3, 2, 0),
+        (4, 5, 1, 0),  # producer 1 again, its sequences carry on from offset 2
+        (6, 8, 1, 0),  # epoch 1: a run of its own
+        (9, 12, -1, 0),
+        (13, 13, -1, 1),
+    ]
+    assert [h.last_sequence for h in after[:4]] == [2, 0, 4, 2]
+    log.close()
 
 
 def test_a_second_pass_waits_for_enough_new_data(directory: Path) -> None:
