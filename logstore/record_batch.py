@@ -120,10 +120,21 @@ def _encode_zigzag_varint(value: int) -> bytes:
     return bytes(out)
 
 
+def _varint_table(limit: int) -> tuple[bytes, ...]:
+    """Zigzag varints of -1 .. limit - 1 (limit <= 2**13: one or two bytes each), built
+    without a call per entry: every client and the CLI pay for this at import."""
+    table = [b"\x01"]  # -1
+    table += [bytes((z,)) for z in range(0, min(2 * limit, 0x80), 2)]
+    table += [bytes((z & 0x7F | 0x80, z >> 7)) for z in range(0x80, 2 * limit, 2)]
+    return tuple(table)
+
+
 #: _VARINT[n + 1] is the zigzag varint of n for -1 <= n < _VARINT_TABLE_LIMIT. Encoding a
 #: record is mostly varints; a table lookup is several times faster than computing them.
-_VARINT_TABLE_LIMIT = 1 << 16
-_VARINT: tuple[bytes, ...] = tuple(_encode_zigzag_varint(n) for n in range(-1, _VARINT_TABLE_LIMIT))
+#: Lengths, deltas and counts from 8 KiB up take the computed path, which costs little
+#: beside records that large.
+_VARINT_TABLE_LIMIT = 1 << 13
+_VARINT: tuple[bytes, ...] = _varint_table(_VARINT_TABLE_LIMIT)
 _NULL_LENGTH = _VARINT[0]
 
 

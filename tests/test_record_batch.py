@@ -1010,3 +1010,12 @@ def test_ten_byte_varint_stays_in_int64(body: bytes, last: int) -> None:
         return
     assert end == 10
     assert INT64_MIN <= value <= INT64_MAX
+
+
+def test_encode_varint_agrees_with_the_definition_on_and_off_the_table() -> None:
+    """The precomputed fast path and the computed one give the same bytes, across the
+    table's end (and the one- to two- to three-byte boundaries)."""
+    for value in range(-1, 70_000):
+        assert rb.encode_varint(value) == rb._encode_zigzag_varint(value)
+    for value in (-(2**63), -70_000, 2**63 - 1):
+        assert rb.decode_varint(rb.encode_varint(value), 0) == (value, len(rb.encode_varint(value)))
