@@ -8,25 +8,38 @@ import os
 import sys
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from logstore import __version__
-from logstore.cli.acls import acls, security_settings, serve_security_options
-from logstore.cli.bench import bench
+from logstore.cli.acls import security_settings, serve_security_options
 from logstore.cli.common import LogStoreGroup
-from logstore.cli.consume import consume
-from logstore.cli.dlq import dlq
-from logstore.cli.dump_log import dump_log
-from logstore.cli.groups import groups
-from logstore.cli.produce import produce
-from logstore.cli.topics import topics
 from logstore.errors import LogStoreError
-from logstore.log_manager import ManagerSettings
+
+if TYPE_CHECKING:
+    from logstore.log_manager import ManagerSettings
+
+#: command -> "module:attribute", imported only when that command runs (or --help lists
+#: them): a client command does not load the broker's storage code, numpy among it, nor
+#: the other commands
+LAZY_COMMANDS = {
+    "acls": "logstore.cli.acls:acls",
+    "bench": "logstore.cli.bench:bench",
+    "consume": "logstore.cli.consume:consume",
+    "dlq": "logstore.cli.dlq:dlq",
+    "dump-log": "logstore.cli.dump_log:dump_log",
+    "groups": "logstore.cli.groups:groups",
+    "produce": "logstore.cli.produce:produce",
+    "topics": "logstore.cli.topics:topics",
+}
 
 
-@click.group(cls=LogStoreGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=LogStoreGroup,
+    lazy_commands=LAZY_COMMANDS,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.version_option(__version__, prog_name="logstore")
 @click.option(
     "--debug",
@@ -64,6 +77,8 @@ def _load_config_file(path: str | None) -> dict[str, Any]:
 
 def _manager_settings(table: dict[str, Any]) -> ManagerSettings:
     """[log-manager] table: retention_check_interval_ms, flush_check_interval_ms, ..."""
+    from logstore.log_manager import ManagerSettings
+
     known = {f.name for f in dataclasses.fields(ManagerSettings)} - {"background_threads"}
     unknown = set(table) - known
     if unknown:
@@ -150,11 +165,6 @@ def serve(
     except (LogStoreError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
     sys.exit(code)
-
-
-for _command in (topics, produce, consume, groups, dump_log, bench, acls):
-    cli.add_command(_command)
-cli.add_command(dlq)
 
 
 def main() -> None:

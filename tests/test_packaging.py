@@ -57,8 +57,17 @@ def test_the_storage_and_coordination_core_imports_no_grpc() -> None:
 
 def test_the_clients_do_not_load_numpy() -> None:
     """numpy serves the brokers' mmap indexes only. Loading it costs an application that
-    just produces or consumes tens of ms at import and starts BLAS threads that spin."""
-    clients = ["logstore.client.producer", "logstore.client.consumer", "logstore.client.admin"]
+    just produces or consumes tens of ms at import and starts BLAS threads that spin. The
+    CLI loads a command's module only when that command runs."""
+    clients = [
+        "logstore.client.producer",
+        "logstore.client.consumer",
+        "logstore.client.admin",
+        "logstore.cli.main",
+        "logstore.cli.produce",
+        "logstore.cli.consume",
+        "logstore.cli.topics",
+    ]
     code = (
         "import sys\n"
         f"for name in {clients!r}: __import__(name)\n"
