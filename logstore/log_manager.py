@@ -391,7 +391,13 @@ class LogManager:
         with anything to clean if `force`); return the segments rewritten."""
         rewritten = 0
         for part in self.all_partitions():
-            result = log_cleaner.clean(part, self._clock.now_ms(), force, self._stop.is_set)
+            try:
+                result = log_cleaner.clean(part, self._clock.now_ms(), force, self._stop.is_set)
+            except (LogClosedError, log_cleaner.CleanerStopped):
+                raise
+            except Exception:  # one bad partition must not hold up the others
+                log.exception("%s: compaction failed; skipping it this pass", part.name)
+                continue
             rewritten += result.segments_rewritten if result is not None else 0
         return rewritten
 

@@ -170,10 +170,14 @@ class OffsetStore:
             data = part.read(offset, 4 * 1024 * 1024).data
             if not data:
                 break
+            start = offset
             for record in rb.decode_all(data):
-                if record.offset >= offset:
+                if record.offset >= start:
                     self._apply(record.key, record.value)
-                    offset = record.offset + 1
+            span = rb.batch_span(data)
+            if span is None:
+                break
+            offset = max(offset, span[1])  # past emptied/sparse batches too
 
     def _apply(self, key: bytes | None, value: bytes | None) -> None:
         if key is None:

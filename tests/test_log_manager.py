@@ -1270,3 +1270,27 @@ def test_a_topic_that_fails_halfway_leaves_nothing_behind(tmp_path: Path) -> Non
     assert not [p for p in (tmp_path / "data").iterdir() if p.name.startswith("wide")]
     manager.create_topic("wide", 2)  # the descriptors came back: it works now
     manager.close()
+
+
+def test_one_partition_the_cleaner_cannot_read_does_not_stop_the_others(data_dir: Path) -> None:
+    """A delete-policy topic stores batches without decoding them, so one whose records
+    are garbage behind a valid CRC can be there when the topic becomes compacted: its
+    failure is logged, and the other compacted partitions are still cleaned."""
+    mgr = LogManager(data_dir, settings=NO_THREADS)
+    try:
+        mgr.create_topic("legacy", 1, {})
+        good = rb.read_header(rb.encode_batch([(b"k", b"v", (), TS)], codec=fmt.CODEC_ZSTD))
+        fields = (good.attributes, 0, TS, TS, -1, -1, -1, 1)
+        legacy = mgr.partition("legacy", 0)
+        legacy.append(rb._assemble(0, 0, fields, b"not zstd at all"))
+        legacy.roll()
+        legacy.append(rb.encode_batch([(b"k", b"v2", (), TS)]))
+        mgr.alter_config("legacy", {"cleanup.policy": "compact"})
+        mgr.create_topic("table", 1, {"cleanup.policy": "compact"})
+        table = mgr.partition("table", 0)
+        for i in range(3):
+            table.append(rb.encode_batch([(b"k", b"%d" % i, (), TS)]))
+            table.roll()
+        assert mgr.run_cleaner(force=True) == 2  # table's first two segments
+    finally:
+        mgr.close()

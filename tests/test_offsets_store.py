@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,8 @@ from logstore.offsets_store import (
 )
 
 NO_THREADS = ManagerSettings(background_threads=False)
+#: a replay of a few records takes milliseconds; this bounds one that never ends (s)
+REPLAY_TIMEOUT_S = 20.0
 
 
 def _open(data: Path, **kw: int) -> tuple[LogManager, OffsetStore]:
@@ -138,3 +141,30 @@ def test_rewrite_splits_large_live_state_into_batches_that_fit(tmp_path: Path) -
     assert store.fetch("group-0")[("t", 0)].offset == 5
     assert store.fetch("group-1099")[("t", 0)].metadata == "m" * 1000
     manager.close()
+
+
+def test_the_table_replays_from_a_compacted_log(tmp_path: Path) -> None:
+    """The log cleaner compacts this topic too: a replay must step over batches it emptied
+    (it used to loop on one for ever) and still end with the latest commit of each key."""
+    manager, store = _open(tmp_path)
+    part = manager.topic(OFFSETS_TOPIC).partitions[0]
+    for offset in (1, 2, 3):
+        store.commit("g", {("orders", 0): (offset, "")})
+        store.commit("h", {("orders", 0): (10 * offset, "")})
+        part.roll()
+    store.delete_group("h")
+    part.roll()
+    assert manager.run_cleaner(force=True) >= 1
+    batches = [h for s in part.segments() for _, h in s.iter_headers(0)]
+    assert any(h.record_count == 0 for h in batches)
+    manager.close()
+
+    opened: list[tuple[LogManager, OffsetStore]] = []
+    replay = threading.Thread(target=lambda: opened.append(_open(tmp_path)), daemon=True)
+    replay.start()
+    replay.join(timeout=REPLAY_TIMEOUT_S)
+    assert opened, "the replay did not finish"
+    manager2, store2 = opened[0]
+    assert {tp: c.offset for tp, c in store2.fetch("g").items()} == {("orders", 0): 3}
+    assert store2.groups() == ["g"]
+    manager2.close()
