@@ -228,6 +228,9 @@ def reload_security(broker: Broker) -> bool:
     except LogStoreError as exc:
         log.error("reload refused, still serving the previous credentials: %s", exc)
         return False
+    except Exception:  # raised from a signal handler it would end the broker uncleanly
+        log.exception("reload refused, still serving the previous credentials")
+        return False
     log.info("reloaded %s", what)
     return True
 

@@ -92,7 +92,7 @@ def load_tokens(path: Path) -> dict[bytes, str]:
     try:
         with open(path, "rb") as f:
             document = tomllib.load(f)
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise SecurityConfigError(f"cannot read auth tokens file {path}: {exc}") from exc
     table = document.get("tokens")
     if not isinstance(table, dict) or not table:
@@ -486,9 +486,13 @@ class SecurityInterceptor(grpc.ServerInterceptor):
         return response
 
     def _checked(
-        self, principal: str, name: str, requests: Iterator[Any], context: Any
+        self,
+        principal: str,
+        name: str,
+        requests: Iterator[Any],
+        context: Any,
+        generation: int,
     ) -> Iterator[Any]:
-        generation = self._token_generation
         for request in requests:
             if generation != self._token_generation:
                 generation = self._token_generation
@@ -507,16 +511,22 @@ class SecurityInterceptor(grpc.ServerInterceptor):
             inner_ss = handler.stream_stream
 
             def stream_stream(requests: Iterator[Any], context: Any) -> Any:
+                generation = self._token_generation  # before authenticating
                 principal = self.principal(context)
-                return inner_ss(self._checked(principal, name, requests, context), context)
+                return inner_ss(
+                    self._checked(principal, name, requests, context, generation), context
+                )
 
             return grpc.stream_stream_rpc_method_handler(stream_stream, **serializers)
         if handler.request_streaming:
             inner_su = handler.stream_unary
 
             def stream_unary(requests: Iterator[Any], context: Any) -> Any:
+                generation = self._token_generation  # before authenticating
                 principal = self.principal(context)
-                response = inner_su(self._checked(principal, name, requests, context), context)
+                response = inner_su(
+                    self._checked(principal, name, requests, context, generation), context
+                )
                 return self._trim(principal, name, response)
 
             return grpc.stream_unary_rpc_method_handler(stream_unary, **serializers)

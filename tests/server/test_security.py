@@ -7,6 +7,7 @@ topic and group names.
 
 from __future__ import annotations
 
+import queue
 import shutil
 import signal
 import subprocess
@@ -19,6 +20,7 @@ import grpc
 import pytest
 
 from logstore import Admin, Consumer, Producer
+from logstore import record_batch as rb
 from logstore.acls import (
     AclBinding,
     AclFilter,
@@ -519,6 +521,30 @@ def test_sighup_rereads_the_token_file(tmp_path: Path) -> None:
             with pytest.raises(AuthenticationError, match="unknown token"):
                 carol.send("rotation", b"after").result(timeout=10)
 
+        # a stream opened before a revocation, whose first message comes after it
+        write_tokens(tokens, {ALICE: "User:alice", "carol-s3cret": "User:carol"})
+        reload_and_wait(broker, "reloaded 2 tokens")
+        with grpc.insecure_channel(broker.address) as channel:
+            outbox: queue.SimpleQueue[pb.ProduceRequest | None] = queue.SimpleQueue()
+            call = pb_grpc.LogStoreStub(channel).ProduceStream(
+                iter(outbox.get, None),
+                metadata=[("authorization", "Bearer carol-s3cret")],
+                timeout=CALL_TIMEOUT_MS / 1000,
+            )
+            time.sleep(0.5)  # the broker has taken the call and authenticated it by now
+            write_tokens(tokens, {ALICE: "User:alice"})
+            reload_and_wait(broker, "reloaded 1 tokens")
+            batch = rb.encode_batch([(None, b"late", (), 0)])
+            partition = pb.ProducePartitionData(partition=0, records=batch)
+            topic = pb.ProduceTopicData(topic="rotation", partitions=[partition])
+            outbox.put(pb.ProduceRequest(acks=1, topics=[topic], correlation_id=1))
+            with pytest.raises(grpc.RpcError) as refused:
+                next(call)
+            outbox.put(None)
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+        tokens.write_bytes(b'[tokens]\n# Zo\xeb\n"x" = "User:x"\n')  # not UTF-8: refused
+        reload_and_wait(broker, "reload refused, still serving the previous credentials")
         tokens.write_text("[tokens\n")  # broken: the reload is refused, nothing changes
         reload_and_wait(broker, "reload refused, still serving the previous credentials")
         with admin(broker.address, ALICE) as alice:
