@@ -118,6 +118,7 @@ def clean(
     finally:
         shutil.rmtree(work, ignore_errors=True)
     log_.cleaner_checkpoint = segments[-1].next_offset
+    log_.compacted_records += removed
     result = CleanResult(rewritten, removed, total, after)
     if rewritten:
         log.info(

@@ -141,6 +141,8 @@ class PartitionLog:
         #: compaction has cleaned the log below this offset (in memory only: after a
         #: restart the first pass cleans everything again, which is correct, only slower)
         self.cleaner_checkpoint = 0
+        #: records compaction removed since the log was opened
+        self.compacted_records = 0
         self.recovery_report = self._load(clean_shutdown)
 
     # --- opening -----------------------------------------------------------------------------

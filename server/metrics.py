@@ -5,8 +5,9 @@ brokers can live in one process, as the tests do):
 
 - `LogStoreCollector` reads the log manager, offset store and coordinator at scrape time:
   per-partition offsets and sizes, consumer-group lag, members and state, rebalances,
-  retention deletions, what recovery repaired at start, and the depth of dead letter
-  queues and retry topics (named as `logstore.patterns` names them). Nothing is counted on the
+  retention deletions, records removed by compaction, what recovery repaired at start,
+  and the depth of dead letter queues and retry topics (named as `logstore.patterns`
+  names them). Nothing is counted on the
   append path, so these cost nothing between scrapes.
 - `MetricsInterceptor`, a gRPC server interceptor, counts every RPC by method and final
   status code and times it. A streaming RPC (ProduceStream, reflection, health Watch)
@@ -165,6 +166,11 @@ class LogStoreCollector(Collector):
             "Segments deleted by retention.ms or retention.bytes since the broker started",
             labels=labels,
         )
+        compacted = CounterMetricFamily(
+            "logstore_partition_compacted_records",
+            "Records removed by compaction (cleanup.policy=compact) since the broker started",
+            labels=labels,
+        )
         for topic, index, part in self._partitions():
             values = [topic, str(index)]
             try:
@@ -173,10 +179,11 @@ class LogStoreCollector(Collector):
                 size.add_metric(values, part.size_bytes)
                 segments.add_metric(values, part.segment_count)
                 retention.add_metric(values, part.retention_deleted_segments)
+                compacted.add_metric(values, part.compacted_records)
             except (LogStoreError, OSError) as exc:
                 # A partition being deleted mid-scrape: skip it rather than fail the scrape.
                 log.debug("metrics: skipping %s: %s", part.name, exc)
-        yield from (start, end, size, segments, retention)
+        yield from (start, end, size, segments, retention, compacted)
 
     def _partitions(self) -> Iterator[tuple[str, int, Any]]:
         for name in self._manager.topic_names():
