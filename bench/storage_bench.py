@@ -15,6 +15,8 @@ bench/README.md for the details and the reasoning behind each baseline):
 3. decode   decode_all(read(...).data) of a partition of 1,000-record batches (records/s)
 4. read     read(random offset, 1 MiB) on a small and a large partition (mean time/read)
 5. recovery reopening an unclean segment vs sequential read + CRC-32C of the same file
+6. compaction a forced pass over a compacted partition (keyed records, many versions of
+             each key) vs reading and decoding every record of the same segments once
 
 Units: sizes are MiB (2**20 bytes); bandwidth is MB/s (10**6 bytes per second).
 Progress goes to stderr, the results table to stdout.
@@ -57,7 +59,7 @@ FETCH_BYTES = MIB
 #: chunk size of the plain sequential read baseline (the same as segment recovery uses)
 SCAN_CHUNK = 8 * MIB
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-BENCHMARKS = ("append", "encode", "decode", "read", "recovery")
+BENCHMARKS = ("append", "encode", "decode", "read", "recovery", "compaction")
 
 Profiler = cProfile.Profile | None
 
@@ -78,6 +80,7 @@ class Plan:
     large_segment_mib: int = 128
     reads: int = 500
     recovery_mib: int = 256
+    compaction_mib: int = 64
     fsync_variants: bool = True
 
 
@@ -90,6 +93,7 @@ QUICK_PLAN = Plan(
     large_segment_mib=32,
     reads=200,
     recovery_mib=64,
+    compaction_mib=8,
 )
 
 
@@ -713,6 +717,80 @@ def bench_recovery(workdir: Path, plan: Plan, report: Report, profile: str) -> N
     shutil.rmtree(directory)
 
 
+#: distinct keys in the compaction benchmark: each is written many times over
+COMPACTION_KEYS = 10_000
+
+
+def bench_compaction(workdir: Path, plan: Plan, report: Report, profile: str) -> None:
+    from logstore import log_cleaner
+
+    timestamp = now_ms()
+    values = value_pool(6)
+    cfg = replace(config(8), cleanup_policy="compact")
+    pristine = workdir / "compaction-pristine"
+    progress(f"compaction: writing {plan.compaction_mib} MiB of keyed 1,000-record batches")
+    plog = PartitionLog(pristine, cfg, clean_shutdown=True)
+    written = 0
+    while written < plan.compaction_mib * MIB:
+        start = plog.log_end_offset
+        keys = [b"key-%06d" % ((start + i) % COMPACTION_KEYS) for i in range(RECORDS_PER_BATCH)]
+        records = [(k, values[i % len(values)], (), timestamp) for i, k in enumerate(keys)]
+        batch = rb.encode_batch(records)
+        plog.append(batch)
+        written += len(batch)
+    plog.roll()
+    records = plog.log_end_offset
+    size = plog.size_bytes
+    plog.close()
+    directory = workdir / "compaction"
+
+    def clean_once(profiler: Profiler = None) -> float:
+        shutil.rmtree(directory, ignore_errors=True)
+        shutil.copytree(pristine, directory)
+        part = PartitionLog(directory, cfg, clean_shutdown=True)
+        for path in log_files(directory):
+            read_file_with_crc(path)  # warm, as the baseline's files are
+        with Stopwatch(profiler) as sw:
+            result = log_cleaner.clean(part, timestamp, force=True)
+        assert result is not None and result.records_removed > 0, result
+        part.close()
+        return sw.elapsed
+
+    def baseline_once() -> float:
+        with Stopwatch() as sw:
+            decoded = sum(len(rb.decode_all(path.read_bytes())) for path in log_files(pristine))
+        assert decoded == records, (decoded, records)
+        return sw.elapsed
+
+    ours: list[float] = []
+    base: list[float] = []
+    for i in range(plan.repeat):
+        base.append(baseline_once())
+        ours.append(clean_once())
+        progress(
+            f"compaction: rep {i + 1}: pass {fmt_rate(records / ours[-1])}, "
+            f"read+decode {fmt_rate(records / base[-1])}"
+        )
+    rows = [
+        Row(
+            f"6. compaction pass over {size / MIB:.0f} MiB ({records:,} records, "
+            f"{COMPACTION_KEYS:,} keys)",
+            f"{fmt_rate(records / min(ours))} ({fmt_bw(size / min(ours))})",
+            f"{fmt_rate(records / min(base))} (read + decode once)",
+            paired_ratio(base, ours),
+            "info",
+            None,
+        )
+    ]
+    report.rows.extend(rows)
+    if profile == "all":
+        profiler = cProfile.Profile()
+        clean_once(profiler=profiler)
+        report.profiles.append(("6. compaction", profile_text(profiler)))
+    shutil.rmtree(directory, ignore_errors=True)
+    shutil.rmtree(pristine)
+
+
 # --- driver ------------------------------------------------------------------------------
 
 RUNNERS: dict[str, Callable[[Path, Plan, Report, str], None]] = {
@@ -721,6 +799,7 @@ RUNNERS: dict[str, Callable[[Path, Plan, Report, str], None]] = {
     "decode": bench_decode,
     "read": bench_read,
     "recovery": bench_recovery,
+    "compaction": bench_compaction,
 }
 
 
@@ -790,6 +869,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--segment-mb", type=int, help="segment.bytes in MiB for (4.)")
     parser.add_argument("--reads", type=int, help="random reads per repetition (4.)")
     parser.add_argument("--recovery-mb", type=int, help="segment size in MiB to recover (5.)")
+    parser.add_argument("--compaction-mb", type=int, help="MiB of keyed records compacted (6.)")
     parser.add_argument("--no-fsync", action="store_true", help="skip the fsync variants (1b.)")
     parser.add_argument(
         "--profile",
@@ -812,11 +892,19 @@ def make_plan(args: argparse.Namespace) -> Plan:
         "large_segment_mib": args.segment_mb,
         "reads": args.reads,
         "recovery_mib": args.recovery_mb,
+        "compaction_mib": args.compaction_mb,
     }
     plan = replace(plan, **{k: v for k, v in overrides.items() if v is not None})
     if args.no_fsync:
         plan = replace(plan, fsync_variants=False)
-    for name in ("repeat", "append_mib", "encode_batches", "decode_batches", "reads"):
+    for name in (
+        "repeat",
+        "append_mib",
+        "encode_batches",
+        "decode_batches",
+        "reads",
+        "compaction_mib",
+    ):
         if getattr(plan, name) < 1:
             raise SystemExit(f"--{name.replace('_mib', '-mb').replace('_', '-')} must be >= 1")
     if not 1 <= plan.recovery_mib <= 2000:
