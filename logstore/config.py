@@ -57,6 +57,7 @@ KAFKA_NAMES: Final[Mapping[str, str]] = MappingProxyType(
         "file.delete.delay.ms": "file_delete_delay_ms",
         "delete.retention.ms": "delete_retention_ms",
         "min.compaction.lag.ms": "min_compaction_lag_ms",
+        "min.cleanable.dirty.ratio": "min_cleanable_dirty_ratio",
     }
 )
 #: `LogConfig` field name -> Kafka's dotted configuration name
@@ -86,6 +87,13 @@ INT_RANGES: Final[Mapping[str, tuple[int, int]]] = MappingProxyType(
         "min_compaction_lag_ms": (0, INT64_MAX),
     }
 )
+
+#: inclusive (min, max) of every fractional field
+FLOAT_RANGES: Final[Mapping[str, tuple[float, float]]] = MappingProxyType(
+    {"min_cleanable_dirty_ratio": (0.0, 1.0)}
+)
+#: a plain decimal fraction such as "0.5", ".25" or "1"; no exponent, "nan" or "inf"
+_DECIMAL_RE: Final = re.compile(r"[+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
 
 #: a signed decimal; `int()` alone would also take "1_000" and non-ASCII digits
 _INTEGER_RE: Final = re.compile(r"[+-]?[0-9]+")
@@ -131,10 +139,15 @@ class LogConfig:
     delete_retention_ms: int = 86_400_000
     #: compaction leaves a segment alone until its newest record is this old (ms)
     min_compaction_lag_ms: int = 0
+    #: compaction runs once the segments written since its last pass are this share of
+    #: the sealed bytes (0..1)
+    min_cleanable_dirty_ratio: float = 0.5
 
     def __post_init__(self) -> None:
         for field_name in INT_RANGES:
             _check_int(field_name, getattr(self, field_name))
+        for field_name in FLOAT_RANGES:
+            _check_float(field_name, getattr(self, field_name))
         # frozen: canonicalise through object.__setattr__, as dataclasses document
         object.__setattr__(self, "cleanup_policy", _parse_cleanup_policy(self.cleanup_policy))
         _check_timestamp_type(self.message_timestamp_type)
@@ -202,10 +215,12 @@ def _suggest(key: object) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _parse_value(key: str, value: object) -> int | str:
+def _parse_value(key: str, value: object) -> int | float | str:
     field = KAFKA_NAMES[key]
     if field in INT_RANGES:
         return _parse_int(field, value)
+    if field in FLOAT_RANGES:
+        return _parse_float(field, value)
     if not isinstance(value, str):
         raise InvalidConfigError(f"invalid value {value!r} for {key}: expected a string")
     return value.strip()
@@ -250,6 +265,29 @@ def _cleanup_policy_error(value: object) -> InvalidConfigError:
     return InvalidConfigError(
         f"invalid value {_show(value)} for cleanup.policy: expected 'delete', 'compact' "
         f"or both comma-separated ('compact,delete')"
+    )
+
+
+def _parse_float(field: str, value: object) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    text = value.strip() if isinstance(value, str) else None
+    if text is None or len(text) > _MAX_INTEGER_DIGITS or not _DECIMAL_RE.fullmatch(text):
+        raise _float_error(field, value)
+    return float(text)
+
+
+def _check_float(field: str, value: object) -> None:
+    low, high = FLOAT_RANGES[field]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise _float_error(field, value)
+
+
+def _float_error(field: str, value: object) -> InvalidConfigError:
+    low, high = FLOAT_RANGES[field]
+    return InvalidConfigError(
+        f"invalid value {_show(value)} for {FIELD_TO_KAFKA_NAME[field]}: "
+        f"expected a decimal number in {low}..{high}"
     )
 
 

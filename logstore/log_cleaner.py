@@ -10,8 +10,8 @@ see the delete, and is then removed too.
 How a pass works (`clean`):
 1. Segments are cleanable once sealed and their newest record is `min.compaction.lag.ms`
    old. The ones after the last pass's end (`PartitionLog.cleaner_checkpoint`) are dirty;
-   a pass runs when they are at least `DIRTY_RATIO` of the cleanable bytes, as Kafka's
-   default `min.cleanable.dirty.ratio`, so a big log is not rewritten for every roll.
+   a pass runs when they are at least `min.cleanable.dirty.ratio` (0.5 by default, as in
+   Kafka) of the cleanable bytes, so a big log is not rewritten for every roll.
 2. Latest offset of every key in the dirty segments (one decoding pass).
 3. Each cleanable segment is copied batch by batch into a new segment, each batch holding
    only the records it keeps (`record_batch.rewrite_batch`): base offset, last offset
@@ -43,8 +43,6 @@ from logstore.segment import LogSegment
 
 log = logging.getLogger(__name__)
 
-#: Kafka's default min.cleanable.dirty.ratio: dirty bytes / cleanable bytes to run a pass
-DIRTY_RATIO: Final = 0.5
 #: where a pass builds its new segments, inside the partition directory (a leftover from
 #: a crash is removed when the log is opened)
 WORK_DIR_NAME: Final = "cleaner" + fmt.CLEANED_SUFFIX
@@ -95,7 +93,7 @@ def clean(
     if not dirty:
         return None
     total = sum(s.size for s in segments)
-    if not force and sum(s.size for s in dirty) < DIRTY_RATIO * total:
+    if not force and sum(s.size for s in dirty) < log_.config.min_cleanable_dirty_ratio * total:
         return None
     latest = latest_offsets(dirty, stop)
     horizon = now_ms - log_.config.delete_retention_ms

@@ -37,6 +37,7 @@ KAFKA_DEFAULTS = {
     "file.delete.delay.ms": "60000",
     "delete.retention.ms": "86400000",
     "min.compaction.lag.ms": "0",
+    "min.cleanable.dirty.ratio": "0.5",
 }
 
 
@@ -376,3 +377,21 @@ def test_partition_count_limit_is_configurable() -> None:
 def test_partition_count_must_be_an_int(n: object) -> None:
     with pytest.raises(InvalidPartitionsError):
         validate_partition_count(n)  # type: ignore[arg-type]
+
+
+# --- fractions ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("raw", "parsed"), [("0.5", 0.5), (" .25 ", 0.25), ("1", 1.0), (0, 0.0)])
+def test_dirty_ratio_takes_a_decimal_fraction(raw: object, parsed: float) -> None:
+    config = LogConfig.from_properties({"min.cleanable.dirty.ratio": raw})  # type: ignore[dict-item]
+    assert config.min_cleanable_dirty_ratio == parsed
+    assert LogConfig.from_properties(config.to_properties()) == config
+
+
+@pytest.mark.parametrize("raw", ["1.01", "-0.1", "nan", "inf", "1e-3", "abc", "", "0,5"])
+def test_dirty_ratio_outside_0_to_1_or_not_a_decimal_is_rejected(raw: str) -> None:
+    with pytest.raises(InvalidConfigError, match=r"decimal number in 0\.0\.\.1\.0"):
+        LogConfig.from_properties({"min.cleanable.dirty.ratio": raw})
+    with pytest.raises(InvalidConfigError):
+        LogConfig(min_cleanable_dirty_ratio=float("nan"))

@@ -280,3 +280,17 @@ def test_a_segment_deleted_during_the_pass_is_not_swapped_back(directory: Path) 
     assert log.log_start_offset == first.next_offset
     copy.close_quietly()
     log.close()
+
+
+def test_the_dirty_ratio_decides_when_a_pass_runs(directory: Path) -> None:
+    """min.cleanable.dirty.ratio: at 0 every new sealed segment is enough for a pass; at 1
+    only a log with nothing cleaned yet is."""
+    log = PartitionLog(directory, compact_config(min_cleanable_dirty_ratio=1.0))
+    fill(log, [[(b"k%d" % (i % 5), b"x" * 50)] for i in range(100)])
+    assert log_cleaner.clean(log, T0) is not None  # all dirty: ratio 1 is met
+    fill(log, [[(b"k%d" % (i % 5), b"y" * 50)] for i in range(30)])
+    assert log_cleaner.clean(log, T0) is None  # some clean bytes now: 1 is out of reach
+    log.config = compact_config(min_cleanable_dirty_ratio=0.0)
+    result = log_cleaner.clean(log, T0)
+    assert result is not None and result.records_removed > 0
+    log.close()
