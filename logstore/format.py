@@ -142,6 +142,8 @@ OFFSET_NAME_DIGITS: Final = 20
 CLEAN_SHUTDOWN_FILE: Final = ".logstore_cleanshutdown"
 #: Kafka's text checkpoint format: version line, count line, "topic partition offset" lines
 RECOVERY_POINT_CHECKPOINT_FILE: Final = "recovery-point-offset-checkpoint"
+#: where compaction has cleaned each compacted partition up to (Kafka's file and format)
+CLEANER_OFFSET_CHECKPOINT_FILE: Final = "cleaner-offset-checkpoint"
 LOG_START_OFFSET_CHECKPOINT_FILE: Final = "log-start-offset-checkpoint"
 #: per-topic configuration, JSON, in the data directory's topic metadata folder
 TOPIC_METADATA_DIR: Final = "__topics"

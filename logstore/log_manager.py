@@ -140,7 +140,12 @@ class LogManager:
                 shutil.rmtree(path, ignore_errors=True)
 
     def _read_recovery_points(self) -> dict[tuple[str, int], int]:
-        path = self.data_dir / fmt.RECOVERY_POINT_CHECKPOINT_FILE
+        return self._read_checkpoint(fmt.RECOVERY_POINT_CHECKPOINT_FILE, "recovering every segment")
+
+    def _read_checkpoint(self, name: str, fallback: str) -> dict[tuple[str, int], int]:
+        """(topic, partition) -> offset from a file in Kafka's checkpoint text format; empty
+        (with a warning naming `fallback`, what that means) when it is malformed."""
+        path = self.data_dir / name
         try:
             data = path.read_bytes()
         except FileNotFoundError:
@@ -154,7 +159,7 @@ class LogManager:
                 topic, partition, offset = line.split()
                 points[(topic, int(partition))] = int(offset)
         except (ValueError, IndexError):
-            log.warning("%s is malformed; recovering every segment", path)
+            log.warning("%s is malformed; %s", path, fallback)
             return {}
         return points
 
@@ -172,6 +177,7 @@ class LogManager:
                     self._open_partition(name, p, config, recovery_points.get((name, p), 0))
                 )
             self._topics[name] = topic
+        self._apply_cleaner_checkpoints()
         for path in self.data_dir.iterdir():
             if path.is_dir() and parse_partition_dir(path.name) and path.name not in known_dirs:
                 log.warning("ignoring %s: no topic metadata names it", path.name)
@@ -260,6 +266,8 @@ class LogManager:
             fsync_directory(self.metadata_dir)
             for part in topic.partitions:
                 self._delete_partition(part)
+            if any(p.cleaner_checkpoint > 0 for p in topic.partitions):
+                self.checkpoint_cleaner_offsets()  # a new topic of that name starts unclean
         log.info("deleted topic %s", name)
 
     def _delete_partition(self, part: PartitionLog) -> None:
@@ -381,15 +389,48 @@ class LogManager:
                 for t in self._topics.values()
                 for i, p in enumerate(t.partitions)
             ]
+        self._write_checkpoint(fmt.RECOVERY_POINT_CHECKPOINT_FILE, entries)
+
+    def checkpoint_cleaner_offsets(self) -> None:
+        """Write where compaction has cleaned each partition up to, so that a restart does
+        not make the first pass read every compacted log again."""
+        with self._lock:
+            entries = [
+                (t.name, i, p.cleaner_checkpoint)
+                for t in self._topics.values()
+                for i, p in enumerate(t.partitions)
+                if p.cleaner_checkpoint > 0
+            ]
+        self._write_checkpoint(fmt.CLEANER_OFFSET_CHECKPOINT_FILE, entries)
+
+    def _write_checkpoint(self, name: str, entries: list[tuple[str, int, int]]) -> None:
         lines = ["0", str(len(entries))] + [f"{t} {p} {o}" for t, p, o in entries]
-        write_file_atomically(
-            self.data_dir / fmt.RECOVERY_POINT_CHECKPOINT_FILE, ("\n".join(lines) + "\n").encode()
+        write_file_atomically(self.data_dir / name, ("\n".join(lines) + "\n").encode())
+
+    def _apply_cleaner_checkpoints(self) -> None:
+        """A checkpoint past the log end (the tail was cut in recovery) is taken back to it;
+        one of a topic that no longer exists is dropped from the file at once, so a new
+        topic of that name never inherits it."""
+        points = self._read_checkpoint(
+            fmt.CLEANER_OFFSET_CHECKPOINT_FILE, "compacting every log from its start"
         )
+        stale = False
+        for (name, number), offset in points.items():
+            topic = self._topics.get(name)
+            if topic is None or number >= len(topic.partitions):
+                stale = True
+                continue
+            part = topic.partitions[number]
+            part.cleaner_checkpoint = min(max(offset, 0), part.log_end_offset)
+        if stale:
+            self.checkpoint_cleaner_offsets()
 
     def run_cleaner(self, force: bool = False) -> int:
         """One compaction pass over every compacted partition that is dirty enough (all
-        with anything to clean if `force`); return the segments rewritten."""
+        with anything to clean if `force`); return the segments rewritten. Checkpoints
+        where each pass ended."""
         rewritten = 0
+        passes = 0
         for part in self.all_partitions():
             try:
                 result = log_cleaner.clean(part, self._clock.now_ms(), force, self._stop.is_set)
@@ -398,7 +439,11 @@ class LogManager:
             except Exception:  # one bad partition must not hold up the others
                 log.exception("%s: compaction failed; skipping it this pass", part.name)
                 continue
-            rewritten += result.segments_rewritten if result is not None else 0
+            if result is not None:
+                rewritten += result.segments_rewritten
+                passes += 1
+        if passes:
+            self.checkpoint_cleaner_offsets()
         return rewritten
 
     def _cleaner_loop(self) -> None:
@@ -448,6 +493,7 @@ class LogManager:
         for part in self.all_partitions():
             part.close()
         self.checkpoint_recovery_points()
+        self.checkpoint_cleaner_offsets()
         marker = self.data_dir / fmt.CLEAN_SHUTDOWN_FILE
         write_file_atomically(marker, b"")
         log.info("log manager closed cleanly")

@@ -138,8 +138,8 @@ class PartitionLog:
         self.on_append: Callable[[], None] | None = None
         #: segments removed by retention.ms / retention.bytes since the log was opened
         self.retention_deleted_segments = 0
-        #: compaction has cleaned the log below this offset (in memory only: after a
-        #: restart the first pass cleans everything again, which is correct, only slower)
+        #: compaction has cleaned the log below this offset (the log manager keeps it in
+        #: cleaner-offset-checkpoint across restarts)
         self.cleaner_checkpoint = 0
         #: records compaction removed since the log was opened
         self.compacted_records = 0

@@ -1294,3 +1294,53 @@ def test_one_partition_the_cleaner_cannot_read_does_not_stop_the_others(data_dir
         assert mgr.run_cleaner(force=True) == 2  # table's first two segments
     finally:
         mgr.close()
+
+
+def _compacted_and_cleaned(mgr: LogManager, name: str) -> PartitionLog:
+    mgr.create_topic(name, 1, {"cleanup.policy": "compact", "segment.bytes": 1024})
+    part = mgr.partition(name, 0)
+    for i in range(60):
+        part.append(rb.encode_batch([(b"k%d" % (i % 3), b"v" * 40, (), TS)]))
+    assert mgr.run_cleaner(force=True) > 0
+    return part
+
+
+def test_the_cleaner_checkpoint_survives_a_restart(data_dir: Path) -> None:
+    mgr = LogManager(data_dir, settings=NO_THREADS)
+    part = _compacted_and_cleaned(mgr, "state")
+    checkpoint = part.cleaner_checkpoint
+    assert checkpoint > 0
+    lines = (data_dir / fmt.CLEANER_OFFSET_CHECKPOINT_FILE).read_text().splitlines()
+    assert lines == ["0", "1", f"state 0 {checkpoint}"]  # Kafka's format
+    mgr.close()
+
+    mgr = LogManager(data_dir, settings=NO_THREADS)
+    try:
+        reopened = mgr.partition("state", 0)
+        assert reopened.cleaner_checkpoint == checkpoint
+        assert mgr.run_cleaner() == 0  # nothing new to clean: no pass re-reads the log
+    finally:
+        mgr.close()
+
+
+def test_cleaner_checkpoints_of_gone_topics_are_dropped_and_late_ones_clamped(
+    data_dir: Path,
+) -> None:
+    mgr = LogManager(data_dir, settings=NO_THREADS)
+    part = _compacted_and_cleaned(mgr, "state")
+    end = part.log_end_offset
+    mgr.close()
+    (data_dir / fmt.CLEANER_OFFSET_CHECKPOINT_FILE).write_text(
+        f"0\n2\nstate 0 {end + 100}\ngone 0 5\n"
+    )
+    mgr = LogManager(data_dir, settings=NO_THREADS)
+    try:
+        assert mgr.partition("state", 0).cleaner_checkpoint == end
+        lines = (data_dir / fmt.CLEANER_OFFSET_CHECKPOINT_FILE).read_text().splitlines()
+        assert lines == ["0", "1", f"state 0 {end}"]
+        mgr.delete_topic("state")
+        mgr.create_topic("state", 1, {"cleanup.policy": "compact"})
+        assert mgr.partition("state", 0).cleaner_checkpoint == 0
+        assert (data_dir / fmt.CLEANER_OFFSET_CHECKPOINT_FILE).read_text() == "0\n0\n"
+    finally:
+        mgr.close()
