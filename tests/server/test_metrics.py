@@ -325,6 +325,11 @@ def test_a_cancelled_stream_is_counted_once(broker: Broker, stub: pb_grpc.LogSto
     assert value(samples, "logstore_rpc_request_duration_seconds_count", **duration) == 1
 
 
+def counter(broker: Broker, name: str, labels: dict[str, str]) -> float:
+    """A counter's value now; 0 while it has no sample yet."""
+    return value(scrape(broker), name, **labels) or 0.0
+
+
 def test_retention_deletions_are_counted(tmp_path: Path) -> None:
     fast = ManagerSettings(retention_check_interval_ms=50, flush_check_interval_ms=10)
     broker = _start(tmp_path / "data", fast)
@@ -344,10 +349,7 @@ def test_retention_deletions_are_counted(tmp_path: Path) -> None:
         labels = {"topic": "r", "partition": "0"}
 
         def deleted() -> float:
-            found = value(
-                scrape(broker), "logstore_partition_retention_deleted_segments_total", **labels
-            )
-            return found or 0.0
+            return counter(broker, "logstore_partition_retention_deleted_segments_total", labels)
 
         eventually(lambda: deleted() >= 3)
         samples = scrape(broker)
@@ -374,8 +376,7 @@ def test_compaction_is_counted(tmp_path: Path) -> None:
         labels = {"topic": "c", "partition": "0"}
 
         def compacted() -> float:
-            found = value(scrape(broker), "logstore_partition_compacted_records_total", **labels)
-            return found or 0.0
+            return counter(broker, "logstore_partition_compacted_records_total", labels)
 
         # Sealed: offsets 0-4, one key. However passes fall between the appends, at least
         # three of those records go (the dirty-ratio rule may leave the fourth for later).
