@@ -30,13 +30,10 @@ from typing import Any
 import grpc
 
 from logstore.allocator import keep_freed_memory
+from logstore.codec.wire import passthrough
 
 _TOTALS = struct.Struct(">qq")
 _COUNT = struct.Struct(">q")
-
-
-def _identity(data: bytes) -> bytes:
-    return data
 
 
 def _upload(requests: Iterator[bytes], context: Any) -> bytes:
@@ -77,11 +74,11 @@ def main() -> None:
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=options)
     directory = tempfile.mkdtemp(prefix="bench-sink-")
     handlers = {
-        "Upload": grpc.stream_unary_rpc_method_handler(_upload, _identity, _identity),
+        "Upload": grpc.stream_unary_rpc_method_handler(_upload, passthrough, passthrough),
         "UploadToFile": grpc.stream_unary_rpc_method_handler(
-            _upload_to_file(directory), _identity, _identity
+            _upload_to_file(directory), passthrough, passthrough
         ),
-        "Download": grpc.unary_stream_rpc_method_handler(_download, _identity, _identity),
+        "Download": grpc.unary_stream_rpc_method_handler(_download, passthrough, passthrough),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("bench.Sink", handlers),))
     port = server.add_insecure_port("127.0.0.1:0")

@@ -45,10 +45,10 @@ from pathlib import Path
 
 import crc32c
 
-from logstore import format as fmt
-from logstore import record_batch as rb
-from logstore.config import LogConfig
-from logstore.partition_log import PartitionLog
+from logstore.codec import format as fmt
+from logstore.codec import record_batch as rb
+from logstore.storage.log_config import LogConfig
+from logstore.storage.partition_log import PartitionLog
 
 MIB = 1024 * 1024
 MB = 1_000_000
@@ -722,7 +722,7 @@ COMPACTION_KEYS = 10_000
 
 
 def bench_compaction(workdir: Path, plan: Plan, report: Report, profile: str) -> None:
-    from logstore import log_cleaner
+    from logstore.storage import log_cleaner
 
     timestamp = now_ms()
     values = value_pool(6)

@@ -22,8 +22,8 @@ from logstore.cli.common import (
     silence_stdout,
 )
 from logstore.client.consumer import Consumer, ConsumerRebalanceListener
-from logstore.client.types import ConsumerRecord, TopicPartition
 from logstore.errors import CommitFailedError
+from logstore.types import ConsumerRecord, TopicPartition
 
 DEFAULT_TIMEOUT_MS = 10_000
 #: records asked of one poll; small enough that output starts flowing at once

@@ -21,9 +21,9 @@ from logstore.cli.consume import as_text, record_as_json
 from logstore.client.admin import Admin
 from logstore.client.consumer import Consumer
 from logstore.client.producer import Producer
-from logstore.client.types import ConsumerRecord
 from logstore.errors import UnknownTopicOrPartitionError
 from logstore.patterns import headers as h
+from logstore.types import ConsumerRecord
 
 LIST_COLUMNS = ("TOPIC", "SOURCE-TOPIC", "PARTITIONS", "DEPTH")
 SHOW_COLUMNS = (

@@ -18,12 +18,12 @@ from pathlib import Path
 import click
 import numpy as np
 
-from logstore import format as fmt
-from logstore import record_batch as rb
 from logstore.cli.common import fail
+from logstore.codec import format as fmt
+from logstore.codec import record_batch as rb
 from logstore.errors import LogStoreError
-from logstore.offset_index import OFFSET_INDEX_DTYPE
-from logstore.time_index import TIME_INDEX_DTYPE
+from logstore.storage.offset_index import OFFSET_INDEX_DTYPE
+from logstore.storage.time_index import TIME_INDEX_DTYPE
 
 #: bytes of a key, value or header value shown before it is cut
 DEFAULT_MAX_BYTES = 100

@@ -16,8 +16,8 @@ from logstore.cli.common import (
     print_json,
     print_table,
 )
-from logstore.client.types import GroupDescription, OffsetResetEntry
 from logstore.patterns.monitoring import QueueDepth, group_queue_depths
+from logstore.types import GroupDescription, OffsetResetEntry
 
 DESCRIBE_COLUMNS = (
     "GROUP",

@@ -18,7 +18,7 @@ from logstore.cli.common import LogStoreGroup
 from logstore.errors import LogStoreError
 
 if TYPE_CHECKING:
-    from logstore.log_manager import ManagerSettings
+    from logstore.storage.log_manager import ManagerSettings
 
 #: command -> "module:attribute", imported only when that command runs (or --help lists
 #: them): a client command does not load the broker's storage code, numpy among it, nor
@@ -77,7 +77,7 @@ def _load_config_file(path: str | None) -> dict[str, Any]:
 
 def _manager_settings(table: dict[str, Any]) -> ManagerSettings:
     """[log-manager] table: retention_check_interval_ms, flush_check_interval_ms, ..."""
-    from logstore.log_manager import ManagerSettings
+    from logstore.storage.log_manager import ManagerSettings
 
     known = {f.name for f in dataclasses.fields(ManagerSettings)} - {"background_threads"}
     unknown = set(table) - known

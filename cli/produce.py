@@ -16,7 +16,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 
 from logstore.cli.common import bootstrap_option, fail, note, open_admin, parse_key_values
 from logstore.client.producer import Producer
-from logstore.client.types import RecordMetadata
+from logstore.types import RecordMetadata
 
 #: the CLI gives up on a record sooner than a long-running application would (ms)
 DELIVERY_TIMEOUT_MS = 30_000

@@ -17,7 +17,7 @@ from logstore.cli.common import (
     parse_key_values,
     print_json,
 )
-from logstore.client.types import TopicDescription
+from logstore.types import TopicDescription
 
 
 @click.group()

@@ -1,8 +1,8 @@
 """LogStore: a Kafka-style partitioned, replayable log store.
 
 `from logstore import Admin, Producer, Consumer` gives the gRPC clients. They are loaded on
-first use so that the storage core (`logstore.record_batch`, `logstore.partition_log`, ...)
-never imports gRPC.
+first use so that the codec and storage layers (`logstore.codec`, `logstore.storage`) never
+import gRPC.
 """
 
 from __future__ import annotations
@@ -17,15 +17,15 @@ _LAZY = {
     "Admin": "logstore.client.admin",
     "Producer": "logstore.client.producer",
     "Consumer": "logstore.client.consumer",
-    "RecordMetadata": "logstore.client.types",
-    "ConsumerRecord": "logstore.client.types",
+    "RecordMetadata": "logstore.types",
+    "ConsumerRecord": "logstore.types",
 }
 
 if TYPE_CHECKING:
     from logstore.client.admin import Admin
     from logstore.client.consumer import Consumer
     from logstore.client.producer import Producer
-    from logstore.client.types import ConsumerRecord, RecordMetadata
+    from logstore.types import ConsumerRecord, RecordMetadata
 
 
 def __getattr__(name: str) -> Any:

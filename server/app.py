@@ -19,19 +19,19 @@ from grpc_reflection.v1alpha import reflection
 
 from logstore.allocator import TRIM_THRESHOLD_BYTES, keep_freed_memory
 from logstore.clock import SYSTEM_CLOCK
-from logstore.config import LogConfig
-from logstore.coordinator import GroupCoordinator
 from logstore.errors import LogStoreError, UnknownTopicOrPartitionError
-from logstore.log_manager import LogManager, ManagerSettings
-from logstore.offsets_store import OffsetStore
-from logstore.producer_ids import ProducerIdManager
 from logstore.server.broker import (
     DEFAULT_MAX_FETCH_BYTES,
     LogStoreServicer,
     add_servicer_to_server,
 )
+from logstore.server.groups.coordinator import GroupCoordinator
+from logstore.server.groups.offsets_store import OffsetStore
 from logstore.server.metrics import BrokerMetrics
+from logstore.server.producer_ids import ProducerIdManager
 from logstore.server.security import BrokerSecurity, SecuritySettings
+from logstore.storage.log_config import LogConfig
+from logstore.storage.log_manager import LogManager, ManagerSettings
 from logstore.v1 import logstore_pb2 as pb
 
 log = logging.getLogger("logstore.broker")

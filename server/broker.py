@@ -19,30 +19,32 @@ import grpc
 from google.protobuf import message_factory
 from google.protobuf.message import DecodeError
 
-from logstore import record_batch as rb
-from logstore.config import is_internal_topic
-from logstore.coordinator import GroupCoordinator
-from logstore.errors import InvalidConfigError, InvalidRequestError, LogStoreError
-from logstore.log_manager import LogManager, Topic
-from logstore.offsets_store import OffsetStore
-from logstore.partition_log import PartitionLog
-from logstore.producer_ids import ProducerIdManager
-from logstore.record_batch import BatchHeader
-from logstore.server.errors import abort, error_message, handles_errors
-from logstore.server.groups import GroupHandlers
-from logstore.v1 import logstore_pb2 as pb
-from logstore.v1 import logstore_pb2_grpc as pb_grpc
-from logstore.wire import (
+from logstore.codec import record_batch as rb
+from logstore.codec.record_batch import BatchHeader
+from logstore.codec.wire import (
+    EARLIEST_TIMESTAMP,
+    LATEST_TIMESTAMP,
+    NO_ERROR,
     PartitionAnswer,
     TopicAnswers,
     decode_produce_request,
     encode_response,
+    passthrough,
 )
+from logstore.errors import InvalidConfigError, InvalidRequestError, LogStoreError
+from logstore.server.errors import abort, error_message, handles_errors
+from logstore.server.groups.coordinator import GroupCoordinator
+from logstore.server.groups.offsets_store import OffsetStore
+from logstore.server.groups.service import GroupHandlers
+from logstore.server.producer_ids import ProducerIdManager
+from logstore.storage.log_config import is_internal_topic
+from logstore.storage.log_manager import LogManager, Topic
+from logstore.storage.partition_log import PartitionLog
+from logstore.v1 import logstore_pb2 as pb
+from logstore.v1 import logstore_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
-EARLIEST_TIMESTAMP = -2
-LATEST_TIMESTAMP = -1
 ACKS_ALL = -1
 #: the most a single fetch response may carry (Kafka's fetch.max.bytes default)
 DEFAULT_MAX_FETCH_BYTES = 50 * 1024 * 1024
@@ -65,11 +67,10 @@ _Resolver = Callable[[str, int, int], int]
 _ProduceWork = tuple[str, int, PartitionLog, bytes | memoryview, list[BatchHeader]]
 
 SERVICE = pb.DESCRIPTOR.services_by_name["LogStore"]
-#: methods whose handlers yield responses already serialized (see `logstore.wire`)
+#: methods whose handlers yield responses already serialized (see `logstore.codec.wire`)
 _PRESERIALIZED = frozenset({"FetchStream"})
 #: methods whose requests are read by hand, leaving record batches in the received bytes
 _HAND_PARSED: dict[str, Callable[[bytes], Any]] = {"ProduceStream": decode_produce_request}
-_NO_ERROR = pb.Error()
 
 
 class MalformedRequest:
@@ -118,10 +119,6 @@ def rejecting_malformed(method: Callable[..., Any], streaming_request: bool) -> 
     return unary
 
 
-def _identity(data: bytes) -> bytes:
-    return data
-
-
 def add_servicer_to_server(servicer: pb_grpc.LogStoreServicer, server: grpc.Server) -> None:
     """Register `servicer` like the generated `add_LogStoreServicer_to_server`, except that
     request bytes which do not parse get INVALID_ARGUMENT instead of INTERNAL."""
@@ -138,7 +135,7 @@ def add_servicer_to_server(servicer: pb_grpc.LogStoreServicer, server: grpc.Serv
         factory = factories[(method.client_streaming, method.server_streaming)]
         serialize = response_cls.SerializeToString
         if method.name in _PRESERIALIZED:
-            serialize = _identity
+            serialize = passthrough
         handlers[method.name] = factory(
             rejecting_malformed(getattr(servicer, method.name), method.client_streaming),
             request_deserializer=lenient_parser(request_cls, _HAND_PARSED.get(method.name)),
@@ -487,7 +484,7 @@ class LogStoreServicer(GroupHandlers, pb_grpc.LogStoreServicer):
                 answers.append(
                     PartitionAnswer(
                         fp.partition,
-                        _NO_ERROR,
+                        NO_ERROR,
                         fetched.high_watermark,
                         fetched.log_start_offset,
                         fetched.data,
@@ -541,7 +538,7 @@ class LogStoreServicer(GroupHandlers, pb_grpc.LogStoreServicer):
         self, request_iterator: Iterator[pb.FetchRequest], context: grpc.ServicerContext
     ) -> Iterator[bytes]:
         """Answer each fetch in order, as Fetch would (encoded FetchResponse bytes, see
-        `logstore.wire`); fetch_offset -1 continues where this
+        `logstore.codec.wire`); fetch_offset -1 continues where this
         stream's previous answer for the partition ended. A long poll ends early when the
         next request arrives. Only a failure of the whole stream ends it with a status."""
         with self._streams_lock:

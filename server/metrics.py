@@ -39,14 +39,14 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from logstore import __version__
-from logstore import record_batch as rb
-from logstore.coordinator import EMPTY, REBALANCING, STABLE, GroupCoordinator
+from logstore.codec import record_batch as rb
+from logstore.codec.wire import decode_response
 from logstore.errors import LogStoreError, UnknownTopicOrPartitionError
-from logstore.log_manager import LogManager
-from logstore.offsets_store import OffsetStore
 from logstore.patterns import headers as patterns
+from logstore.server.groups.coordinator import EMPTY, REBALANCING, STABLE, GroupCoordinator
+from logstore.server.groups.offsets_store import OffsetStore
+from logstore.storage.log_manager import LogManager
 from logstore.v1 import logstore_pb2 as pb
-from logstore.wire import decode_response
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ _PRODUCE_METHODS = frozenset(
     f"/{_LOGSTORE_SERVICE}/{name}" for name in ("Produce", "ProduceStream")
 )
 _FETCH_METHOD = f"/{_LOGSTORE_SERVICE}/Fetch"
-#: answers already encoded by the servicer (see `logstore.wire`)
+#: answers already encoded by the servicer (see `logstore.codec.wire`)
 _FETCH_STREAM_METHOD = f"/{_LOGSTORE_SERVICE}/FetchStream"
 
 

@@ -10,10 +10,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from logstore import format as fmt
-from logstore.config import LogConfig
-from logstore.partition_log import AppendResult, PartitionLog
-from logstore.record_batch import (
+from logstore.codec import format as fmt
+from logstore.codec.record_batch import (
     BatchHeader,
     Header,
     Record,
@@ -22,6 +20,8 @@ from logstore.record_batch import (
     encode_batch,
     iter_batches,
 )
+from logstore.storage.log_config import LogConfig
+from logstore.storage.partition_log import AppendResult, PartitionLog
 
 #: (offset, key, value, headers, timestamp): a record as a test compares it
 Row = tuple[int, bytes | None, bytes | None, tuple[Header, ...], int]

@@ -13,7 +13,7 @@ from logstore import allocator
 _PROBE = """
 import resource, sys
 from logstore import allocator
-from logstore.record_batch import encode_batch
+from logstore.codec.record_batch import encode_batch
 value = b"x" * 1_048_000
 if sys.argv[1] == "keep":
     assert allocator.keep_freed_memory()

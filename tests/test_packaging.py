@@ -31,17 +31,17 @@ def test_console_script_reports_version() -> None:
 
 def test_the_storage_and_coordination_core_imports_no_grpc() -> None:
     core = [
-        "logstore.record_batch",
-        "logstore.segment",
-        "logstore.partition_log",
-        "logstore.log_manager",
-        "logstore.offsets_store",
-        "logstore.coordinator",
-        "logstore.assignors",
-        "logstore.offset_reset",
-        "logstore.producer_state",
-        "logstore.config",
-        "logstore.partitioner",
+        "logstore.codec.record_batch",
+        "logstore.storage.segment",
+        "logstore.storage.partition_log",
+        "logstore.storage.log_manager",
+        "logstore.server.groups.offsets_store",
+        "logstore.server.groups.coordinator",
+        "logstore.server.groups.assignors",
+        "logstore.server.groups.offset_reset",
+        "logstore.storage.producer_state",
+        "logstore.storage.log_config",
+        "logstore.codec.partitioner",
     ]
     code = (
         "import sys\n"

@@ -16,7 +16,10 @@ from logstore.client._connection import (
     resolve_bootstrap,
     translate,
 )
-from logstore.client.types import (
+from logstore.codec.wire import EARLIEST_TIMESTAMP, LATEST_TIMESTAMP
+from logstore.errors import ClientClosedError, InvalidRequestError
+from logstore.timeparse import parse_datetime_ms, parse_duration_ms
+from logstore.types import (
     GroupDescription,
     GroupListing,
     MemberInfo,
@@ -28,12 +31,7 @@ from logstore.client.types import (
     TopicDescription,
     TopicPartition,
 )
-from logstore.errors import ClientClosedError, InvalidRequestError
-from logstore.timeparse import parse_datetime_ms, parse_duration_ms
 from logstore.v1 import logstore_pb2 as pb
-
-EARLIEST = -2
-LATEST = -1
 
 
 def describe_from_proto(topic: pb.TopicDescription) -> TopicDescription:
@@ -60,9 +58,9 @@ def describe_from_proto(topic: pb.TopicDescription) -> TopicDescription:
 def offset_spec(spec: str | int) -> int:
     """ "earliest" -> -2, "latest" -> -1, a timestamp in ms -> itself."""
     if spec == "earliest":
-        return EARLIEST
+        return EARLIEST_TIMESTAMP
     if spec == "latest":
-        return LATEST
+        return LATEST_TIMESTAMP
     if isinstance(spec, int) and spec >= 0:
         return spec
     raise InvalidRequestError(f"offset spec {spec!r}: use 'earliest', 'latest' or a ms timestamp")

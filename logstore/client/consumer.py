@@ -37,7 +37,6 @@ from typing import Any, NamedTuple
 import grpc
 
 from logstore import errors
-from logstore.assignors import check_assignor_name
 from logstore.client._connection import (
     ClientSecurity,
     is_retriable,
@@ -47,20 +46,25 @@ from logstore.client._connection import (
     resolve_bootstrap,
     translate,
 )
-from logstore.client.types import (
+from logstore.codec.record_batch import batch_span, decode_all, decode_batch, iter_batches
+from logstore.codec.wire import (
+    EARLIEST_TIMESTAMP,
+    LATEST_TIMESTAMP,
+    PartitionAnswer,
+    TopicAnswers,
+    decode_response,
+)
+from logstore.types import (
     ConsumerRecord,
     OffsetAndMetadata,
     OffsetAndTimestamp,
     TopicPartition,
+    check_assignor_name,
 )
-from logstore.record_batch import batch_span, decode_all, decode_batch, iter_batches
 from logstore.v1 import logstore_pb2 as pb
-from logstore.wire import PartitionAnswer, TopicAnswers, decode_response
 
 log = logging.getLogger(__name__)
 
-EARLIEST = -2
-LATEST = -1
 #: accepted auto_offset_reset values; "none" is Kafka's spelling of "error"
 _RESET_POLICIES = frozenset({"earliest", "latest", "error", "none"})
 #: strategy of a partition whose position comes from the group's commit, else the policy
@@ -1970,7 +1974,10 @@ class Consumer:
             for tp, (_, strategy, _) in pending.items()
             if tp not in found
         }
-        specs = {tp: EARLIEST if s == "earliest" else LATEST for tp, s in wanted.items()}
+        specs = {
+            tp: EARLIEST_TIMESTAMP if s == "earliest" else LATEST_TIMESTAMP
+            for tp, s in wanted.items()
+        }
         specs = {tp: spec for tp, spec in specs.items() if wanted[tp] != "error"}
         listed, failed = self._list_offsets(specs)
         found.update({tp: ot.offset for tp, ot in listed.items()})
@@ -2032,13 +2039,13 @@ class Consumer:
     def beginning_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
         """The log start offset of each partition."""
         self._ensure_open()
-        listed = self._list_offsets_or_raise({_tp(tp): EARLIEST for tp in partitions})
+        listed = self._list_offsets_or_raise({_tp(tp): EARLIEST_TIMESTAMP for tp in partitions})
         return {tp: ot.offset for tp, ot in listed.items()}
 
     def end_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
         """The offset after the last readable record of each partition."""
         self._ensure_open()
-        listed = self._list_offsets_or_raise({_tp(tp): LATEST for tp in partitions})
+        listed = self._list_offsets_or_raise({_tp(tp): LATEST_TIMESTAMP for tp in partitions})
         return {tp: ot.offset for tp, ot in listed.items()}
 
     def _list_offsets_or_raise(

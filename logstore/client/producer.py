@@ -41,8 +41,6 @@ import grpc
 import zstandard
 
 from logstore import errors
-from logstore import format as fmt
-from logstore import record_batch as rb
 from logstore.client._connection import (
     ERROR_KIND_KEY,
     ClientSecurity,
@@ -53,10 +51,12 @@ from logstore.client._connection import (
     resolve_bootstrap,
     translate,
 )
-from logstore.client.types import Headers, RecordMetadata
-from logstore.partitioner import StickyPartitioner, partition_for_key
+from logstore.codec import format as fmt
+from logstore.codec import record_batch as rb
+from logstore.codec.partitioner import StickyPartitioner, partition_for_key
+from logstore.codec.wire import encode_produce_request, passthrough
+from logstore.types import Headers, RecordMetadata
 from logstore.v1 import logstore_pb2 as pb
-from logstore.wire import encode_produce_request
 
 __all__ = ["BatchMetadata", "Producer"]
 
@@ -76,10 +76,6 @@ _CODECS = {None: fmt.CODEC_NONE, "none": fmt.CODEC_NONE, "zstd": fmt.CODEC_ZSTD}
 #: the broker remembers this many batches per producer and partition for duplicate checks
 _MAX_IDEMPOTENT_IN_FLIGHT = 5
 PRODUCE_STREAM_METHOD = "/logstore.v1.LogStore/ProduceStream"
-
-
-def _identity(data: bytes) -> bytes:
-    return data
 
 
 _new_tuple = tuple.__new__  # skips NamedTuple.__new__'s Python frame, once per record
@@ -687,10 +683,10 @@ class Producer:
             self.address, ClientSecurity.resolve(ssl_cafile, ssl_certfile, ssl_keyfile, token)
         )
         self._stub = make_stub(self._channel)
-        # Requests are serialized by hand (see `logstore.wire`): the stream sends bytes.
+        # Requests are serialized by hand (see `logstore.codec.wire`): the stream sends bytes.
         self._produce_stream = self._channel.stream_stream(
             PRODUCE_STREAM_METHOD,
-            request_serializer=_identity,
+            request_serializer=passthrough,
             response_deserializer=pb.ProduceResponse.FromString,
         )
         self._sticky = StickyPartitioner()

@@ -14,10 +14,10 @@ import json
 import time
 
 from logstore import Producer
-from logstore.client.types import ConsumerRecord
 from logstore.examples._common import Deadline, create_topics, finish, run_id, say
 from logstore.patterns import headers as h
 from logstore.patterns.retry import RetryingConsumer, RetryPolicy, attempts_so_far
+from logstore.types import ConsumerRecord
 
 ORDERS = [
     (1001, "alice@example.com"),

@@ -12,9 +12,9 @@ import argparse
 from collections.abc import Callable
 
 from logstore import Consumer, Producer
-from logstore.client.types import ConsumerRecord
 from logstore.examples._common import create_topics, finish, run_id, say
 from logstore.patterns.delivery import run_at_least_once, run_at_most_once
+from logstore.types import ConsumerRecord
 
 Loop = Callable[..., int]
 

@@ -18,10 +18,10 @@ import tempfile
 from pathlib import Path
 
 from logstore import Producer
-from logstore.client.types import ConsumerRecord
 from logstore.examples._common import Deadline, create_topics, finish, run_id, say
 from logstore.patterns import headers as h
 from logstore.patterns.idempotent import IdempotentConsumer, ProcessedStore
+from logstore.types import ConsumerRecord
 
 PAYMENTS = [("pay_123", "alice", 100), ("pay_124", "bob", 250), ("pay_125", "carol", 75)]
 

@@ -12,9 +12,9 @@ import argparse
 import threading
 import time
 
-from logstore.client.types import ConsumerRecord
 from logstore.examples._common import Deadline, create_topics, finish, run_id, say
 from logstore.patterns.request_reply import Requester, Responder
+from logstore.types import ConsumerRecord
 
 REPORTS = ["q1-sales", "q2-sales", "churn"]
 

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from logstore.client.consumer import Consumer
-from logstore.client.types import ConsumerRecord, TopicPartition
+from logstore.types import ConsumerRecord, TopicPartition
 
 Handler = Callable[[ConsumerRecord], object]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from logstore.client.types import Headers
+from logstore.types import Headers
 
 # --- retry topics ----------------------------------------------------------------------------
 RETRY_PREFIX = "logstore.retry."

@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from logstore.client.consumer import Consumer
-from logstore.client.types import ConsumerRecord
 from logstore.patterns import headers as h
 from logstore.patterns.delivery import rewind, run_bounded
 from logstore.patterns.retry import now_ms
+from logstore.types import ConsumerRecord
 
 log = logging.getLogger(__name__)
 

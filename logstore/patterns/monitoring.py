@@ -12,9 +12,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from logstore.client.admin import Admin
-from logstore.client.types import GroupDescription, TopicPartition
 from logstore.errors import UnknownTopicOrPartitionError
 from logstore.patterns import headers as h
+from logstore.types import GroupDescription, TopicPartition
 
 
 @dataclass(frozen=True)

@@ -22,10 +22,10 @@ from typing import Any
 from logstore.client.admin import Admin
 from logstore.client.consumer import Consumer
 from logstore.client.producer import Producer
-from logstore.client.types import ConsumerRecord
 from logstore.errors import LogStoreError, RequestTimedOutError, TopicExistsError
 from logstore.patterns import headers as h
 from logstore.patterns.delivery import rewind, run_bounded
+from logstore.types import ConsumerRecord
 
 log = logging.getLogger(__name__)
 

@@ -32,10 +32,10 @@ from typing import Any
 from logstore.client.admin import Admin
 from logstore.client.consumer import Consumer, ConsumerRebalanceListener
 from logstore.client.producer import Producer
-from logstore.client.types import ConsumerRecord, TopicPartition
 from logstore.errors import TopicExistsError
 from logstore.patterns import headers as h
 from logstore.patterns.delivery import rewind, run_bounded
+from logstore.types import ConsumerRecord, TopicPartition
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import pytest
 
 from tests.cli.conftest import Result, run_cli
 from tests.server.conftest import BrokerProcess
-from tests.server.test_security import ADMIN, BOB, Pki, pki, start_broker, tls_credentials
+from tests.server.security.test_security import ADMIN, BOB, Pki, pki, start_broker, tls_credentials
 
 __all__ = ["pki"]  # the session fixture, used here too
 

@@ -8,8 +8,8 @@ from click.testing import CliRunner
 
 from logstore import Admin, Consumer, Producer
 from logstore.cli.main import cli as main_cli
-from logstore.client.types import ConsumerRecord
 from logstore.patterns import headers as h
+from logstore.types import ConsumerRecord
 from tests.cli.conftest import Cli, run_cli, table
 
 DEAD = [

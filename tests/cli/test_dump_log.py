@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from logstore import format as fmt
-from logstore import record_batch as rb
 from logstore.cli.main import cli
 from logstore.client.producer import Producer
+from logstore.codec import format as fmt
+from logstore.codec import record_batch as rb
 from tests.cli.conftest import run_cli
 from tests.server.conftest import BrokerProcess
 

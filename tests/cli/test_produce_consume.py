@@ -16,8 +16,8 @@ import pytest
 
 from logstore.cli import consume as consume_command
 from logstore.client.consumer import Consumer
-from logstore.client.types import ConsumerRecord
-from logstore.partitioner import partition_for_key
+from logstore.codec.partitioner import partition_for_key
+from logstore.types import ConsumerRecord
 from tests.cli.conftest import RUN_TIMEOUT_S, Cli, table
 from tests.server.conftest import BrokerProcess
 

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import TextIO
 
 from logstore.client.consumer import Consumer, ConsumerRebalanceListener
-from logstore.client.types import TopicPartition
 from logstore.errors import LogStoreError
+from logstore.types import TopicPartition
 
 #: the longest a worker runs (s), so a test that forgets it cannot leave it behind
 RUN_LIMIT_S = 120.0

@@ -14,10 +14,9 @@ from datetime import UTC, datetime, timedelta, timezone
 import grpc
 import pytest
 
-from logstore import record_batch as rb
 from logstore.client.admin import Admin
 from logstore.client.consumer import Consumer
-from logstore.client.types import GroupListing, OffsetAndMetadata, OffsetResetEntry
+from logstore.codec import record_batch as rb
 from logstore.errors import (
     ClientClosedError,
     GroupNotEmptyError,
@@ -28,6 +27,7 @@ from logstore.errors import (
     TopicExistsError,
     UnknownTopicOrPartitionError,
 )
+from logstore.types import GroupListing, OffsetAndMetadata, OffsetResetEntry
 from logstore.v1 import logstore_pb2 as pb
 from logstore.v1 import logstore_pb2_grpc as pb_grpc
 from tests.server.conftest import BrokerProcess

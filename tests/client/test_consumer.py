@@ -16,15 +16,15 @@ from typing import Any
 import grpc
 import pytest
 
-from logstore import record_batch as rb
 from logstore.client.consumer import Consumer, ConsumerRebalanceListener
-from logstore.client.types import (
+from logstore.codec import record_batch as rb
+from logstore.errors import ClientClosedError, InvalidRequestError, NoOffsetForPartitionError
+from logstore.types import (
     ConsumerRecord,
     OffsetAndMetadata,
     OffsetAndTimestamp,
     TopicPartition,
 )
-from logstore.errors import ClientClosedError, InvalidRequestError, NoOffsetForPartitionError
 from logstore.v1 import logstore_pb2 as pb
 from logstore.v1 import logstore_pb2_grpc as pb_grpc
 from tests.server.conftest import BrokerProcess

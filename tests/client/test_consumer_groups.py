@@ -24,11 +24,11 @@ from typing import Any
 import grpc
 import pytest
 
-from logstore import record_batch as rb
 from logstore.client.admin import Admin
 from logstore.client.consumer import Consumer, ConsumerRebalanceListener
-from logstore.client.types import ConsumerRecord, TopicPartition
+from logstore.codec import record_batch as rb
 from logstore.errors import CommitFailedError, GroupNotEmptyError, InvalidRequestError
+from logstore.types import ConsumerRecord, TopicPartition
 from logstore.v1 import logstore_pb2 as pb
 from logstore.v1 import logstore_pb2_grpc as pb_grpc
 from tests.server.conftest import BrokerProcess

@@ -12,10 +12,11 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from logstore import format as fmt
-from logstore import record_batch as rb
 from logstore.client.admin import Admin
 from logstore.client.producer import BatchMetadata, Producer, _fast_records, _frame_batch
+from logstore.codec import format as fmt
+from logstore.codec import record_batch as rb
+from logstore.codec.partitioner import partition_for_key
 from logstore.errors import (
     BufferExhaustedError,
     ClientClosedError,
@@ -23,7 +24,6 @@ from logstore.errors import (
     RequestTimedOutError,
     UnknownTopicOrPartitionError,
 )
-from logstore.partitioner import partition_for_key
 from logstore.v1 import logstore_pb2 as pb
 from logstore.v1 import logstore_pb2_grpc as pb_grpc
 from tests.server.conftest import BrokerProcess

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import grpc
 
-from logstore import record_batch as rb
-from logstore.record_batch import Record
+from logstore.codec import record_batch as rb
+from logstore.codec.record_batch import Record
 from logstore.v1 import logstore_pb2 as pb
 from logstore.v1 import logstore_pb2_grpc as pb_grpc
 

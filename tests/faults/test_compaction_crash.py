@@ -18,7 +18,7 @@ from pathlib import Path
 
 import grpc
 
-from logstore import record_batch as rb
+from logstore.codec import record_batch as rb
 from logstore.v1 import logstore_pb2_grpc as pb_grpc
 from tests.faults.conftest import LONG, BrokerFactory
 from tests.faults.support import connect, create_topic, fetch_once, offsets, produce

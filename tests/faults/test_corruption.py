@@ -4,7 +4,7 @@ files are damaged, and it is started again.
 The broker must keep every batch that is still valid, log what it repaired, never serve a
 batch that fails its CRC (read_log checks every batch), and go on serving: producing more
 and reading everything back works after each repair. The same repairs are unit-tested on
-PartitionLog in tests/test_partition_log.py; these are the whole-broker versions.
+PartitionLog in tests/storage/test_partition_log.py; these are the whole-broker versions.
 """
 
 from __future__ import annotations

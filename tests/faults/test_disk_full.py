@@ -129,7 +129,7 @@ def test_full_disk_is_resource_exhausted_and_recovers(
 _APPEND_ON_A_FULL_DISK = """
 import errno, os, sys
 from pathlib import Path
-from logstore.partition_log import PartitionLog
+from logstore.storage.partition_log import PartitionLog
 from tests.helpers import make_config
 from tests.faults.support import values_batch
 
@@ -193,7 +193,7 @@ def test_a_storage_error_caused_by_a_full_disk_is_resource_exhausted() -> None:
 def test_atomic_write_on_a_full_disk_leaves_no_temp_file(small_disk: Path) -> None:
     """Regression: a failed atomic replace left its half-written temp file behind, holding
     on to space on a disk that was already full."""
-    from logstore.fileutil import write_file_atomically
+    from logstore.storage.fileutil import write_file_atomically
 
     target = small_disk / "checkpoint"
     write_file_atomically(target, b"old")

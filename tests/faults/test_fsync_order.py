@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from logstore import segment as segment_module
-from logstore.coordinator import GroupCoordinator
-from logstore.log_manager import LogManager, ManagerSettings
-from logstore.offsets_store import OffsetStore
-from logstore.partition_log import PartitionLog
-from logstore.producer_ids import ProducerIdManager
 from logstore.server.broker import LogStoreServicer
+from logstore.server.groups.coordinator import GroupCoordinator
+from logstore.server.groups.offsets_store import OffsetStore
+from logstore.server.producer_ids import ProducerIdManager
+from logstore.storage import segment as segment_module
+from logstore.storage.log_manager import LogManager, ManagerSettings
+from logstore.storage.partition_log import PartitionLog
 from logstore.v1 import logstore_pb2 as pb
 from tests.faults.support import values_batch
 from tests.helpers import make_config

@@ -22,8 +22,8 @@ from google.protobuf import message_factory
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from logstore import format as fmt
-from logstore import record_batch as rb
+from logstore.codec import format as fmt
+from logstore.codec import record_batch as rb
 from logstore.errors import CorruptRecordError
 from logstore.v1 import logstore_pb2 as pb
 from tests.faults.conftest import LONG

@@ -26,7 +26,7 @@ import grpc
 import pytest
 
 from logstore import Producer
-from logstore.client.types import RecordMetadata
+from logstore.types import RecordMetadata
 from logstore.v1 import logstore_pb2 as pb
 from logstore.v1 import logstore_pb2_grpc as pb_grpc
 from tests.faults.conftest import BrokerFactory

@@ -1,6 +1,6 @@
 """Names, config and size limits over the real gRPC API: every bad value is refused with
 INVALID_ARGUMENT and a message naming the value and the rule, and nothing reaches disk.
-(The rules themselves are unit-tested in tests/test_config.py.)"""
+(The rules themselves are unit-tested in tests/storage/test_log_config.py.)"""
 
 from __future__ import annotations
 

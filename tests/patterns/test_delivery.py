@@ -8,8 +8,8 @@ from collections.abc import Callable
 import pytest
 
 from logstore import Admin, Consumer, Producer
-from logstore.client.types import ConsumerRecord
 from logstore.patterns.delivery import run_at_least_once, run_at_most_once
+from logstore.types import ConsumerRecord
 
 
 class Crash(Exception):

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from logstore import Admin, Producer
-from logstore.client.types import ConsumerRecord
 from logstore.patterns import headers as h
 from logstore.patterns.idempotent import IdempotentConsumer, ProcessedStore
+from logstore.types import ConsumerRecord
 
 
 class ManualClock:

@@ -9,10 +9,10 @@ from contextlib import contextmanager
 import pytest
 
 from logstore import Admin
-from logstore.client.types import ConsumerRecord
 from logstore.errors import RequestTimedOutError
 from logstore.patterns import headers as h
 from logstore.patterns.request_reply import Requester, RequestFailedError, Responder
+from logstore.types import ConsumerRecord
 
 
 @contextmanager

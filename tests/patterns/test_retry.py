@@ -11,10 +11,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from logstore import Admin, Consumer, Producer
-from logstore.client.types import ConsumerRecord
 from logstore.errors import UnknownTopicOrPartitionError
 from logstore.patterns import headers as h
 from logstore.patterns.retry import RetryingConsumer, RetryPolicy, attempts_so_far, original_topic
+from logstore.types import ConsumerRecord
 
 # --- backoff math ------------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from logstore import record_batch as rb
+from logstore.codec import record_batch as rb
 from logstore.v1 import logstore_pb2 as pb
 from logstore.v1 import logstore_pb2_grpc as pb_grpc
 from tests.server.conftest import BrokerProcess
@@ -238,7 +238,7 @@ def test_kill9_keeps_acknowledged_records_and_commits(broker: BrokerProcess) -> 
 
 def test_sigterm_shuts_down_cleanly(broker: BrokerProcess) -> None:
     assert broker.stop() == 0
-    from logstore import format as fmt
+    from logstore.codec import format as fmt
 
     assert (broker.data_dir / fmt.CLEAN_SHUTDOWN_FILE).exists()
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from logstore import Admin, Consumer, Producer
-from logstore.client.types import ConsumerRecord
 from logstore.errors import InvalidRequestError
+from logstore.types import ConsumerRecord
 from tests.server.conftest import BrokerProcess
 
 #: compaction passes every 100 ms instead of Kafka's 15 s

@@ -7,12 +7,12 @@ import time
 
 import pytest
 
-from logstore import record_batch as rb
 from logstore.client.consumer import Consumer
 from logstore.client.producer import Producer
+from logstore.codec import record_batch as rb
+from logstore.codec.wire import decode_response, encode_produce_request, encode_response
 from logstore.v1 import logstore_pb2 as pb
 from logstore.v1 import logstore_pb2_grpc as pb_grpc
-from logstore.wire import decode_response, encode_produce_request, encode_response
 from tests.server.conftest import BrokerProcess
 from tests.server.test_broker_rpc import _batch, _produce
 
@@ -98,7 +98,7 @@ def test_consumer_reads_the_same_over_stream_and_unary(
 
 @pytest.mark.parametrize("error", [pb.Error(), pb.Error(code=5, kind="X", message="m")])
 def test_wire_encoding_is_the_protobuf_message(error: pb.Error) -> None:
-    from logstore.wire import PartitionAnswer
+    from logstore.codec.wire import PartitionAnswer
 
     answers = [("t", [PartitionAnswer(2, error, -1, 7, b"abc" * 100)])]
     message = pb.FetchResponse.FromString(encode_response(answers))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from logstore import record_batch as rb
+from logstore.codec import record_batch as rb
 from logstore.v1 import logstore_pb2 as pb
 from logstore.v1 import logstore_pb2_grpc as pb_grpc
 

@@ -15,11 +15,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from logstore import __version__
-from logstore import format as fmt
-from logstore import record_batch as rb
-from logstore.log_manager import ManagerSettings
+from logstore.codec import format as fmt
+from logstore.codec import record_batch as rb
 from logstore.server.app import Broker, BrokerSettings
 from logstore.server.metrics import parse_listen
+from logstore.storage.log_manager import ManagerSettings
 from logstore.v1 import logstore_pb2 as pb
 from logstore.v1 import logstore_pb2_grpc as pb_grpc
 
