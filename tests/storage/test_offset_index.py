@@ -1,22 +1,19 @@
-"""OffsetIndex: the `.index` file of a segment (batch last offset -> batch start position)."""
+"""OffsetIndex: the `.index` file of a segment (batch last offset -> batch start position).
+
+What it shares with the time index is tested once for both in test_index.py."""
 
 from __future__ import annotations
 
-import io
 import os
 import struct
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from logstore.codec.format import OFFSET_INDEX_ENTRY_SIZE
 from logstore.storage.offset_index import (
-    OFFSET_INDEX_DTYPE,
     UINT32_MAX,
     CorruptIndexError,
     OffsetIndex,
@@ -47,34 +44,6 @@ def scan(entries: list[tuple[int, int]], base: int, target: int) -> tuple[int, i
 # --- creation and sizing -------------------------------------------------------------------
 
 
-def test_new_file_is_preallocated_to_whole_entries_and_empty(tmp_path: Path) -> None:
-    idx = make(tmp_path, max_bytes=83)
-    assert os.path.getsize(idx.path) == 80
-    assert (idx.entries, idx.max_entries, idx.base_offset) == (0, 10, BASE)
-    assert not idx.is_full()
-    assert idx.lookup(BASE + 5) == (BASE, 0)
-    assert idx.last_entry() == (BASE, 0)
-    assert len(idx.entries_view()) == 0
-    idx.close()
-    assert os.path.getsize(idx.path) == 0
-
-
-def test_zero_byte_index_needs_no_mapping(tmp_path: Path) -> None:
-    idx = make(tmp_path, max_bytes=0)
-    assert (idx.entries, idx.max_entries) == (0, 0)
-    assert idx.is_full()
-    assert idx.lookup(BASE) == (BASE, 0)
-    with pytest.raises(ValueError, match="full"):
-        idx.append(BASE, 0)
-    idx.sanity_check()
-    idx.flush()
-    idx.resize(16)
-    idx.append(BASE, 0)
-    assert idx.lookup(BASE + 1) == (BASE, 0)
-    idx.close()
-    assert os.path.getsize(idx.path) == 8
-
-
 def test_empty_existing_file_opens_read_only(tmp_path: Path) -> None:
     path = tmp_path / "empty.index"
     path.write_bytes(b"")
@@ -82,24 +51,6 @@ def test_empty_existing_file_opens_read_only(tmp_path: Path) -> None:
     assert (idx.entries, idx.max_entries) == (0, 0)
     assert idx.lookup(BASE + 9) == (BASE, 0)
     idx.sanity_check()
-    idx.close()
-
-
-def test_is_full_and_resize_grow_and_shrink(tmp_path: Path) -> None:
-    idx = make(tmp_path, max_bytes=3 * OFFSET_INDEX_ENTRY_SIZE)
-    for i in range(3):
-        idx.append(BASE + i, i * 100)
-    assert idx.is_full()
-    with pytest.raises(ValueError, match="full"):
-        idx.append(BASE + 3, 300)
-    idx.resize(6 * OFFSET_INDEX_ENTRY_SIZE + 3)
-    assert (idx.max_entries, os.path.getsize(idx.path)) == (6, 48)
-    assert not idx.is_full()
-    idx.append(BASE + 3, 300)
-    assert idx.lookup(BASE + 10) == (BASE + 3, 300)
-    idx.resize(0)  # never drops a valid entry
-    assert (idx.entries, idx.max_entries, os.path.getsize(idx.path)) == (4, 4, 32)
-    assert [idx.lookup(BASE + i) for i in range(4)] == [(BASE + i, i * 100) for i in range(4)]
     idx.close()
 
 
@@ -177,17 +128,6 @@ def test_same_position_is_allowed(tmp_path: Path) -> None:
     idx.close()
 
 
-def test_entries_view_is_read_only_and_survives_close(tmp_path: Path) -> None:
-    idx = make(tmp_path)
-    idx.append(BASE + 1, 7)
-    view = idx.entries_view()
-    assert view.dtype == OFFSET_INDEX_DTYPE
-    with pytest.raises(ValueError):
-        view[0] = (2, 8)
-    idx.close()  # a live view must not make close fail
-    assert view[0].item() == (1, 7)
-
-
 # --- truncate and reset ----------------------------------------------------------------
 
 
@@ -212,58 +152,7 @@ def test_truncate_to_drops_entries_at_and_after_offset(tmp_path: Path) -> None:
     assert os.path.getsize(idx.path) == 0
 
 
-def test_reset_drops_all_entries(tmp_path: Path) -> None:
-    idx = make(tmp_path)
-    idx.append(BASE + 5, 50)
-    idx.lookup(BASE + 5)
-    idx.reset()
-    assert (idx.entries, idx.lookup(BASE + 5)) == (0, (BASE, 0))
-    idx.append(BASE + 1, 10)
-    assert idx.lookup(BASE + 5) == (BASE + 1, 10)
-    idx.close()
-
-
 # --- lifecycle -----------------------------------------------------------------------------
-
-
-def test_close_twice_delete_and_use_after_close(tmp_path: Path) -> None:
-    idx = make(tmp_path)
-    idx.append(BASE, 0)
-    idx.flush()
-    idx.close()
-    idx.close()
-    with pytest.raises(ValueError, match="closed"):
-        idx.lookup(BASE)
-    with pytest.raises(ValueError, match="closed"):
-        idx.append(BASE + 1, 1)
-    idx.delete()
-    assert not idx.path.exists()
-    idx.delete()  # already gone: fine
-
-
-def test_context_manager_closes(tmp_path: Path) -> None:
-    with make(tmp_path) as idx:
-        idx.append(BASE + 2, 4)
-    assert os.path.getsize(idx.path) == 8
-
-
-def test_read_only_index_is_not_grown_and_refuses_changes(tmp_path: Path) -> None:
-    write_raw(tmp_path / "ro.index", [(1, 0), (5, 100)])
-    idx = OffsetIndex(tmp_path / "ro.index", BASE, 4096, writable=False)
-    assert (idx.entries, idx.max_entries, idx.writable) == (2, 2, False)
-    assert idx.lookup(BASE + 4) == (BASE + 1, 0)
-    for change in (
-        lambda: idx.append(BASE + 9, 200),
-        lambda: idx.truncate_to(BASE),
-        idx.reset,
-        lambda: idx.resize(4096),
-    ):
-        with pytest.raises(io.UnsupportedOperation):
-            change()
-    idx.close()
-    assert os.path.getsize(tmp_path / "ro.index") == 16
-    with pytest.raises(FileNotFoundError):
-        OffsetIndex(tmp_path / "missing.index", BASE, writable=False)
 
 
 def _descriptors_on(path: Path) -> int:
@@ -294,26 +183,7 @@ def test_read_only_index_keeps_only_its_mapping_descriptor(tmp_path: Path) -> No
     writable.close()
 
 
-def test_bad_arguments(tmp_path: Path) -> None:
-    with pytest.raises(ValueError):
-        OffsetIndex(tmp_path / "a.index", -1)
-    with pytest.raises(ValueError):
-        OffsetIndex(tmp_path / "b.index", 0, -8)
-
-
 # --- sanity_check ----------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("writable", [True, False])
-def test_sanity_check_rejects_partial_entry(tmp_path: Path, writable: bool) -> None:
-    path = tmp_path / "torn.index"
-    write_raw(path, [(1, 0), (2, 10), (3, 20)], extra=b"\x00" * 5)
-    idx = OffsetIndex(path, BASE, writable=writable)
-    assert idx.entries == 3
-    with pytest.raises(CorruptIndexError, match="29 bytes is not a multiple") as err:
-        idx.sanity_check()
-    assert str(path) in str(err.value)
-    idx.close()
 
 
 @pytest.mark.parametrize(
@@ -434,47 +304,3 @@ def test_mixed_operations_match_a_list_model(tmp_path: Path, ops: list[tuple[str
         idx.sanity_check()
     finally:
         idx.delete()
-
-
-# --- performance ---------------------------------------------------------------------------
-
-N_BIG = 1_000_000
-
-
-@pytest.fixture
-def big_index(tmp_path: Path) -> Iterator[OffsetIndex]:
-    path = tmp_path / "big.index"
-    entries = np.empty(N_BIG, dtype=OFFSET_INDEX_DTYPE)
-    entries["relative_offset"] = np.arange(N_BIG, dtype=np.uint32) * 3
-    entries["position"] = np.arange(N_BIG, dtype=np.uint32) * 100
-    entries.tofile(path)
-    idx = OffsetIndex(path, BASE, writable=False)
-    yield idx
-    idx.close()
-
-
-def test_lookup_searches_a_native_copy_built_once(big_index: OffsetIndex) -> None:
-    idx = big_index
-    assert idx._keys is None  # nothing is copied until the first lookup
-    assert idx.lookup(BASE + 3 * 500_000 + 1) == (BASE + 3 * 500_000, 500_000 * 100)
-    keys = idx._keys
-    assert keys is not None
-    assert keys.dtype.isnative and keys.dtype == np.uint32 and keys.flags.c_contiguous
-    idx.lookup(BASE + 7)
-    assert idx._keys is keys  # later lookups reuse it
-
-
-def test_lookup_on_a_million_entries_does_not_copy(big_index: OffsetIndex) -> None:
-    idx = big_index
-    idx.lookup(BASE)  # the one O(n) pass
-    rng = np.random.default_rng(7)
-    targets = [BASE + int(t) for t in rng.integers(0, 3 * N_BIG, 1000)]
-    start = time.perf_counter()
-    for target in targets:
-        idx.lookup(target)
-    mean_us = (time.perf_counter() - start) / len(targets) * 1e6
-    # a byte-swapping copy per call costs ~100-200 us here; a real binary search ~1-5 us
-    assert mean_us < 50, f"mean lookup {mean_us:.1f} us"
-    for target in targets[:50]:
-        slot = (target - BASE) // 3
-        assert idx.lookup(target) == (BASE + 3 * slot, 100 * slot)

@@ -1,15 +1,13 @@
-"""TimeIndex: the `.timeindex` file of a segment (largest timestamp so far -> its offset)."""
+"""TimeIndex: the `.timeindex` file of a segment (largest timestamp so far -> its offset).
+
+What it shares with the offset index is tested once for both in test_index.py."""
 
 from __future__ import annotations
 
-import io
 import os
 import struct
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -18,7 +16,6 @@ from logstore.codec.format import TIME_INDEX_ENTRY_SIZE
 from logstore.storage.offset_index import UINT32_MAX
 from logstore.storage.time_index import (
     MAX_TIMESTAMP_MS,
-    TIME_INDEX_DTYPE,
     CorruptIndexError,
     TimeIndex,
 )
@@ -47,30 +44,6 @@ def scan(entries: list[tuple[int, int]], base: int, target: int) -> tuple[int, i
 
 
 # --- creation and sizing -------------------------------------------------------------------
-
-
-def test_new_file_is_preallocated_to_whole_entries_and_empty(tmp_path: Path) -> None:
-    idx = make(tmp_path, max_bytes=100)
-    assert os.path.getsize(idx.path) == 96
-    assert (idx.entries, idx.max_entries, idx.base_offset) == (0, 8, BASE)
-    assert idx.lookup(T0) == (-1, BASE)
-    assert idx.last_entry() == (-1, BASE)
-    idx.close()
-    assert os.path.getsize(idx.path) == 0
-
-
-def test_zero_byte_index_needs_no_mapping(tmp_path: Path) -> None:
-    idx = make(tmp_path, max_bytes=11)
-    assert (idx.entries, idx.max_entries, idx.is_full()) == (0, 0, True)
-    assert idx.lookup(T0) == (-1, BASE)
-    with pytest.raises(ValueError, match="full"):
-        idx.maybe_append(T0, BASE)
-    idx.maybe_append(-1, BASE)  # not a new maximum: nothing to add, so not an error
-    idx.resize(TIME_INDEX_ENTRY_SIZE)
-    idx.maybe_append(T0, BASE)
-    assert idx.is_full()
-    idx.close()
-    assert os.path.getsize(idx.path) == 12
 
 
 def test_is_full_and_resize(tmp_path: Path) -> None:
@@ -156,16 +129,6 @@ def test_bytes_on_disk_are_big_endian(tmp_path: Path) -> None:
     assert ENTRY.unpack(raw) == (0x0102030405060708, 0x0A0B0C0D)
 
 
-def test_entries_view_is_read_only(tmp_path: Path) -> None:
-    idx = make(tmp_path)
-    idx.maybe_append(T0, BASE)
-    view = idx.entries_view()
-    assert view.dtype == TIME_INDEX_DTYPE
-    with pytest.raises(ValueError):
-        view[0] = (1, 1)
-    idx.close()
-
-
 # --- truncate and reset ----------------------------------------------------------------
 
 
@@ -189,59 +152,7 @@ def test_truncate_to_drops_entries_at_and_after_offset(tmp_path: Path) -> None:
     assert os.path.getsize(idx.path) == 0
 
 
-def test_reset_drops_all_entries(tmp_path: Path) -> None:
-    idx = make(tmp_path)
-    idx.maybe_append(T0, BASE + 1)
-    idx.lookup(T0)
-    idx.reset()
-    assert (idx.entries, idx.lookup(T0)) == (0, (-1, BASE))
-    idx.maybe_append(T0 - 100, BASE)  # smaller than before the reset: accepted
-    assert idx.lookup(T0) == (T0 - 100, BASE)
-    idx.close()
-
-
-# --- lifecycle -----------------------------------------------------------------------------
-
-
-def test_close_twice_delete_and_use_after_close(tmp_path: Path) -> None:
-    idx = make(tmp_path)
-    idx.maybe_append(T0, BASE)
-    idx.close()
-    idx.close()
-    with pytest.raises(ValueError, match="closed"):
-        idx.lookup(T0)
-    idx.delete()
-    assert not idx.path.exists()
-    idx.delete()
-
-
-def test_read_only_index_is_not_grown_and_refuses_changes(tmp_path: Path) -> None:
-    path = tmp_path / "ro.timeindex"
-    write_raw(path, [(T0, 0), (T0 + 5, 3)])
-    idx = TimeIndex(path, BASE, 4096, writable=False)
-    assert (idx.entries, idx.max_entries) == (2, 2)
-    assert idx.lookup(T0 + 4) == (T0, BASE)
-    with pytest.raises(io.UnsupportedOperation):
-        idx.maybe_append(T0 + 9, BASE + 4)
-    with pytest.raises(io.UnsupportedOperation):
-        idx.truncate_to(BASE)
-    idx.close()
-    assert os.path.getsize(path) == 24
-
-
 # --- sanity_check ----------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("writable", [True, False])
-def test_sanity_check_rejects_partial_entry(tmp_path: Path, writable: bool) -> None:
-    path = tmp_path / "torn.timeindex"
-    write_raw(path, [(T0, 0), (T0 + 1, 1)], extra=b"\x01" * 7)
-    idx = TimeIndex(path, BASE, writable=writable)
-    assert idx.entries == 2
-    with pytest.raises(CorruptIndexError, match="31 bytes is not a multiple") as err:
-        idx.sanity_check()
-    assert str(path) in str(err.value)
-    idx.close()
 
 
 @pytest.mark.parametrize(
@@ -352,47 +263,3 @@ def test_mixed_operations_match_a_list_model(
         idx.sanity_check()
     finally:
         idx.delete()
-
-
-# --- performance ---------------------------------------------------------------------------
-
-N_BIG = 1_000_000
-
-
-@pytest.fixture
-def big_index(tmp_path: Path) -> Iterator[TimeIndex]:
-    path = tmp_path / "big.timeindex"
-    entries = np.empty(N_BIG, dtype=TIME_INDEX_DTYPE)
-    entries["timestamp"] = T0 + np.arange(N_BIG, dtype=np.int64) * 10
-    entries["relative_offset"] = np.arange(N_BIG, dtype=np.uint32) * 2
-    entries.tofile(path)
-    idx = TimeIndex(path, BASE, writable=False)
-    yield idx
-    idx.close()
-
-
-def test_lookup_searches_a_native_copy_built_once(big_index: TimeIndex) -> None:
-    idx = big_index
-    assert idx._keys is None  # nothing is copied until the first lookup
-    assert idx.lookup(T0 + 10 * 400_000 + 9) == (T0 + 10 * 400_000, BASE + 800_000)
-    keys = idx._keys
-    assert keys is not None
-    assert keys.dtype.isnative and keys.dtype == np.int64 and keys.flags.c_contiguous
-    idx.lookup(T0)
-    assert idx._keys is keys  # later lookups reuse it
-
-
-def test_lookup_on_a_million_entries_does_not_copy(big_index: TimeIndex) -> None:
-    idx = big_index
-    idx.lookup(T0)  # the one O(n) pass
-    rng = np.random.default_rng(11)
-    targets = [T0 + int(t) for t in rng.integers(0, 10 * N_BIG, 1000)]
-    start = time.perf_counter()
-    for target in targets:
-        idx.lookup(target)
-    mean_us = (time.perf_counter() - start) / len(targets) * 1e6
-    # a byte-swapping copy per call costs ~100-200 us here; a real binary search ~1-5 us
-    assert mean_us < 50, f"mean lookup {mean_us:.1f} us"
-    for target in targets[:50]:
-        slot = (target - T0) // 10
-        assert idx.lookup(target) == (T0 + 10 * slot, BASE + 2 * slot)
