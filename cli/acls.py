@@ -234,7 +234,8 @@ def serve_security_options(func: F) -> F:
         metavar="PRINCIPAL,...",
         expose_value=False,
         callback=_remember,
-        help="Principals that bypass ACLs, comma-separated (e.g. User:admin).",
+        help="Principals that bypass ACLs, comma-separated (e.g. User:admin). "
+        "Env: LOGSTORE_SUPER_USERS.",
     )(func)
     func = click.option(
         "--acls-enabled",
@@ -242,7 +243,8 @@ def serve_security_options(func: F) -> F:
         envvar="LOGSTORE_ACLS_ENABLED",
         expose_value=False,
         callback=_remember,
-        help='Deny every request no ACL allows (config: authorizer = "acl").',
+        help='Deny every request no ACL allows (config: authorizer = "acl"). '
+        "Env: LOGSTORE_ACLS_ENABLED.",
     )(func)
     for flag, envvar, help_text in reversed(_SERVE_PATH_OPTIONS):
         func = click.option(

@@ -171,10 +171,40 @@ def _export_security_value(
     return value
 
 
-def check_bootstrap(ctx: click.Context, param: click.Parameter, value: str) -> str:
+#: the largest TCP port number
+MAX_PORT = 65_535
+
+
+def parse_host_port(value: str, *, port_zero: bool = False) -> tuple[str, int]:
+    """`HOST:PORT` -> (host, port); `[::1]:9092` for IPv6. Port 0 ("any free port") only
+    where `port_zero` allows it (a listener, never an address to connect to).
+
+    Raises ValueError with a message saying what is wrong and what is allowed.
+    """
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise click.BadParameter(f"{value!r} is not HOST:PORT", ctx, param)
+    if not sep or not host.strip("[]") or not (port.isascii() and port.isdigit()):
+        raise ValueError(f"{value!r} is not HOST:PORT")
+    lowest = 0 if port_zero else 1
+    if not lowest <= int(port) <= MAX_PORT:
+        raise ValueError(f"{value!r}: port {int(port)} is outside {lowest}..{MAX_PORT}")
+    return host, int(port)
+
+
+def check_listen(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Click callback for a listener's HOST:PORT (port 0 picks a free port)."""
+    if value is not None:
+        try:
+            parse_host_port(value, port_zero=True)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), ctx, param) from None
+    return value
+
+
+def check_bootstrap(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    try:
+        parse_host_port(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
     ctx.meta[_META_BOOTSTRAP] = value
     return value
 

@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import sys
-import tomllib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import click
 
 from logstore import __version__
 from logstore.cli.acls import security_settings, serve_security_options
-from logstore.cli.common import LogStoreGroup
+from logstore.cli.common import LogStoreGroup, check_listen
 from logstore.errors import LogStoreError
-
-if TYPE_CHECKING:
-    from logstore.storage.log_manager import ManagerSettings
 
 #: command -> "module:attribute", imported only when that command runs (or --help lists
 #: them): a client command does not load the broker's storage code, numpy among it, nor
@@ -65,27 +59,8 @@ def cli(debug: bool) -> None:
     """
 
 
-def _load_config_file(path: str | None) -> dict[str, Any]:
-    if path is None:
-        return {}
-    try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise click.ClickException(f"cannot read config file {path}: {exc}") from exc
-
-
-def _manager_settings(table: dict[str, Any]) -> ManagerSettings:
-    """[log-manager] table: retention_check_interval_ms, flush_check_interval_ms, ..."""
-    from logstore.storage.log_manager import ManagerSettings
-
-    known = {f.name for f in dataclasses.fields(ManagerSettings)} - {"background_threads"}
-    unknown = set(table) - known
-    if unknown:
-        raise click.ClickException(
-            f"unknown [log-manager] keys {sorted(unknown)}; allowed: {sorted(known)}"
-        )
-    return ManagerSettings(**{k: int(v) for k, v in table.items()})
+#: the levels --log-level accepts (Python's logging levels)
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 @cli.command()
@@ -98,23 +73,37 @@ def _manager_settings(table: dict[str, Any]) -> ManagerSettings:
 @click.option(
     "--listen",
     envvar="LOGSTORE_LISTEN",
-    help="HOST:PORT for gRPC [default: 127.0.0.1:9092; port 0 picks a free one].",
+    metavar="HOST:PORT",
+    callback=check_listen,
+    help="Where to serve gRPC [default: 127.0.0.1:9092; port 0 picks a free one]. "
+    "Env: LOGSTORE_LISTEN.",
 )
 @click.option(
     "--metrics-listen",
     envvar="LOGSTORE_METRICS_LISTEN",
-    help="HOST:PORT for Prometheus /metrics [default: off]. Env: LOGSTORE_METRICS_LISTEN.",
+    metavar="HOST:PORT",
+    callback=check_listen,
+    help="Where to serve Prometheus /metrics [default: off]. Env: LOGSTORE_METRICS_LISTEN.",
 )
 @click.option(
     "--config",
     "config_file",
     type=click.Path(dir_okay=False, exists=True),
     envvar="LOGSTORE_CONFIG",
-    help="TOML file: data_dir, listen, max_workers, offsets_retention_minutes, "
-    "[topic-defaults] (Kafka topic settings), [log-manager] (retention_check_interval_ms...), "
-    'tls_cert, tls_key, tls_client_ca, auth_tokens, authorizer = "acl", super_users.',
+    help="TOML file: data_dir, listen, metrics_listen, max_workers, max_request_bytes, "
+    "max_fetch_bytes, max_concurrent_rpcs, offsets_retention_minutes, [topic-defaults] "
+    "(Kafka topic settings), [log-manager] (retention_check_interval_ms...), tls_cert, "
+    'tls_key, tls_client_ca, auth_tokens, authorizer = "acl", super_users. Options given '
+    "on the command line win. Env: LOGSTORE_CONFIG.",
 )
-@click.option("--log-level", default="INFO", show_default=True, envvar="LOGSTORE_LOG_LEVEL")
+@click.option(
+    "--log-level",
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    default="info",
+    show_default=True,
+    envvar="LOGSTORE_LOG_LEVEL",
+    help="Env: LOGSTORE_LOG_LEVEL.",
+)
 @serve_security_options
 def serve(
     data_dir: str | None,
@@ -123,41 +112,41 @@ def serve(
     config_file: str | None,
     log_level: str,
 ) -> None:
-    """Run the broker in the foreground until Ctrl-C or SIGTERM.
+    """Run the broker in the foreground until Ctrl-C or SIGTERM (SIGHUP re-reads the
+    token and TLS files).
+
+    Every option can also come from its environment variable (named in each option's
+    help); XDG_DATA_HOME places the default data dir, and LOGSTORE_MALLOC_DEFAULTS=1
+    keeps glibc's malloc settings.
 
     \b
     Examples:
       logstore serve
       logstore serve --data-dir /var/lib/logstore --listen 0.0.0.0:9092
+      LOGSTORE_LISTEN=127.0.0.1:9093 logstore serve
       logstore serve --config broker.toml
       logstore serve --tls-cert broker.pem --tls-key broker.key --auth-tokens tokens.toml \\
           --acls-enabled --super-users User:admin
     """
+    from logstore.cli.serve_config import INT_SETTINGS, load_config, manager_settings
     from logstore.server.app import BrokerSettings, run
 
+    file_conf = load_config(config_file)
     logging.basicConfig(
         level=log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    file_conf = _load_config_file(config_file)
     settings = BrokerSettings()
     chosen_dir = data_dir or file_conf.get("data_dir")
     if chosen_dir:
         settings.data_dir = Path(os.path.expanduser(chosen_dir))
     settings.listen = listen or file_conf.get("listen") or settings.listen
-    int_keys = (
-        "max_workers",
-        "max_request_bytes",
-        "max_fetch_bytes",
-        "max_concurrent_rpcs",
-        "offsets_retention_minutes",
-    )
-    for key in int_keys:
+    for key in INT_SETTINGS:
         if key in file_conf:
-            setattr(settings, key, int(file_conf[key]))
+            setattr(settings, key, file_conf[key])
     settings.topic_defaults = {k: str(v) for k, v in file_conf.get("topic-defaults", {}).items()}
-    settings.manager = _manager_settings(file_conf.get("log-manager", {}))
+    settings.manager = manager_settings(file_conf.get("log-manager", {}))
     settings.metrics_listen = metrics_listen or file_conf.get("metrics_listen")
     settings.security = security_settings(file_conf)
     try:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import resource
 import signal
+import socket
 import sys
 import threading
 import time
@@ -27,7 +29,7 @@ from logstore.server.broker import (
 )
 from logstore.server.groups.coordinator import GroupCoordinator
 from logstore.server.groups.offsets_store import OffsetStore
-from logstore.server.metrics import BrokerMetrics
+from logstore.server.metrics import BrokerMetrics, parse_listen
 from logstore.server.producer_ids import ProducerIdManager
 from logstore.server.security import BrokerSecurity, SecuritySettings
 from logstore.storage.log_config import LogConfig
@@ -73,12 +75,44 @@ class BrokerSettings:
     security: SecuritySettings = field(default_factory=SecuritySettings)
 
 
+def check_can_listen(address: str) -> None:
+    """Raise OSError ("HOST:PORT is already in use") when `address` cannot be bound.
+
+    Called before anything touches the data dir, so a broker started twice by mistake
+    changes nothing on disk. Port 0 always binds. Only a port in use or one needing
+    privileges is refused here; other failures (e.g. no IPv6 on this machine for one of
+    the host's addresses) are left to the listener, which skips such addresses too.
+    """
+    try:
+        host, port = parse_listen(address)
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (ValueError, socket.gaierror) as exc:
+        raise OSError(f"cannot listen on {address}: {exc}") from None
+    if port == 0:
+        return
+    for family, kind, proto, _, sockaddr in infos:
+        with socket.socket(family, kind, proto) as probe:
+            # gRPC binds with SO_REUSEADDR: a port held only by connections closing
+            # (TIME_WAIT) after a restart is free for it, so it must be free here too.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(sockaddr)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise OSError(f"{address} is already in use") from None
+                if exc.errno == errno.EACCES:
+                    raise OSError(f"cannot listen on {address}: permission denied") from None
+
+
 class Broker:
     """A started broker: the core objects and the gRPC server in front of them."""
 
     def __init__(self, settings: BrokerSettings) -> None:
         self.settings = settings
         data_dir = Path(settings.data_dir)
+        for address in (settings.listen, settings.metrics_listen):
+            if address:
+                check_can_listen(address)
         # Before anything opens: a misconfigured broker must fail, never start unprotected.
         self.security = BrokerSecurity(settings.security, data_dir)
         self.manager = LogManager(
@@ -131,7 +165,10 @@ class Broker:
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
         )
-        self.port = self.security.add_port(self.server, settings.listen)
+        try:
+            self.port = self.security.add_port(self.server, settings.listen)
+        except RuntimeError:  # newer gRPC raises where older returned 0
+            self.port = 0
         if self.port == 0:
             self.manager.close()
             raise OSError(f"cannot listen on {settings.listen}")
@@ -238,6 +275,10 @@ def reload_security(broker: Broker) -> bool:
 def run(settings: BrokerSettings) -> int:
     """Run a broker in the foreground until SIGINT or SIGTERM (SIGHUP re-reads the token
     and TLS files); return the exit status."""
+    # First, so a second broker on a busy port says so in one line and logs nothing else.
+    for address in (settings.listen, settings.metrics_listen):
+        if address:
+            check_can_listen(address)
     before, after = raise_open_file_limit()
     if after != before:
         log.info("raised the open-file limit from %d to %d", before, after)
@@ -254,7 +295,11 @@ def run(settings: BrokerSettings) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGHUP, lambda _signum, _frame: reload_security(broker))
     broker.start()
-    recovered = "" if broker.manager.clean_shutdown else " (recovered after unclean shutdown)"
+    recovered = (
+        " (recovered after unclean shutdown)"
+        if broker.manager.recovered_after_unclean_shutdown
+        else ""
+    )
     print(
         f"LogStore broker listening on {broker.address}, data in {broker.manager.data_dir}"
         f"{recovered}",

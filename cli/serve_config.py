@@ -1,0 +1,134 @@
+"""`logstore serve --config FILE`: the TOML file, checked before the broker starts.
+
+Invariant: every key the file may hold is listed here with its type, and a file with any
+other key, or a value of the wrong type, is refused with a message naming the key (and
+the key it most likely meant). A typo must never silently leave a setting at its default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from logstore.cli.common import parse_host_port
+
+if TYPE_CHECKING:
+    from logstore.storage.log_manager import ManagerSettings
+
+#: a check returns the value when it is acceptable, or what was expected instead
+Check = Callable[[Any], str | None]
+
+
+def _string(value: Any) -> str | None:
+    return None if isinstance(value, str) else "a string"
+
+
+def _positive_int(value: Any) -> str | None:
+    # bool is an int subclass in Python; `max_workers = true` is still a mistake
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    return None if ok else "an integer >= 1"
+
+
+def _boolean(value: Any) -> str | None:
+    return None if isinstance(value, bool) else "true or false"
+
+
+def _table(value: Any) -> str | None:
+    return None if isinstance(value, dict) else "a table"
+
+
+def _listener(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return "a string HOST:PORT"
+    try:
+        parse_host_port(value, port_zero=True)
+    except ValueError:
+        return "HOST:PORT with a port in 0..65535"
+    return None
+
+
+def _principals(value: Any) -> str | None:
+    if isinstance(value, str) or (
+        isinstance(value, list) and all(isinstance(p, str) for p in value)
+    ):
+        return None
+    return 'a list of principals (["User:admin"]) or a comma-separated string'
+
+
+#: top-level key -> its check; the broker settings with the same names (sizes in bytes)
+TOP_LEVEL_KEYS: dict[str, Check] = {
+    "data_dir": _string,
+    "listen": _listener,
+    "metrics_listen": _listener,
+    "max_workers": _positive_int,
+    "max_request_bytes": _positive_int,
+    "max_fetch_bytes": _positive_int,
+    "max_concurrent_rpcs": _positive_int,
+    "offsets_retention_minutes": _positive_int,
+    "topic-defaults": _table,
+    "log-manager": _table,
+    "tls_cert": _string,
+    "tls_key": _string,
+    "tls_client_ca": _string,
+    "auth_tokens": _string,
+    "authorizer": _string,
+    "acls_enabled": _boolean,
+    "super_users": _principals,
+}
+
+#: the integer BrokerSettings fields a file may set
+INT_SETTINGS = tuple(key for key, check in TOP_LEVEL_KEYS.items() if check is _positive_int)
+
+
+def load_config(path: str | None) -> dict[str, Any]:
+    """The checked contents of the TOML file at `path` ({} for None)."""
+    if path is None:
+        return {}
+    try:
+        with open(path, "rb") as f:
+            conf = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise click.ClickException(f"cannot read config file {path}: {exc}") from exc
+    check_table(conf, TOP_LEVEL_KEYS, path)
+    check_table(conf.get("log-manager", {}), _manager_keys(), f"[log-manager] of {path}")
+    return conf
+
+
+def check_table(table: Mapping[str, Any], checks: Mapping[str, Check], where: str) -> None:
+    """Refuse the first unknown key or badly typed value of `table`, naming it."""
+    for key, value in table.items():
+        check = checks.get(key)
+        if check is None:
+            raise click.ClickException(f"unknown key {key!r} in {where}{_hint(key, checks)}")
+        expected = check(value)
+        if expected is not None:
+            raise click.ClickException(f"{key} in {where}: expected {expected}, got {value!r}")
+
+
+def _hint(key: str, known: Iterable[str]) -> str:
+    """' (did you mean 'x'?)' for the closest known key, else the list of known keys."""
+    names = sorted(known)
+    close = difflib.get_close_matches(key, names, n=1)
+    if close:
+        return f" (did you mean {close[0]!r}?)"
+    return f"; known keys: {', '.join(names)}"
+
+
+def _manager_keys() -> dict[str, Check]:
+    from logstore.storage.log_manager import ManagerSettings
+
+    # background_threads exists for tests that drive the manager by hand, not for brokers
+    names = {f.name for f in dataclasses.fields(ManagerSettings)} - {"background_threads"}
+    return {name: _positive_int for name in names}
+
+
+def manager_settings(table: Mapping[str, Any]) -> ManagerSettings:
+    """The [log-manager] table (already checked by `load_config`) as ManagerSettings."""
+    from logstore.storage.log_manager import ManagerSettings
+
+    return ManagerSettings(**table)
