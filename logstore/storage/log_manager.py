@@ -114,6 +114,9 @@ class LogManager:
         self.appends = AppendNotifier()
         marker = self.data_dir / fmt.CLEAN_SHUTDOWN_FILE
         self.clean_shutdown = marker.exists()
+        #: whether existing partitions were opened without a clean-shutdown marker (a new
+        #: data dir has no marker either, but nothing to recover)
+        self.recovered_after_unclean_shutdown = False
         marker.unlink(missing_ok=True)
         fsync_directory(self.data_dir)
         self._remove_deleted_topic_dirs()
@@ -177,6 +180,7 @@ class LogManager:
                     self._open_partition(name, p, config, recovery_points.get((name, p), 0))
                 )
             self._topics[name] = topic
+        self._log_recovery([p for t in self._topics.values() for p in t.partitions])
         self._apply_cleaner_checkpoints()
         for path in self.data_dir.iterdir():
             if path.is_dir() and parse_partition_dir(path.name) and path.name not in known_dirs:
@@ -219,10 +223,29 @@ class LogManager:
             clean_shutdown=self.clean_shutdown or new,
         )
         part.on_append = self.appends.notify
-        report = part.recovery_report
-        if report.repaired_anything:
-            log.warning("%s: recovery repaired the log: %s", part.name, report)
+        repairs = part.recovery_report.repairs()
+        if repairs:
+            log.warning("%s: recovery %s", part.name, ", ".join(repairs))
         return part
+
+    def _log_recovery(self, partitions: list[PartitionLog]) -> None:
+        """One line for a start after an unclean shutdown: how many partitions recovered,
+        how many needed repair and how many bytes of torn tail were dropped. Nothing after
+        a clean shutdown or for a new data dir (it has no partitions yet)."""
+        reports = [p.recovery_report for p in partitions if p.recovery_report.recovered]
+        self.recovered_after_unclean_shutdown = bool(reports)
+        if not reports:
+            return
+        repaired = sum(1 for r in reports if r.repairs())
+        dropped = sum(r.truncated_bytes for r in reports)
+        log.warning(
+            "recovered %d partition%s after an unclean shutdown: %d repaired, "
+            "%d bytes of torn tail dropped",
+            len(reports),
+            "" if len(reports) == 1 else "s",
+            repaired,
+            dropped,
+        )
 
     # --- topics ------------------------------------------------------------------------------
 

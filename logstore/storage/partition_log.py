@@ -72,13 +72,20 @@ class FetchResult:
 
 @dataclass(frozen=True)
 class RecoveryReport:
-    """What opening the log repaired: bytes cut from torn tails, segments dropped, etc."""
+    """What opening the log did: bytes cut from torn tails, segments dropped, etc.
+
+    `rebuilt_indexes` counts every segment re-scanned to rebuild its indexes, including
+    the routine re-scan of what was written since the last flush after an unclean
+    shutdown; `damaged_indexes` counts only those whose index files were missing or
+    corrupt, so a repair can be told from routine recovery.
+    """
 
     recovered: bool
     truncated_bytes: int
     deleted_segments: int
     rebuilt_indexes: int
     stray_files: int
+    damaged_indexes: int = 0
 
     @property
     def repaired_anything(self) -> bool:
@@ -88,6 +95,27 @@ class RecoveryReport:
             or self.rebuilt_indexes
             or self.stray_files
         )
+
+    def repairs(self) -> list[str]:
+        """What was found damaged and put right, in words (bytes); empty when the log was
+        intact, even if its unflushed tail was re-scanned."""
+        found = []
+        if self.truncated_bytes:
+            found.append(f"dropped {self.truncated_bytes} bytes of torn tail")
+        if self.deleted_segments:
+            found.append(f"deleted {_count(self.deleted_segments, 'segment')} past the damage")
+        if self.damaged_indexes:
+            found.append(f"rebuilt {_count(self.damaged_indexes, 'missing or corrupt index')}")
+        if self.stray_files:
+            found.append(f"removed {_count(self.stray_files, 'stray file')}")
+        return found
+
+
+def _count(n: int, noun: str) -> str:
+    """'1 segment', '2 segments': plurals for log lines."""
+    if n == 1:
+        return f"1 {noun}"
+    return f"{n} {noun}es" if noun.endswith("x") else f"{n} {noun}s"
 
 
 def _require_keys(view: bytes | memoryview, headers: Sequence[BatchHeader]) -> None:
@@ -201,6 +229,7 @@ class PartitionLog:
             segments = [self._new_segment(0)]
         self._set_segments(segments)
         rebuilt = 0
+        damaged = 0
         truncated = 0
         deleted = 0
         recovered = not clean_shutdown
@@ -214,8 +243,10 @@ class PartitionLog:
                     continue
                 except (CorruptIndexError, CorruptRecordError) as exc:
                     log.warning("%s: rebuilding index of %s: %s", self.name, segment, exc)
+                    damaged += 1
             elif segment.base_offset in index_missing:
                 log.warning("%s: rebuilding missing index of %s", self.name, segment.log_path.name)
+                damaged += 1
             rebuilt += 1
             # Structure and CRC only: the topic's max.message.bytes may have been lowered
             # since these batches were accepted, and they must not be cut for it.
@@ -234,7 +265,7 @@ class PartitionLog:
                 break
         deleted += self._check_continuity()
         self._finish_load()
-        return RecoveryReport(recovered, truncated, deleted, rebuilt, stray)
+        return RecoveryReport(recovered, truncated, deleted, rebuilt, stray, damaged)
 
     def _drop_segments_after(self, index: int) -> int:
         """Delete every segment after `index` (they follow a torn write, so are not valid)."""

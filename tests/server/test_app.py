@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import resource
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+from logstore import Admin
+from logstore.codec import format as fmt
+from tests.server.conftest import BrokerProcess
 
 _LOW_SOFT_LIMIT = 256
 
@@ -33,3 +39,147 @@ def test_serve_raises_the_soft_open_file_limit_to_the_hard_limit() -> None:
     first, second = done.stdout.splitlines()
     assert [int(n) for n in first.split()] == [_LOW_SOFT_LIMIT, expected, expected, hard]
     assert [int(n) for n in second.split()] == [expected, expected]  # already raised
+
+
+# --- start-up refusals: one line, non-zero exit, nothing written -----------------------------
+
+#: no refused start should take anywhere near this (s)
+SERVE_TIMEOUT_S = 60
+
+
+def _serve(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run `logstore serve` to completion (each case here must refuse to start)."""
+    return subprocess.run(
+        [sys.executable, "-m", "logstore.cli.main", "serve", "--data-dir", str(data_dir), *args],
+        capture_output=True,
+        text=True,
+        timeout=SERVE_TIMEOUT_S,
+        env={k: v for k, v in os.environ.items() if not k.startswith("LOGSTORE_")},
+    )
+
+
+def _assert_refused(done: subprocess.CompletedProcess[str], data_dir: Path, *words: str) -> None:
+    """Refused in one `error:` line naming `words`, before the data dir was created."""
+    assert done.returncode != 0, done.stdout
+    assert done.stdout == ""
+    assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, done.stderr
+    for word in words:
+        assert word in done.stderr, done.stderr
+    assert not data_dir.exists(), sorted(p.name for p in data_dir.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (("--listen", "127.0.0.1:99999"), ("--listen", "99999", "0..65535")),
+        (("--listen", "127.0.0.1:-1"), ("--listen", "HOST:PORT")),
+        (("--listen", "127.0.0.1"), ("--listen", "HOST:PORT")),
+        (("--metrics-listen", "127.0.0.1:65536"), ("--metrics-listen", "65536")),
+        (("--log-level", "bogus"), ("--log-level", "bogus", "debug", "info")),
+    ],
+)
+def test_bad_option_is_refused_in_one_line(
+    tmp_path: Path, args: tuple[str, ...], words: tuple[str, ...]
+) -> None:
+    data_dir = tmp_path / "data"
+    _assert_refused(_serve(data_dir, *args), data_dir, *words)
+
+
+def test_listen_from_the_environment_is_checked_too(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    done = subprocess.run(
+        [sys.executable, "-m", "logstore.cli.main", "serve", "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=SERVE_TIMEOUT_S,
+        env=dict(os.environ, LOGSTORE_LISTEN="127.0.0.1:70000"),
+    )
+    _assert_refused(done, data_dir, "--listen", "70000")
+
+
+@pytest.mark.parametrize(
+    ("toml", "words"),
+    [
+        ("max_worker = 4\n", ("'max_worker'", "did you mean 'max_workers'")),
+        ("colour = 'blue'\n", ("'colour'", "known keys", "listen")),
+        ('max_workers = "lots"\n', ("max_workers", "an integer", "'lots'")),
+        ("max_workers = true\n", ("max_workers", "an integer")),
+        ("offsets_retention_minutes = 0\n", ("offsets_retention_minutes", ">= 1")),
+        ('listen = "127.0.0.1:99999"\n', ("listen", "0..65535")),
+        ("topic-defaults = 3\n", ("topic-defaults", "a table")),
+        ("[log-manager]\nretention_check_ms = 5\n", ("[log-manager]", "retention_check_ms")),
+        ("[log-manager]\ncleaner_backoff_ms = 'soon'\n", ("cleaner_backoff_ms", "integer")),
+    ],
+)
+def test_bad_config_file_is_refused_naming_the_key(
+    tmp_path: Path, toml: str, words: tuple[str, ...]
+) -> None:
+    config = tmp_path / "broker.toml"
+    config.write_text(toml)
+    data_dir = tmp_path / "data"
+    _assert_refused(_serve(data_dir, "--config", str(config)), data_dir, *words)
+
+
+def test_a_port_in_use_is_refused_before_the_data_dir_is_touched(
+    broker: BrokerProcess, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "second"
+    for args in (
+        ("--listen", broker.address),
+        ("--listen", "127.0.0.1:0", "--metrics-listen", broker.address),
+    ):
+        done = _serve(data_dir, *args)
+        _assert_refused(done, data_dir, broker.address)
+        assert done.stderr == f"error: {broker.address} is already in use\n"
+
+
+# --- recovery is logged as a summary, and only after an unclean shutdown ---------------------
+
+
+def _recovery_lines(log_text: str) -> list[str]:
+    return [line for line in log_text.splitlines() if "recover" in line.lower()]
+
+
+def _create_topic(address: str, topic: str, partitions: int) -> None:
+    with Admin(address) as admin:
+        admin.create_topic(topic, partitions=partitions)
+
+
+def test_a_new_data_dir_logs_no_recovery(broker: BrokerProcess) -> None:
+    assert "recovered" not in broker.start_line
+    assert _recovery_lines(broker.logs()) == []
+    broker.restart()  # after a clean shutdown: nothing to recover either
+    assert "recovered" not in broker.start_line
+    assert _recovery_lines(broker.logs()) == []
+
+
+def test_an_unclean_shutdown_logs_one_summary_line(broker: BrokerProcess) -> None:
+    _create_topic(broker.address, "idle", 4)
+    broker.kill9()
+    broker.start()
+    lines = _recovery_lines(broker.logs())
+    assert "recovered after unclean shutdown" in broker.start_line
+    # __consumer_offsets and the four partitions of "idle": none needed repair
+    assert len(lines) == 1, lines
+    assert "WARNING" in lines[0]
+    assert lines[0].endswith(
+        "recovered 5 partitions after an unclean shutdown: 0 repaired, 0 bytes of torn tail dropped"
+    )
+
+
+def test_a_repaired_partition_gets_its_own_line_in_words(broker: BrokerProcess) -> None:
+    _create_topic(broker.address, "torn", 2)
+    broker.kill9()
+    torn = b"\x00\x00\x00\x00\x00\x00\x00\x09\x00\x00\x00"  # a batch header cut short
+    with open(broker.data_dir / "torn-0" / fmt.offset_file_name(0, fmt.LOG_SUFFIX), "ab") as f:
+        f.write(torn)
+    broker.start()
+    lines = _recovery_lines(broker.logs())
+    assert any(
+        line.endswith(f"torn-0: recovery dropped {len(torn)} bytes of torn tail") for line in lines
+    ), lines
+    assert not any("torn-1" in line or "RecoveryReport" in line for line in lines), lines
+    assert lines[-1].endswith(
+        f"recovered 3 partitions after an unclean shutdown: 1 repaired, "
+        f"{len(torn)} bytes of torn tail dropped"
+    )
