@@ -154,7 +154,8 @@ def member_rows(d: GroupDescription) -> Iterable[tuple[object, ...]]:
 @click.argument("group")
 @bootstrap_option
 def delete(group: str, bootstrap: str) -> None:
-    """Delete GROUP and its committed offsets (refused while it has active members).
+    """Delete GROUP and its committed offsets (refused while it has active members, and
+    an error for a group that does not exist, as with Kafka's tool).
 
     \b
     Examples:

@@ -241,7 +241,8 @@ class Admin:
 
     def delete_group(self, group: str) -> int:
         """Delete a group with no active members and its committed offsets; return how many
-        offsets went."""
+        offsets went. Raises UnknownGroupError for a group with neither members nor
+        commits, GroupNotEmptyError while it has active members."""
         return self._call("DeleteGroup", pb.DeleteGroupRequest(group_id=group)).deleted_offsets
 
     def reset_offsets(

@@ -10,7 +10,12 @@ from collections.abc import Iterable
 from typing import Any
 
 from logstore.clock import SYSTEM_CLOCK
-from logstore.errors import GroupNotEmptyError, InvalidRequestError, UnknownTopicOrPartitionError
+from logstore.errors import (
+    GroupNotEmptyError,
+    InvalidRequestError,
+    UnknownGroupError,
+    UnknownTopicOrPartitionError,
+)
 from logstore.server.errors import handles_errors
 from logstore.server.groups import offset_reset
 from logstore.server.groups.coordinator import GroupCoordinator, HeartbeatRequest
@@ -178,9 +183,20 @@ class GroupHandlers:
 
     @handles_errors
     def DeleteGroup(self, request: pb.DeleteGroupRequest, context: Any) -> pb.DeleteGroupResponse:
-        self._require_inactive(request.group_id, "delete it")
-        self.coordinator.delete_group(request.group_id)
-        return pb.DeleteGroupResponse(deleted_offsets=self.offsets.delete_group(request.group_id))
+        """Forget an inactive group and its committed offsets. A group neither the
+        coordinator remembers nor with any commit does not exist: NOT_FOUND, as Kafka's
+        GROUP_ID_NOT_FOUND, so a mistyped name is not reported as deleted."""
+        group = request.group_id
+        if not group:
+            raise InvalidRequestError("group_id must not be empty")
+        self._require_inactive(group, "delete it")
+        remembered = self.coordinator.delete_group(group)
+        deleted_offsets = self.offsets.delete_group(group)
+        if not remembered and not deleted_offsets:
+            raise UnknownGroupError(
+                f"consumer group {group!r} does not exist (no members, no committed offsets)"
+            )
+        return pb.DeleteGroupResponse(deleted_offsets=deleted_offsets)
 
     def _require_inactive(self, group: str, action: str) -> None:
         active = self.coordinator.active_member_count(group)

@@ -85,3 +85,24 @@ def test_every_command_has_help_with_examples() -> None:
         assert "Examples:" in result.stdout, command
         if command != ["dump-log"]:
             assert "--bootstrap-server" in result.stdout, command
+
+
+@pytest.mark.parametrize(
+    ("address", "words"),
+    [
+        ("127.0.0.1:99999", ("99999", "1..65535")),
+        ("127.0.0.1:0", ("port 0", "1..65535")),
+        ("127.0.0.1", ("HOST:PORT",)),
+        (":9092", ("HOST:PORT",)),
+    ],
+)
+def test_bad_bootstrap_address(address: str, words: tuple[str, ...]) -> None:
+    for result in (
+        run_cli("topics", "list", "--bootstrap-server", address),
+        run_cli("topics", "list", bootstrap=address),  # from LOGSTORE_BOOTSTRAP
+    ):
+        assert_one_line_error(result)
+        assert result.code == 2
+        assert "--bootstrap-server" in result.err
+        for word in words:
+            assert word in result.err, result.err

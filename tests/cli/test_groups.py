@@ -156,3 +156,27 @@ def test_reset_offsets_option_errors_are_one_line(args: list[str], message: str)
     assert result.exit_code == 2
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
     assert message in result.stderr
+
+
+def test_deleting_an_unknown_group_fails_like_describing_it(cli: Cli) -> None:
+    deleted = cli("groups", "delete", "nosuchgroup")
+    described = cli("groups", "describe", "nosuchgroup")
+    for result in (deleted, described):
+        assert result.code == 1
+        assert result.out == ""
+        assert result.err == (
+            "error: consumer group 'nosuchgroup' does not exist "
+            "(no members, no committed offsets)\n"
+        )
+
+
+def test_admin_delete_group_raises_for_an_unknown_group(cli: Cli) -> None:
+    from logstore import Admin
+    from logstore.errors import UnknownGroupError
+
+    with Admin(cli.address) as admin:
+        admin.create_topic("t")
+        admin.commit_offsets("g", {("t", 0): 0})
+        assert admin.delete_group("g") == 1
+        with pytest.raises(UnknownGroupError, match="consumer group 'g' does not exist"):
+            admin.delete_group("g")

@@ -25,6 +25,7 @@ from logstore.errors import (
     InvalidRequestError,
     InvalidTopicError,
     TopicExistsError,
+    UnknownGroupError,
     UnknownTopicOrPartitionError,
 )
 from logstore.types import GroupListing, OffsetAndMetadata, OffsetResetEntry
@@ -236,7 +237,8 @@ def test_list_describe_and_delete_groups(
     assert admin.delete_group("idle") == 1
     assert admin.list_groups() == []
     assert admin.committed_offsets("live") == {}
-    assert admin.delete_group("never") == 0
+    with pytest.raises(UnknownGroupError, match="consumer group 'never' does not exist"):
+        admin.delete_group("never")
 
 
 # --- offset resets ---------------------------------------------------------------------------

@@ -196,3 +196,55 @@ def test_reset_to_datetime_replays_exactly_from_that_time(stub: pb_grpc.LogStore
     assert [(o.committed_offset, o.log_end_offset, o.lag) for o in desc.offsets] == [(7, 10, 3)]
     assert stub.DeleteGroup(pb.DeleteGroupRequest(group_id="g"), timeout=10).deleted_offsets == 1
     assert stub.ListGroups(pb.ListGroupsRequest(), timeout=10).groups == []
+
+
+def _error_kind(error: grpc.RpcError) -> str:
+    return dict(error.trailing_metadata() or ()).get("logstore-error-kind", "")  # type: ignore[attr-defined]
+
+
+def test_deleting_an_unknown_group_is_not_found(stub: pb_grpc.LogStoreStub) -> None:
+    with pytest.raises(grpc.RpcError) as unknown:
+        stub.DeleteGroup(pb.DeleteGroupRequest(group_id="nosuchgroup"), timeout=10)
+    assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+    assert unknown.value.details() == (
+        "consumer group 'nosuchgroup' does not exist (no members, no committed offsets)"
+    )
+    assert _error_kind(unknown.value) == "UnknownGroupError"
+    with pytest.raises(grpc.RpcError) as empty:
+        stub.DeleteGroup(pb.DeleteGroupRequest(group_id=""), timeout=10)
+    assert empty.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_group_exists_until_deleted_whether_by_members_or_commits(
+    stub: pb_grpc.LogStoreStub,
+) -> None:
+    stub.CreateTopic(pb.CreateTopicRequest(name="t", partitions=1), timeout=10)
+    # known only by its commits
+    stub.CommitOffsets(
+        pb.CommitOffsetsRequest(
+            group_id="committed",
+            generation_id=-1,
+            topics=[
+                pb.CommitTopic(topic="t", partitions=[pb.CommitPartition(partition=0, offset=0)])
+            ],
+        ),
+        timeout=10,
+    )
+    # known only to the coordinator: joined and left, never committed
+    joined = stub.JoinGroup(
+        pb.GroupHeartbeatRequest(group_id="joined", subscription=pb.Subscription(topics=["t"])),
+        timeout=10,
+    )
+    stub.LeaveGroup(
+        pb.GroupHeartbeatRequest(group_id="joined", member_id=joined.member_id, member_epoch=-1),
+        timeout=10,
+    )
+    deleted = {
+        g: stub.DeleteGroup(pb.DeleteGroupRequest(group_id=g), timeout=10).deleted_offsets
+        for g in ("committed", "joined")
+    }
+    assert deleted == {"committed": 1, "joined": 0}
+    for group in ("committed", "joined"):  # a second delete finds nothing
+        with pytest.raises(grpc.RpcError) as again:
+            stub.DeleteGroup(pb.DeleteGroupRequest(group_id=group), timeout=10)
+        assert again.value.code() == grpc.StatusCode.NOT_FOUND
