@@ -17,8 +17,9 @@ from typing import Any
 import grpc
 import pytest
 
-from logstore.client import consumer as consumer_module
-from logstore.client.consumer import Consumer, _fetchable, _PartitionState
+from logstore.client.consumer import Consumer
+from logstore.client.consumer.fetch_positions import FetchPositions, PartitionState, fetchable
+from logstore.client.consumer.fetcher import Fetcher
 from logstore.v1 import logstore_pb2_grpc as pb_grpc
 from tests.client.test_consumer import check_values, create, poll_until, produce
 from tests.server.conftest import BrokerProcess
@@ -62,7 +63,7 @@ def unary_consumer(broker: BrokerProcess, **options: Any) -> Consumer:
 def fetch_log(monkeypatch: pytest.MonkeyPatch) -> collections.Counter[str]:
     """Counts fetches sent ahead and what became of their answers."""
     counts: collections.Counter[str] = collections.Counter()
-    send, arrival = consumer_module._Fetcher._send, consumer_module._Fetcher._arrival
+    send, arrival = Fetcher._send, FetchPositions._arrival
 
     def counting_send(self: Any, block: bool, ahead: bool = False) -> Any:
         inflight = send(self, block, ahead)
@@ -71,15 +72,15 @@ def fetch_log(monkeypatch: pytest.MonkeyPatch) -> collections.Counter[str]:
         return inflight
 
     def counting_arrival(
-        self: Any, tp: Any, state: Any, offset: int, result: Any, ahead: bool
+        self: Any, tp: Any, state: Any, offset: int, data: Any, high_watermark: int, ahead: bool
     ) -> Any:
-        taken = arrival(self, tp, state, offset, result, ahead)
+        taken = arrival(self, tp, state, offset, data, high_watermark, ahead)
         if ahead:
             counts["ahead used" if taken is not None else "ahead dropped"] += 1
         return taken
 
-    monkeypatch.setattr(consumer_module._Fetcher, "_send", counting_send)
-    monkeypatch.setattr(consumer_module._Fetcher, "_arrival", counting_arrival)
+    monkeypatch.setattr(Fetcher, "_send", counting_send)
+    monkeypatch.setattr(FetchPositions, "_arrival", counting_arrival)
     return counts
 
 
@@ -149,8 +150,8 @@ def test_a_consumer_at_the_end_of_the_log_does_not_fetch_ahead(
     assert fetch_log["ahead sent"] == 0, fetch_log
 
 
-def _state(inflight: int, ahead: bool) -> _PartitionState:
-    state = _PartitionState("earliest", epoch=1)
+def _state(inflight: int, ahead: bool) -> PartitionState:
+    state = PartitionState("earliest", epoch=1)
     state.fetch_position = 10
     state.inflight, state.ahead = inflight, ahead
     return state
@@ -170,12 +171,12 @@ def test_when_a_partition_is_fetched(
     inflight: int, ahead: bool, plain: bool, fetched_ahead: bool
 ) -> None:
     state = _state(inflight, ahead)
-    assert _fetchable(state, ahead=False) is plain
-    assert _fetchable(state, ahead=True) is fetched_ahead
+    assert fetchable(state, ahead=False) is plain
+    assert fetchable(state, ahead=True) is fetched_ahead
 
 
 def test_a_new_epoch_forgets_fetches_in_flight() -> None:
     state = _state(1, True)
     state.renew(epoch=2)
     assert (state.epoch, state.inflight, state.ahead) == (2, 0, False)
-    assert _fetchable(state, ahead=False)
+    assert fetchable(state, ahead=False)
