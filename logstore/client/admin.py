@@ -17,7 +17,7 @@ from logstore.client._connection import (
     translate,
 )
 from logstore.codec.wire import EARLIEST_TIMESTAMP, LATEST_TIMESTAMP
-from logstore.errors import ClientClosedError, InvalidRequestError
+from logstore.errors import ClientClosedError, InvalidPartitionsError, InvalidRequestError
 from logstore.timeparse import parse_datetime_ms, parse_duration_ms
 from logstore.types import (
     GroupDescription,
@@ -66,6 +66,30 @@ def offset_spec(spec: str | int) -> int:
     raise InvalidRequestError(f"offset spec {spec!r}: use 'earliest', 'latest' or a ms timestamp")
 
 
+#: the most partitions a topic may have: the broker's limit (DEFAULT_MAX_PARTITIONS in
+#: logstore.storage.log_config, which the client may not import; a test keeps them equal)
+MAX_PARTITIONS = 10_000
+#: partition counts travel in int32 fields
+_INT32_RANGE = range(-(2**31), 2**31)
+#: how much of a refused value a message quotes (characters)
+_SHOWN_CHARS = 64
+
+
+def _wire_partition_count(count: int) -> int:
+    """`count`, if the request's int32 field can carry it. A count it cannot carry is far
+    beyond any broker's limit: refused here with the broker's own wording for an
+    out-of-range count, instead of the protobuf library's bare "Value out of range"."""
+    if isinstance(count, bool) or not isinstance(count, int) or count in _INT32_RANGE:
+        return count
+    text = str(count)
+    shown = repr(text)
+    if len(text) > _SHOWN_CHARS:
+        shown = f"{text[:_SHOWN_CHARS]!r}... ({len(text)} characters)"
+    raise InvalidPartitionsError(
+        f"invalid partition count {shown}: expected an integer in 1..{MAX_PARTITIONS}"
+    )
+
+
 class Admin:
     """Topic administration and offset queries.
 
@@ -111,7 +135,9 @@ class Admin:
         self, name: str, partitions: int = 1, config: Mapping[str, str | int] | None = None
     ) -> TopicDescription:
         request = pb.CreateTopicRequest(
-            name=name, partitions=partitions, config={k: str(v) for k, v in (config or {}).items()}
+            name=name,
+            partitions=_wire_partition_count(partitions),
+            config={k: str(v) for k, v in (config or {}).items()},
         )
         return describe_from_proto(self._call("CreateTopic", request).topic)
 
@@ -139,7 +165,7 @@ class Admin:
         return describe_from_proto(self._call("AlterTopicConfig", request).topic)
 
     def add_partitions(self, name: str, total: int) -> TopicDescription:
-        request = pb.AddPartitionsRequest(name=name, total_count=total)
+        request = pb.AddPartitionsRequest(name=name, total_count=_wire_partition_count(total))
         return describe_from_proto(self._call("AddPartitions", request).topic)
 
     # --- offsets -----------------------------------------------------------------------------

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.cli.conftest import Cli, table
 
 
@@ -55,3 +57,14 @@ def test_alter_that_shrinks_or_changes_nothing_fails_with_one_line(cli: Cli) -> 
     nothing = cli("topics", "alter", "t")
     assert nothing.code == 2
     assert nothing.err.startswith("error: nothing to change")
+
+
+@pytest.mark.parametrize("count", ["100000", "2147483648", "99999999999999999999"])
+def test_any_out_of_range_partition_count_gets_the_same_clean_message(cli: Cli, count: str) -> None:
+    expected = f"error: invalid partition count '{count}': expected an integer in 1..10000\n"
+    created = cli("topics", "create", "t", "--partitions", count)
+    assert (created.code, created.err) == (1, expected)
+    cli.ok("topics", "create", "t")
+    altered = cli("topics", "alter", "t", "--partitions", count)
+    assert (altered.code, altered.err) == (1, expected)
+    assert cli.ok("topics", "list").lines() == ["t"]
