@@ -1,0 +1,66 @@
+"""The progress monitor's logging rules, on a ManualClock."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from logstore.client.consumer.progress import ProgressMonitor
+from logstore.clock import ManualClock
+
+LOGGER = "logstore.client.consumer"
+
+
+def records(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == LOGGER and r.levelno == level]
+
+
+def test_an_unreachable_broker_is_warned_once_then_every_interval_then_cleared(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, LOGGER)
+    clock = ManualClock()
+    monitor = ProgressMonitor("127.0.0.1:1", clock, log_interval_ms=30_000)
+    for _ in range(50):
+        monitor.broker_failed("connection refused")
+        monitor.tick()
+        clock.advance(100)
+    assert len(records(caplog, logging.WARNING)) == 1
+    assert "127.0.0.1:1" in records(caplog, logging.WARNING)[0]
+    stall = monitor.stall()
+    assert stall is not None and stall.reason == "broker_unreachable"
+    assert stall.since_ms == 1_700_000_000_000
+    clock.advance(30_000)
+    monitor.tick()
+    assert len(records(caplog, logging.WARNING)) == 2
+    monitor.broker_answered()
+    monitor.broker_answered()
+    assert monitor.stall() is None
+    assert len(records(caplog, logging.INFO)) == 1
+
+
+def test_missing_topics_from_any_source_hold_the_condition(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, LOGGER)
+    clock = ManualClock()
+    monitor = ProgressMonitor("b:1", clock)
+    monitor.set_missing("assigned", frozenset({"a"}))
+    monitor.set_missing("subscribed", frozenset({"s"}))
+    stall = monitor.stall()
+    assert stall is not None and (stall.reason, stall.topics) == ("missing_topics", {"a", "s"})
+    monitor.set_missing("assigned", frozenset())
+    assert monitor.stall() is not None
+    monitor.set_missing("subscribed", frozenset())
+    assert monitor.stall() is None
+    assert len(records(caplog, logging.WARNING)) == 1
+    assert len(records(caplog, logging.INFO)) == 1
+
+
+def test_an_unreachable_broker_is_reported_before_missing_topics() -> None:
+    monitor = ProgressMonitor("b:1", ManualClock())
+    monitor.set_missing("assigned", frozenset({"a"}))
+    monitor.broker_failed("down")
+    stall = monitor.stall()
+    assert stall is not None and stall.reason == "broker_unreachable"
