@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import signal
@@ -75,16 +76,50 @@ def as_text(data: bytes | None) -> str:
     return "null" if data is None else data.decode("utf-8", errors="backslashreplace")
 
 
+#: how a key, value or header value that is not UTF-8 is written in JSON
+BASE64 = "base64"
+
+
+def as_json_string(data: bytes) -> tuple[str, str | None]:
+    """(text, None) for bytes that are valid UTF-8; (base64 text, "base64") otherwise, so
+    binary data survives a JSON round trip and is never mistaken for text."""
+    try:
+        return data.decode("utf-8"), None
+    except UnicodeDecodeError:
+        return base64.b64encode(data).decode("ascii"), BASE64
+
+
+def _put(out: dict[str, Any], name: str, data: bytes | None) -> None:
+    """`name` (null for a null key or value), and `name_encoding` only when base64."""
+    if data is None:
+        out[name] = None
+        return
+    out[name], encoding = as_json_string(data)
+    if encoding is not None:
+        out[f"{name}_encoding"] = encoding
+
+
+def _header_as_json(key: str, value: bytes | None) -> list[str | None]:
+    """[key, value] for a text (or null) value; [key, base64 value, "base64"] otherwise."""
+    if value is None:
+        return [key, None]
+    text, encoding = as_json_string(value)
+    return [key, text] if encoding is None else [key, text, encoding]
+
+
 def record_as_json(r: ConsumerRecord) -> dict[str, Any]:
-    return {
+    """A record as `consume --json` prints it: text stays text, other bytes are base64
+    with a `key_encoding` / `value_encoding` field (a third header element) saying so."""
+    out: dict[str, Any] = {
         "topic": r.topic,
         "partition": r.partition,
         "offset": r.offset,
         "timestamp": r.timestamp,
-        "key": None if r.key is None else as_text(r.key),
-        "value": None if r.value is None else as_text(r.value),
-        "headers": [[k, None if v is None else as_text(v)] for k, v in r.headers],
     }
+    _put(out, "key", r.key)
+    _put(out, "value", r.value)
+    out["headers"] = [_header_as_json(k, v) for k, v in r.headers]
+    return out
 
 
 class Committer(ConsumerRebalanceListener):
@@ -177,8 +212,12 @@ def consume(
     Without --group every partition (or --partition) is read from the end, or from the
     start with --from-beginning, or from --offset. With --group the group's committed
     offsets are the start and what is printed is committed. Exits after --max-messages,
-    after --timeout-ms with nothing new, or on Ctrl-C (status 0). With --json each line
-    is an object: topic, partition, offset, timestamp, key, value, headers.
+    after --timeout-ms with nothing new, or on Ctrl-C (status 0).
+
+    With --json each line is an object: topic, partition, offset, timestamp, key, value,
+    headers ([[key, value], ...]). A key, value or header value that is valid UTF-8 is a
+    JSON string; any other bytes are base64, marked by "key_encoding": "base64",
+    "value_encoding": "base64", or a third header element "base64". Null stays null.
 
     \b
     Examples:
@@ -186,6 +225,7 @@ def consume(
       logstore consume orders --group billing --print-key --timeout-ms 5000
       logstore consume orders --partition 2 --offset 1500 --print-offset
       logstore consume orders --from-beginning --json | jq -r .value
+      logstore consume images --json | jq -r 'select(.value_encoding == "base64") | .value'
     """
     start = _parse_offset(offset, partition)
     with open_admin(bootstrap) as admin:

@@ -140,6 +140,11 @@ def _require_dlq(admin: Admin, topic: str) -> None:
 def show(topic: str, max_messages: int | None, as_json: bool, bootstrap: str) -> None:
     """Show TOPIC's records with where they came from and why they failed.
 
+    With --json: each record as `logstore consume --json` prints it (keys, values and
+    header values that are not UTF-8 in base64, marked by key_encoding, value_encoding or
+    a third header element "base64"), plus original_topic, original_partition,
+    original_offset, attempts, error_type, error_message and dead_lettered_at.
+
     \b
     Examples:
       logstore dlq show orders.dlq

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 
 from click.testing import CliRunner
@@ -152,3 +153,16 @@ def test_help_has_examples_and_a_dead_broker_is_one_line(dead_address: str) -> N
         assert "Examples:" in result.stdout and "--bootstrap-server" in result.stdout
     down = run_cli("dlq", "list", bootstrap=dead_address)
     assert down.code == 1 and down.err == f"error: cannot reach broker at {dead_address}\n"
+
+
+def test_show_json_writes_binary_values_as_consume_does(cli: Cli) -> None:
+    with Admin(cli.address) as admin:
+        admin.create_topic("blobs.dlq")
+    headers = h.encode({h.DLQ_ORIGINAL_TOPIC: "blobs", h.DLQ_ERROR_TYPE: "ValueError"})
+    with Producer(cli.address, linger_ms=0) as producer:
+        producer.send("blobs.dlq", value=b"\x89PNG\xff", key=b"img", headers=headers).result()
+    (shown,) = json.loads(cli.ok("dlq", "show", "blobs.dlq", "--json").out)
+    assert shown["value_encoding"] == "base64"
+    assert base64.b64decode(shown["value"]) == b"\x89PNG\xff"
+    assert shown["key"] == "img" and "key_encoding" not in shown
+    assert shown["original_topic"] == "blobs" and shown["error_type"] == "ValueError"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -169,3 +170,44 @@ def test_line_without_separator_stops_with_an_error(cli: Cli) -> None:
     assert result.code == 1
     assert "error: line 2 has no key separator ':'" in result.err
     assert "produced 1 record(s)" in result.err
+
+
+BINARY = b"\xff\xfe\x00binary"
+LOOKS_ESCAPED = b"\\xff\\xfe\x00binary"  # valid UTF-8 text that reads like escaped bytes
+
+
+def test_json_tells_binary_from_text_and_round_trips_both(cli: Cli) -> None:
+    from logstore import Producer
+
+    cli.ok("topics", "create", "bin")
+    with Producer(cli.address, acks="all") as producer:
+        for key, value, headers in (
+            (BINARY, LOOKS_ESCAPED, [("raw", BINARY), ("txt", b"caf\xc3\xa9"), ("nil", None)]),
+            (b"k", BINARY, []),
+            (None, None, []),
+        ):
+            producer.send("bin", value=value, key=key, headers=headers).result(timeout=30)
+    lines = cli.ok("consume", "bin", "--from-beginning", "--json", "--max-messages", "3").lines()
+    first, second, third = (json.loads(line) for line in lines)
+
+    assert first["key_encoding"] == "base64" and base64.b64decode(first["key"]) == BINARY
+    assert "value_encoding" not in first and first["value"].encode() == LOOKS_ESCAPED
+    raw, txt, nil = first["headers"]
+    assert raw[0] == "raw" and raw[2] == "base64" and base64.b64decode(raw[1]) == BINARY
+    assert txt == ["txt", "café"] and nil == ["nil", None]
+
+    assert (second["key"], "key_encoding" in second) == ("k", False)
+    assert second["value_encoding"] == "base64"
+    assert base64.b64decode(second["value"]) == BINARY
+
+    assert (third["key"], third["value"], third["headers"]) == (None, None, [])
+    assert "key_encoding" not in third and "value_encoding" not in third
+
+
+def test_consume_help_documents_the_json_encoding() -> None:
+    from click.testing import CliRunner
+
+    from logstore.cli.main import cli as main_cli
+
+    text = " ".join(CliRunner().invoke(main_cli, ["consume", "--help"]).stdout.split())
+    assert '"value_encoding": "base64"' in text and "valid UTF-8" in text
