@@ -13,7 +13,7 @@ import grpc
 import pytest
 
 from logstore.client.admin import Admin
-from logstore.client.producer import BatchMetadata, Producer, _fast_records, _frame_batch
+from logstore.client.producer import BatchMetadata, Producer
 from logstore.codec import format as fmt
 from logstore.codec import record_batch as rb
 from logstore.codec.partitioner import partition_for_key
@@ -304,21 +304,6 @@ def test_send_batch_keeps_order_after_send(broker: BrokerProcess) -> None:
         p.send("mixed", b"first", partition=0)
         p.send_batch("mixed", [b"second", b"third"], partition=0).result(WAIT_S)
     assert [r.value for r in _records(broker, "mixed", 0)] == [b"first", b"second", b"third"]
-
-
-def test_fast_batch_encoding_matches_the_reference_encoder() -> None:
-    for values in ([b"x" * 100] * 3000, [b""] * 5, [b"y" * 70_000] * 2):
-        records = _fast_records(values)
-        assert records is not None
-        framed = _frame_batch(records, len(values), 1_234, fmt.CODEC_NONE, 7, 1, 42)
-        reference = rb.encode_batch(
-            [(None, v, None, 1_234) for v in values],
-            producer_id=7,
-            producer_epoch=1,
-            base_sequence=42,
-        )
-        assert framed == reference
-    assert _fast_records([b"a", b"bb"]) is None
 
 
 # --- futures, flush, close -----------------------------------------------------------------------

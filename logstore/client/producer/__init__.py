@@ -1,5 +1,25 @@
-"""The producer (this commit only moves producer.py into the package; the split
-into an I/O-free core and thin threads follows)."""
+"""The producer: `Producer` and the `BatchMetadata` its `send_batch` futures resolve to.
 
-from logstore.client.producer.facade import *  # noqa: F403
-from logstore.client.producer.facade import _fast_records, _frame_batch  # noqa: F401
+Inside, an I/O-free core decides everything and is tested without a broker:
+
+- `accumulator`: per-partition batches, linger and batch_size decisions, what is ready to
+  send and in which requests, what an answer or a broken stream means;
+- `sequences`: idempotent sequence numbers per partition, and their reset;
+- `retry`: which errors are retriable, backoff, delivery timeout;
+- `futures`: the futures handed out, finished per batch.
+
+Around it, thin I/O: `sender` (the sender thread, the `ProduceStream` and its reader
+thread) and `facade` (`Producer`: argument checks, routing, topic metadata).
+"""
+
+from logstore.client.producer.accumulator import HEADER_OVERHEAD_BYTES, RECORD_OVERHEAD_BYTES
+from logstore.client.producer.facade import PRODUCE_STREAM_METHOD, Producer
+from logstore.client.producer.futures import BatchMetadata
+
+__all__ = [
+    "HEADER_OVERHEAD_BYTES",
+    "PRODUCE_STREAM_METHOD",
+    "RECORD_OVERHEAD_BYTES",
+    "BatchMetadata",
+    "Producer",
+]
