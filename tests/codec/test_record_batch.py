@@ -532,6 +532,101 @@ def test_set_log_append_time(codec: int, transactional: bool, now_ms: int) -> No
     assert [r.timestamp for r in theirs] == [now_ms] * len(SAMPLE_RECORDS)
 
 
+@settings(max_examples=150, deadline=None)
+@given(
+    records=record_lists(),
+    codec=codecs,
+    producer=producer_states,
+    with_keys=st.booleans(),
+    with_headers=st.booleans(),
+)
+def test_encode_values_is_encode_batch_with_one_timestamp(
+    records: list[rb.RecordInput],
+    codec: int,
+    producer: tuple[int, int, int],
+    with_keys: bool,
+    with_headers: bool,
+) -> None:
+    """The producer's bulk path gives the same bytes as the general encoder."""
+    timestamp = records[0][3]
+    assert timestamp is not None
+    inputs = [
+        (k if with_keys else None, v, h if with_headers else None, timestamp)
+        for k, v, h, _ in records
+    ]
+    pid, epoch, seq = producer
+    state = {"producer_id": pid, "producer_epoch": epoch, "base_sequence": seq}
+    data = rb.encode_values(
+        [v for _, v, _, _ in inputs],
+        timestamp,
+        keys=[k for k, _, _, _ in inputs] if with_keys else None,
+        headers=[h for _, _, h, _ in inputs] if with_headers else None,
+        codec=codec,
+        **state,
+    )
+    assert data == rb.encode_batch(inputs, codec=codec, **state)
+    assert kafka_records(data) == [tuple(r) for r in expected_records(inputs, 0)]
+
+
+@pytest.mark.parametrize("codec", CODECS)
+@pytest.mark.parametrize(
+    ("length", "count"),
+    [(100, 3000), (0, 5), (63, 1), (64, 2), (8191, 3), (70_000, 2), (7, 1025)],
+)
+def test_same_length_values_take_the_table_path_and_match(
+    codec: int, length: int, count: int
+) -> None:
+    """Null-key, header-less values of one length skip the per-record loop (offset deltas
+    past the first 1024 included) and still give the general encoder's bytes."""
+    values: list[bytes | None] = [bytes([i % 251]) * length for i in range(count)]
+    data = rb.encode_values(
+        values, 1_234, codec=codec, producer_id=7, producer_epoch=1, base_sequence=42
+    )
+    reference = rb.encode_batch(
+        [(None, v, None, 1_234) for v in values],
+        codec=codec,
+        producer_id=7,
+        producer_epoch=1,
+        base_sequence=42,
+    )
+    assert data == reference
+    assert [r[3] for r in kafka_records(data)] == values
+    assert rb._same_length_records(values) is not None  # type: ignore[arg-type]
+    assert rb._same_length_records([b"a", b"bb"]) is None
+
+
+def test_encode_values_needs_a_record() -> None:
+    with pytest.raises(ValueError, match="at least one record"):
+        rb.encode_values([], 0)
+
+
+@given(
+    codec=codecs,
+    before=producer_states,
+    after=st.tuples(
+        st.integers(0, INT64_MAX), st.integers(0, 2**15 - 1), st.integers(0, INT32_MAX)
+    ),
+)
+def test_set_producer_state_restamps_and_fixes_the_crc(
+    codec: int, before: tuple[int, int, int], after: tuple[int, int, int]
+) -> None:
+    pid, epoch, seq = before
+    data = sample_batch(codec, producer_id=pid, producer_epoch=epoch, base_sequence=seq)
+    prefix = sample_batch()
+    buf = bytearray(prefix + data)
+    rb.set_producer_state(buf, len(prefix), len(data), *after)
+    assert bytes(buf[: len(prefix)]) == prefix
+    header = rb.validate_batch(buf, len(prefix))
+    assert (header.producer_id, header.producer_epoch, header.base_sequence) == after
+    untouched = rb.read_header(data)
+    fields = {"producer_id": 0, "producer_epoch": 0, "base_sequence": 0, "crc": 0}
+    assert header._replace(**fields) == untouched._replace(**fields)
+    assert buf[len(prefix) + fmt.RECORDS_OFFSET :] == data[fmt.RECORDS_OFFSET :]
+    theirs = DefaultRecordBatch(buf[len(prefix) :])
+    assert theirs.validate_crc()
+    assert (theirs.producer_id, theirs.producer_epoch, theirs.base_sequence) == after
+
+
 # --- 5. validation errors ------------------------------------------------------------------
 
 
