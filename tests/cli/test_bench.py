@@ -90,3 +90,42 @@ def test_produce_with_several_producer_processes_counts_every_record() -> None:
     # both processes sampled latency: together about as many samples as records
     assert report["latency_ms"]["samples"] == 2000
     assert_cleaned_up(report)
+
+
+def _default_of(command: str, option: str) -> str:
+    """The `[default: X; ...]` click prints for `option` in `bench COMMAND --help`."""
+    result = run_cli("bench", command, "--help")
+    assert result.code == 0, result.err
+    options = " ".join(result.out[result.out.index("Options:") :].split())
+    after = options[options.index(option + " ") :]
+    return after[after.index("[default: ") + len("[default: ") :].split(";")[0].split("]")[0]
+
+
+@pytest.mark.parametrize(
+    ("command", "records", "extra"),
+    [
+        ("produce", "1000000", {}),
+        ("consume", "1000000", {}),
+        ("e2e", "20000", {"--throughput": "5000.0"}),
+    ],
+)
+def test_every_bench_has_kafka_like_defaults(
+    command: str, records: str, extra: dict[str, str]
+) -> None:
+    assert _default_of(command, "--num-records") == records
+    assert _default_of(command, "--record-size") == "100"
+    for option, value in extra.items():
+        assert _default_of(command, option) == value
+
+
+@pytest.mark.parametrize("command", ["produce", "consume"])
+def test_a_run_needs_only_a_count_and_prints_no_blank_lines(command: str) -> None:
+    result = run_cli("bench", command, "--num-records", "2000")
+    assert result.code == 0, result.err
+    assert len(result.lines()) == 1 and result.lines()[0].startswith("2000 records")
+    assert "" not in result.err.splitlines(), repr(result.err)
+    as_json = run_cli("bench", command, "--num-records", "2000", "--json")
+    assert as_json.code == 0, as_json.err
+    assert "" not in as_json.err.splitlines(), repr(as_json.err)
+    report = json.loads(as_json.out)
+    assert (report["record_size"], report["num_records"]) == (100, 2000)
