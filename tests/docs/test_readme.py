@@ -6,7 +6,10 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from tests.server.conftest import BrokerProcess
 
@@ -75,3 +78,68 @@ def test_five_minute_tour_runs(broker: BrokerProcess, tmp_path: Path) -> None:
     assert "CURRENT-OFFSET" in outputs[3] and "LOG-END-OFFSET" in outputs[3]
     replay = outputs[7].splitlines()
     assert sorted(replay) == ["order 1", "order 2", "order 3", "order 4"]
+
+
+def test_python_client_example_runs_after_the_tour(broker: BrokerProcess, tmp_path: Path) -> None:
+    """The tour creates `orders` first; the example must not fail on it."""
+    from logstore import Admin
+
+    with Admin(broker.address) as admin:
+        admin.create_topic("orders", partitions=3)
+    test_python_client_example_runs(broker, tmp_path)
+
+
+def _on_disk_section() -> str:
+    text = README.read_text()
+    section = text[text.index("## On disk") :]
+    return section[: section.index("```", section.index("```") + 3)]
+
+
+def _names_on_disk(data_dir: Path) -> set[str]:
+    """What a README reader would look up: top-level names (a partition directory as
+    `<topic>-<partition>/` unless it is internal) and partition file suffixes."""
+    names: set[str] = set()
+    for path in data_dir.iterdir():
+        if path.is_dir() and not path.name.startswith("__"):
+            names.add("<topic>-<partition>/")
+            names.update(f"0{child.suffix}" for child in path.iterdir())  # "0.log" etc.
+        elif path.is_dir():
+            names.add(f"{path.name}/")
+        else:
+            names.add(path.name)
+    return names
+
+
+@pytest.fixture
+def acl_broker(tmp_path: Path) -> Iterator[BrokerProcess]:
+    """A broker with ACLs on, where unauthenticated callers are super users."""
+    process = BrokerProcess(
+        tmp_path / "data", ["--acls-enabled", "--super-users", "User:ANONYMOUS"]
+    )
+    process.start()
+    try:
+        yield process
+    finally:
+        process.close()
+
+
+def test_on_disk_lists_every_file_a_broker_leaves(acl_broker: BrokerProcess) -> None:
+    from logstore import Admin, Producer
+    from logstore.acls import AclBinding
+
+    broker = acl_broker
+    with Admin(broker.address) as admin:
+        admin.create_topic("orders", partitions=2, config={"segment.bytes": "1024"})
+        admin.create_acls([AclBinding("User:alice", "topic", "orders", "describe")])
+    with Producer(broker.address, acks="all", linger_ms=0) as producer:
+        for _ in range(40):  # idempotent: producer ids, and snapshots at segment rolls
+            producer.send("orders", value=b"x" * 100, key=b"k", partition=0).result(timeout=30)
+    with Admin(broker.address) as admin:
+        admin.commit_offsets("billing", {("orders", 0): 40})
+    assert broker.stop() == 0
+    section = _on_disk_section()
+    found = _names_on_disk(broker.data_dir)
+    assert {"0.log", "0.snapshot", "producer-id-block", "__acls.json"} <= found
+    for name in sorted(found):
+        listed = name[1:] if name.startswith("0.") else name  # ".log" in "0000...0.log"
+        assert listed in section, f"README's 'On disk' does not mention {name}"

@@ -183,3 +183,17 @@ def test_a_repaired_partition_gets_its_own_line_in_words(broker: BrokerProcess) 
         f"recovered 3 partitions after an unclean shutdown: 1 repaired, "
         f"{len(torn)} bytes of torn tail dropped"
     )
+
+
+def test_serve_help_names_every_environment_variable_it_reads() -> None:
+    from click.testing import CliRunner
+
+    from logstore.cli.main import serve
+
+    text = CliRunner().invoke(serve, ["--help"]).stdout
+    envvars = [p.envvar for p in serve.params if isinstance(p.envvar, str)]
+    assert "LOGSTORE_LISTEN" in envvars and "LOGSTORE_CONFIG" in envvars
+    missing = [name for name in envvars if name not in text]
+    assert missing == [], f"serve --help does not mention {missing}"
+    for process_wide in ("XDG_DATA_HOME", "LOGSTORE_MALLOC_DEFAULTS"):
+        assert process_wide in text
