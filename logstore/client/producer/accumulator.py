@@ -73,6 +73,9 @@ class Batch:
     True; `done` turns True after the futures are finished (`state` FINISHED, with
     `base_offset`/`log_append_time` or `error`). `order` increases with encode order, so
     sorting a partition's batches by it restores sequence order. `created` is in ms.
+    `unresolved` is True while the broker may or may not hold the batch (an attempt ended
+    without a definite answer): such a batch keeps its producer id and sequence until an
+    answer says which, so a sequence reset never appends it a second time.
     """
 
     __slots__ = (
@@ -98,6 +101,7 @@ class Batch:
         "solo",
         "state",
         "timestamps",
+        "unresolved",
         "watched",
     )
 
@@ -121,6 +125,8 @@ class Batch:
         self.attempts = 0
         self.last_error = ""
         self.solo = False
+        #: an attempt failed in a way that leaves open whether the broker appended it
+        self.unresolved = False
         self.claimed = False
         self.done = False
         self.group: BatchGroup | None = None
@@ -418,8 +424,12 @@ class RecordAccumulator:
         for a sequence reset, and after a failure only once nothing is in flight, so
         retries keep sequence order."""
         self._drop_claimed(part)
-        if not part.ready or part.reset_pending or now < part.retry_at:
+        if not part.ready or now < part.retry_at:
             return False
+        if part.reset_pending:
+            # Before renumbering, batches of unknown fate are resent as they are, one at a
+            # time: the broker answers a copy it holds with its offset, else refuses it.
+            return not part.inflight and any(b.unresolved for b in part.ready)
         if part.draining:
             if part.inflight:
                 return False
@@ -447,10 +457,16 @@ class RecordAccumulator:
         for part in list(self.ready_parts):
             if not self.sendable(part, now):
                 continue
-            batch = part.ready[0]
+            if part.reset_pending:
+                batch = next(b for b in part.ready if b.unresolved)
+            else:
+                batch = part.ready[0]
             if batches and (batch.solo or size + len(batch.data) > self.max_request_size):
                 continue
-            part.ready.popleft()
+            if part.reset_pending:
+                part.ready.remove(batch)
+            else:
+                part.ready.popleft()
             if self.acks:
                 part.inflight += 1
             batch.attempts += 1
@@ -509,6 +525,8 @@ class RecordAccumulator:
             part.topic.stale = True  # the next send() describes the topic again
         verdict = self.retry.verdict(error, batch.created, now, part.draining)
         if verdict is Verdict.RETRY:
+            # only a sequence refusal proves the broker did not append the batch
+            batch.unresolved = not isinstance(error, errors.OutOfOrderSequenceError)
             self.requeue(batch, now, backoff)
             return None
         if verdict is Verdict.EXPIRE:
@@ -576,13 +594,18 @@ class RecordAccumulator:
     # --- sequence resets -------------------------------------------------------------------
 
     def parts_to_reset(self) -> list[Partition]:
-        """Partitions waiting for a new producer id with nothing in flight any more."""
-        return [p for p in self.reset_parts if p.inflight == 0]
+        """Partitions waiting for a new producer id with nothing in flight any more and no
+        batch of unknown fate left."""
+        return [
+            p
+            for p in self.reset_parts
+            if not p.inflight and not any(b.unresolved for b in p.ready if not b.claimed)
+        ]
 
     def reset_sequences(self, part: Partition, producer_id: int, producer_epoch: int) -> None:
         """Renumber the partition's unsent batches from 0 under a new producer id, and let
         them go (caller holds the partition's encode_lock too)."""
-        if part.inflight:
+        if part.inflight or any(b.unresolved for b in part.ready if not b.claimed):
             return
         part.ready = deque(b for b in part.ready if not b.claimed)
         seqs = part.sequence.reset(
