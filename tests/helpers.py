@@ -1,4 +1,5 @@
-"""Builders and reference scans shared by the segment and partition log tests.
+"""Builders and reference scans shared by the segment and partition log tests, and the one
+wait helper every test uses.
 
 Every record a test writes is recognisable: its key names the batch it came from and its
 position there, so a read-back can be compared field for field with what was appended.
@@ -6,6 +7,7 @@ position there, so a read-back can be compared field for field with what was app
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +27,34 @@ from logstore.storage.partition_log import AppendResult, PartitionLog
 
 #: (offset, key, value, headers, timestamp): a record as a test compares it
 Row = tuple[int, bytes | None, bytes | None, tuple[Header, ...], int]
+
+#: how long `wait_until` waits by default (s): generous for a loaded 2-core machine
+WAIT_S = 10.0
+#: pause between two checks of a condition (s)
+POLL_S = 0.05
+
+
+def wait_until(
+    condition: Callable[[], object], what: str, timeout_s: float = WAIT_S, step_s: float = POLL_S
+) -> None:
+    """Poll `condition` until it is truthy; raise AssertionError naming `what` after
+    `timeout_s` seconds.
+
+    Bounded twice: by the deadline and by a round count, so a clock that stalls cannot turn
+    it into an endless loop. The condition is checked once more after the deadline, so a
+    condition met during the last pause still counts.
+    """
+    deadline = time.monotonic() + timeout_s
+    for _ in range(int(timeout_s / step_s) + 2):
+        if condition():
+            return
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(step_s)
+    if condition():
+        return
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
 
 #: small files everywhere: index files of 4 KiB, deleted segments removed at once
 BASE_PROPS: Mapping[str, int | str] = {"segment.index.bytes": 4096, "file.delete.delay.ms": 0}

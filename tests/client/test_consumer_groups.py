@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from logstore.errors import CommitFailedError, GroupNotEmptyError, InvalidReques
 from logstore.types import ConsumerRecord, TopicPartition
 from logstore.v1 import logstore_pb2 as pb
 from logstore.v1 import logstore_pb2_grpc as pb_grpc
+from tests.helpers import wait_until
 from tests.server.conftest import BrokerProcess
 
 TOPIC = "t"
@@ -424,7 +425,7 @@ def test_a_stalled_application_loses_its_partitions_and_rejoins_on_the_next_poll
         consumer.subscribe([TOPIC], listener=listener)
         owned = settle(admin, "g", {"c0": consumer}, [2], {}, 2)["c0"]
         # no poll() for longer than max_poll_interval_ms: the heartbeat thread leaves
-        wait_for(lambda: admin.describe_group("g").members == [], "the member to leave")
+        wait_until(lambda: admin.describe_group("g").members == [], "the member to leave")
         assert consumer.assignment() == owned  # nothing changes until the next poll()
         produce_all(stub, 2, 0, 5)
         reads: dict[str, list[ConsumerRecord]] = {}
@@ -518,15 +519,31 @@ def read_offsets(lines: list[dict[str, Any]]) -> list[tuple[int, int]]:
     return [(line["p"], line["o"]) for line in lines if "p" in line]
 
 
-def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    for _ in range(MAX_ROUNDS):
-        if condition():
-            return
-        if time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+def committed_by_partition(admin: Admin) -> dict[int, int]:
+    """Group "g"'s committed offset of every partition of TOPIC that has one."""
+    return {p: om.offset for (_, p), om in admin.committed_offsets("g").items()}
+
+
+def commits_until_expiry(admin: Admin, member_id: str) -> dict[int, int]:
+    """Wait until the coordinator has expired `member_id` and return the last committed
+    offsets read while it was still a member.
+
+    A member commits only while it is one, and its partitions go to another member only
+    after it has left, so that snapshot holds the member's final commits, including one
+    that was in flight when its process died, and none of its successor's.
+    """
+    final: dict[int, int] = {}
+
+    def expired() -> bool:
+        snapshot = committed_by_partition(admin)  # read before the membership check
+        if member_id in {m.client_id for m in admin.describe_group("g").members}:
+            final.clear()
+            final.update(snapshot)
+            return False
+        return True
+
+    wait_until(expired, f"{member_id}'s session to expire", SESSION_MS / 1000 + WAIT_S)
+    return final
 
 
 def stop_workers(tmp_path: Path, workers: dict[str, subprocess.Popen[bytes]]) -> None:
@@ -554,20 +571,20 @@ def test_killed_member_partitions_resume_at_its_commits_on_the_survivor(
         return set(read_offsets(lines)) >= set(every_record(6, 300))
 
     try:
-        wait_for(split_evenly, "two workers at 3 + 3")
+        wait_until(split_evenly, "two workers at 3 + 3")
         owners = {m.client_id: m.assignment for m in admin.describe_group("g").members}
         victim = {p for _, p in owners["w1"]}
         produce_all(stub, 6, 0, 200)
-        wait_for(lambda: len(read_offsets(worker_lines(tmp_path, "w1"))) >= 100, "w1 to read")
+        wait_until(lambda: len(read_offsets(worker_lines(tmp_path, "w1"))) >= 100, "w1 to read")
         workers["w1"].kill()
         workers["w1"].wait(timeout=10)
-        time.sleep(0.2)  # a commit w1 sent just before dying is stored by now
         killed_at = len(worker_lines(tmp_path, "w0"))
-        committed = {p: om.offset for (_, p), om in admin.committed_offsets("g").items()}
         # w1 stays a member until its session times out; only then do its partitions move
         assert len(admin.describe_group("g").members) == 2
         produce_all(stub, 6, 200, 100)
-        wait_for(all_read, "w0 to read the rest", timeout_s=SESSION_MS / 1000 + WAIT_S)
+        committed = commits_until_expiry(admin, "w1")
+        assert {p for p in victim if committed.get(p, 0) > 0}, "w1 committed nothing"
+        wait_until(all_read, "w0 to read the rest", WAIT_S)
     finally:
         stop_workers(tmp_path, workers)
     assert workers["w0"].returncode == 0, (tmp_path / "w0.log").read_text()

@@ -146,14 +146,3 @@ def rss_kib(pid: int | None) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise AssertionError(f"no VmRSS for process {pid}")
-
-
-def wait_until(condition: object, timeout_s: float, what: str, step_s: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout_s
-    for _ in range(int(timeout_s / step_s) + 2):
-        if condition():  # type: ignore[operator]
-            return
-        if time.monotonic() > deadline:
-            break
-        time.sleep(step_s)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")

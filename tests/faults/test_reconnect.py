@@ -14,7 +14,8 @@ import time
 from logstore import Consumer, Producer
 from logstore.errors import CommitFailedError, FencedMemberEpochError, UnknownMemberIdError
 from tests.faults.conftest import BrokerFactory
-from tests.faults.support import connect, create_topic, read_log, wait_until
+from tests.faults.support import connect, create_topic, read_log
+from tests.helpers import wait_until
 
 COUNT = 3000
 
@@ -65,7 +66,7 @@ def test_producer_and_group_consumer_survive_a_broker_restart(make_broker: Broke
                     broker.start()
             producer.flush(60)
             assert [f.result(0).offset for f in futures] == list(range(COUNT))
-        wait_until(lambda: set(range(COUNT)) <= set(consumed), 60, "every record consumed")
+        wait_until(lambda: set(range(COUNT)) <= set(consumed), "every record consumed", 60)
     finally:
         stop.set()
         reader.join(timeout=30)

@@ -17,7 +17,8 @@ import pytest
 
 from logstore import Consumer, Producer
 from tests.faults.conftest import BrokerFactory
-from tests.faults.support import connect, create_topic, read_log, rss_kib, wait_until
+from tests.faults.support import connect, create_topic, read_log, rss_kib
+from tests.helpers import wait_until
 
 TOPIC = "soak"
 PARTITIONS = 12
@@ -112,7 +113,7 @@ def run_soak(make_broker: BrokerFactory, seconds: float) -> dict[str, float]:
             with tally.lock:
                 return tally.acked <= set(tally.consumed)
 
-        wait_until(all_consumed, 60, "the group to deliver every acknowledged record", 0.2)
+        wait_until(all_consumed, "the group to deliver every acknowledged record", 60, 0.2)
     finally:
         stop_producing.set()
         stop_consuming.set()

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -22,6 +21,7 @@ from logstore.server.metrics import parse_listen
 from logstore.storage.log_manager import ManagerSettings
 from logstore.v1 import logstore_pb2 as pb
 from logstore.v1 import logstore_pb2_grpc as pb_grpc
+from tests.helpers import wait_until
 
 SERVICE = "logstore.v1.LogStore"
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -76,14 +76,6 @@ def value(samples: Samples, name: str, **labels: str) -> float | None:
 def requests_of(samples: Samples, method: str, code: str) -> float:
     found = value(samples, "logstore_rpc_requests_total", service=SERVICE, method=method, code=code)
     return found or 0.0
-
-
-def eventually(check: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.05)
 
 
 def _batch(count: int, size: int = 10, **producer: int) -> bytes:
@@ -293,7 +285,10 @@ def test_a_client_that_gives_up_is_counted_as_cancelled(
         stub.Fetch(long_poll, timeout=0.2)
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     # the handler notices once its long poll ends, after the client has gone
-    eventually(lambda: requests_of(scrape(broker), "Fetch", "CANCELLED") == 1)
+    wait_until(
+        lambda: requests_of(scrape(broker), "Fetch", "CANCELLED") == 1,
+        "the cancelled Fetch to be counted",
+    )
     assert requests_of(scrape(broker), "Fetch", "OK") == 0
 
 
@@ -318,7 +313,7 @@ def test_a_cancelled_stream_is_counted_once(broker: Broker, stub: pb_grpc.LogSto
 
     # The handler may see the cancel as an error or as its requests simply ending (gRPC
     # reports both), so the code is either; what matters is one request, and no hang.
-    eventually(lambda: streams() == 1)
+    wait_until(lambda: streams() == 1, "the cancelled stream to be counted once")
     samples = scrape(broker)
     assert value(samples, "logstore_produced_records_total", topic="s") == 6
     duration = {"service": SERVICE, "method": "ProduceStream"}
@@ -351,7 +346,7 @@ def test_retention_deletions_are_counted(tmp_path: Path) -> None:
         def deleted() -> float:
             return counter(broker, "logstore_partition_retention_deleted_segments_total", labels)
 
-        eventually(lambda: deleted() >= 3)
+        wait_until(lambda: deleted() >= 3, "retention to delete 3 segments")
         samples = scrape(broker)
         assert value(samples, "logstore_partition_log_start_offset", **labels) == deleted()
         assert value(samples, "logstore_partition_log_end_offset", **labels) == 5
@@ -380,7 +375,7 @@ def test_compaction_is_counted(tmp_path: Path) -> None:
 
         # Sealed: offsets 0-4, one key. However passes fall between the appends, at least
         # three of those records go (the dirty-ratio rule may leave the fourth for later).
-        eventually(lambda: compacted() >= 3)
+        wait_until(lambda: compacted() >= 3, "compaction to remove 3 records")
         assert value(scrape(broker), "logstore_partition_log_end_offset", **labels) == 6
     finally:
         broker.stop()

@@ -33,6 +33,7 @@ from logstore.storage.log_manager import (
     write_file_atomically,
 )
 from logstore.storage.partition_log import PartitionLog
+from tests.helpers import wait_until
 
 NO_THREADS = ManagerSettings(background_threads=False)
 TS = 1_700_000_000_000
@@ -118,17 +119,6 @@ def crash_image(mgr: LogManager, dest: Path) -> Path:
         part.flush()
     shutil.copytree(mgr.data_dir, dest)
     return dest
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    for _ in range(int(timeout_s / 0.01) + 1):
-        if condition():
-            return True
-        if time.monotonic() >= deadline:
-            break
-        time.sleep(0.01)
-    return condition()
 
 
 # --- creating topics ----------------------------------------------------------------------
@@ -1124,10 +1114,13 @@ def test_background_thread_applies_retention_and_flush_ms(data_dir: Path) -> Non
         def retention_done() -> bool:
             return old.segment_count == 1 and not list(old.directory.glob("*.deleted"))
 
-        assert wait_until(retention_done), old
+        wait_until(retention_done, f"retention to leave one segment: {old}")
         assert old.log_start_offset == 6
         assert old.log_end_offset == 7
-        assert wait_until(lambda: flushed.recovery_point == flushed.log_end_offset == 2)
+        wait_until(
+            lambda: flushed.recovery_point == flushed.log_end_offset == 2,
+            "flush.ms to move the recovery point to 2",
+        )
         assert lazy.recovery_point == 0  # flush.ms is unlimited there
 
         def checkpointed() -> bool:
@@ -1137,7 +1130,7 @@ def test_background_thread_applies_retention_and_flush_ms(data_dir: Path) -> Non
                 return False
             return "flushed 0 2" in lines and "lazy 0 0" in lines
 
-        assert wait_until(checkpointed)
+        wait_until(checkpointed, "the recovery point checkpoint")
     finally:
         mgr.close()
 
