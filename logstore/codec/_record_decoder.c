@@ -9,15 +9,18 @@
  * `record_type(*prefix, offset, timestamp, key, value, headers)`, where record_type is a
  * tuple subclass (a NamedTuple) built the way tuple.__new__ builds one.
  *
- * It accepts exactly the inputs that the pure-Python `logstore.codec.record_batch._decode_records_py`
- * accepts and returns equal records; on anything else it raises
- * logstore.errors.CorruptRecordError (the wording may differ). tests/codec/test_record_decoder.py
- * checks both with hypothesis. Every read is bounds-checked against the current record's
- * end (or the section's end for a record's length): the bytes come from the network.
+ * `logstore.codec.records_reference` is the format spec in code, with the same signature.
+ * This decoder accepts exactly the inputs the reference accepts, returns equal records,
+ * and raises logstore.errors.CorruptRecordError with the same message, word for word, on
+ * anything else: tests/codec/test_record_decoder.py checks all three with hypothesis. Every
+ * read is bounds-checked against the current record's end (or the section's end for a
+ * record's length): the bytes come from the network.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stdarg.h>
 #include <stdint.h>
+#include <stdio.h>
 
 /* A record is at least a one-byte length plus six bytes (attributes, timestamp delta,
  * offset delta, key length, value length, header count). */
@@ -27,28 +30,59 @@
 static PyObject *CorruptRecordError = NULL;
 static PyObject *empty_tuple = NULL;
 
+/* What was wrong with the record being read, in the reference's words. The reader that
+ * finds a problem writes it here and returns -1; the loop then raises CorruptRecordError
+ * naming the record. Empty when -1 comes from a Python error (e.g. MemoryError) instead. */
+typedef struct {
+    char text[256];
+} problem_t;
+
 static int
-corrupt(const char *message)
+report(problem_t *problem, const char *format, ...)
 {
-    PyErr_SetString(CorruptRecordError, message);
+    va_list args;
+    va_start(args, format);
+    vsnprintf(problem->text, sizeof problem->text, format, args);
+    va_end(args);
     return -1;
 }
 
-/* Zigzag varint at data[*pos], reading no byte at or past `limit`. Same rules as
- * record_batch.decode_varint: at most 10 bytes, and the 10th byte at most 1. */
-static int
-read_varint(const uint8_t *data, Py_ssize_t *pos, Py_ssize_t limit, int64_t *out)
+/* A field's name as the messages spell it: "keyLength", or "headerKeyLength of header 2"
+ * when `header` >= 0. Formatted only on the error path. */
+typedef struct {
+    const char *name;
+    Py_ssize_t header;
+} field_t;
+
+static const char *
+field_name(const field_t *field, char *buf, size_t size)
 {
+    if (field->header < 0) {
+        return field->name;
+    }
+    snprintf(buf, size, "%s of header %zd", field->name, field->header);
+    return buf;
+}
+
+/* Zigzag varint at data[*pos], reading no byte at or past `limit`. Same rules as
+ * records_reference.read_varint: at most 10 bytes, and the 10th byte at most 1. */
+static int
+read_varint(const uint8_t *data, Py_ssize_t *pos, Py_ssize_t limit, const field_t *field,
+            problem_t *problem, int64_t *out)
+{
+    char name[96];
     Py_ssize_t p = *pos;
     uint64_t result = 0;
     int shift = 0;
     for (;;) {
         if (p >= limit) {
-            return corrupt("record data ends inside a varint");
+            return report(problem, "%s varint is cut short",
+                          field_name(field, name, sizeof name));
         }
         uint8_t byte = data[p++];
         if (shift == 63 && byte > 1) {
-            return corrupt("varint overflows 64 bits (longer than 10 bytes or 10th byte > 1)");
+            return report(problem, "%s varint is longer than 10 bytes or overflows 64 bits",
+                          field_name(field, name, sizeof name));
         }
         result |= (uint64_t)(byte & 0x7F) << shift;
         if (byte < 0x80) {
@@ -63,25 +97,26 @@ read_varint(const uint8_t *data, Py_ssize_t *pos, Py_ssize_t limit, int64_t *out
 
 /* A varint length then that many bytes, inside data[*pos:limit]; -1 gives None. */
 static int
-read_bytes(const uint8_t *data, Py_ssize_t *pos, Py_ssize_t limit, PyObject **out)
+read_bytes(const uint8_t *data, Py_ssize_t *pos, Py_ssize_t limit, const field_t *field,
+           problem_t *problem, PyObject **out)
 {
+    char name[96];
     int64_t length;
-    if (read_varint(data, pos, limit, &length) < 0) {
+    if (read_varint(data, pos, limit, field, problem, &length) < 0) {
         return -1;
     }
-    if (length < 0) {
-        if (length != -1) {
-            return corrupt("negative field length");
-        }
+    if (length == -1) {
         Py_INCREF(Py_None);
         *out = Py_None;
         return 0;
     }
+    if (length < 0) {
+        return report(problem, "%s %lld is negative but not -1 (null)",
+                      field_name(field, name, sizeof name), (long long)length);
+    }
     if (length > limit - *pos) {
-        PyErr_Format(CorruptRecordError, "field of %lld bytes runs past the end of its record "
-                     "(fields may not run past the record length)",
-                     (long long)length);
-        return -1;
+        return report(problem, "%s %lld runs past the end of the record (%zd bytes left)",
+                      field_name(field, name, sizeof name), (long long)length, limit - *pos);
     }
     *out = PyBytes_FromStringAndSize((const char *)data + *pos, (Py_ssize_t)length);
     if (*out == NULL) {
@@ -91,27 +126,31 @@ read_bytes(const uint8_t *data, Py_ssize_t *pos, Py_ssize_t limit, PyObject **ou
     return 0;
 }
 
+/* Header `number` of a record: a non-null UTF-8 key, then a value that may be null. */
 static int
-read_header(const uint8_t *data, Py_ssize_t *pos, Py_ssize_t limit, PyObject **out)
+read_header(const uint8_t *data, Py_ssize_t *pos, Py_ssize_t limit, Py_ssize_t number,
+            problem_t *problem, PyObject **out)
 {
+    const field_t key_length = {"headerKeyLength", number};
+    const field_t value_length = {"headerValueLength", number};
     PyObject *name = NULL, *key = NULL, *value = NULL;
-    if (read_bytes(data, pos, limit, &name) < 0) {
+    if (read_bytes(data, pos, limit, &key_length, problem, &name) < 0) {
         return -1;
     }
     if (name == Py_None) {
         Py_DECREF(name);
-        return corrupt("record header with a null key");
+        return report(problem, "header %zd has a null key", number);
     }
     key = PyUnicode_DecodeUTF8(PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name), "strict");
     Py_DECREF(name);
     if (key == NULL) {
         if (PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
             PyErr_Clear();
-            return corrupt("record header key is not UTF-8");
+            return report(problem, "header %zd key is not UTF-8", number);
         }
         return -1;
     }
-    if (read_bytes(data, pos, limit, &value) < 0) {
+    if (read_bytes(data, pos, limit, &value_length, problem, &value) < 0) {
         Py_DECREF(key);
         return -1;
     }
@@ -121,16 +160,24 @@ read_header(const uint8_t *data, Py_ssize_t *pos, Py_ssize_t limit, PyObject **o
     return *out == NULL ? -1 : 0;
 }
 
-/* The headers of a record, which must end exactly at `limit` (the record's end). */
+/* The header count, then that many headers, inside data[*pos:limit]. */
 static int
-read_headers(const uint8_t *data, Py_ssize_t *pos, Py_ssize_t limit, PyObject **out)
+read_headers(const uint8_t *data, Py_ssize_t *pos, Py_ssize_t limit, problem_t *problem,
+             PyObject **out)
 {
+    static const field_t header_count = {"header count", -1};
     int64_t count;
-    if (read_varint(data, pos, limit, &count) < 0) {
+    if (read_varint(data, pos, limit, &header_count, problem, &count) < 0) {
         return -1;
     }
-    if (count < 0 || count > limit - *pos) {
-        return corrupt("impossible header count");
+    if (count < 0) {
+        return report(problem, "header count %lld is negative", (long long)count);
+    }
+    /* a header takes two bytes at the least: a count above the bytes left cannot fit */
+    if (count > limit - *pos) {
+        return report(problem,
+                      "header count %lld does not fit in the rest of the record (%zd bytes left)",
+                      (long long)count, limit - *pos);
     }
     if (count == 0) {
         Py_INCREF(empty_tuple);
@@ -142,8 +189,8 @@ read_headers(const uint8_t *data, Py_ssize_t *pos, Py_ssize_t limit, PyObject **
         return -1;
     }
     for (Py_ssize_t i = 0; i < (Py_ssize_t)count; i++) {
-        PyObject *header;
-        if (read_header(data, pos, limit, &header) < 0) {
+        PyObject *header = NULL;
+        if (read_header(data, pos, limit, i, problem, &header) < 0) {
             Py_DECREF(headers);
             return -1;
         }
@@ -171,6 +218,7 @@ add_exact(int64_t base, int64_t delta)
 
 typedef struct {
     const uint8_t *data;
+    Py_ssize_t start; /* the records section is data[start:end] */
     Py_ssize_t end;
     int64_t base_offset;
     int64_t base_timestamp;
@@ -192,38 +240,45 @@ clear_fields(fields_t *f)
     }
 }
 
+
+/* The record at data[*pos], which must lie inside data[:b->end]. */
 static int
-read_fields(const batch_t *b, Py_ssize_t *pos, fields_t *f)
+read_fields(const batch_t *b, Py_ssize_t *pos, problem_t *problem, fields_t *f)
 {
+    static const field_t length_field = {"length", -1};
+    static const field_t timestamp_delta_field = {"timestampDelta", -1};
+    static const field_t offset_delta_field = {"offsetDelta", -1};
+    static const field_t key_length = {"keyLength", -1};
+    static const field_t value_length = {"valueLength", -1};
     const uint8_t *data = b->data;
     int64_t length, timestamp_delta, offset_delta;
-    if (*pos >= b->end) {
-        return corrupt("record data ends inside a record");
-    }
-    if (read_varint(data, pos, b->end, &length) < 0) {
+    if (read_varint(data, pos, b->end, &length_field, problem, &length) < 0) {
         return -1;
     }
-    if (length < MIN_RECORD_LENGTH || length > b->end - *pos) {
-        return corrupt("record length does not fit in its batch");
+    if (length < MIN_RECORD_LENGTH) {
+        return report(problem, "record length %lld is below the minimum %d", (long long)length,
+                      MIN_RECORD_LENGTH);
+    }
+    if (length > b->end - *pos) {
+        return report(problem,
+                      "record length %lld runs past the end of the records section "
+                      "(%zd bytes left)",
+                      (long long)length, b->end - *pos);
     }
     Py_ssize_t record_end = *pos + (Py_ssize_t)length;
-    *pos += 1; /* the unused attributes byte */
-    if (read_varint(data, pos, record_end, &timestamp_delta) < 0 ||
-        read_varint(data, pos, record_end, &offset_delta) < 0) {
+    *pos += 1; /* attributes: unused in v2 */
+    if (read_varint(data, pos, record_end, &timestamp_delta_field, problem, &timestamp_delta) < 0 ||
+        read_varint(data, pos, record_end, &offset_delta_field, problem, &offset_delta) < 0) {
         return -1;
     }
-    if (read_bytes(data, pos, record_end, &f->fields[2]) < 0 ||
-        read_bytes(data, pos, record_end, &f->fields[3]) < 0) {
-        return -1;
-    }
-    if (*pos >= record_end) {
-        return corrupt("record fields run past the record length");
-    }
-    if (read_headers(data, pos, record_end, &f->fields[4]) < 0) {
+    if (read_bytes(data, pos, record_end, &key_length, problem, &f->fields[2]) < 0 ||
+        read_bytes(data, pos, record_end, &value_length, problem, &f->fields[3]) < 0 ||
+        read_headers(data, pos, record_end, problem, &f->fields[4]) < 0) {
         return -1;
     }
     if (*pos != record_end) {
-        return corrupt("record length disagrees with its fields");
+        return report(problem, "record length %lld disagrees with its fields: %zd bytes are left over",
+                      (long long)length, record_end - *pos);
     }
     f->fields[0] = add_exact(b->base_offset, offset_delta);
     if (b->log_append_time != NULL) {
@@ -275,6 +330,34 @@ check_record_type(PyObject *record_type)
     return 0;
 }
 
+
+/* Decodes record `index`, at data[*pos], into records[index].
+ * On failure raises CorruptRecordError naming the record (or passes a Python error on). */
+static int
+decode_one(const batch_t *b, Py_ssize_t index, Py_ssize_t *pos, PyObject *records)
+{
+    Py_ssize_t record_start = *pos;
+    problem_t problem;
+    problem.text[0] = '\0'; /* set only on the error path: no per-record memset */
+    fields_t fields = {{NULL, NULL, NULL, NULL, NULL}};
+    PyObject *record = NULL;
+    if (read_fields(b, pos, &problem, &fields) == 0) {
+        record = build_record(b, &fields);
+    }
+    clear_fields(&fields);
+    if (record == NULL) {
+        if (problem.text[0] != '\0') {
+            PyErr_Format(CorruptRecordError,
+                         "record %zd of the batch at base offset %lld, at byte %zd of its "
+                         "records: %s",
+                         index, (long long)b->base_offset, record_start - b->start, problem.text);
+        }
+        return -1;
+    }
+    PyList_SET_ITEM(records, index, record);
+    return 0;
+}
+
 static PyObject *
 decode_records(PyObject *module, PyObject *args)
 {
@@ -297,7 +380,9 @@ decode_records(PyObject *module, PyObject *args)
         goto done;
     }
     if (record_count < 0) {
-        corrupt("negative record count");
+        PyErr_Format(CorruptRecordError,
+                     "record batch at base offset %lld has a negative record count %zd",
+                     base_offset, record_count);
         goto done;
     }
     /* A count the bytes cannot hold fails inside the loop, by the record where the bytes
@@ -305,6 +390,7 @@ decode_records(PyObject *module, PyObject *args)
     Py_ssize_t capacity = Py_MIN(record_count, (end - start) / MIN_RECORD_BYTES + 1);
     batch_t batch = {
         .data = (const uint8_t *)view.buf,
+        .start = start,
         .end = end,
         .base_offset = base_offset,
         .base_timestamp = base_timestamp,
@@ -318,24 +404,23 @@ decode_records(PyObject *module, PyObject *args)
     }
     Py_ssize_t pos = start;
     for (Py_ssize_t i = 0; i < record_count; i++) {
-        fields_t fields = {{NULL, NULL, NULL, NULL, NULL}};
-        PyObject *record = NULL;
-        if (i >= capacity) { /* unreachable: each record takes MIN_RECORD_BYTES or more */
-            corrupt("record data ends inside a record");
-        }
-        else if (read_fields(&batch, &pos, &fields) == 0) {
-            record = build_record(&batch, &fields);
-        }
-        clear_fields(&fields);
-        if (record == NULL) {
+        /* i < capacity holds whenever pos < end: each record takes MIN_RECORD_BYTES or more */
+        if (pos == end || i >= capacity) {
+            PyErr_Format(CorruptRecordError,
+                         "record batch at base offset %lld ends after %zd of its %zd records",
+                         base_offset, i, record_count);
             Py_CLEAR(records); /* list_dealloc skips the slots still NULL */
             goto done;
         }
-        PyList_SET_ITEM(records, i, record);
+        if (decode_one(&batch, i, &pos, records) < 0) {
+            Py_CLEAR(records);
+            goto done;
+        }
     }
     if (pos != end) {
-        PyErr_Format(CorruptRecordError, "record batch has %zd bytes after its %zd records",
-                     end - pos, record_count);
+        PyErr_Format(CorruptRecordError,
+                     "record batch at base offset %lld has %zd bytes after its %zd records",
+                     base_offset, end - pos, record_count);
         Py_CLEAR(records);
     }
 done:

@@ -17,6 +17,7 @@ import crc32c
 import zstandard
 
 from logstore.codec import format as fmt
+from logstore.codec import records_reference
 from logstore.errors import CorruptRecordError, RecordTooLargeError, UnsupportedCompressionError
 
 _c_decode_records: Callable[..., list[Any]] | None
@@ -24,8 +25,11 @@ try:
     if os.environ.get("LOGSTORE_PURE_PYTHON"):
         raise ImportError("LOGSTORE_PURE_PYTHON is set")
     from logstore.codec._record_decoder import decode_records as _c_decode_records
-except ImportError:  # not built (no C compiler at install time): the Python decoder serves
+except ImportError:  # not built (no C compiler at install time): the reference serves
     _c_decode_records = None
+#: the record decoder in use: the C one when built, else `records_reference`, the format
+#: spec in code. Same arguments, equal records, the same CorruptRecordError messages.
+_decode_records: Callable[..., list[Any]] = _c_decode_records or records_reference.decode_records
 
 Header = tuple[str, bytes | None]
 #: what a producer hands the encoder: (key, value, headers, timestamp_ms or None for "now")
@@ -151,24 +155,7 @@ def decode_varint(data: bytes, pos: int) -> tuple[int, int]:
 
     Raises CorruptRecordError on a varint that runs past the data or past 10 bytes.
     """
-    shift = 0
-    result = 0
-    end = len(data)
-    while True:
-        if pos >= end:
-            raise CorruptRecordError("record data ends inside a varint")
-        byte = data[pos]
-        pos += 1
-        if shift == 63 and byte > 1:
-            raise CorruptRecordError(
-                "varint overflows 64 bits (longer than 10 bytes or 10th byte > 1)"
-            )
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return (result >> 1) ^ -(result & 1), pos
-        shift += 7
-        if shift > 63:
-            raise CorruptRecordError("varint longer than 10 bytes")
+    return records_reference.read_varint(data, pos, len(data))
 
 
 # --- encoding ------------------------------------------------------------------------------
@@ -665,35 +652,6 @@ def _decompress(codec: int, data: bytes, max_bytes: int) -> bytes:
     return out
 
 
-def _read_bytes(data: bytes, pos: int, end: int) -> tuple[bytes | None, int]:
-    """Read a varint length then that many bytes (-1 = null) from data[pos:end]."""
-    length, pos = decode_varint(data, pos)
-    if length < 0:
-        if length != -1:
-            raise CorruptRecordError(f"negative field length {length}")
-        return None, pos
-    if pos + length > end:
-        raise CorruptRecordError(f"field of {length} bytes runs past the end of its record")
-    return data[pos : pos + length], pos + length
-
-
-def _decode_headers(data: bytes, pos: int, end: int) -> tuple[tuple[Header, ...], int]:
-    count, pos = decode_varint(data, pos)
-    if count < 0 or count > end - pos:
-        raise CorruptRecordError(f"impossible header count {count}")
-    headers: list[Header] = []
-    for _ in range(count):
-        name, pos = _read_bytes(data, pos, end)
-        if name is None:
-            raise CorruptRecordError("record header with a null key")
-        value, pos = _read_bytes(data, pos, end)
-        try:
-            headers.append((name.decode("utf-8"), value))
-        except UnicodeDecodeError as exc:
-            raise CorruptRecordError("record header key is not UTF-8") from exc
-    return tuple(headers), pos
-
-
 def decode_records(
     header: BatchHeader,
     records_data: bytes | bytearray | memoryview,
@@ -709,18 +667,12 @@ def decode_records(
     a client passes its own NamedTuple and e.g. (topic, partition) so records are built
     once, without a second object per record. `record_type` must be a tuple subclass
     without instance fields. Raises CorruptRecordError if the bytes do not hold exactly that
-    many well-formed records. Uses the C decoder when it is built, else the Python one;
-    both accept exactly the same inputs.
+    many well-formed records; its message names the record's index and byte position and
+    what was wrong. The C decoder and the reference (`records_reference`) agree on both.
     """
     end = len(records_data) if end is None else end
-    if _c_decode_records is None:
-        data = records_data if start == 0 and end == len(records_data) else records_data[start:end]
-        try:
-            return _decode_records_py(header, bytes(data), record_type, prefix)
-        except IndexError as exc:
-            raise CorruptRecordError("record data ends inside a record") from exc
     log_append_time = header.max_timestamp if header.timestamp_type else None
-    return _c_decode_records(  # type: ignore[no-any-return]
+    return _decode_records(
         records_data,
         start,
         end,
@@ -731,106 +683,6 @@ def decode_records(
         record_type,
         prefix,
     )
-
-
-def _decode_records_py(
-    header: BatchHeader,
-    records_data: bytes,
-    record_type: type[tuple] = Record,  # type: ignore[type-arg]
-    prefix: tuple[object, ...] = (),
-) -> list[Any]:
-    """The pure-Python record decoder (see `decode_records`); IndexError on a short buffer."""
-    data = records_data
-    end = len(data)
-    pos = 0
-    base_offset = header.base_offset
-    base_timestamp = header.base_timestamp
-    log_append_time = header.max_timestamp if header.timestamp_type else None
-    out: list[Record] = []
-    append = out.append
-    no_headers: tuple[Header, ...] = ()
-    new_tuple = tuple.__new__  # skips NamedTuple.__new__'s extra Python frame per record
-    # (topic, partition) is the common prefix: spelled out, it avoids a tuple unpack per record
-    two_prefix = len(prefix) == 2
-    p0, p1 = prefix if two_prefix else (None, None)
-    # Varints are decoded inline with one- and two-byte fast paths: this loop is the
-    # consumer's hot path and a function call per varint would cost a third of its time.
-    for _ in range(header.record_count):
-        byte = data[pos]
-        if byte < 0x80:
-            length = (byte >> 1) ^ -(byte & 1)
-            pos += 1
-        elif data[pos + 1] < 0x80:
-            length = (byte & 0x7F) | (data[pos + 1] << 7)
-            length = (length >> 1) ^ -(length & 1)
-            pos += 2
-        else:
-            length, pos = decode_varint(data, pos)
-        record_end = pos + length
-        if length < 6 or record_end > end:
-            raise CorruptRecordError(f"record length {length} does not fit in its batch")
-        byte = data[pos + 1]  # skip the unused attributes byte
-        if byte < 0x80:
-            ts_delta = (byte >> 1) ^ -(byte & 1)
-            pos += 2
-        elif data[pos + 2] < 0x80:
-            ts_delta = (byte & 0x7F) | (data[pos + 2] << 7)
-            ts_delta = (ts_delta >> 1) ^ -(ts_delta & 1)
-            pos += 3
-        else:
-            ts_delta, pos = decode_varint(data, pos + 1)
-        byte = data[pos]
-        if byte < 0x80:
-            offset_delta = (byte >> 1) ^ -(byte & 1)
-            pos += 1
-        elif data[pos + 1] < 0x80:
-            offset_delta = (byte & 0x7F) | (data[pos + 1] << 7)
-            offset_delta = (offset_delta >> 1) ^ -(offset_delta & 1)
-            pos += 2
-        else:
-            offset_delta, pos = decode_varint(data, pos)
-        byte = data[pos]
-        if byte < 0x80 and not byte & 1:  # a non-negative one-byte length
-            key_end = pos + 1 + (byte >> 1)
-            key = data[pos + 1 : key_end]
-            pos = key_end
-        elif byte == 1:  # -1: a null key
-            key = None
-            pos += 1
-        else:
-            key, pos = _read_bytes(data, pos, record_end)
-        byte = data[pos]
-        if byte < 0x80 and not byte & 1:  # a non-negative one-byte length
-            value_end = pos + 1 + (byte >> 1)
-            value = data[pos + 1 : value_end]
-            pos = value_end
-        elif byte >= 0x80 and data[pos + 1] < 0x80 and not byte & 1:
-            value_len = (byte & 0x7F) | (data[pos + 1] << 7)
-            value_end = pos + 2 + ((value_len >> 1) ^ -(value_len & 1))
-            value = data[pos + 2 : value_end]
-            pos = value_end
-        else:
-            value, pos = _read_bytes(data, pos, record_end)
-        if pos >= record_end:
-            raise CorruptRecordError("record fields run past the record length")
-        if data[pos] == 0 and pos + 1 == record_end:
-            headers = no_headers
-            pos += 1
-        else:
-            headers, pos = _decode_headers(data, pos, record_end)
-            if pos != record_end:
-                raise CorruptRecordError("record length disagrees with its fields")
-        timestamp = log_append_time if log_append_time is not None else base_timestamp + ts_delta
-        if two_prefix:
-            fields = (p0, p1, base_offset + offset_delta, timestamp, key, value, headers)
-        else:
-            fields = (*prefix, base_offset + offset_delta, timestamp, key, value, headers)
-        append(new_tuple(record_type, fields))
-    if pos != end:
-        raise CorruptRecordError(
-            f"record batch has {end - pos} bytes after its {header.record_count} records"
-        )
-    return out
 
 
 def decode_batch(

@@ -871,59 +871,61 @@ BODY_OK = b"\x00\x00\x00" + b"\x02k" + b"\x02v" + b"\x00"  # attrs ts od key val
 @pytest.mark.parametrize(
     ("section", "record_count", "message"),
     [
-        pytest.param(b"", 1, "ends inside", id="empty section"),
-        pytest.param(raw_record(BODY_OK), 2, "ends inside", id="fewer records than count"),
+        pytest.param(b"", 1, "ends after 0 of its 1 records", id="empty section"),
+        pytest.param(
+            raw_record(BODY_OK), 2, "ends after 1 of its 2 records", id="fewer records than count"
+        ),
         pytest.param(raw_record(BODY_OK) + b"\x00", 1, "after its", id="trailing byte"),
-        pytest.param(b"\x80\x80", 1, "varint", id="unterminated length varint"),
+        pytest.param(b"\x80\x80", 1, "length varint is cut short", id="unterminated length varint"),
         pytest.param(rb.encode_varint(-1) + BODY_OK, 1, "record length", id="negative length"),
         pytest.param(rb.encode_varint(5) + BODY_OK, 1, "record length", id="length below 6"),
         pytest.param(rb.encode_varint(100) + BODY_OK, 1, "record length", id="length past end"),
         pytest.param(
             raw_record(b"\x00" + b"\x80" * 10 + b"\x00" * 8),
             1,
-            "10 bytes",
+            "timestampDelta varint is longer than 10 bytes",
             id="11-byte timestamp delta",
         ),
         pytest.param(
             raw_record(b"\x00\x00\x00" + rb.encode_varint(-2) + b"\x02v\x00"),
             1,
-            "negative field length",
+            "keyLength -2 is negative but not -1",
             id="key length -2",
         ),
         pytest.param(
             raw_record(b"\x00\x00\x00" + rb.encode_varint(1000) + b"\x02v\x00"),
             1,
-            "runs past",
+            "keyLength 1000 runs past the end of the record",
             id="key longer than record",
         ),
         pytest.param(
             raw_record(b"\x00\x00\x00\x02k" + rb.encode_varint(1000) + b"v\x00"),
             1,
-            "past",
+            "valueLength 1000 runs past the end of the record",
             id="value longer than record",
         ),
         pytest.param(
             rb.encode_varint(6) + b"\x00\x00\x00\x06abc\x00\x00" + b"\x00" * 3,
             1,
-            "run past the record length",
+            "keyLength 3 runs past the end of the record",
             id="fields past record length",
         ),
         pytest.param(
             raw_record(b"\x00\x00\x00\x02k\x02v" + rb.encode_varint(50) + b"\x00"),
             1,
-            "header count",
+            "header count 50 does not fit",
             id="impossible header count",
         ),
         pytest.param(
             raw_record(b"\x00\x00\x00\x02k\x02v\x02" + rb.encode_varint(-1) + b"\x00"),
             1,
-            "null key",
+            "header 0 has a null key",
             id="null header key",
         ),
         pytest.param(
             raw_record(b"\x00\x00\x00\x02k\x02v\x02\x02\xff\x00"),
             1,
-            "UTF-8",
+            "header 0 key is not UTF-8",
             id="header key not utf-8",
         ),
         pytest.param(
