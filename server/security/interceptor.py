@@ -161,6 +161,9 @@ class SecurityInterceptor(grpc.ServerInterceptor):
             def stream_stream(requests: Iterator[Any], context: Any) -> Any:
                 generation = self._token_generation  # before authenticating
                 principal = self.principal(context)
+                # A stream's first response may be long in coming: its initial metadata
+                # tells the client now that the call was taken and authenticated.
+                context.send_initial_metadata(())
                 return inner_ss(
                     self._checked(principal, name, requests, context, generation), context
                 )
