@@ -11,13 +11,13 @@ import queue
 import shutil
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from logstore import Admin, Consumer, Producer
 from logstore.acls import (
@@ -31,6 +31,7 @@ from logstore.codec import record_batch as rb
 from logstore.errors import BrokerUnavailableError
 from logstore.v1 import logstore_pb2 as pb
 from logstore.v1 import logstore_pb2_grpc as pb_grpc
+from tests.helpers import wait_until
 from tests.server.conftest import BrokerProcess
 
 TOKENS = {"admin-s3cret": "User:admin", "alice-s3cret": "User:alice", "bob-s3cret": "User:bob"}
@@ -244,8 +245,19 @@ def test_missing_and_unknown_tokens_are_unauthenticated(acl_broker: BrokerProces
     ):
         guesser.list_topics()
     with admin(acl_broker.address, ADMIN) as a:
-        assert isinstance(a.list_topics(), list)
-    # Health checks stay open to every caller.
+        a.create_topic("auth-listed", partitions=2)
+        listed = a.list_topics()
+        assert "auth-listed" in listed
+        assert len(listed) == len(set(listed))
+        assert a.describe_topic("auth-listed").name == "auth-listed"
+    # Health checks stay open to every caller: no token, or one the broker does not know.
+    with grpc.insecure_channel(acl_broker.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        request = health_pb2.HealthCheckRequest(service="")
+        serving = health_pb2.HealthCheckResponse.SERVING
+        assert health.Check(request, timeout=5).status == serving
+        guessed = (("authorization", "Bearer guess"),)
+        assert health.Check(request, metadata=guessed, timeout=5).status == serving
     assert "Traceback" not in acl_broker.logs()
     assert ADMIN not in acl_broker.logs() and "guess" not in acl_broker.logs()
 
@@ -459,7 +471,16 @@ def test_token_without_tls_reaches_the_broker_through_open_channel(
 ) -> None:
     with open_channel(acl_broker.address, ClientSecurity(token=ADMIN)) as channel:
         stub = pb_grpc.LogStoreStub(channel)
-        assert stub.ListTopics(pb.ListTopicsRequest(), timeout=5) is not None
+        created = stub.CreateTopic(pb.CreateTopicRequest(name="open-chan", partitions=3), timeout=5)
+        assert (created.topic.name, len(created.topic.partitions)) == ("open-chan", 3)
+        listed = stub.ListTopics(pb.ListTopicsRequest(), timeout=5).topics
+        assert [(t.name, t.partitions, t.internal) for t in listed if t.name == "open-chan"] == [
+            ("open-chan", 3, False)
+        ]
+    with grpc.insecure_channel(acl_broker.address) as bare:  # the same call without the token
+        with pytest.raises(grpc.RpcError) as refused:
+            pb_grpc.LogStoreStub(bare).ListTopics(pb.ListTopicsRequest(), timeout=5)
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert "alice" not in repr(ClientSecurity(token="alice-s3cret"))
 
 
@@ -481,14 +502,9 @@ def reload_and_wait(broker: BrokerProcess, line: str) -> None:
     before = broker.logs().count(line)
     assert broker.proc is not None
     broker.proc.send_signal(signal.SIGHUP)
-    deadline = time.monotonic() + RELOAD_WAIT_S
-    for _ in range(1000):
-        if broker.logs().count(line) > before:
-            return
-        if time.monotonic() > deadline:
-            break
-        time.sleep(0.02)
-    raise AssertionError(f"the broker did not log {line!r} after SIGHUP:\n{broker.logs()}")
+    wait_until(
+        lambda: broker.logs().count(line) > before, f"the broker to log {line!r}", RELOAD_WAIT_S
+    )
 
 
 def write_tokens(path: Path, tokens: dict[str, str]) -> None:
@@ -531,7 +547,8 @@ def test_sighup_rereads_the_token_file(tmp_path: Path) -> None:
                 metadata=[("authorization", "Bearer carol-s3cret")],
                 timeout=CALL_TIMEOUT_MS / 1000,
             )
-            time.sleep(0.5)  # the broker has taken the call and authenticated it by now
+            call.initial_metadata()  # sent by the broker once it has authenticated the stream
+            assert call.is_active(), "the stream was refused before the token was revoked"
             write_tokens(tokens, {ALICE: "User:alice"})
             reload_and_wait(broker, "reloaded 1 tokens")
             batch = rb.encode_batch([(None, b"late", (), 0)])
