@@ -209,7 +209,6 @@ class Producer:
             acks=self._acks,
             is_retriable=is_retriable,
         )
-        self._clock = clock
         self._metadata_refresh_at = clock.monotonic_ms() + metadata_max_age_ms
         call_metadata = (("client-id", client_id),) if client_id else None
 
