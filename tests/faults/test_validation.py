@@ -12,7 +12,14 @@ import pytest
 
 from logstore.v1 import logstore_pb2 as pb
 from logstore.v1 import logstore_pb2_grpc as pb_grpc
-from tests.faults.support import RPC_TIMEOUT_S, connect, create_topic, produce, values_batch
+from tests.faults.support import (
+    RPC_TIMEOUT_S,
+    connect,
+    create_topic,
+    fetch_once,
+    produce,
+    values_batch,
+)
 from tests.server.conftest import BrokerProcess
 
 
@@ -80,7 +87,24 @@ def test_bad_config_on_create_and_alter(
 
 
 def test_max_message_bytes_up_to_the_request_limit_is_accepted(stub: pb_grpc.LogStoreStub) -> None:
-    create_topic(stub, "big-ok", max_message_bytes=str(60 * 1024 * 1024))
+    """A limit below the 64 MiB request limit is kept, and it is the limit a batch meets:
+    a 2 MiB batch, over the 1 MiB default, is appended and read back whole."""
+    limit = str(60 * 1024 * 1024)
+    create_topic(stub, "big-ok", max_message_bytes=limit)
+    described = stub.DescribeTopic(pb.DescribeTopicRequest(name="big-ok"), timeout=RPC_TIMEOUT_S)
+    assert dict(described.topic.config_overrides) == {"max.message.bytes": limit}
+    values = [bytes([65 + i]) * (512 * 1024) for i in range(4)]
+    batch = values_batch(values)
+    assert len(batch) > 2 * 1024 * 1024
+    result = produce(stub, "big-ok", batch)
+    assert (result.error.code, result.base_offset) == (0, 0)
+    fetched = fetch_once(stub, "big-ok", 0, 0, max_bytes=len(batch))
+    assert fetched.records == batch
+    create_topic(stub, "big-default")  # the same batch against the default limit
+    with pytest.raises(grpc.RpcError) as refused:
+        produce(stub, "big-default", batch)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    assert "exceeds max.message.bytes 1048588" in refused.value.details()  # type: ignore[attr-defined]
 
 
 def test_batch_over_max_message_bytes_names_the_limit(stub: pb_grpc.LogStoreStub) -> None:

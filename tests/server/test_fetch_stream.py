@@ -50,15 +50,31 @@ def test_next_request_ends_a_long_poll(stub: pb_grpc.LogStoreStub) -> None:
     stub.CreateTopic(pb.CreateTopicRequest(name="lp", partitions=1), timeout=10)
     outbox: queue.SimpleQueue[pb.FetchRequest | None] = queue.SimpleQueue()
     call = stub.FetchStream(iter(outbox.get, None), timeout=20)
+    # The broker answers in order and takes the next request only after answering one:
+    # once the quick first answer is here, the 10 s long poll is the request in hand.
+    outbox.put(_request("lp", 0))
     outbox.put(_request("lp", 0, wait_ms=10_000))
-    time.sleep(0.3)
+    assert _values(next(call)) == []
     started = time.monotonic()
     outbox.put(_request("lp", 0))
-    first = next(call)
-    assert time.monotonic() - started < 5
-    assert _values(first) == []
+    long_poll = next(call)
+    assert time.monotonic() - started < 5, "the long poll ran on after the next request"
+    assert _values(long_poll) == []
     outbox.put(None)
     assert [_values(a) for a in call] == [[]]
+
+
+def _poll_values(consumer: Consumer, count: int, timeout_s: float = 30.0) -> list[bytes]:
+    """Values of the next `count` records, polled for at most `timeout_s` (fewer if that
+    runs out, for the caller's assertion to show)."""
+    values: list[bytes] = []
+    deadline = time.monotonic() + timeout_s
+    # a poll returns records or waits up to 0.2 s: the deadline ends the loop well before
+    for _ in range(count + 10 * int(timeout_s / 0.2)):
+        if len(values) >= count or time.monotonic() > deadline:
+            break
+        values += [r.value for r in consumer.poll(timeout=0.2)]  # type: ignore[misc]
+    return values
 
 
 def test_consumer_reads_the_same_over_stream_and_unary(
@@ -82,14 +98,9 @@ def test_consumer_reads_the_same_over_stream_and_unary(
         )
         try:
             consumer.assign([("both", 0)])
-            got: list[bytes] = []
-            deadline = time.monotonic() + 30
-            while len(got) < len(values) and time.monotonic() < deadline:
-                got += [r.value for r in consumer.poll(timeout=1.0)]
+            got = _poll_values(consumer, len(values))
             consumer.seek("both", 0, 250)
-            again = []
-            while len(again) < len(values) - 250 and time.monotonic() < deadline:
-                again += [r.value for r in consumer.poll(timeout=1.0)]
+            again = _poll_values(consumer, len(values) - 250)
         finally:
             consumer.close()
         assert got == values, streaming
