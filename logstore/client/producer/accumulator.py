@@ -54,6 +54,11 @@ def _nothing() -> None:
     pass
 
 
+def _probe(part: Partition) -> Batch | None:
+    """The partition's first queued batch of unknown fate (see `Batch.unresolved`), if any."""
+    return next((b for b in part.ready if b.unresolved and not b.claimed), None)
+
+
 class Outcome(NamedTuple):
     """How a claimed batch ends: acknowledged at `base_offset`, or failed with `error`."""
 
@@ -429,7 +434,7 @@ class RecordAccumulator:
         if part.reset_pending:
             # Before renumbering, batches of unknown fate are resent as they are, one at a
             # time: the broker answers a copy it holds with its offset, else refuses it.
-            return not part.inflight and any(b.unresolved for b in part.ready)
+            return not part.inflight and _probe(part) is not None
         if part.draining:
             if part.inflight:
                 return False
@@ -458,7 +463,8 @@ class RecordAccumulator:
             if not self.sendable(part, now):
                 continue
             if part.reset_pending:
-                batch = next(b for b in part.ready if b.unresolved)
+                batch = _probe(part)
+                assert batch is not None  # sendable() said so
             else:
                 batch = part.ready[0]
             if batches and (batch.solo or size + len(batch.data) > self.max_request_size):
@@ -596,16 +602,12 @@ class RecordAccumulator:
     def parts_to_reset(self) -> list[Partition]:
         """Partitions waiting for a new producer id with nothing in flight any more and no
         batch of unknown fate left."""
-        return [
-            p
-            for p in self.reset_parts
-            if not p.inflight and not any(b.unresolved for b in p.ready if not b.claimed)
-        ]
+        return [p for p in self.reset_parts if not p.inflight and _probe(p) is None]
 
     def reset_sequences(self, part: Partition, producer_id: int, producer_epoch: int) -> None:
         """Renumber the partition's unsent batches from 0 under a new producer id, and let
         them go (caller holds the partition's encode_lock too)."""
-        if part.inflight or any(b.unresolved for b in part.ready if not b.claimed):
+        if part.inflight or _probe(part) is not None:
             return
         part.ready = deque(b for b in part.ready if not b.claimed)
         seqs = part.sequence.reset(

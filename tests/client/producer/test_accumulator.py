@@ -194,6 +194,29 @@ def test_a_fatal_failure_resets_the_partitions_sequences() -> None:
     assert [r[0] for r in world.drain()] == [batches[1], batches[2]]
 
 
+def test_a_batch_of_unknown_fate_is_resent_as_it_is_before_a_reset() -> None:
+    """Its answer was lost, so the broker may hold it: renumbering it under a new producer
+    id could append it twice. It goes again with its old stamp first; the reset waits."""
+    world = World(batch_size=100)
+    lost, fatal, unsent = (world.append(size=100) for _ in range(3))
+    world.encode_due(force=True)
+    assert [b for r in world.drain(slots=2) for b in r] == [lost, fatal]
+    assert world.acc.lost([lost], RETRIABLE, world.now) == []
+    assert world.fail(fatal, FATAL) is not None
+    part = world.part()
+    assert lost.unresolved and part.reset_pending
+    assert world.acc.parts_to_reset() == []
+    world.acc.reset_sequences(part, 2_000, 0)  # refused while the fate is open
+    assert header_of(lost).producer_id == 1_000
+    world.clock.advance(1_000)
+    assert world.drain() == [[lost]]  # the probe: old producer id and sequence
+    assert header_of(lost).base_sequence == 0
+    assert world.ack(lost, base_offset=0) is not None  # the broker had it: a duplicate
+    assert world.acc.parts_to_reset() == [part]
+    world.acc.reset_sequences(part, 2_000, 0)
+    assert (header_of(unsent).producer_id, header_of(unsent).base_sequence) == (2_000, 0)
+
+
 def test_without_idempotence_nothing_is_reset() -> None:
     world = World(producer_id=-1)
     batch = world.append()
