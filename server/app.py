@@ -86,8 +86,10 @@ def check_can_listen(address: str) -> None:
     try:
         host, port = parse_listen(address)
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except (ValueError, socket.gaierror) as exc:
-        raise OSError(f"cannot listen on {address}: {exc}") from None
+    except ValueError as exc:
+        raise OSError(str(exc)) from None
+    except socket.gaierror as exc:
+        raise OSError(f"{address}: {exc.strerror}") from None
     if port == 0:
         return
     for family, kind, proto, _, sockaddr in infos:
@@ -101,7 +103,17 @@ def check_can_listen(address: str) -> None:
                 if exc.errno == errno.EADDRINUSE:
                     raise OSError(f"{address} is already in use") from None
                 if exc.errno == errno.EACCES:
-                    raise OSError(f"cannot listen on {address}: permission denied") from None
+                    raise OSError(f"{address}: permission denied") from None
+
+
+def check_listeners(settings: BrokerSettings) -> None:
+    """`check_can_listen` for the gRPC listener and, when on, the metrics one."""
+    check_can_listen(settings.listen)
+    if settings.metrics_listen:
+        try:
+            check_can_listen(settings.metrics_listen)
+        except OSError as exc:
+            raise OSError(f"cannot serve metrics: {exc}") from None
 
 
 class Broker:
@@ -110,9 +122,7 @@ class Broker:
     def __init__(self, settings: BrokerSettings) -> None:
         self.settings = settings
         data_dir = Path(settings.data_dir)
-        for address in (settings.listen, settings.metrics_listen):
-            if address:
-                check_can_listen(address)
+        check_listeners(settings)
         # Before anything opens: a misconfigured broker must fail, never start unprotected.
         self.security = BrokerSecurity(settings.security, data_dir)
         self.manager = LogManager(
@@ -276,9 +286,7 @@ def run(settings: BrokerSettings) -> int:
     """Run a broker in the foreground until SIGINT or SIGTERM (SIGHUP re-reads the token
     and TLS files); return the exit status."""
     # First, so a second broker on a busy port says so in one line and logs nothing else.
-    for address in (settings.listen, settings.metrics_listen):
-        if address:
-            check_can_listen(address)
+    check_listeners(settings)
     before, after = raise_open_file_limit()
     if after != before:
         log.info("raised the open-file limit from %d to %d", before, after)

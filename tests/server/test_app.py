@@ -124,13 +124,13 @@ def test_a_port_in_use_is_refused_before_the_data_dir_is_touched(
     broker: BrokerProcess, tmp_path: Path
 ) -> None:
     data_dir = tmp_path / "second"
-    for args in (
-        ("--listen", broker.address),
-        ("--listen", "127.0.0.1:0", "--metrics-listen", broker.address),
+    for args, prefix in (
+        (("--listen", broker.address), ""),
+        (("--listen", "127.0.0.1:0", "--metrics-listen", broker.address), "cannot serve metrics: "),
     ):
         done = _serve(data_dir, *args)
         _assert_refused(done, data_dir, broker.address)
-        assert done.stderr == f"error: {broker.address} is already in use\n"
+        assert done.stderr == f"error: {prefix}{broker.address} is already in use\n"
 
 
 # --- recovery is logged as a summary, and only after an unclean shutdown ---------------------

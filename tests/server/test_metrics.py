@@ -437,10 +437,11 @@ def test_an_unusable_metrics_address_fails_the_start_and_leaves_the_data_clean(
             )
             with pytest.raises(OSError, match="cannot serve metrics"):
                 Broker(settings)
-    # the failed starts closed the logs cleanly, so this one need not recover anything
+    # the failed starts were refused before touching the data dir: nothing to recover
+    assert not data_dir.exists()
     broker = Broker(BrokerSettings(data_dir=data_dir, listen="127.0.0.1:0"))
     try:
-        assert broker.manager.clean_shutdown
+        assert not broker.manager.recovered_after_unclean_shutdown
         assert broker.metrics is None and broker.metrics_address == ""
     finally:
         broker.stop()
