@@ -197,3 +197,27 @@ def test_serve_help_names_every_environment_variable_it_reads() -> None:
     assert missing == [], f"serve --help does not mention {missing}"
     for process_wide in ("XDG_DATA_HOME", "LOGSTORE_MALLOC_DEFAULTS"):
         assert process_wide in text
+
+
+def test_a_config_file_using_the_documented_keys_starts(tmp_path: Path) -> None:
+    config = tmp_path / "broker.toml"
+    config.write_text(
+        'listen = "127.0.0.1:0"\n'
+        'metrics_listen = "127.0.0.1:0"\n'
+        "max_workers = 16\n"
+        "max_request_bytes = 8388608\n"
+        "offsets_retention_minutes = 60\n"
+        'authorizer = "acl"\n'
+        'super_users = ["User:ANONYMOUS"]\n'
+        '[topic-defaults]\n"retention.ms" = 3600000\n'
+        "[log-manager]\ncleaner_backoff_ms = 1000\n"
+    )
+    process = BrokerProcess(tmp_path / "data", ["--config", str(config)])
+    process.start()
+    try:
+        with Admin(process.address) as admin:
+            created = admin.create_topic("t")
+        assert created.config["retention.ms"] == "3600000"
+        assert "authorization ACLs" in process.logs()
+    finally:
+        process.close()
