@@ -37,31 +37,40 @@ typedef struct {
     char text[256];
 } problem_t;
 
-static int
+/* Cold and out of line: a char buffer in the hot readers would cost a stack canary check
+ * on every call. */
+static void __attribute__((cold, noinline, format(printf, 2, 3)))
 report(problem_t *problem, const char *format, ...)
 {
     va_list args;
     va_start(args, format);
     vsnprintf(problem->text, sizeof problem->text, format, args);
     va_end(args);
-    return -1;
 }
 
-/* A field's name as the messages spell it: "keyLength", or "headerKeyLength of header 2"
- * when `header` >= 0. Formatted only on the error path. */
+/* A field as the messages name it: "keyLength", or "headerKeyLength of header 2" when
+ * `header` >= 0. */
 typedef struct {
     const char *name;
     Py_ssize_t header;
 } field_t;
 
-static const char *
-field_name(const field_t *field, char *buf, size_t size)
+/* report() for a problem with one field: "<field name> <what is wrong>". */
+static void __attribute__((cold, noinline, format(printf, 3, 4)))
+report_field(problem_t *problem, const field_t *field, const char *format, ...)
 {
+    char name[96], what[160];
     if (field->header < 0) {
-        return field->name;
+        snprintf(name, sizeof name, "%s", field->name);
     }
-    snprintf(buf, size, "%s of header %zd", field->name, field->header);
-    return buf;
+    else {
+        snprintf(name, sizeof name, "%s of header %zd", field->name, field->header);
+    }
+    va_list args;
+    va_start(args, format);
+    vsnprintf(what, sizeof what, format, args);
+    va_end(args);
+    report(problem, "%s %s", name, what);
 }
 
 /* Zigzag varint at data[*pos], reading no byte at or past `limit`. Same rules as
@@ -70,19 +79,18 @@ static int
 read_varint(const uint8_t *data, Py_ssize_t *pos, Py_ssize_t limit, const field_t *field,
             problem_t *problem, int64_t *out)
 {
-    char name[96];
     Py_ssize_t p = *pos;
     uint64_t result = 0;
     int shift = 0;
     for (;;) {
         if (p >= limit) {
-            return report(problem, "%s varint is cut short",
-                          field_name(field, name, sizeof name));
+            report_field(problem, field, "varint is cut short");
+            return -1;
         }
         uint8_t byte = data[p++];
         if (shift == 63 && byte > 1) {
-            return report(problem, "%s varint is longer than 10 bytes or overflows 64 bits",
-                          field_name(field, name, sizeof name));
+            report_field(problem, field, "varint is longer than 10 bytes or overflows 64 bits");
+            return -1;
         }
         result |= (uint64_t)(byte & 0x7F) << shift;
         if (byte < 0x80) {
@@ -95,12 +103,12 @@ read_varint(const uint8_t *data, Py_ssize_t *pos, Py_ssize_t limit, const field_
     return 0;
 }
 
-/* A varint length then that many bytes, inside data[*pos:limit]; -1 gives None. */
-static int
+/* A varint length then that many bytes, inside data[*pos:limit]; -1 gives None. Inlined
+ * at its four calls: a call per key, value and header costs a few percent of the loop. */
+static inline __attribute__((always_inline)) int
 read_bytes(const uint8_t *data, Py_ssize_t *pos, Py_ssize_t limit, const field_t *field,
            problem_t *problem, PyObject **out)
 {
-    char name[96];
     int64_t length;
     if (read_varint(data, pos, limit, field, problem, &length) < 0) {
         return -1;
@@ -111,12 +119,13 @@ read_bytes(const uint8_t *data, Py_ssize_t *pos, Py_ssize_t limit, const field_t
         return 0;
     }
     if (length < 0) {
-        return report(problem, "%s %lld is negative but not -1 (null)",
-                      field_name(field, name, sizeof name), (long long)length);
+        report_field(problem, field, "%lld is negative but not -1 (null)", (long long)length);
+        return -1;
     }
     if (length > limit - *pos) {
-        return report(problem, "%s %lld runs past the end of the record (%zd bytes left)",
-                      field_name(field, name, sizeof name), (long long)length, limit - *pos);
+        report_field(problem, field, "%lld runs past the end of the record (%zd bytes left)",
+                     (long long)length, limit - *pos);
+        return -1;
     }
     *out = PyBytes_FromStringAndSize((const char *)data + *pos, (Py_ssize_t)length);
     if (*out == NULL) {
@@ -139,14 +148,16 @@ read_header(const uint8_t *data, Py_ssize_t *pos, Py_ssize_t limit, Py_ssize_t n
     }
     if (name == Py_None) {
         Py_DECREF(name);
-        return report(problem, "header %zd has a null key", number);
+        report(problem, "header %zd has a null key", number);
+        return -1;
     }
     key = PyUnicode_DecodeUTF8(PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name), "strict");
     Py_DECREF(name);
     if (key == NULL) {
         if (PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
             PyErr_Clear();
-            return report(problem, "header %zd key is not UTF-8", number);
+            report(problem, "header %zd key is not UTF-8", number);
+            return -1;
         }
         return -1;
     }
@@ -171,13 +182,15 @@ read_headers(const uint8_t *data, Py_ssize_t *pos, Py_ssize_t limit, problem_t *
         return -1;
     }
     if (count < 0) {
-        return report(problem, "header count %lld is negative", (long long)count);
+        report(problem, "header count %lld is negative", (long long)count);
+        return -1;
     }
     /* a header takes two bytes at the least: a count above the bytes left cannot fit */
     if (count > limit - *pos) {
-        return report(problem,
-                      "header count %lld does not fit in the rest of the record (%zd bytes left)",
-                      (long long)count, limit - *pos);
+        report(problem,
+               "header count %lld does not fit in the rest of the record (%zd bytes left)",
+               (long long)count, limit - *pos);
+        return -1;
     }
     if (count == 0) {
         Py_INCREF(empty_tuple);
@@ -256,14 +269,16 @@ read_fields(const batch_t *b, Py_ssize_t *pos, problem_t *problem, fields_t *f)
         return -1;
     }
     if (length < MIN_RECORD_LENGTH) {
-        return report(problem, "record length %lld is below the minimum %d", (long long)length,
-                      MIN_RECORD_LENGTH);
+        report(problem, "record length %lld is below the minimum %d", (long long)length,
+               MIN_RECORD_LENGTH);
+        return -1;
     }
     if (length > b->end - *pos) {
-        return report(problem,
-                      "record length %lld runs past the end of the records section "
-                      "(%zd bytes left)",
-                      (long long)length, b->end - *pos);
+        report(problem,
+               "record length %lld runs past the end of the records section "
+               "(%zd bytes left)",
+               (long long)length, b->end - *pos);
+        return -1;
     }
     Py_ssize_t record_end = *pos + (Py_ssize_t)length;
     *pos += 1; /* attributes: unused in v2 */
@@ -277,8 +292,9 @@ read_fields(const batch_t *b, Py_ssize_t *pos, problem_t *problem, fields_t *f)
         return -1;
     }
     if (*pos != record_end) {
-        return report(problem, "record length %lld disagrees with its fields: %zd bytes are left over",
-                      (long long)length, record_end - *pos);
+        report(problem, "record length %lld disagrees with its fields: %zd bytes are left over",
+               (long long)length, record_end - *pos);
+        return -1;
     }
     f->fields[0] = add_exact(b->base_offset, offset_delta);
     if (b->log_append_time != NULL) {
@@ -331,26 +347,26 @@ check_record_type(PyObject *record_type)
 }
 
 
-/* Decodes record `index`, at data[*pos], into records[index].
- * On failure raises CorruptRecordError naming the record (or passes a Python error on). */
+/* Decodes record `index`, at data[*pos], into records[index]. On failure raises
+ * CorruptRecordError naming the record (or passes a Python error on). `problem` is empty on
+ * entry: the first problem ends the batch, so one buffer serves every record. */
 static int
-decode_one(const batch_t *b, Py_ssize_t index, Py_ssize_t *pos, PyObject *records)
+decode_one(const batch_t *b, Py_ssize_t index, Py_ssize_t *pos, problem_t *problem,
+           PyObject *records)
 {
     Py_ssize_t record_start = *pos;
-    problem_t problem;
-    problem.text[0] = '\0'; /* set only on the error path: no per-record memset */
     fields_t fields = {{NULL, NULL, NULL, NULL, NULL}};
     PyObject *record = NULL;
-    if (read_fields(b, pos, &problem, &fields) == 0) {
+    if (read_fields(b, pos, problem, &fields) == 0) {
         record = build_record(b, &fields);
     }
     clear_fields(&fields);
     if (record == NULL) {
-        if (problem.text[0] != '\0') {
+        if (problem->text[0] != '\0') {
             PyErr_Format(CorruptRecordError,
                          "record %zd of the batch at base offset %lld, at byte %zd of its "
                          "records: %s",
-                         index, (long long)b->base_offset, record_start - b->start, problem.text);
+                         index, (long long)b->base_offset, record_start - b->start, problem->text);
         }
         return -1;
     }
@@ -403,6 +419,8 @@ decode_records(PyObject *module, PyObject *args)
         goto done;
     }
     Py_ssize_t pos = start;
+    problem_t problem;
+    problem.text[0] = '\0';
     for (Py_ssize_t i = 0; i < record_count; i++) {
         /* i < capacity holds whenever pos < end: each record takes MIN_RECORD_BYTES or more */
         if (pos == end || i >= capacity) {
@@ -412,7 +430,7 @@ decode_records(PyObject *module, PyObject *args)
             Py_CLEAR(records); /* list_dealloc skips the slots still NULL */
             goto done;
         }
-        if (decode_one(&batch, i, &pos, records) < 0) {
+        if (decode_one(&batch, i, &pos, &problem, records) < 0) {
             Py_CLEAR(records);
             goto done;
         }
