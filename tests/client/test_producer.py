@@ -13,7 +13,7 @@ import grpc
 import pytest
 
 from logstore.client.admin import Admin
-from logstore.client.producer import BatchMetadata, Producer
+from logstore.client.producer import BatchMetadata, Producer, facade, futures
 from logstore.codec import format as fmt
 from logstore.codec import record_batch as rb
 from logstore.codec.partitioner import partition_for_key
@@ -330,6 +330,27 @@ def test_record_futures_behave_like_futures(broker: BrokerProcess) -> None:
         second.add_done_callback(lambda f: late.append(f.result().offset))
         assert late == [1]
         assert "finished" in repr(second)
+
+
+def test_plain_record_futures_deliver_the_same(
+    broker: BrokerProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where CPython's Future internals do not match the record view, each record gets a
+    plain Future: same offsets, callbacks and errors, through a real broker."""
+    monkeypatch.setattr(facade, "new_record_future", futures.plain_record_future)
+    _create(broker, "plain")
+    with Producer(broker.address, linger_ms=5) as p:
+        records = [p.send("plain", b"%d" % i) for i in range(100)]
+        called: list[int] = []
+        records[-1].add_done_callback(lambda f: called.append(f.result().offset))
+        done, pending = concurrent.futures.wait(records, timeout=WAIT_S)
+        assert len(done) == 100
+        assert not pending and type(records[0]) is concurrent.futures.Future
+        assert [f.result(0).offset for f in records] == list(range(100))
+        assert not records[0].cancel()
+        with pytest.raises(UnknownTopicOrPartitionError):
+            p.send("plain", b"x", partition=5).result(WAIT_S)
+    assert called == [99]
 
 
 def test_flush_waits_and_close_is_final(broker: BrokerProcess) -> None:
