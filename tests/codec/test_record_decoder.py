@@ -398,9 +398,9 @@ def test_every_error_path_releases_what_it_built() -> None:
     assert grown < 8_192, f"{grown} bytes still held after {1000 * len(failing)} failures"
 
 
-def test_the_decoder_in_use_is_the_c_one_unless_pure_python_is_asked_for() -> None:
-    """The consumer's speed depends on the C decoder; LOGSTORE_PURE_PYTHON=1 opts out on
-    purpose, and then the reference really is the one decoding."""
+def test_the_c_decoder_is_built() -> None:
+    """The consumer's speed depends on the C decoder, so it is the one in use; with
+    LOGSTORE_PURE_PYTHON=1 (an opt-out on purpose) the reference really is the one decoding."""
     if PURE_PYTHON:
         assert rb._c_decode_records is None
         assert rb._decode_records is records_reference.decode_records
