@@ -20,6 +20,7 @@ import operator
 import threading
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, NamedTuple
 
 from logstore import errors
@@ -120,7 +121,8 @@ class Batch:
         self.base_offset = -1
         self.log_append_time = fmt.NO_TIMESTAMP
         self.watched: dict[RecordFuture, None] = {}
-        self.plain: list[tuple[int, object]] | None = None
+        #: the records' own futures where `RecordFuture` views cannot be used (by index)
+        self.plain: list[tuple[int, Future[RecordMetadata]]] | None = None
         self.size = 0
         self.record_count = 0
         self.timestamps: list[int] = []
