@@ -1,4 +1,4 @@
-"""A producer core without a broker: a RecordAccumulator on a ManualClock, and helpers that
+"""A producer core without a broker: a RecordAccumulator on a ManualClock, and functions that
 play the sender's and the broker's parts."""
 
 from __future__ import annotations
