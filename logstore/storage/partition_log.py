@@ -89,12 +89,8 @@ class RecoveryReport:
 
     @property
     def repaired_anything(self) -> bool:
-        return bool(
-            self.truncated_bytes
-            or self.deleted_segments
-            or self.rebuilt_indexes
-            or self.stray_files
-        )
+        """Whether recovery found damage; re-scanning an intact unflushed tail is not."""
+        return bool(self.repairs())
 
     def repairs(self) -> list[str]:
         """What was found damaged and put right, in words (bytes); empty when the log was
