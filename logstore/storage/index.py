@@ -219,20 +219,26 @@ class MmapIndexFile:
 
     @_locked
     def flush(self) -> None:
-        """Write the mapped pages to disk (msync)."""
+        """Write the mapped pages and the file size to disk (msync, which syncs like
+        fdatasync); an empty file has no mapping, so it is fsynced for its size."""
         self._check_open()
-        if self._writable and self._mm is not None:
+        if not self._writable:
+            return
+        if self._mm is not None:
             self._mm.flush()
+        else:
+            os.fsync(self._fd)
 
     @_locked
     def close(self) -> None:
-        """Flush, trim to the valid size, unmap and close the file. Safe to call twice."""
+        """Trim to the valid size, flush, unmap and close the file. Safe to call twice."""
         if self._closed:
             return
         try:
             if self._writable:
-                self.flush()
+                # Trimmed first, so the size a clean shutdown trusts is the synced one.
                 self.trim_to_valid_size()
+                self.flush()
         finally:
             self._closed = True
             self._keys = None
