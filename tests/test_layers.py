@@ -99,6 +99,20 @@ PURE_SERVER_MODULES = (
     "logstore.server.security.acl_rules",
 )
 
+#: The clients' I/O-free cores: tested without a broker, so they must not reach for gRPC
+#: or the connection code; the threads around them do the I/O.
+PURE_CLIENT_MODULES = (
+    "logstore.client.producer.accumulator",
+    "logstore.client.producer.futures",
+    "logstore.client.producer.retry",
+    "logstore.client.producer.sequences",
+    "logstore.client.consumer.fetch_positions",
+    "logstore.client.consumer.member_state",
+    "logstore.client.consumer.options",
+    "logstore.client.consumer.progress",
+    "logstore.client.consumer.record_buffer",
+)
+
 #: Deliberate exceptions, each with its reason.
 ALLOWED = {
     # The broker's metrics count dead letter and retry topics by the names the patterns
@@ -187,6 +201,16 @@ def test_broker_logic_imports_no_grpc(module: str) -> None:
         if _under(t, ("grpc", "logstore.v1.logstore_pb2_grpc"))
     )
     assert grpc_imports == [], f"{module} must stay pure"
+
+
+@pytest.mark.parametrize("module", PURE_CLIENT_MODULES)
+def test_client_cores_do_no_io(module: str) -> None:
+    io_imports = sorted(
+        t
+        for t in _imports(module, MODULES[module])
+        if _under(t, ("grpc", "logstore.v1", "logstore.client._connection"))
+    )
+    assert io_imports == [], f"{module} must stay free of I/O"
 
 
 def test_the_rules_catch_a_wrong_import(tmp_path: Path) -> None:
