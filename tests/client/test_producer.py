@@ -13,7 +13,7 @@ import grpc
 import pytest
 
 from logstore.client.admin import Admin
-from logstore.client.producer import BatchMetadata, Producer, facade, futures
+from logstore.client.producer import BatchMetadata, Producer, accumulator, futures
 from logstore.codec import format as fmt
 from logstore.codec import record_batch as rb
 from logstore.codec.partitioner import partition_for_key
@@ -337,7 +337,7 @@ def test_plain_record_futures_deliver_the_same(
 ) -> None:
     """Where CPython's Future internals do not match the record view, each record gets a
     plain Future: same offsets, callbacks and errors, through a real broker."""
-    monkeypatch.setattr(facade, "new_record_future", futures.plain_record_future)
+    monkeypatch.setattr(accumulator, "new_record_future", futures.plain_record_future)
     _create(broker, "plain")
     with Producer(broker.address, linger_ms=5) as p:
         records = [p.send("plain", b"%d" % i) for i in range(100)]

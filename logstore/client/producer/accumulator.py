@@ -30,7 +30,7 @@ from logstore.codec import record_batch as rb
 from logstore.codec.partitioner import StickyPartitioner
 from logstore.types import Headers, RecordMetadata
 
-from .futures import PENDING, BatchGroup
+from .futures import PENDING, BatchGroup, new_record_future
 from .retry import RetryPolicy, Verdict
 from .sequences import PartitionSequence
 
@@ -257,12 +257,14 @@ class RecordAccumulator:
         #: the producer is closing: every open batch is closed at once, as when forced
         self.closing = False
         self._order = itertools.count()
+        #: makes a record's future from (its batch, its index in the batch)
+        self.new_future = new_record_future
 
     # --- appending -------------------------------------------------------------------------
 
-    def append(self, part: Partition, record: rb.RecordInput, size: int) -> Batch:
+    def append(self, part: Partition, record: rb.RecordInput, size: int) -> Future[RecordMetadata]:
         """Append one record of `size` estimated bytes to the partition's open batch; return
-        that batch (the record is its last). The once-per-record path: keep it short."""
+        the record's future. The once-per-record path: keep it short."""
         batch = part.open
         if batch is not None and batch.size + size > self.batch_size and batch.records:
             # as Kafka: a record that does not fit starts the next batch, so a batch
@@ -271,12 +273,14 @@ class RecordAccumulator:
             batch = None
         if batch is None:
             batch = self._open_batch(part)
-        batch.records.append(record)
+        records = batch.records
+        future = self.new_future(batch, len(records))
+        records.append(record)
         batch.size += size
         self.buffered += size
         if batch.size >= self.batch_size:
             self.close_open(part)
-        return batch
+        return future
 
     def _open_batch(self, part: Partition) -> Batch:
         """Start the partition's open batch; its linger time starts now."""

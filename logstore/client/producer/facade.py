@@ -54,7 +54,7 @@ from .accumulator import (
     RecordAccumulator,
     Topic,
 )
-from .futures import BatchGroup, BatchMetadata, failed_future, new_record_future
+from .futures import BatchGroup, BatchMetadata, failed_future
 from .retry import RetryPolicy
 from .sender import Sender
 
@@ -316,8 +316,7 @@ class Producer:
                 raise errors.ClientClosedError("the producer is closed")
             if acc.buffered + size > acc.buffer_memory:
                 self._wait_for_space(size)
-            batch = acc.append(part, (key, value, headers, timestamp_ms), size)
-            return new_record_future(batch, len(batch.records) - 1)
+            return acc.append(part, (key, value, headers, timestamp_ms), size)
 
     def send_batch(
         self,

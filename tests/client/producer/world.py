@@ -7,6 +7,7 @@ import itertools
 
 from logstore.client._connection import is_retriable
 from logstore.client.producer.accumulator import Batch, Outcome, Partition, RecordAccumulator, Topic
+from logstore.client.producer.futures import RecordFuture
 from logstore.client.producer.retry import RetryPolicy
 from logstore.clock import ManualClock
 from logstore.codec import format as fmt
@@ -72,10 +73,13 @@ class World:
         return self.topic.partitions[p]
 
     def append(self, p: int = 0, value: bytes | None = None, size: int = 100) -> Batch:
-        """Append one record (a fresh numbered value unless given) of `size` bytes."""
+        """Append one record (a fresh numbered value unless given) of `size` bytes; return
+        the batch it went to."""
         if value is None:
             value = b"%d" % next(self._values)
-        return self.acc.append(self.part(p), (None, value, None, 1_000), size)
+        future = self.acc.append(self.part(p), (None, value, None, 1_000), size)
+        assert isinstance(future, RecordFuture)
+        return future._batch
 
     def encode_due(self, force: bool = False) -> None:
         """What the sender does first in a round: close what is due, encode, queue."""
