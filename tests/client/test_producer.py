@@ -26,6 +26,7 @@ from logstore.errors import (
 )
 from logstore.v1 import logstore_pb2 as pb
 from logstore.v1 import logstore_pb2_grpc as pb_grpc
+from tests.helpers import wait_until
 from tests.server.conftest import BrokerProcess
 
 WAIT_S = 30
@@ -128,10 +129,10 @@ def test_added_partitions_are_picked_up(broker: BrokerProcess) -> None:
         assert p.send("growing", b"x", key=b"k").result(WAIT_S).partition == 0
         admin.add_partitions("growing", 4)
         keys = [b"key-%d" % i for i in range(20)]
-        for _ in range(100):  # the background refresh runs every 100 ms
-            if {p.send("growing", b"x", key=k).result(WAIT_S).partition for k in keys} != {0}:
-                break
-            time.sleep(0.05)
+        wait_until(  # the background refresh runs every 100 ms
+            lambda: {p.send("growing", b"x", key=k).result(WAIT_S).partition for k in keys} != {0},
+            "keyed records to reach the added partitions",
+        )
         for key in keys:
             partition = p.send("growing", b"x", key=key).result(WAIT_S).partition
             assert partition == partition_for_key(key, 4)
