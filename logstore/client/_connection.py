@@ -7,7 +7,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import grpc
 
@@ -59,6 +59,24 @@ RETRIABLE_CODES = frozenset(
 def resolve_bootstrap(bootstrap: str | None) -> str:
     """The broker address: the argument, else $LOGSTORE_BOOTSTRAP, else 127.0.0.1:9092."""
     return bootstrap or os.environ.get(BOOTSTRAP_ENV) or DEFAULT_BOOTSTRAP
+
+
+class SecurityOptions(TypedDict, total=False):
+    """The security keyword arguments of `Admin`, `Producer` and `Consumer`.
+
+    - `ssl_cafile`: the CA bundle (PEM) the broker's certificate must chain to; setting
+      it turns TLS on.
+    - `ssl_certfile` / `ssl_keyfile`: client certificate and key (PEM) for mutual TLS.
+    - `token`: bearer token sent with every request.
+
+    Each falls back to its environment variable (LOGSTORE_TLS_CA, LOGSTORE_TLS_CERT,
+    LOGSTORE_TLS_KEY, LOGSTORE_TOKEN).
+    """
+
+    ssl_cafile: str | None
+    ssl_certfile: str | None
+    ssl_keyfile: str | None
+    token: str | None
 
 
 @dataclass(frozen=True)

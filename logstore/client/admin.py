@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Unpack
 
 import grpc
 
 from logstore.acls import AclBinding, AclFilter
 from logstore.client._connection import (
     ClientSecurity,
+    SecurityOptions,
     make_stub,
     open_channel,
     partition_error,
@@ -96,11 +97,8 @@ class Admin:
     >>> with Admin("127.0.0.1:9092") as admin:          # doctest: +SKIP
     ...     admin.create_topic("orders", partitions=3, config={"retention.ms": "604800000"})
 
-    Security: `ssl_cafile` is the CA bundle (PEM) the broker's certificate must chain to;
-    setting it turns TLS on. `ssl_certfile` / `ssl_keyfile`: client certificate and key
-    (PEM) for mutual TLS. `token`: bearer token sent with every request. Each falls back
-    to its environment variable (LOGSTORE_TLS_CA, LOGSTORE_TLS_CERT, LOGSTORE_TLS_KEY,
-    LOGSTORE_TOKEN).
+    Security: the keyword arguments of `SecurityOptions` (`ssl_cafile`, `ssl_certfile`,
+    `ssl_keyfile`, `token`), each falling back to its environment variable.
     """
 
     def __init__(
@@ -108,16 +106,11 @@ class Admin:
         bootstrap: str | None = None,
         *,
         request_timeout_ms: int = 30_000,
-        ssl_cafile: str | None = None,
-        ssl_certfile: str | None = None,
-        ssl_keyfile: str | None = None,
-        token: str | None = None,
+        **security: Unpack[SecurityOptions],
     ) -> None:
         self.address = resolve_bootstrap(bootstrap)
         self._timeout_s = request_timeout_ms / 1000
-        self._channel = open_channel(
-            self.address, ClientSecurity.resolve(ssl_cafile, ssl_certfile, ssl_keyfile, token)
-        )
+        self._channel = open_channel(self.address, ClientSecurity.resolve(**security))
         self._stub = make_stub(self._channel)
         self._closed = False
 

@@ -25,13 +25,14 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
-from typing import Any
+from typing import Any, Unpack
 
 import grpc
 
 from logstore import errors
 from logstore.client._connection import (
     ClientSecurity,
+    SecurityOptions,
     is_retriable,
     make_stub,
     open_channel,
@@ -119,11 +120,8 @@ class Consumer:
     `ConsumerStall` with the reason ("broker_unreachable" or "missing_topics"), the broker
     address or the missing topics, and since when (`since_ms`, wall-clock ms).
 
-    Security: `ssl_cafile` is the CA bundle (PEM) the broker's certificate must chain to;
-    setting it turns TLS on. `ssl_certfile` / `ssl_keyfile`: client certificate and key
-    (PEM) for mutual TLS. `token`: bearer token sent with every request. Each falls back
-    to its environment variable (LOGSTORE_TLS_CA, LOGSTORE_TLS_CERT, LOGSTORE_TLS_KEY,
-    LOGSTORE_TOKEN).
+    Security: the keyword arguments of `SecurityOptions` (`ssl_cafile`, `ssl_certfile`,
+    `ssl_keyfile`, `token`), each falling back to its environment variable.
     """
 
     def __init__(
@@ -149,11 +147,8 @@ class Consumer:
         group_remote_assignor: str | None = None,
         key_deserializer: Deserializer | None = None,
         value_deserializer: Deserializer | None = None,
-        ssl_cafile: str | None = None,
-        ssl_certfile: str | None = None,
-        ssl_keyfile: str | None = None,
-        token: str | None = None,
         fetch_stream: bool = True,
+        **security: Unpack[SecurityOptions],
     ) -> None:
         self._options = ConsumerOptions(
             group_id,
@@ -179,9 +174,7 @@ class Consumer:
         self._value_deserializer = value_deserializer
         self.address = resolve_bootstrap(bootstrap)
         self._timeout_s = request_timeout_ms / 1000
-        self._channel = open_channel(
-            self.address, ClientSecurity.resolve(ssl_cafile, ssl_certfile, ssl_keyfile, token)
-        )
+        self._channel = open_channel(self.address, ClientSecurity.resolve(**security))
         self._stub = make_stub(self._channel)
         # Room for two fetches per partition: one answer is drained while the next arrives.
         self._shared = SharedFetchState(

@@ -26,13 +26,14 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, Unpack
 
 import grpc
 
 from logstore import errors
 from logstore.client._connection import (
     ClientSecurity,
+    SecurityOptions,
     is_retriable,
     make_stub,
     open_channel,
@@ -133,11 +134,9 @@ class Producer:
       so added partitions get keyed records (ms).
     * `clock`: the monotonic clock linger, backoff and timeouts are measured on.
     * `client_id`: sent to the broker as the `client-id` call metadata.
-    * `ssl_cafile`: CA bundle (PEM) the broker's certificate must chain to; setting it turns
-      TLS on. `ssl_certfile` / `ssl_keyfile`: client certificate and key (PEM) for mutual
-      TLS. `token`: bearer token sent with every request. Each falls back to its
-      environment variable (LOGSTORE_TLS_CA, LOGSTORE_TLS_CERT, LOGSTORE_TLS_KEY,
-      LOGSTORE_TOKEN).
+    * `**security`: the keyword arguments of `SecurityOptions` (`ssl_cafile`,
+      `ssl_certfile`, `ssl_keyfile`, `token`), each falling back to its environment
+      variable.
 
     `value` and `key` must be bytes (or bytes-like, copied) or None: a str raises TypeError
     rather than being encoded with a guessed charset. Thread-safe: any number of threads may
@@ -163,11 +162,8 @@ class Producer:
         max_request_size: int = 8_388_608,
         metadata_max_age_ms: float = 300_000,
         client_id: str = "",
-        ssl_cafile: str | None = None,
-        ssl_certfile: str | None = None,
-        ssl_keyfile: str | None = None,
-        token: str | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        **security: Unpack[SecurityOptions],
     ) -> None:
         if acks not in _ACKS:
             raise ValueError(f"acks must be 0, 1 or 'all' (-1), got {acks!r}")
@@ -213,9 +209,7 @@ class Producer:
         call_metadata = (("client-id", client_id),) if client_id else None
 
         self.address = resolve_bootstrap(bootstrap)
-        self._channel = open_channel(
-            self.address, ClientSecurity.resolve(ssl_cafile, ssl_certfile, ssl_keyfile, token)
-        )
+        self._channel = open_channel(self.address, ClientSecurity.resolve(**security))
         self._stub = make_stub(self._channel)
         # Requests are serialized by hand (see `logstore.codec.wire`): the stream sends bytes.
         produce_stream = self._channel.stream_stream(
