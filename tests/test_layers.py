@@ -3,7 +3,7 @@
 From the bottom up (README, "Layout"):
 
 - base: `logstore.errors`, `logstore.types`, `logstore.acls`, `logstore.clock`,
-  `logstore.allocator`, `logstore.timeparse`: leaves every layer may use;
+  `logstore.allocator`, `logstore.timeparse`, `logstore.lazy`: leaves every layer may use;
 - codec (`logstore.codec`): the record batch format, the gRPC framing, the partitioner;
 - storage (`logstore.storage`): segments, indexes, partition logs, the log manager;
 - client (`logstore.client`): Admin, Producer, Consumer over gRPC;
@@ -39,6 +39,7 @@ BASE = (
     "logstore.clock",
     "logstore.allocator",
     "logstore.timeparse",
+    "logstore.lazy",
 )
 #: generated protobuf messages (no gRPC): any layer that speaks the wire format may use them
 PROTO_MESSAGES = ("logstore.v1.logstore_pb2",)
@@ -211,6 +212,14 @@ def test_client_cores_do_no_io(module: str) -> None:
         if _under(t, ("grpc", "logstore.v1", "logstore.client._connection"))
     )
     assert io_imports == [], f"{module} must stay free of I/O"
+
+
+@pytest.mark.parametrize("module", PURE_SERVER_MODULES + PURE_CLIENT_MODULES)
+def test_pure_modules_load_no_grpc(module: str) -> None:
+    """At run time too: importing one runs its packages' __init__ files, which must not
+    drag in the gRPC siblings (they export lazily)."""
+    loaded = _loaded_after(f"import {module}")
+    assert sorted(m for m in loaded if _under(m, ("grpc",))) == []
 
 
 def test_the_rules_catch_a_wrong_import(tmp_path: Path) -> None:

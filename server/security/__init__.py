@@ -7,7 +7,20 @@
   of it to every call; `broker_security`: the pieces assembled for one broker.
 """
 
-from logstore.server.security.broker_security import BrokerSecurity
-from logstore.server.security.settings import SecurityConfigError, SecuritySettings
+from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from logstore.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from logstore.server.security.broker_security import BrokerSecurity
+    from logstore.server.security.settings import SecurityConfigError, SecuritySettings
+
+_EXPORTS = {
+    "BrokerSecurity": "logstore.server.security.broker_security",
+    "SecurityConfigError": "logstore.server.security.settings",
+    "SecuritySettings": "logstore.server.security.settings",
+}
 __all__ = ["BrokerSecurity", "SecurityConfigError", "SecuritySettings"]
+__getattr__ = lazy_exports(__name__, _EXPORTS)

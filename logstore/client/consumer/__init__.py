@@ -5,10 +5,24 @@ thin threads (`fetcher`, `group_member`) and the `Consumer` facade (`consumer`) 
 the broker.
 """
 
-from logstore.client.consumer.consumer import CommitCallback, Consumer, Deserializer
-from logstore.client.consumer.group_member import ConsumerRebalanceListener
-from logstore.client.consumer.progress import ConsumerStall
+from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from logstore.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from logstore.client.consumer.consumer import CommitCallback, Consumer, Deserializer
+    from logstore.client.consumer.group_member import ConsumerRebalanceListener
+    from logstore.client.consumer.progress import ConsumerStall
+
+_EXPORTS = {
+    "CommitCallback": "logstore.client.consumer.consumer",
+    "Consumer": "logstore.client.consumer.consumer",
+    "ConsumerRebalanceListener": "logstore.client.consumer.group_member",
+    "ConsumerStall": "logstore.client.consumer.progress",
+    "Deserializer": "logstore.client.consumer.consumer",
+}
 __all__ = [
     "CommitCallback",
     "Consumer",
@@ -16,3 +30,4 @@ __all__ = [
     "ConsumerStall",
     "Deserializer",
 ]
+__getattr__ = lazy_exports(__name__, _EXPORTS)

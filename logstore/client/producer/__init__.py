@@ -12,10 +12,24 @@ Around it, thin I/O: `sender` (the sender thread, the `ProduceStream` and its re
 thread) and `facade` (`Producer`: argument checks, routing, topic metadata).
 """
 
-from logstore.client.producer.accumulator import HEADER_OVERHEAD_BYTES, RECORD_OVERHEAD_BYTES
-from logstore.client.producer.facade import PRODUCE_STREAM_METHOD, Producer
-from logstore.client.producer.futures import BatchMetadata
+from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from logstore.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from logstore.client.producer.accumulator import HEADER_OVERHEAD_BYTES, RECORD_OVERHEAD_BYTES
+    from logstore.client.producer.facade import PRODUCE_STREAM_METHOD, Producer
+    from logstore.client.producer.futures import BatchMetadata
+
+_EXPORTS = {
+    "BatchMetadata": "logstore.client.producer.futures",
+    "HEADER_OVERHEAD_BYTES": "logstore.client.producer.accumulator",
+    "PRODUCE_STREAM_METHOD": "logstore.client.producer.facade",
+    "Producer": "logstore.client.producer.facade",
+    "RECORD_OVERHEAD_BYTES": "logstore.client.producer.accumulator",
+}
 __all__ = [
     "HEADER_OVERHEAD_BYTES",
     "PRODUCE_STREAM_METHOD",
@@ -23,3 +37,4 @@ __all__ = [
     "BatchMetadata",
     "Producer",
 ]
+__getattr__ = lazy_exports(__name__, _EXPORTS)
