@@ -137,6 +137,16 @@ class ClientSecurity:
         return credentials
 
 
+def client_security(client: str, options: dict[str, Any]) -> ClientSecurity:
+    """What a client constructor received as `**security`, resolved. Any other keyword
+    lands there too, so it is refused here as Python would refuse it: by the client's
+    name, not by this function's."""
+    unknown = sorted(set(options) - SecurityOptions.__optional_keys__)
+    if unknown:
+        raise TypeError(f"{client}() got an unexpected keyword argument {unknown[0]!r}")
+    return ClientSecurity.resolve(**options)
+
+
 class _BearerToken(
     grpc.UnaryUnaryClientInterceptor,
     grpc.UnaryStreamClientInterceptor,

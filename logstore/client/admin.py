@@ -9,8 +9,8 @@ import grpc
 
 from logstore.acls import AclBinding, AclFilter
 from logstore.client._connection import (
-    ClientSecurity,
     SecurityOptions,
+    client_security,
     make_stub,
     open_channel,
     partition_error,
@@ -110,7 +110,7 @@ class Admin:
     ) -> None:
         self.address = resolve_bootstrap(bootstrap)
         self._timeout_s = request_timeout_ms / 1000
-        self._channel = open_channel(self.address, ClientSecurity.resolve(**security))
+        self._channel = open_channel(self.address, client_security("Admin", security))
         self._stub = make_stub(self._channel)
         self._closed = False
 

@@ -31,8 +31,8 @@ import grpc
 
 from logstore import errors
 from logstore.client._connection import (
-    ClientSecurity,
     SecurityOptions,
+    client_security,
     is_retriable,
     make_stub,
     open_channel,
@@ -174,7 +174,7 @@ class Consumer:
         self._value_deserializer = value_deserializer
         self.address = resolve_bootstrap(bootstrap)
         self._timeout_s = request_timeout_ms / 1000
-        self._channel = open_channel(self.address, ClientSecurity.resolve(**security))
+        self._channel = open_channel(self.address, client_security("Consumer", security))
         self._stub = make_stub(self._channel)
         # Room for two fetches per partition: one answer is drained while the next arrives.
         self._shared = SharedFetchState(

@@ -32,8 +32,8 @@ import grpc
 
 from logstore import errors
 from logstore.client._connection import (
-    ClientSecurity,
     SecurityOptions,
+    client_security,
     is_retriable,
     make_stub,
     open_channel,
@@ -209,7 +209,7 @@ class Producer:
         call_metadata = (("client-id", client_id),) if client_id else None
 
         self.address = resolve_bootstrap(bootstrap)
-        self._channel = open_channel(self.address, ClientSecurity.resolve(**security))
+        self._channel = open_channel(self.address, client_security("Producer", security))
         self._stub = make_stub(self._channel)
         # Requests are serialized by hand (see `logstore.codec.wire`): the stream sends bytes.
         produce_stream = self._channel.stream_stream(
