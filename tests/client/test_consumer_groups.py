@@ -524,9 +524,9 @@ def committed_by_partition(admin: Admin) -> dict[int, int]:
     return {p: om.offset for (_, p), om in admin.committed_offsets("g").items()}
 
 
-def commits_until_expiry(admin: Admin, member_id: str) -> dict[int, int]:
-    """Wait until the coordinator has expired `member_id` and return the last committed
-    offsets read while it was still a member.
+def commits_until_expiry(admin: Admin, client_id: str) -> dict[int, int]:
+    """Wait until the coordinator has expired the member with client id `client_id`, and
+    return the last committed offsets read while it was still a member.
 
     A member commits only while it is one, and its partitions go to another member only
     after it has left, so that snapshot holds the member's final commits, including one
@@ -536,13 +536,13 @@ def commits_until_expiry(admin: Admin, member_id: str) -> dict[int, int]:
 
     def expired() -> bool:
         snapshot = committed_by_partition(admin)  # read before the membership check
-        if member_id in {m.client_id for m in admin.describe_group("g").members}:
+        if client_id in {m.client_id for m in admin.describe_group("g").members}:
             final.clear()
             final.update(snapshot)
             return False
         return True
 
-    wait_until(expired, f"{member_id}'s session to expire", SESSION_MS / 1000 + WAIT_S)
+    wait_until(expired, f"{client_id}'s session to expire", SESSION_MS / 1000 + WAIT_S)
     return final
 
 

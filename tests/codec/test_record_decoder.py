@@ -407,7 +407,7 @@ def test_the_c_decoder_is_built() -> None:
         return
     assert c_decode is not None, (
         "logstore.codec._record_decoder is not built: reinstall with a C compiler present "
-        "(pip install -e .), or set LOGSTORE_PURE_PYTHON=1 to use the Python decoder"
+        "(pip install -e .), or set LOGSTORE_PURE_PYTHON=1 to use the reference decoder"
     )
     assert rb._decode_records is c_decode
 
