@@ -11,19 +11,28 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["Admin", "Consumer", "ConsumerRecord", "Producer", "RecordMetadata", "__version__"]
+__all__ = [
+    "Admin",
+    "Consumer",
+    "ConsumerRecord",
+    "ConsumerStall",
+    "Producer",
+    "RecordMetadata",
+    "__version__",
+]
 
 _LAZY = {
     "Admin": "logstore.client.admin",
     "Producer": "logstore.client.producer",
     "Consumer": "logstore.client.consumer",
+    "ConsumerStall": "logstore.client.consumer",
     "RecordMetadata": "logstore.types",
     "ConsumerRecord": "logstore.types",
 }
 
 if TYPE_CHECKING:
     from logstore.client.admin import Admin
-    from logstore.client.consumer import Consumer
+    from logstore.client.consumer import Consumer, ConsumerStall
     from logstore.client.producer import Producer
     from logstore.types import ConsumerRecord, RecordMetadata
 

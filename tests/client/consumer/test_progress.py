@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 
 import pytest
 
@@ -64,3 +66,19 @@ def test_an_unreachable_broker_is_reported_before_missing_topics() -> None:
     monitor.broker_failed("down")
     stall = monitor.stall()
     assert stall is not None and stall.reason == "broker_unreachable"
+
+
+def test_consumer_stall_is_public_and_loads_no_grpc() -> None:
+    """`from logstore import ConsumerStall` names the type stalled() returns; the type
+    itself is plain data, so importing it pulls in no gRPC."""
+    script = (
+        "import sys, logstore\n"
+        "from logstore.client.consumer.progress import ConsumerStall\n"
+        "assert logstore.ConsumerStall is ConsumerStall\n"
+        "assert 'ConsumerStall' in logstore.__all__\n"
+        "assert 'grpc' not in sys.modules, 'grpc loaded'\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
