@@ -385,19 +385,34 @@ class RecordAccumulator:
         batch.order = next(self._order)
 
     def new_chunk_batch(self, part: Partition, size: int, group: BatchGroup) -> Batch:
-        """A send_batch chunk's batch of `size` bytes; its buffer space is counted now."""
+        """A send_batch chunk's batch of `size` bytes; its buffer space is counted now.
+
+        It is incomplete from now on, as a batch opened by `append`: a flush started while
+        the chunk is encoded waits for it, and close() after its timeout claims it.
+        """
         batch = Batch(part, self.clock.monotonic_ms())
         batch.size = size
         batch.group = group
         batch.group_index = group.add()
         self.buffered += size
+        self.incomplete[batch] = None
         return batch
 
     def queue_ready(self, part: Partition, batches: list[Batch]) -> None:
-        """Hand encoded batches to the sender, after any already queued."""
+        """Hand encoded batches to the sender, after any already queued.
+
+        Batches were registered in `incomplete` when they were created; one claimed while it
+        was encoded (close() gave up on it) has ended already and is not queued.
+        """
+        live = []
         for batch in batches:
-            self.incomplete[batch] = None
-        part.ready.extend(batches)
+            if batch.claimed:
+                batch.data = b""  # ended: its futures read nothing from the bytes
+            else:
+                live.append(batch)
+        if not live:
+            return
+        part.ready.extend(live)
         self.ready_parts[part] = None
         self.wake()
 

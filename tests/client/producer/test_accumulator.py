@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from logstore import errors
 from logstore.client.producer.accumulator import MAX_IDLE_WAIT_MS, Batch, Outcome
+from logstore.client.producer.futures import BatchGroup, BatchMetadata
 
 from .world import World, header_of, values_of
 
@@ -251,6 +252,60 @@ def test_the_sender_wakes_at_the_latest_after_the_idle_wait() -> None:
     world = World(linger_ms=60_000)
     world.append()
     assert world.acc.next_deadline(world.now) == world.now + MAX_IDLE_WAIT_MS
+
+
+# --- close() after its timeout -------------------------------------------------------------
+
+
+def test_a_batch_claimed_while_it_is_encoded_is_not_queued_again() -> None:
+    """close() gives up while the sender encodes batches it took (without the lock): they are
+    claimed and finished. Queuing them afterwards must not make them incomplete again, or
+    the sender, which stops only once nothing is incomplete, never stops."""
+    world = World()
+    batch = world.append()
+    world.acc.closing = True
+    (part,) = world.acc.close_due(world.now)
+    taken = world.acc.take_closed(part)  # the sender's round, lock released to encode
+    aborted = world.acc.abort()  # close()'s timeout passes meanwhile
+    assert aborted == [batch] and world.acc.buffered == 0
+    world.acc.finished(aborted)
+    for each in taken:
+        world.acc.encode(each)
+    world.acc.queue_ready(part, taken)
+    assert not world.acc.incomplete and not part.ready and batch.data == b""
+    assert world.acc.next_deadline(world.now) is None
+    assert world.drain() == []
+
+
+def test_a_send_batch_chunk_is_incomplete_from_its_creation() -> None:
+    """A flush or close() started while a chunk is encoded must see it: it waits for the
+    chunk, and close() after its timeout claims it and gives its buffer space back."""
+    world = World()
+    group = BatchGroup()
+    chunk = world.acc.new_chunk_batch(world.part(), 100, group)
+    assert list(world.acc.incomplete) == [chunk] and world.acc.buffered == 100
+    assert world.acc.abort() == [chunk] and world.acc.buffered == 0
+    world.finish([Outcome(chunk, -1, -1, errors.ClientClosedError("closed"))])
+    world.acc.encode_values(chunk, [b"v"], None, None, 1_000)  # the caller's thread goes on
+    world.acc.queue_ready(world.part(), [chunk])
+    assert not world.acc.incomplete and not world.part().ready
+    group.seal()
+    assert isinstance(group.future.exception(0), errors.ClientClosedError)
+
+
+def test_a_send_batch_chunk_is_acknowledged_like_any_batch() -> None:
+    world = World()
+    group = BatchGroup()
+    chunk = world.acc.new_chunk_batch(world.part(), 100, group)
+    world.acc.encode_values(chunk, [b"a", b"b"], None, None, 1_000)
+    world.acc.queue_ready(world.part(), [chunk])
+    group.seal()
+    assert world.drain() == [[chunk]]
+    outcome = world.ack(chunk, base_offset=3)
+    assert outcome is not None
+    world.finish([outcome])
+    assert not world.acc.incomplete and world.acc.buffered == 0
+    assert group.future.result(0) == [BatchMetadata("t", 0, 3, 2)]
 
 
 # --- properties ----------------------------------------------------------------------------

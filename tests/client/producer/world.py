@@ -7,7 +7,7 @@ import itertools
 
 from logstore.client._connection import is_retriable
 from logstore.client.producer.accumulator import Batch, Outcome, Partition, RecordAccumulator, Topic
-from logstore.client.producer.futures import RecordFuture
+from logstore.client.producer.futures import RecordFuture, settle
 from logstore.client.producer.retry import RetryPolicy
 from logstore.clock import ManualClock
 from logstore.codec import format as fmt
@@ -103,6 +103,12 @@ class World:
 
     def fail(self, batch: Batch, error: Exception) -> Outcome | None:
         return self.acc.answered(batch, error, -1, -1, self.now)  # type: ignore[arg-type]
+
+    def finish(self, outcomes: list[Outcome]) -> None:
+        """What the sender does with outcomes: settle their futures, then mark them done."""
+        for outcome in outcomes:
+            settle(outcome)
+        self.acc.finished([outcome.batch for outcome in outcomes])
 
 
 def values_of(batch: Batch) -> list[bytes | None]:
