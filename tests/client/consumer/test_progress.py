@@ -60,6 +60,56 @@ def test_missing_topics_from_any_source_hold_the_condition(
     assert len(records(caplog, logging.INFO)) == 1
 
 
+def test_a_missing_partition_of_an_existing_topic_is_not_called_a_missing_topic(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, LOGGER)
+    monitor = ProgressMonitor("b:1", ManualClock())
+    monitor.set_missing("assigned", frozenset(), frozenset({("orders", 7)}))
+    stall = monitor.stall()
+    assert stall is not None
+    assert (stall.reason, stall.topics, stall.partitions) == (
+        "missing_partitions",
+        frozenset(),
+        {("orders", 7)},
+    )
+    assert records(caplog, logging.WARNING) == [
+        "partition orders-7 does not exist on broker b:1 (for 0 s); the consumer waits and "
+        "poll() returns nothing from them meanwhile"
+    ]
+    monitor.set_missing("assigned", frozenset())
+    assert monitor.stall() is None
+    assert records(caplog, logging.INFO) == ["partition orders-7 exists now; consuming"]
+
+
+def test_missing_topics_and_partitions_together_name_both() -> None:
+    monitor = ProgressMonitor("b:1", ManualClock())
+    monitor.set_missing("assigned", frozenset({"gone"}), frozenset({("orders", 7), ("gone", 1)}))
+    monitor.set_missing("subscribed", frozenset({"later"}))
+    stall = monitor.stall()
+    assert stall is not None
+    assert (stall.reason, stall.topics) == ("missing_topics", {"gone", "later"})
+    # a partition of a topic that is missing as a whole is named by its topic only
+    assert stall.partitions == {("orders", 7)}
+
+
+def test_a_changed_missing_set_keeps_the_condition_and_its_start(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, LOGGER)
+    clock = ManualClock()
+    monitor = ProgressMonitor("b:1", clock)
+    monitor.set_missing("assigned", frozenset({"orders"}))
+    since = monitor.stall()
+    clock.advance(1000)
+    monitor.set_missing("assigned", frozenset(), frozenset({("orders", 7)}))
+    stall = monitor.stall()
+    assert since is not None and stall is not None
+    assert (stall.reason, stall.since_ms) == ("missing_partitions", since.since_ms)
+    assert len(records(caplog, logging.WARNING)) == 1
+    assert records(caplog, logging.INFO) == []
+
+
 def test_an_unreachable_broker_is_reported_before_missing_topics() -> None:
     monitor = ProgressMonitor("b:1", ManualClock())
     monitor.set_missing("assigned", frozenset({"a"}))
