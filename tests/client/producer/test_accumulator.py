@@ -3,17 +3,22 @@ request, retries, expiry and sequence resets. Time is a ManualClock; nothing sle
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from logstore import errors
 from logstore.client.producer.accumulator import MAX_IDLE_WAIT_MS, Batch, Outcome
-from logstore.client.producer.futures import BatchGroup, BatchMetadata
+from logstore.client.producer.futures import BatchGroup, BatchMetadata, RecordFuture
+from logstore.types import RecordMetadata
 
 from .world import World, header_of, values_of
 
 RETRIABLE = errors.BrokerUnavailableError("broker went away")
 FATAL = errors.RecordTooLargeError("too large")
+
+#: every test here runs with batch-view record futures and with the plain fallback
+pytestmark = pytest.mark.usefixtures("record_futures")
 
 
 # --- appending and closing -----------------------------------------------------------------
@@ -120,6 +125,25 @@ def test_acks_release_buffer_space_exactly_once() -> None:
     world.acc.finished([batch])
     assert batch.done and not world.acc.incomplete
     assert world.acc.next_deadline(world.now) is None
+
+
+def test_each_record_future_gets_its_offset_or_its_batch_error(record_futures: str) -> None:
+    world = World(batch_size=200)
+    for _ in range(3):
+        world.append(size=100)  # two batches: the first closes full with two records
+    assert all(isinstance(f, RecordFuture) == (record_futures == "view") for f in world.futures)
+    world.encode_due(force=True)
+    first, second = (request[0] for request in world.drain())
+    assert not any(f.done() for f in world.futures)
+    acked, failed = world.ack(first, base_offset=10), world.fail(second, FATAL)
+    assert acked is not None and failed is not None
+    world.finish([acked, failed])
+    a, b, c = world.futures
+    assert [a.result(0), b.result(0)] == [
+        RecordMetadata("t", 0, 10, 1_000),
+        RecordMetadata("t", 0, 11, 1_000),
+    ]
+    assert c.exception(0) is FATAL and not world.acc.incomplete
 
 
 # --- retries, expiry, resets ---------------------------------------------------------------

@@ -4,14 +4,29 @@ play the sender's and the broker's parts."""
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
+from concurrent.futures import Future
 
 from logstore.client._connection import is_retriable
 from logstore.client.producer.accumulator import Batch, Outcome, Partition, RecordAccumulator, Topic
-from logstore.client.producer.futures import RecordFuture, settle
+from logstore.client.producer.futures import (
+    RecordFuture,
+    new_record_future,
+    plain_record_future,
+    settle,
+)
 from logstore.client.producer.retry import RetryPolicy
 from logstore.clock import ManualClock
 from logstore.codec import format as fmt
 from logstore.codec import record_batch as rb
+from logstore.types import RecordMetadata
+
+NewFuture = Callable[[Batch, int], Future[RecordMetadata]]
+#: the two ways the producer makes a record's future: a view of its batch, or a plain Future
+RECORD_FUTURES: dict[str, NewFuture] = {"view": RecordFuture, "plain": plain_record_future}
+#: what a new World's accumulator makes record futures with (the `record_futures` fixture
+#: switches it, so the core tests run with each kind whatever this Python supports)
+NEW_FUTURE: NewFuture = new_record_future
 
 
 class World:
@@ -57,6 +72,9 @@ class World:
         self.topic.partitions = [
             Partition(self.topic, p, producer_id, 0) for p in range(partitions)
         ]
+        self.acc.new_future = NEW_FUTURE
+        #: every record's future, in append order
+        self.futures: list[Future[RecordMetadata]] = []
         self._values = itertools.count()
 
     def _wake(self) -> None:
@@ -74,12 +92,16 @@ class World:
 
     def append(self, p: int = 0, value: bytes | None = None, size: int = 100) -> Batch:
         """Append one record (a fresh numbered value unless given) of `size` bytes; return
-        the batch it went to."""
+        the batch it went to (its future is the last of `futures`)."""
         if value is None:
             value = b"%d" % next(self._values)
-        future = self.acc.append(self.part(p), (None, value, None, 1_000), size)
-        assert isinstance(future, RecordFuture)
-        return future._batch
+        part = self.part(p)
+        record = (None, value, None, 1_000)
+        self.futures.append(self.acc.append(part, record, size))
+        # The record went to the open batch, which stays open or, once full, is closed last.
+        batch = part.open if part.open is not None else part.closed[-1]
+        assert batch.records[-1] is record
+        return batch
 
     def encode_due(self, force: bool = False) -> None:
         """What the sender does first in a round: close what is due, encode, queue."""
