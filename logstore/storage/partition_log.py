@@ -193,7 +193,7 @@ class PartitionLog:
                 and path.stem not in log_bases
             )
             if path.name.endswith(stray_suffixes) or orphan_index:
-                log.warning("%s: removing stray file %s", self.name, path.name)
+                log.debug("%s: removing stray file %s", self.name, path.name)
                 if path.is_dir():  # the log cleaner's work directory
                     shutil.rmtree(path, ignore_errors=True)
                 else:
@@ -212,6 +212,12 @@ class PartitionLog:
         return sorted(bases)
 
     def _load(self, clean_shutdown: bool) -> RecoveryReport:
+        """Open the segments on disk, repairing what a crash or damage left behind.
+
+        Each repair is logged at DEBUG with the file it touched; the returned report is what
+        the log manager tells operators, as one WARNING line per repaired partition, so a
+        repair is never warned about twice.
+        """
         stray = self._remove_stray_files()
         bases = self._segment_bases_on_disk()
         index_missing = {
@@ -238,10 +244,10 @@ class PartitionLog:
                     segment.load_state_from_indexes()
                     continue
                 except (CorruptIndexError, CorruptRecordError) as exc:
-                    log.warning("%s: rebuilding index of %s: %s", self.name, segment, exc)
+                    log.debug("%s: rebuilding index of %s: %s", self.name, segment, exc)
                     damaged += 1
             elif segment.base_offset in index_missing:
-                log.warning("%s: rebuilding missing index of %s", self.name, segment.log_path.name)
+                log.debug("%s: rebuilding missing index of %s", self.name, segment.log_path.name)
                 damaged += 1
             rebuilt += 1
             # Structure and CRC only: the topic's max.message.bytes may have been lowered
@@ -250,7 +256,7 @@ class PartitionLog:
             if i < len(segments) - 1 and not cut:
                 segment.seal()
             if cut:
-                log.warning(
+                log.debug(
                     "%s: truncated %d invalid bytes from the end of %s",
                     self.name,
                     cut,
@@ -267,7 +273,7 @@ class PartitionLog:
         """Delete every segment after `index` (they follow a torn write, so are not valid)."""
         doomed = self._segments[index + 1 :]
         for segment in doomed:
-            log.warning("%s: deleting %s, which follows a torn write", self.name, segment)
+            log.debug("%s: deleting %s, which follows a torn write", self.name, segment)
             segment.close_quietly()
             for path in segment.paths():
                 path.unlink(missing_ok=True)
@@ -278,7 +284,7 @@ class PartitionLog:
         """Segments must chain: each starts where the previous ends. Cut at the first gap."""
         for i in range(len(self._segments) - 1):
             if self._segments[i].next_offset != self._segments[i + 1].base_offset:
-                log.warning(
+                log.debug(
                     "%s: %s ends at offset %d but the next segment starts at %d",
                     self.name,
                     self._segments[i],

@@ -12,21 +12,28 @@ from logstore.codec import format as fmt
 from logstore.codec import record_batch as rb
 from logstore.storage.log_manager import LogManager, ManagerSettings
 
-LOGGERS = ("logstore.storage.log_manager", "logstore.storage.partition_log")
+#: every logger of the storage layer (partition_log, log_manager, segment, ...)
+STORAGE_LOGGER = "logstore.storage"
 SETTINGS = ManagerSettings(background_threads=False)
 
 
 def _open(data_dir: Path, caplog: pytest.LogCaptureFixture) -> tuple[LogManager, list[str]]:
-    """Open a manager on `data_dir`; return it and the recovery messages it logged."""
+    """Open a manager on `data_dir`; return it and EVERY warning the storage layer logged
+    meanwhile, so a repair warned about twice shows up as a duplicate."""
     caplog.clear()
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.DEBUG):
         manager = LogManager(data_dir, settings=SETTINGS)
-    messages = [
+    return manager, _storage_messages(caplog, logging.WARNING)
+
+
+def _storage_messages(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:
+    """Messages the storage loggers logged at exactly `level`, in order."""
+    return [
         r.getMessage()
         for r in caplog.records
-        if r.name in LOGGERS and "recover" in r.getMessage().lower()
+        if r.levelno == level
+        and (r.name == STORAGE_LOGGER or r.name.startswith(STORAGE_LOGGER + "."))
     ]
-    return manager, messages
 
 
 def _crash(manager: LogManager) -> None:
@@ -78,12 +85,30 @@ def test_each_repair_is_told_in_words(tmp_path: Path, caplog: pytest.LogCaptureF
     _segment(tmp_path, "t-1", fmt.INDEX_SUFFIX).unlink()
     (tmp_path / "t-1" / "00000000000000000000.log.cleaned").write_bytes(b"")
     manager, messages = _open(tmp_path, caplog)
-    assert f"t-0: recovery dropped {len(torn)} bytes of torn tail" in messages
-    assert "t-1: recovery rebuilt 1 missing or corrupt index, removed 1 stray file" in messages
-    assert not any(m.startswith("t-2:") for m in messages), messages
-    assert messages[-1] == (
+    assert messages == [
+        f"t-0: recovery dropped {len(torn)} bytes of torn tail",
+        "t-1: recovery rebuilt 1 missing or corrupt index, removed 1 stray file",
         f"recovered 3 partitions after an unclean shutdown: 2 repaired, "
-        f"{len(torn)} bytes of torn tail dropped"
-    )
-    assert not any("RecoveryReport" in m for m in messages)
+        f"{len(torn)} bytes of torn tail dropped",
+    ]
+    manager.close()
+
+
+def test_the_detail_of_each_repair_is_kept_at_debug(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The file-level detail behind the per-partition warning is there for --log-level debug."""
+    manager, _ = _open(tmp_path, caplog)
+    manager.create_topic("t", 2)
+    for p in range(2):
+        manager.partition("t", p).append(rb.encode_batch([(b"k", b"v", None, 1_000)]))
+    _crash(manager)
+    with open(_segment(tmp_path, "t-0", fmt.LOG_SUFFIX), "ab") as f:
+        f.write(b"\x00" * 7)
+    _segment(tmp_path, "t-1", fmt.INDEX_SUFFIX).unlink()
+    manager, _ = _open(tmp_path, caplog)
+    debug = _storage_messages(caplog, logging.DEBUG)
+    log_name = fmt.offset_file_name(0, fmt.LOG_SUFFIX)
+    assert f"t-0: truncated 7 invalid bytes from the end of {log_name}" in debug
+    assert f"t-1: rebuilding missing index of {log_name}" in debug
     manager.close()
