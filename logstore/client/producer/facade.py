@@ -491,20 +491,22 @@ class Producer:
             meta.partitions.append(Partition(meta, p, self._producer_id, self._producer_epoch))
         meta.sticky = self._accumulator.sticky.partition(meta.name, len(meta.partitions))
 
-    def _refresh_metadata(self, now: float) -> None:
-        """Describe every known topic again once metadata_max_age_ms has passed.
+    def _refresh_metadata(self, now: float) -> float:
+        """Describe every known topic again once metadata_max_age_ms has passed; return
+        when (ms) to look again, so an idle sender still wakes for it.
 
         Asynchronous: the answers update the partition lists from a gRPC thread, so the
         sender never waits for them and cached metadata stays in use if the broker is away.
         """
         if now < self._metadata_refresh_at:
-            return
+            return self._metadata_refresh_at
         self._metadata_refresh_at = now + self._metadata_max_age_ms
         for meta in list(self._topics.values()):
             call = self._stub.DescribeTopic.future(
                 pb.DescribeTopicRequest(name=meta.name), timeout=self._request_timeout_s
             )
             call.add_done_callback(lambda done, meta=meta: self._on_described(meta, done))
+        return self._metadata_refresh_at
 
     def _on_described(self, meta: Topic, call: Any) -> None:
         """Apply a background DescribeTopic answer (runs on a gRPC thread)."""

@@ -88,7 +88,7 @@ class Sender:
         open_call: Callable[[Iterator[bytes]], Any],
         address: str,
         request_timeout_ms: float,
-        on_tick: Callable[[float], None],
+        on_tick: Callable[[float], float],
     ) -> None:
         self.acc = accumulator
         self.lock = lock
@@ -98,7 +98,9 @@ class Sender:
         self._open_call = open_call
         self._address = address
         self._request_timeout_ms = request_timeout_ms
+        #: called every round with the time (ms); returns when (ms) it must run next
         self._on_tick = on_tick
+        self._tick_at = 0.0
         self._wake_pending = False
         self._stream: Stream | None = None
         self._stream_failures = 0
@@ -147,7 +149,7 @@ class Sender:
         with self.lock:
             expired = self.acc.expire(now)
         self.finish(expired)
-        self._on_tick(now)
+        self._tick_at = self._on_tick(now)
         self._reset_sequences(now)
         self._send_ready(now)
         return self._wait(now)
@@ -244,6 +246,8 @@ class Sender:
             deadline = self.acc.next_deadline(now)
             if deadline is not None and self._stream is None and self.acc.ready_parts:
                 deadline = min(deadline, self._stream_retry_at)
+            # even with nothing to send, the tick (the metadata refresh) comes when due
+            deadline = self._tick_at if deadline is None else min(deadline, self._tick_at)
             self.wake.wait(None if deadline is None else max(0.0, deadline - now) / 1000)
             self._wake_pending = False
         return False
