@@ -114,11 +114,13 @@ class Consumer:
     notices partitions added to subscribed topics at each heartbeat).
 
     A consumer that cannot make progress says so, as Kafka's clients do: when the broker
-    cannot be reached, or assigned or subscribed topics do not exist, it logs a WARNING
-    (naming the broker or the topics) when that starts, again at most every 30 s while it
-    lasts, and an INFO when it clears. `stalled()` returns the same from code: None, or a
-    `ConsumerStall` with the reason ("broker_unreachable" or "missing_topics"), the broker
-    address or the missing topics, and since when (`since_ms`, wall-clock ms).
+    cannot be reached, or assigned or subscribed topics (or assigned partitions of existing
+    topics) do not exist, it logs a WARNING (naming the broker, the topics or the
+    partitions) when that starts, again at most every 30 s while it lasts, and an INFO when
+    it clears. `stalled()` returns the same from code: None, or a `ConsumerStall` with the
+    reason ("broker_unreachable", "missing_topics" or "missing_partitions"), the broker
+    address or the missing topics and partitions, and since when (`since_ms`, wall-clock
+    ms).
 
     Security: the keyword arguments of `SecurityOptions` (`ssl_cafile`, `ssl_certfile`,
     `ssl_keyfile`, `token`), each falling back to its environment variable.
@@ -205,8 +207,12 @@ class Consumer:
         #: unresolved positions are not looked up again before this (monotonic seconds)
         self._resolve_at = 0.0
         self._resolve_backoff = Backoff(retry_backoff_ms / 1000)
-        #: the assigned topics last reported missing to the progress monitor
-        self._reported_missing: frozenset[str] = frozenset()
+        #: the assigned partitions last reported missing to the progress monitor
+        self._reported_missing: frozenset[TopicPartition] = frozenset()
+        #: topics the broker last described (so their missing partitions are partitions)
+        self._described: frozenset[str] = frozenset()
+        #: when the missing partitions' topics are next described (monotonic s)
+        self._describe_at = 0.0
         self._fetcher: Fetcher
         if fetch_stream:
             self._fetcher = StreamFetcher(
@@ -417,11 +423,11 @@ class Consumer:
             if member is not None:
                 member.poll_hook()
             retry_in = self._try_resolve_positions()
+            if shared.positions.missing or self._reported_missing:
+                self._report_missing()
             with shared.lock:
                 self._raise_fetch_error()
                 records = shared.drain(limit)
-                if shared.positions.missing or self._reported_missing:
-                    self._report_missing()
                 remaining = deadline - time.monotonic()
                 if records or remaining <= 0:
                     break
@@ -436,24 +442,58 @@ class Consumer:
         """Why this consumer cannot make progress now, or None if nothing stops it.
 
         A `ConsumerStall` says "broker_unreachable" (no request has reached `broker` since
-        `since_ms`, wall-clock ms) or "missing_topics" (the broker says `topics` do not
-        exist: assigned partitions of them, or subscribed topics). The same conditions are
-        logged: a WARNING when they start, at most every 30 s while they last, an INFO
-        when they clear. Assigned topics are checked as poll() runs; subscribed ones every
-        metadata_max_age_ms.
+        `since_ms`, wall-clock ms), "missing_topics" (the broker says `topics` do not
+        exist: assigned partitions of them, or subscribed topics) or "missing_partitions"
+        (the topics exist, but assigned `partitions` of them do not). The same conditions
+        are logged: a WARNING when they start, at most every 30 s while they last, an INFO
+        when they clear. Assigned partitions are checked as poll() runs; subscribed topics
+        every metadata_max_age_ms.
         """
         self._ensure_open()
-        with self._shared.lock:
-            self._report_missing()
+        self._report_missing()
         return self._progress.stall()
 
     def _report_missing(self) -> None:
-        """Tell the progress monitor which assigned topics the broker does not know; caller
-        holds the lock."""
-        topics = frozenset(topic for topic, _ in self._shared.positions.missing)
-        if topics != self._reported_missing:
-            self._reported_missing = topics
-            self._progress.set_missing("assigned", topics)
+        """Tell the progress monitor which assigned partitions the broker does not know:
+        whole topics, or partitions of topics it knows. Describes their topics when the set
+        changes and every metadata_max_age_ms while it lasts; caller holds no lock (the
+        answers are awaited)."""
+        with self._shared.lock:
+            missing = frozenset(self._shared.positions.missing)
+        now = time.monotonic()
+        if missing == self._reported_missing and (not missing or now < self._describe_at):
+            return
+        self._described = self._existing_topics({topic for topic, _ in missing})
+        self._describe_at = now + self._options.metadata_max_age_ms / 1000
+        self._reported_missing = missing
+        self._progress.set_missing(
+            "assigned",
+            frozenset(topic for topic, _ in missing if topic not in self._described),
+            frozenset(tp for tp in missing if tp[0] in self._described),
+        )
+
+    def _existing_topics(self, topics: set[str]) -> frozenset[str]:
+        """Which of `topics` the broker knows (DescribeTopic each). A topic it could not
+        be asked about keeps what the previous answer said (unknown at first: missing)."""
+        existing: set[str] = set()
+        ordered = sorted(topics)
+        for i, topic in enumerate(ordered):
+            try:
+                self._call("DescribeTopic", pb.DescribeTopicRequest(name=topic))
+            except errors.UnknownTopicOrPartitionError:
+                continue
+            except errors.BrokerUnavailableError as exc:
+                # the others would wait for the same unreachable broker
+                log.debug("describing topic %s failed: %s", topic, exc)
+                existing.update(t for t in ordered[i:] if t in self._described)
+                break
+            except errors.LogStoreError as exc:
+                log.debug("describing topic %s failed: %s", topic, exc)
+                if topic in self._described:
+                    existing.add(topic)
+                continue
+            existing.add(topic)
+        return frozenset(existing)
 
     def _raise_fetch_error(self) -> None:
         """Raise (once) a fetch failure the application has not seen; caller holds the lock."""

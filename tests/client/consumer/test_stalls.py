@@ -115,6 +115,53 @@ def test_an_assigned_topic_that_does_not_exist_is_reported_until_created(
     assert len(cleared) == 1, messages(caplog, logging.INFO)
 
 
+def test_a_missing_partition_of_an_existing_topic_is_reported_as_a_partition(
+    broker: BrokerProcess, stub: pb_grpc.LogStoreStub, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, LOGGER)
+    create(stub, "orders", partitions=3)
+    with Consumer(broker.address, auto_offset_reset="earliest", retry_backoff_ms=10) as consumer:
+        consumer.assign([("orders", 7)])
+        poll_while_stalled(consumer, "missing_partitions")
+        stall = consumer.stalled()
+        assert stall is not None
+        assert (stall.topics, stall.partitions) == (frozenset(), {("orders", 7)})
+        stub.AddPartitions(pb.AddPartitionsRequest(name="orders", total_count=8), timeout=10)
+        produce(stub, "orders", 7, 0, 4)
+        records = poll_until_clear(consumer)
+        assert consumer.stalled() is None
+        records += poll_until(consumer, 4 - len(records))
+        assert len(records) == 4
+    warnings = messages(caplog, logging.WARNING)
+    assert len(warnings) == 1, warnings
+    assert "partition orders-7 does not exist" in warnings[0]
+    assert "topic" not in warnings[0]
+    cleared = [m for m in messages(caplog, logging.INFO) if "orders-7 exists now" in m]
+    assert len(cleared) == 1, messages(caplog, logging.INFO)
+
+
+def test_missing_topics_and_missing_partitions_are_told_apart(
+    broker: BrokerProcess, stub: pb_grpc.LogStoreStub, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, LOGGER)
+    create(stub, "orders", partitions=3)
+    with Consumer(broker.address, auto_offset_reset="earliest", retry_backoff_ms=10) as consumer:
+        consumer.assign([("orders", 0), ("orders", 7), ("nowhere", 0)])
+        deadline = time.monotonic() + WAIT_S
+        stall = consumer.stalled()
+        # both partitions are found missing by the same lookup, but bounded anyway
+        while (stall is None or len(stall.topics) + len(stall.partitions) < 2) and (
+            time.monotonic() < deadline
+        ):
+            consumer.poll(timeout=POLL_S)
+            stall = consumer.stalled()
+        assert stall is not None
+        assert stall.reason == "missing_topics"
+        assert (stall.topics, stall.partitions) == ({"nowhere"}, {("orders", 7)})
+    warned = " ".join(messages(caplog, logging.WARNING))
+    assert "topic nowhere and partition orders-7 do not exist" in warned
+
+
 def test_a_subscribed_topic_that_does_not_exist_is_reported_until_created(
     broker: BrokerProcess, stub: pb_grpc.LogStoreStub, caplog: pytest.LogCaptureFixture
 ) -> None:
