@@ -17,6 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rich.console import Console
 from rich.table import Table
 
+from logstore.addresses import parse_host_port
 from logstore.client._connection import (
     BOOTSTRAP_ENV,
     DEFAULT_BOOTSTRAP,
@@ -169,25 +170,6 @@ def _export_security_value(
     if value and param.envvar:
         os.environ[str(param.envvar)] = value
     return value
-
-
-#: the largest TCP port number
-MAX_PORT = 65_535
-
-
-def parse_host_port(value: str, *, port_zero: bool = False) -> tuple[str, int]:
-    """`HOST:PORT` -> (host, port); `[::1]:9092` for IPv6. Port 0 ("any free port") only
-    where `port_zero` allows it (a listener, never an address to connect to).
-
-    Raises ValueError with a message saying what is wrong and what is allowed.
-    """
-    host, sep, port = value.rpartition(":")
-    if not sep or not host.strip("[]") or not (port.isascii() and port.isdigit()):
-        raise ValueError(f"{value!r} is not HOST:PORT")
-    lowest = 0 if port_zero else 1
-    if not lowest <= int(port) <= MAX_PORT:
-        raise ValueError(f"{value!r}: port {int(port)} is outside {lowest}..{MAX_PORT}")
-    return host, int(port)
 
 
 def check_listen(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:

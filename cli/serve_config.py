@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from logstore.cli.common import parse_host_port
+from logstore.addresses import parse_host_port
 
 if TYPE_CHECKING:
     from logstore.storage.log_manager import ManagerSettings

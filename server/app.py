@@ -19,6 +19,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from logstore.addresses import parse_host_port
 from logstore.allocator import TRIM_THRESHOLD_BYTES, keep_freed_memory
 from logstore.clock import SYSTEM_CLOCK
 from logstore.errors import LogStoreError, UnknownTopicOrPartitionError
@@ -29,7 +30,7 @@ from logstore.server.broker import (
 )
 from logstore.server.groups.coordinator import GroupCoordinator
 from logstore.server.groups.offsets_store import OffsetStore
-from logstore.server.metrics import BrokerMetrics, parse_listen
+from logstore.server.metrics import BrokerMetrics
 from logstore.server.producer_ids import ProducerIdManager
 from logstore.server.security import BrokerSecurity, SecuritySettings
 from logstore.storage.log_config import LogConfig
@@ -84,7 +85,7 @@ def check_can_listen(address: str) -> None:
     the host's addresses) are left to the listener, which skips such addresses too.
     """
     try:
-        host, port = parse_listen(address)
+        host, port = parse_host_port(address, port_zero=True)
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except ValueError as exc:
         raise OSError(str(exc)) from None

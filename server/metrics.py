@@ -39,6 +39,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from logstore import __version__
+from logstore.addresses import parse_host_port
 from logstore.codec import record_batch as rb
 from logstore.codec.wire import decode_response
 from logstore.errors import LogStoreError, UnknownTopicOrPartitionError
@@ -81,15 +82,6 @@ _FETCH_METHOD = f"/{_LOGSTORE_SERVICE}/Fetch"
 _FETCH_STREAM_METHOD = f"/{_LOGSTORE_SERVICE}/FetchStream"
 
 
-def parse_listen(address: str) -> tuple[str, int]:
-    """Split ``HOST:PORT`` (``[::1]:9100`` for IPv6; port 0 picks a free one)."""
-    host, sep, port = address.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"expected HOST:PORT, got {address!r}")
-    return host, int(port)
-
-
 def _batch_stats(records: bytes) -> tuple[int, int]:
     """(records, bytes) in a run of whole batches, from their headers alone."""
     count = sum(header.record_count for _, header in rb.iter_batches(records))
@@ -113,8 +105,9 @@ class LogStoreCollector(Collector):
         reports = [part.recovery_report for part in manager.all_partitions()]
         self._repaired_partitions = sum(1 for r in reports if r.repaired_anything)
         self._truncated_bytes = sum(r.truncated_bytes for r in reports)
-        # Not `not manager.clean_shutdown`: a brand-new data directory has no marker either.
-        self._unclean_start = any(r.recovered for r in reports)
+        # The log manager's own verdict, so the metric and the start-up log line agree (a
+        # brand-new data directory has no clean-shutdown marker, yet recovered nothing).
+        self._unclean_start = manager.recovered_after_unclean_shutdown
 
     def collect(self) -> Iterator[Metric]:
         yield from self._broker_metrics()
@@ -552,7 +545,7 @@ class BrokerMetrics:
 
     def serve(self, listen: str) -> str:
         """Serve ``/metrics`` on ``HOST:PORT`` in a daemon thread; return the bound address."""
-        host, port = parse_listen(listen)
+        host, port = parse_host_port(listen, port_zero=True)
         self._httpd, self._thread = start_http_server(port, host, registry=self.registry)
         shown = f"[{host}]" if ":" in host else host
         self.address = f"{shown}:{self._httpd.server_port}"

@@ -3,7 +3,8 @@
 From the bottom up (README, "Layout"):
 
 - base: `logstore.errors`, `logstore.types`, `logstore.acls`, `logstore.clock`,
-  `logstore.allocator`, `logstore.timeparse`, `logstore.lazy`: leaves every layer may use;
+  `logstore.allocator`, `logstore.timeparse`, `logstore.lazy`, `logstore.addresses`: leaves
+  every layer may use;
 - codec (`logstore.codec`): the record batch format, the gRPC framing, the partitioner;
 - storage (`logstore.storage`): segments, indexes, partition logs, the log manager;
 - client (`logstore.client`): Admin, Producer, Consumer over gRPC;
@@ -40,6 +41,7 @@ BASE = (
     "logstore.allocator",
     "logstore.timeparse",
     "logstore.lazy",
+    "logstore.addresses",
 )
 #: generated protobuf messages (no gRPC): any layer that speaks the wire format may use them
 PROTO_MESSAGES = ("logstore.v1.logstore_pb2",)

@@ -17,7 +17,6 @@ from logstore import __version__
 from logstore.codec import format as fmt
 from logstore.codec import record_batch as rb
 from logstore.server.app import Broker, BrokerSettings
-from logstore.server.metrics import parse_listen
 from logstore.storage.log_manager import ManagerSettings
 from logstore.v1 import logstore_pb2 as pb
 from logstore.v1 import logstore_pb2_grpc as pb_grpc
@@ -446,15 +445,6 @@ def test_an_unusable_metrics_address_fails_the_start_and_leaves_the_data_clean(
         assert broker.metrics is None and broker.metrics_address == ""
     finally:
         broker.stop()
-
-
-def test_parse_listen() -> None:
-    assert parse_listen("127.0.0.1:9100") == ("127.0.0.1", 9100)
-    assert parse_listen("[::1]:0") == ("::1", 0)
-    assert parse_listen("localhost:0") == ("localhost", 0)
-    for bad in ("9100", ":9100", "host:", "host:port", "host:70000"):
-        with pytest.raises(ValueError):
-            parse_listen(bad)
 
 
 def test_serve_flag_serves_metrics(tmp_path: Path) -> None:
