@@ -107,6 +107,11 @@ def check_can_listen(address: str) -> None:
                     raise OSError(f"{address}: permission denied") from None
 
 
+def metrics_failure(reason: object) -> OSError:
+    """The one wording of a metrics listener that cannot serve; `reason` names the address."""
+    return OSError(f"cannot serve metrics: {reason}")
+
+
 def check_listeners(settings: BrokerSettings) -> None:
     """`check_can_listen` for the gRPC listener and, when on, the metrics one."""
     check_can_listen(settings.listen)
@@ -114,7 +119,7 @@ def check_listeners(settings: BrokerSettings) -> None:
         try:
             check_can_listen(settings.metrics_listen)
         except OSError as exc:
-            raise OSError(f"cannot serve metrics: {exc}") from None
+            raise metrics_failure(exc) from None
 
 
 class Broker:
@@ -123,6 +128,8 @@ class Broker:
     def __init__(self, settings: BrokerSettings) -> None:
         self.settings = settings
         data_dir = Path(settings.data_dir)
+        # First, before the data dir is touched: a broker started twice by mistake, or on a
+        # busy metrics port, must change nothing on disk. This is the only place it runs.
         check_listeners(settings)
         # Before anything opens: a misconfigured broker must fail, never start unprotected.
         self.security = BrokerSecurity(settings.security, data_dir)
@@ -194,7 +201,7 @@ class Broker:
             except (OSError, ValueError) as exc:
                 self.server.stop(None)  # release the gRPC port bound above
                 self.manager.close()
-                raise OSError(f"cannot serve metrics on {settings.metrics_listen}: {exc}") from exc
+                raise metrics_failure(f"{settings.metrics_listen}: {exc}") from exc
 
     def _partition_count(self, topic: str) -> int | None:
         try:
@@ -286,14 +293,15 @@ def reload_security(broker: Broker) -> bool:
 def run(settings: BrokerSettings) -> int:
     """Run a broker in the foreground until SIGINT or SIGTERM (SIGHUP re-reads the token
     and TLS files); return the exit status."""
-    # First, so a second broker on a busy port says so in one line and logs nothing else.
-    check_listeners(settings)
+    # Before the broker opens its logs (one descriptor per segment), but told only once it
+    # stands: a broker refused for a busy port says so in one line and logs nothing else.
     before, after = raise_open_file_limit()
+    keeps_freed = keep_freed_memory()
+    broker = Broker(settings)
     if after != before:
         log.info("raised the open-file limit from %d to %d", before, after)
-    if keep_freed_memory():
+    if keeps_freed:
         log.info("malloc keeps up to %d bytes of freed memory for reuse", TRIM_THRESHOLD_BYTES)
-    broker = Broker(settings)
     stop = threading.Event()
 
     def request_stop(signum: int, _frame: object) -> None:
