@@ -74,7 +74,8 @@ class GroupMember:
     The application thread applies it in `poll_hook()`: it releases revoked partitions
     (then a heartbeat goes out at once, so the coordinator can hand them on) and takes
     added ones. Every `metadata_max_age_ms` it also checks that the subscribed topics
-    exist, reporting the missing ones to the progress monitor.
+    exist, reporting the missing ones to the progress monitor; only while holding `_cond`,
+    and only topics subscribed at that moment, so no report outlives its subscription.
 
     The heartbeat thread may take the consumer's buffer lock (through `wake`) while it
     holds `_cond`; nothing takes `_cond` while holding the buffer lock.
@@ -111,6 +112,11 @@ class GroupMember:
         self._listener: ConsumerRebalanceListener | None = None
         #: when the subscribed topics are next checked for existence (monotonic s)
         self._check_topics_at = 0.0
+        #: the subscribed topics last reported missing (guarded by `_cond`)
+        self._missing: frozenset[str] = frozenset()
+        # The check runs just after a heartbeat went out and is bounded by one interval,
+        # so it never holds back the next heartbeat by more than that heartbeat's answer.
+        self._check_timeout_s = min(self._rpc_timeout_s, options.heartbeat_interval_ms / 1000)
 
     # --- the application thread -----------------------------------------------------------
 
@@ -119,6 +125,7 @@ class GroupMember:
             self._state.subscribe(tuple(topics))
             self._listener = listener
             self._check_topics_at = 0.0
+            self._report_missing(self._missing & frozenset(topics))
             self._cond.notify_all()
         if self._thread is None:
             name = self._options.client_id or self._group
@@ -220,10 +227,10 @@ class GroupMember:
             with self._cond:
                 # Only now: the revocation may commit, which needs us still in the group.
                 self._state.clear()
+                self._report_missing(frozenset())
                 self._cond.notify_all()
                 if self._thread is not None:
                     self._cond.wait_for(self._state.out_of_group, timeout_s)
-            self._progress.set_missing("subscribed", frozenset())
 
     def close(self, timeout_s: float) -> None:
         """Leave, then stop the heartbeat thread."""
@@ -310,7 +317,11 @@ class GroupMember:
 
     def _maybe_check_topics(self) -> None:
         """Every metadata_max_age_ms while subscribed: report subscribed topics the broker
-        does not know (the coordinator silently assigns nothing of them)."""
+        does not know (the coordinator silently assigns nothing of them).
+
+        The answer is awaited without `_cond` (for at most one heartbeat interval), so the
+        subscription may have changed meanwhile: only topics still subscribed are reported.
+        """
         now = time.monotonic()
         with self._cond:
             topics = self._state.topics
@@ -318,12 +329,19 @@ class GroupMember:
                 return
             self._check_topics_at = now + self._options.metadata_max_age_ms / 1000
         try:
-            listing = self._stub.ListTopics(pb.ListTopicsRequest(), timeout=self._rpc_timeout_s)
+            listing = self._stub.ListTopics(pb.ListTopicsRequest(), timeout=self._check_timeout_s)
         except grpc.RpcError as exc:
             log.debug("group %s: listing topics failed: %s", self._group, exc)
             return
-        known = {topic.name for topic in listing.topics}
-        self._progress.set_missing("subscribed", frozenset(topics) - known)
+        unknown = frozenset(topics) - {topic.name for topic in listing.topics}
+        with self._cond:
+            self._report_missing(unknown & frozenset(self._state.topics))
+
+    def _report_missing(self, topics: frozenset[str]) -> None:
+        """Report `topics` as the subscribed ones missing; caller holds `_cond`, so a report
+        and a change of subscription never cross."""
+        self._missing = topics
+        self._progress.set_missing("subscribed", topics)
 
 
 def assignment_proto(partitions: Iterable[TopicPartition]) -> pb.Assignment:
