@@ -22,8 +22,10 @@ from logstore.server.security.settings import SecurityConfigError
 log = logging.getLogger(__name__)
 
 
+#: request metadata key carrying "Bearer <token>"
 AUTHORIZATION_KEY = "authorization"
-_CN_KEY = "x509_common_name"
+#: gRPC auth-context key of the verified client certificate's subject common name
+CN_KEY = "x509_common_name"
 
 
 def load_tokens(path: Path) -> dict[bytes, str]:
@@ -46,11 +48,13 @@ def load_tokens(path: Path) -> dict[bytes, str]:
                 f'auth tokens file {path}: entry {number} is not token = "User:x"'
             )
         try:
-            digests[_digest(token)] = acls.validate_principal(principal)
+            digests[token_digest(token)] = acls.validate_principal(principal)
         except InvalidAclError as exc:
             raise SecurityConfigError(f"auth tokens file {path}: entry {number}: {exc}") from exc
     return digests
 
 
-def _digest(token: str) -> bytes:
+def token_digest(token: str) -> bytes:
+    """SHA-256 of a token (32 bytes): the broker keeps and looks up tokens only by this
+    digest, never by the token itself."""
     return hashlib.sha256(token.encode()).digest()

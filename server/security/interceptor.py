@@ -36,7 +36,7 @@ from logstore.server.broker import MalformedRequest
 from logstore.server.security.acl_rules import RESPONSE_FILTERS, RULES, denial
 from logstore.server.security.acl_service import AclService
 from logstore.server.security.acl_store import Authorizer
-from logstore.server.security.auth import _CN_KEY, AUTHORIZATION_KEY, _digest
+from logstore.server.security.auth import AUTHORIZATION_KEY, CN_KEY, token_digest
 from logstore.v1 import logstore_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -95,11 +95,11 @@ class SecurityInterceptor(grpc.ServerInterceptor):
                     self._refuse(context, "authorization metadata is not 'Bearer <token>'")
                 token = rest.strip()
         if token is not None and self._tokens is not None:
-            found = self._tokens.get(_digest(token))
+            found = self._tokens.get(token_digest(token))
             if found is None:
                 self._refuse(context, "unknown token")
             return found  # type: ignore[return-value]  # _refuse raises
-        names = (context.auth_context() or {}).get(_CN_KEY)
+        names = (context.auth_context() or {}).get(CN_KEY)
         if names:
             return f"User:{names[0].decode(errors='replace')}"
         if self._tokens is not None:
