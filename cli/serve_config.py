@@ -20,7 +20,8 @@ from logstore.addresses import parse_host_port
 if TYPE_CHECKING:
     from logstore.storage.log_manager import ManagerSettings
 
-#: a check returns the value when it is acceptable, or what was expected instead
+#: a check returns None when the value is acceptable, or else what was expected instead
+#: ("an integer >= 1"), which the refusal names
 Check = Callable[[Any], str | None]
 
 
