@@ -59,8 +59,27 @@ def cli(debug: bool) -> None:
     """
 
 
-#: the levels --log-level accepts (Python's logging levels)
+#: the levels --log-level accepts (Python's logging levels), in any case
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+#: other names Python's logging takes for a level (logging.WARN is WARNING), so scripts
+#: written when --log-level was passed to logging as given keep working
+LOG_LEVEL_ALIASES = {"warn": "warning"}
+
+
+class LogLevel(click.Choice[str]):
+    """One of `LOG_LEVELS`, any case, or an alias of one; converts to the level's name."""
+
+    name = "log level"
+
+    def __init__(self) -> None:
+        super().__init__(LOG_LEVELS, case_sensitive=False)
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> str:
+        if isinstance(value, str):
+            value = LOG_LEVEL_ALIASES.get(value.lower(), value)
+        return super().convert(value, param, ctx)
 
 
 @cli.command()
@@ -98,11 +117,11 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 )
 @click.option(
     "--log-level",
-    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    type=LogLevel(),
     default="info",
     show_default=True,
     envvar="LOGSTORE_LOG_LEVEL",
-    help="Env: LOGSTORE_LOG_LEVEL.",
+    help="Any case; warn is warning. Env: LOGSTORE_LOG_LEVEL.",
 )
 @serve_security_options
 def serve(
