@@ -506,6 +506,48 @@ def test_close_with_a_timeout_fails_what_is_left(broker: BrokerProcess) -> None:
         pending.result(0)
 
 
+class FastClock:
+    """A real clock running `speed` times faster: durations measured on it pass sooner."""
+
+    def __init__(self, speed: int) -> None:
+        self._speed = speed
+        self._start_ns = time.monotonic_ns()
+
+    def now_ms(self) -> int:
+        return time.time_ns() // 1_000_000
+
+    def monotonic_ms(self) -> int:
+        return (time.monotonic_ns() - self._start_ns) * self._speed // 1_000_000
+
+
+def test_flush_and_max_block_ms_are_measured_on_the_injected_clock(
+    broker: BrokerProcess,
+) -> None:
+    _create(broker, "clocked")
+    clock = FastClock(speed=100)  # 30 s on it are 0.3 s of real time
+    p = Producer(
+        broker.address,
+        clock=clock,
+        buffer_memory=1_000,
+        max_block_ms=30_000,
+        delivery_timeout_ms=10**9,
+    )
+    try:
+        p.send("clocked", b"warm-up").result(WAIT_S)
+        broker.kill9()
+        pending = p.send("clocked", b"x" * 900)
+        started = time.monotonic()
+        with pytest.raises(RequestTimedOutError, match="flush timed out after 30"):
+            p.flush(30)
+        with pytest.raises(BufferExhaustedError, match="30000 ms"):
+            p.send("clocked", b"y" * 900)
+        assert time.monotonic() - started < 10  # real seconds, far below the 60 s asked
+    finally:
+        p.close(1)
+    with pytest.raises(ClientClosedError, match="before delivery"):
+        pending.result(0)
+
+
 def test_send_batch_larger_than_the_buffer_streams_through(broker: BrokerProcess) -> None:
     _create(broker, "big-batch")
     values = [b"%099d" % i for i in range(10_000)]  # about 1.2 MB against a 100 kB buffer

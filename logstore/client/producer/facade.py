@@ -49,6 +49,7 @@ from logstore.v1 import logstore_pb2 as pb
 
 from .accumulator import (
     HEADER_OVERHEAD_BYTES,
+    MAX_IDLE_WAIT_MS,
     RECORD_OVERHEAD_BYTES,
     Outcome,
     Partition,
@@ -132,7 +133,11 @@ class Producer:
     * `max_request_size`: bytes per request (and the largest record accepted).
     * `metadata_max_age_ms`: how often known topics are described again in the background,
       so added partitions get keyed records (ms).
-    * `clock`: the monotonic clock linger, backoff and timeouts are measured on.
+    * `clock`: the monotonic clock every duration above is measured on (linger, backoff,
+      delivery and request timeouts, `max_block_ms`, metadata age), and the `flush()` and
+      `close()` timeouts. Waits are real time and read it again at least every 500 ms, so
+      it need not run at real speed; a gRPC call's own deadline is real time, and record
+      timestamps are wall-clock (`time.time`).
     * `client_id`: sent to the broker as the `client-id` call metadata.
     * `**security`: the keyword arguments of `SecurityOptions` (`ssl_cafile`,
       `ssl_certfile`, `ssl_keyfile`, `token`), each falling back to its environment
@@ -205,6 +210,7 @@ class Producer:
             acks=self._acks,
             is_retriable=is_retriable,
         )
+        self._clock = clock
         self._metadata_refresh_at = clock.monotonic_ms() + metadata_max_age_ms
         call_metadata = (("client-id", client_id),) if client_id else None
 
@@ -360,7 +366,7 @@ class Producer:
         `timeout` is in seconds (None: no limit); raises `RequestTimedOutError` when it
         passes first. Records sent by other threads meanwhile may be waited for too.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = None if timeout is None else self._deadline_ms(timeout)
         acc = self._accumulator
         with self._lock:
             waiting = list(acc.incomplete)
@@ -368,13 +374,13 @@ class Producer:
             self._sender.kick()
             try:
                 while waiting:
-                    remaining = None if deadline is None else deadline - time.monotonic()
+                    remaining = None if deadline is None else self._seconds_until(deadline)
                     if remaining is not None and remaining <= 0:
                         raise errors.RequestTimedOutError(
                             f"flush timed out after {timeout} s with {len(waiting)} "
                             "batch(es) still unacknowledged"
                         )
-                    self._sender.idle.wait(remaining)
+                    self._sender.idle.wait(None if remaining is None else _real_wait(remaining))
                     waiting = [b for b in waiting if not b.done]
             finally:
                 acc.forcing -= 1
@@ -519,20 +525,28 @@ class Producer:
         with self._metadata_lock:
             self._grow(meta, len(response.topic.partitions))
 
+    def _deadline_ms(self, timeout_s: float) -> float:
+        """The clock reading (ms) `timeout_s` seconds from now."""
+        return self._clock.monotonic_ms() + timeout_s * 1000
+
+    def _seconds_until(self, deadline_ms: float) -> float:
+        """Seconds left until the clock reads `deadline_ms` (negative once it passed)."""
+        return (deadline_ms - self._clock.monotonic_ms()) / 1000
+
     def _retrying(self, what: str, call: Callable[[float], Any], budget_s: float) -> Any:
         """Run `call(timeout_s)` until it succeeds, fails for good, or `budget_s` passes."""
-        deadline = time.monotonic() + budget_s
+        deadline = self._deadline_ms(budget_s)
         attempt = 0
         while True:
             if self._closed and self._sender.stopping:
                 raise errors.ClientClosedError("the producer is closed")
-            remaining = deadline - time.monotonic()
+            remaining = self._seconds_until(deadline)
             try:
                 return call(max(0.001, min(self._request_timeout_s, remaining)))
             except grpc.RpcError as exc:
                 error = translate(exc, self.address)
             attempt += 1
-            remaining = deadline - time.monotonic()
+            remaining = self._seconds_until(deadline)
             if not is_retriable(error) or remaining <= 0:
                 if is_retriable(error):
                     raise type(error)(f"{what} failed for {budget_s * 1000:.0f} ms: {error}")
@@ -563,14 +577,14 @@ class Producer:
     def _wait_for_space(self, size: int) -> None:
         """Block (lock held) until `size` more bytes fit in buffer_memory."""
         acc = self._accumulator
-        deadline = time.monotonic() + self._max_block_s
+        deadline = self._deadline_ms(self._max_block_s)
         acc.forcing += 1
         self._sender.kick()
         try:
             while acc.buffered + size > acc.buffer_memory:
                 if self._closed:
                     raise errors.ClientClosedError("the producer was closed while send() waited")
-                remaining = deadline - time.monotonic()
+                remaining = self._seconds_until(deadline)
                 if remaining <= 0:
                     raise errors.BufferExhaustedError(
                         f"buffer_memory of {acc.buffer_memory} bytes stayed full for "
@@ -578,7 +592,7 @@ class Producer:
                         f"unreachable or slower than the producer ({acc.buffered} bytes "
                         "waiting)"
                     )
-                self._space.wait(remaining)
+                self._space.wait(_real_wait(remaining))
         finally:
             acc.forcing -= 1
 
@@ -658,6 +672,12 @@ class Producer:
             end = bisect.bisect_right(totals, totals[start] + batch_size, lo=start + 2) - 1
             yield indexes[start:end], totals[end] - totals[start]
             start = end
+
+
+def _real_wait(remaining_s: float) -> float:
+    """How long (real s) to wait before reading the clock again: `remaining_s` on the
+    injected clock, at most MAX_IDLE_WAIT_MS, since that clock need not run at real speed."""
+    return min(remaining_s, MAX_IDLE_WAIT_MS / 1000)
 
 
 def _pick(items: list[Any], indexes: range | list[int]) -> list[Any]:
