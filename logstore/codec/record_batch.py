@@ -3,7 +3,9 @@
 The byte layout is documented in `logstore.codec.format`. The broker never decodes records on
 its hot path: it validates a batch with `validate_batch` (header checks + one CRC-32C pass,
 no record parsing), patches the base offset with `set_base_offset`, and copies bytes.
-Clients encode with `encode_batch` and decode with `decode_batch`.
+Clients encode with `encode_batch` (records of their own keys, headers and timestamps) or
+`encode_values` (one timestamp for all, as the producer's `send_batch` does), and decode
+with `decode_batch`.
 """
 
 from __future__ import annotations
