@@ -130,10 +130,10 @@ def test_added_partitions_are_picked_up(broker: BrokerProcess) -> None:
         assert p.send("growing", b"x", key=b"k").result(WAIT_S).partition == 0
         admin.add_partitions("growing", 4)
         keys = [b"key-%d" % i for i in range(20)]
-        # The background refresh runs every 100 ms. Its only trace before a send is the
-        # producer's cached partition list: reading it is cheap and sends nothing.
+        # The background refresh runs every 100 ms; partitions_for reads what it learnt
+        # (cached, so each check is cheap and sends nothing).
         wait_until(
-            lambda: len(p._topics["growing"].partitions) == 4,
+            lambda: p.partitions_for("growing") == {0, 1, 2, 3},
             "the producer's metadata to learn the added partitions",
         )
         for key in keys:
@@ -576,3 +576,18 @@ def test_batches_carry_producer_id_and_sequences(broker: BrokerProcess, idempote
     for h in headers:
         assert h.base_sequence == expected
         expected += h.record_count
+
+
+def test_partitions_for_names_the_partitions_and_refuses_unknown_topics(
+    broker: BrokerProcess,
+) -> None:
+    _create(broker, "three", partitions=3)
+    producer = Producer(broker.address)
+    try:
+        assert producer.partitions_for("three") == {0, 1, 2}
+        with pytest.raises(UnknownTopicOrPartitionError):
+            producer.partitions_for("no-such-topic")
+    finally:
+        producer.close()
+    with pytest.raises(ClientClosedError):
+        producer.partitions_for("three")

@@ -360,6 +360,20 @@ class Producer:
         group.seal()
         return group.future
 
+    def partitions_for(self, topic: str) -> set[int]:
+        """The partition ids of `topic` as this producer routes to them now (Kafka's
+        `partitions_for`). Metadata is fetched once if the topic is not known yet, and is
+        refreshed in the background every `metadata_max_age_ms`, so partitions added later
+        appear here without a send. Raises UnknownTopicOrPartitionError for no such topic,
+        and ClientClosedError after `close()`."""
+        if self._closed:
+            raise errors.ClientClosedError("the producer is closed")
+        meta = self._topics.get(topic)
+        if meta is None or meta.stale:
+            meta = self._load_topic(topic)
+        with self._metadata_lock:
+            return set(range(len(meta.partitions)))
+
     def flush(self, timeout: float | None = None) -> None:
         """Send everything buffered now and wait until all of it is acknowledged or failed.
 
