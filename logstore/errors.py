@@ -141,3 +141,42 @@ class AuthorizationError(LogStoreError):
 
 class InvalidAclError(LogStoreError):
     """An ACL binding or filter names an unknown resource type, operation or principal."""
+
+
+# --- cluster --------------------------------------------------------------------------------
+
+
+class NotLeaderOrFollowerError(LogStoreError):
+    """The broker asked is not the partition's leader (or no longer holds a replica of it):
+    refresh metadata and retry at the leader."""
+
+
+class NotEnoughReplicasError(LogStoreError):
+    """Fewer in-sync replicas than the topic's min.insync.replicas: an acks=all produce is
+    refused before anything is appended. Retriable: the ISR grows back as followers catch
+    up."""
+
+
+class NotEnoughReplicasAfterAppendError(LogStoreError):
+    """An acks=all batch was appended by the leader, but the in-sync replicas did not all
+    confirm it in time. The producer may retry (idempotence keeps it from duplicating)."""
+
+
+class FencedLeaderEpochError(LogStoreError):
+    """A request named a leader epoch older than the partition's current one (the sender's
+    view of the cluster is stale)."""
+
+
+class UnknownLeaderEpochError(LogStoreError):
+    """A request named a leader epoch newer than the broker knows (the broker has not yet
+    seen the leadership change)."""
+
+
+class BrokerNotRegisteredError(LogStoreError):
+    """A broker-to-broker request came from a broker that is not registered in the cluster
+    with the broker epoch it sent (it restarted, or its etcd lease lapsed)."""
+
+
+class ClusterMetadataUnavailableError(LogStoreError):
+    """The cluster's metadata store (etcd) cannot be reached, so the change asked for
+    (e.g. creating a topic) cannot be made now. Retriable."""

@@ -37,6 +37,13 @@ _STATUS_BY_CLASS: list[tuple[type[Exception], grpc.StatusCode]] = [
     (errors.InvalidAclError, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.LogClosedError, grpc.StatusCode.UNAVAILABLE),
     (errors.StorageError, grpc.StatusCode.UNAVAILABLE),
+    (errors.NotLeaderOrFollowerError, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.NotEnoughReplicasError, grpc.StatusCode.UNAVAILABLE),
+    (errors.NotEnoughReplicasAfterAppendError, grpc.StatusCode.UNAVAILABLE),
+    (errors.FencedLeaderEpochError, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.UnknownLeaderEpochError, grpc.StatusCode.UNAVAILABLE),
+    (errors.BrokerNotRegisteredError, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.ClusterMetadataUnavailableError, grpc.StatusCode.UNAVAILABLE),
 ]
 
 

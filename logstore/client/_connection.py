@@ -46,7 +46,23 @@ _CODE_TO_CLASS: dict[grpc.StatusCode, type[errors.LogStoreError]] = {
     grpc.StatusCode.PERMISSION_DENIED: errors.AuthorizationError,
 }
 #: kinds and codes a client may retry (the request may succeed later unchanged)
-RETRIABLE_KINDS = frozenset({"BrokerUnavailableError", "LogClosedError", "StorageError"})
+RETRIABLE_KINDS = frozenset(
+    {
+        "BrokerUnavailableError",
+        "LogClosedError",
+        "StorageError",
+        "NotLeaderOrFollowerError",
+        "NotEnoughReplicasError",
+        "NotEnoughReplicasAfterAppendError",
+        "FencedLeaderEpochError",
+        "UnknownLeaderEpochError",
+        "ClusterMetadataUnavailableError",
+    }
+)
+#: kinds after which a client refreshes its metadata before retrying: leadership moved
+METADATA_STALE_KINDS = frozenset(
+    {"NotLeaderOrFollowerError", "FencedLeaderEpochError", "UnknownLeaderEpochError"}
+)
 RETRIABLE_CODES = frozenset(
     {
         grpc.StatusCode.UNAVAILABLE,

@@ -154,6 +154,26 @@ class LogStoreStub:
                 request_serializer=logstore_dot_v1_dot_logstore__pb2.DescribeAclsRequest.SerializeToString,
                 response_deserializer=logstore_dot_v1_dot_logstore__pb2.DescribeAclsResponse.FromString,
                 _registered_method=True)
+        self.Metadata = channel.unary_unary(
+                '/logstore.v1.LogStore/Metadata',
+                request_serializer=logstore_dot_v1_dot_logstore__pb2.MetadataRequest.SerializeToString,
+                response_deserializer=logstore_dot_v1_dot_logstore__pb2.MetadataResponse.FromString,
+                _registered_method=True)
+        self.DescribeCluster = channel.unary_unary(
+                '/logstore.v1.LogStore/DescribeCluster',
+                request_serializer=logstore_dot_v1_dot_logstore__pb2.DescribeClusterRequest.SerializeToString,
+                response_deserializer=logstore_dot_v1_dot_logstore__pb2.DescribeClusterResponse.FromString,
+                _registered_method=True)
+        self.ReplicaFetch = channel.unary_unary(
+                '/logstore.v1.LogStore/ReplicaFetch',
+                request_serializer=logstore_dot_v1_dot_logstore__pb2.ReplicaFetchRequest.SerializeToString,
+                response_deserializer=logstore_dot_v1_dot_logstore__pb2.FetchResponse.FromString,
+                _registered_method=True)
+        self.OffsetForLeaderEpoch = channel.unary_unary(
+                '/logstore.v1.LogStore/OffsetForLeaderEpoch',
+                request_serializer=logstore_dot_v1_dot_logstore__pb2.OffsetForLeaderEpochRequest.SerializeToString,
+                response_deserializer=logstore_dot_v1_dot_logstore__pb2.OffsetForLeaderEpochResponse.FromString,
+                _registered_method=True)
 
 
 class LogStoreServicer:
@@ -324,6 +344,38 @@ class LogStoreServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Metadata(self, request, context):
+        """--- cluster ---
+        Where every partition's leader is: any live broker answers for the whole cluster. A
+        standalone broker answers with itself (broker id 0) as the one broker and leader.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DescribeCluster(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReplicaFetch(self, request, context):
+        """Broker to broker: a follower pulls a partition's batches from its leader, byte for
+        byte (offsets and leader epochs as the leader wrote them). The fetch offset is the
+        follower's log end offset, from which the leader computes the high watermark.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def OffsetForLeaderEpoch(self, request, context):
+        """Kafka's OffsetsForLeaderEpoch (KIP-101/279): the end offset of the largest epoch <= the
+        one asked, so a replica that follows a new leader truncates exactly where they diverge.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LogStoreServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -446,6 +498,26 @@ def add_LogStoreServicer_to_server(servicer, server):
                     servicer.DescribeAcls,
                     request_deserializer=logstore_dot_v1_dot_logstore__pb2.DescribeAclsRequest.FromString,
                     response_serializer=logstore_dot_v1_dot_logstore__pb2.DescribeAclsResponse.SerializeToString,
+            ),
+            'Metadata': grpc.unary_unary_rpc_method_handler(
+                    servicer.Metadata,
+                    request_deserializer=logstore_dot_v1_dot_logstore__pb2.MetadataRequest.FromString,
+                    response_serializer=logstore_dot_v1_dot_logstore__pb2.MetadataResponse.SerializeToString,
+            ),
+            'DescribeCluster': grpc.unary_unary_rpc_method_handler(
+                    servicer.DescribeCluster,
+                    request_deserializer=logstore_dot_v1_dot_logstore__pb2.DescribeClusterRequest.FromString,
+                    response_serializer=logstore_dot_v1_dot_logstore__pb2.DescribeClusterResponse.SerializeToString,
+            ),
+            'ReplicaFetch': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReplicaFetch,
+                    request_deserializer=logstore_dot_v1_dot_logstore__pb2.ReplicaFetchRequest.FromString,
+                    response_serializer=logstore_dot_v1_dot_logstore__pb2.FetchResponse.SerializeToString,
+            ),
+            'OffsetForLeaderEpoch': grpc.unary_unary_rpc_method_handler(
+                    servicer.OffsetForLeaderEpoch,
+                    request_deserializer=logstore_dot_v1_dot_logstore__pb2.OffsetForLeaderEpochRequest.FromString,
+                    response_serializer=logstore_dot_v1_dot_logstore__pb2.OffsetForLeaderEpochResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1096,6 +1168,114 @@ class LogStore:
             '/logstore.v1.LogStore/DescribeAcls',
             logstore_dot_v1_dot_logstore__pb2.DescribeAclsRequest.SerializeToString,
             logstore_dot_v1_dot_logstore__pb2.DescribeAclsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Metadata(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/logstore.v1.LogStore/Metadata',
+            logstore_dot_v1_dot_logstore__pb2.MetadataRequest.SerializeToString,
+            logstore_dot_v1_dot_logstore__pb2.MetadataResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DescribeCluster(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/logstore.v1.LogStore/DescribeCluster',
+            logstore_dot_v1_dot_logstore__pb2.DescribeClusterRequest.SerializeToString,
+            logstore_dot_v1_dot_logstore__pb2.DescribeClusterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReplicaFetch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/logstore.v1.LogStore/ReplicaFetch',
+            logstore_dot_v1_dot_logstore__pb2.ReplicaFetchRequest.SerializeToString,
+            logstore_dot_v1_dot_logstore__pb2.FetchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OffsetForLeaderEpoch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/logstore.v1.LogStore/OffsetForLeaderEpoch',
+            logstore_dot_v1_dot_logstore__pb2.OffsetForLeaderEpochRequest.SerializeToString,
+            logstore_dot_v1_dot_logstore__pb2.OffsetForLeaderEpochResponse.FromString,
             options,
             channel_credentials,
             insecure,
