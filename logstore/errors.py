@@ -180,3 +180,7 @@ class BrokerNotRegisteredError(LogStoreError):
 class ClusterMetadataUnavailableError(LogStoreError):
     """The cluster's metadata store (etcd) cannot be reached, so the change asked for
     (e.g. creating a topic) cannot be made now. Retriable."""
+
+
+class InvalidReplicationFactorError(InvalidRequestError):
+    """The replication factor asked for is below 1 or above the number of live brokers."""
