@@ -58,6 +58,7 @@ KAFKA_NAMES: Final[Mapping[str, str]] = MappingProxyType(
         "delete.retention.ms": "delete_retention_ms",
         "min.compaction.lag.ms": "min_compaction_lag_ms",
         "min.cleanable.dirty.ratio": "min_cleanable_dirty_ratio",
+        "min.insync.replicas": "min_insync_replicas",
     }
 )
 #: `LogConfig` field name -> Kafka's dotted configuration name
@@ -85,6 +86,7 @@ INT_RANGES: Final[Mapping[str, tuple[int, int]]] = MappingProxyType(
         "file_delete_delay_ms": (0, INT64_MAX),
         "delete_retention_ms": (0, INT64_MAX),
         "min_compaction_lag_ms": (0, INT64_MAX),
+        "min_insync_replicas": (1, INT32_MAX),
     }
 )
 
@@ -142,6 +144,9 @@ class LogConfig:
     #: compaction runs once the segments written since its last pass are this share of
     #: the sealed bytes (0..1)
     min_cleanable_dirty_ratio: float = 0.5
+    #: in cluster mode, an acks=all produce needs at least this many in-sync replicas
+    #: (the leader counts); a standalone broker has one replica and ignores it
+    min_insync_replicas: int = 1
 
     def __post_init__(self) -> None:
         for field_name in INT_RANGES:

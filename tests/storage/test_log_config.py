@@ -38,6 +38,7 @@ KAFKA_DEFAULTS = {
     "delete.retention.ms": "86400000",
     "min.compaction.lag.ms": "0",
     "min.cleanable.dirty.ratio": "0.5",
+    "min.insync.replicas": "1",
 }
 
 
