@@ -100,6 +100,9 @@ PURE_SERVER_MODULES = (
     "logstore.server.producer_ids",
     "logstore.server.security.acl_store",
     "logstore.server.security.acl_rules",
+    "logstore.server.cluster.placement",
+    "logstore.server.cluster.election",
+    "logstore.server.cluster.isr",
 )
 
 #: The clients' I/O-free cores: tested without a broker, so they must not reach for gRPC

@@ -130,14 +130,16 @@ def complete_reassignment(state: PartitionState, live: Set[int]) -> PartitionSta
         leader = next((b for b in target if b in isr and b in live), NO_LEADER)
         if leader == NO_LEADER:
             return None
-    finished = replace(state, replicas=target, adding=(), removing=())
-    return _lead(finished, leader, isr)
+    return _lead(state, leader, isr, replicas=target, adding=(), removing=())
 
 
-def _lead(state: PartitionState, leader: int, isr: tuple[int, ...]) -> PartitionState:
-    """`state` with `leader` and `isr`; the leader epoch grows by one iff the leader changed."""
+def _lead(
+    state: PartitionState, leader: int, isr: tuple[int, ...], **changes: tuple[int, ...]
+) -> PartitionState:
+    """`state` with `leader`, `isr` and `changes` (checked together, as one new state); the
+    leader epoch grows by one iff the leader changed."""
     epoch = state.leader_epoch + (1 if leader != state.leader else 0)
-    return replace(state, leader=leader, leader_epoch=epoch, isr=isr)
+    return replace(state, leader=leader, leader_epoch=epoch, isr=isr, **changes)
 
 
 def _changed(old: PartitionState, new: PartitionState) -> PartitionState | None:
