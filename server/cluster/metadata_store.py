@@ -1,0 +1,824 @@
+"""The cluster's records in etcd v3; the only module of LogStore that talks to etcd.
+
+Key layout under the cluster's prefix (`ClusterSettings.etcd_prefix`, `/logstore/<cluster>/`):
+
+    cluster-id                        a random id, created once, never changed
+    brokers/<id>                      JSON BrokerRegistration, on that broker's lease
+    controller                        JSON {"broker_id": N}, on the controller broker's lease
+    topics/<name>                     JSON TopicRecord
+    partitions/<topic>/<partition>    JSON PartitionState
+    producer-id-block                 the next free producer id, decimal
+
+Epochs are etcd revisions. A broker's epoch is the create revision of `brokers/<id>`, the
+controller epoch that of `controller`. Both keys live on the broker's lease, so etcd
+deletes them when the broker stops renewing it, and a key created again gets a larger
+create revision: revisions only grow across the whole etcd cluster, so every epoch is
+larger than every epoch before it (etcd's contrib/lock guidance: use the lock key's
+revision as the fencing token, and compare it in the same transaction as the write).
+
+Fencing invariants:
+- Every write made in a role compares, in the same transaction, the create revision of the
+  writer's role key with the writer's epoch: `update_partition_as_controller` compares
+  `controller`, `update_partition_as_leader` compares `brokers/<id>`. A write from a deposed
+  controller or from a broker whose registration lapsed is refused by etcd itself, however
+  late it arrives and whatever the writer still believes.
+- Every partition state write is also a compare-and-swap on the key's mod revision, so two
+  writers never silently overwrite each other: the loser re-reads and decides again.
+- A topic and all its partition states are created in one transaction, and deleted in one:
+  no reader ever sees a topic without its partitions, or partitions of no topic.
+- `lease_valid()` measures the lease from the moment the last successful refresh was sent,
+  which is before etcd received it: a broker considers itself fenced no later than etcd
+  expires its lease, even when it wakes from a pause (SIGSTOP, a long GC) past its TTL
+  before any refresh has had a chance to fail.
+
+Failures: every etcd failure (refused, timed out, no leader) raises
+`logstore.errors.ClusterMetadataUnavailableError` naming the endpoints, within about
+`timeout_s` per endpoint tried. Reads try the next endpoint; writes are never retried here,
+because a write whose answer was lost may have been applied (the caller re-reads).
+
+etcd refuses a transaction of more than `--max-txn-ops` operations (128 by default); a
+topic's creation writes one key per partition in its one transaction, so it is refused
+beforehand with InvalidPartitionsError when it would need more (`max_txn_ops`).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
+
+import etcd3
+import etcd3.exceptions
+import grpc
+from etcd3 import etcdrpc, utils
+
+from logstore.addresses import parse_host_port
+from logstore.errors import (
+    BrokerNotRegisteredError,
+    ClusterMetadataUnavailableError,
+    InvalidPartitionsError,
+    InvalidRequestError,
+    TopicExistsError,
+    UnknownTopicOrPartitionError,
+)
+from logstore.server.cluster.state import BrokerRegistration, PartitionState, TopicRecord, Versioned
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: etcd's default `--max-txn-ops`: most operations in one transaction
+DEFAULT_MAX_TXN_OPS = 128
+#: compare-and-swap rounds `allocate_producer_ids` tries before giving up
+PRODUCER_ID_ATTEMPTS = 64
+#: the watch is re-established after this pause (s), doubled per failure up to the max
+WATCH_BACKOFF_MIN_S = 0.1
+WATCH_BACKOFF_MAX_S = 2.0
+#: a failed lease refresh is retried after at most this long (s)
+REFRESH_RETRY_S = 0.25
+
+#: gRPC reconnects to a restarted etcd within a second (its default backoff grows to 120 s);
+#: the keepalive (above etcd's 5 s minimum) notices a silent etcd under an idle watch
+_CHANNEL_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+_WATCH_KEEPALIVE_MS = 10_000
+
+
+class BrokerIdInUseError(InvalidRequestError):
+    """Another live broker holds the broker id this broker tried to register."""
+
+
+class _Endpoint(etcd3.Endpoint):
+    """An etcd endpoint that is always worth trying: the store does its own failover, so
+    the client's "failed for 300 s" bookkeeping must never make it refuse a call."""
+
+    def is_failed(self) -> bool:
+        return False
+
+
+@dataclass
+class _Session:
+    """This store's registration: its lease, and the keepalive thread that renews it."""
+
+    broker_id: int
+    lease_id: int
+    ttl_s: int
+    epoch: int
+    #: time.monotonic() when the last successful refresh (or the grant) was sent (s)
+    last_renewed: float
+    stop: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+    lost: bool = False
+
+
+class ClusterMetadataStore:
+    """Brokers, controller, topics and partition states of one cluster, in etcd.
+
+    Synchronous and thread-safe: any broker thread may call any method. The store's own
+    threads are the lease keepalive (after `register_broker`) and the watch (after
+    `watch`); `close()` stops both.
+    """
+
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        prefix: str,
+        *,
+        timeout_s: float = 5.0,
+        max_txn_ops: int = DEFAULT_MAX_TXN_OPS,
+    ) -> None:
+        if not endpoints:
+            raise ValueError("at least one etcd endpoint is needed")
+        if not prefix.endswith("/"):
+            raise ValueError(f"the key prefix {prefix!r} must end with '/'")
+        self.endpoints: tuple[str, ...] = tuple(endpoints)
+        self.prefix = prefix
+        self.timeout_s = timeout_s
+        self.max_txn_ops = max_txn_ops
+        self._addresses = [parse_host_port(e) for e in self.endpoints]
+        self._clients = [
+            etcd3.MultiEndpointEtcd3Client(
+                endpoints=[_Endpoint(host, port, secure=False, opts=_CHANNEL_OPTIONS)],
+                timeout=timeout_s,
+            )
+            for host, port in self._addresses
+        ]
+        self._tx = self._clients[0].transactions
+        self._lock = threading.Lock()
+        self._current = 0
+        self._session: _Session | None = None
+        self._closed = threading.Event()
+        self._watch_callbacks: list[Callable[[], None]] = []
+        self._watch_thread: threading.Thread | None = None
+        self._watch_call: Any = None
+        #: called once, from the keepalive thread, when the registration is lost (lease
+        #: expired or key deleted); re-registering is the caller's decision
+        self.on_session_lost: Callable[[], None] | None = None
+
+    # -- keys --------------------------------------------------------------------------
+
+    def _broker_key(self, broker_id: int) -> str:
+        return f"{self.prefix}brokers/{broker_id}"
+
+    def _topic_key(self, name: str) -> str:
+        return f"{self.prefix}topics/{name}"
+
+    def _partitions_prefix(self, topic: str) -> str:
+        return f"{self.prefix}partitions/{topic}/"
+
+    def _partition_key(self, topic: str, partition: int) -> str:
+        return f"{self._partitions_prefix(topic)}{partition}"
+
+    @property
+    def _controller_key(self) -> str:
+        return f"{self.prefix}controller"
+
+    # -- calls -------------------------------------------------------------------------
+
+    def _unavailable(self, what: str, why: str) -> ClusterMetadataUnavailableError:
+        return ClusterMetadataUnavailableError(
+            f"etcd at {', '.join(self.endpoints)} is unavailable ({what}): {why}"
+        )
+
+    def _describe(self, exc: BaseException) -> str:
+        if isinstance(exc, etcd3.exceptions.ConnectionTimeoutError):
+            return f"no answer within {self.timeout_s} s"
+        if isinstance(exc, grpc.RpcError):
+            code = exc.code() if hasattr(exc, "code") else None
+            details = exc.details() if hasattr(exc, "details") else str(exc)
+            return f"{getattr(code, 'name', code)}: {details}"
+        return str(exc) or type(exc).__name__
+
+    def _call(self, what: str, op: Callable[[Any], T], *, retry: bool) -> T:
+        """Run `op(client)` on the current endpoint. Reads (`retry`) move on to the next
+        endpoint after a failure while time remains; writes fail at once. Every etcd
+        failure becomes ClusterMetadataUnavailableError."""
+        deadline = time.monotonic() + self.timeout_s
+        attempts = len(self._clients) if retry else 1
+        why = "no endpoint tried"
+        for _ in range(attempts):
+            with self._lock:
+                index = self._current
+            try:
+                return op(self._clients[index])
+            except (etcd3.exceptions.Etcd3Exception, grpc.RpcError) as exc:
+                self._refuse_if_not_transient(exc)
+                why = f"{self.endpoints[index]}: {self._describe(exc)}"
+                self._fail_over(index)
+            if time.monotonic() >= deadline:
+                break
+        raise self._unavailable(what, why)
+
+    def _refuse_if_not_transient(self, exc: BaseException) -> None:
+        """Errors that another endpoint or a later try would not cure."""
+        if not isinstance(exc, grpc.RpcError) or not hasattr(exc, "code"):
+            return
+        details = exc.details() or ""
+        if exc.code() == grpc.StatusCode.NOT_FOUND and "lease not found" in details:
+            raise BrokerNotRegisteredError(f"this broker's etcd lease has expired: {details}")
+        if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+            raise InvalidRequestError(f"etcd refused the request: {details}")
+
+    def _fail_over(self, index: int) -> None:
+        with self._lock:
+            if self._current == index:
+                self._current = (index + 1) % len(self._clients)
+
+    def _get(self, key: str) -> tuple[bytes, Any] | None:
+        value, meta = self._call(f"get {key}", lambda c: c.get(key), retry=True)
+        return None if meta is None else (value, meta)
+
+    def _get_prefix(self, key_prefix: str) -> list[tuple[bytes, Any]]:
+        return self._call(
+            f"get {key_prefix}*", lambda c: list(c.get_prefix(key_prefix)), retry=True
+        )
+
+    def _txn(
+        self, what: str, compare: list[Any], success: list[Any], failure: list[Any] | None = None
+    ) -> tuple[bool, list[Any]]:
+        return self._call(
+            what,
+            lambda c: c.transaction(compare=compare, success=success, failure=failure or []),
+            retry=False,
+        )
+
+    @staticmethod
+    def _first_kv(responses: list[Any], index: int) -> tuple[bytes, Any] | None:
+        """The key-value of the `index`th response of a transaction (a get), if any."""
+        kvs = responses[index]
+        return kvs[0] if kvs else None
+
+    # -- cluster id --------------------------------------------------------------------
+
+    def cluster_id(self) -> str:
+        """The cluster's id: created at random by the first caller, the same for all."""
+        key = f"{self.prefix}cluster-id"
+        fresh = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        succeeded, responses = self._txn(
+            "create cluster-id",
+            [self._tx.create(key) == 0],
+            [self._tx.put(key, fresh), self._tx.get(key)],
+            [self._tx.get(key)],
+        )
+        kv = self._first_kv(responses, 1 if succeeded else 0)
+        if kv is None:
+            raise self._unavailable("create cluster-id", "the key vanished")
+        return kv[0].decode()
+
+    # -- brokers -----------------------------------------------------------------------
+
+    def register_broker(self, reg: BrokerRegistration, ttl_s: int) -> int:
+        """Register `reg` on a fresh lease of `ttl_s` seconds; returns the broker epoch.
+
+        The key is created only if absent: BrokerIdInUseError when a live broker holds the
+        id. A keepalive thread then refreshes the lease every ttl_s/3 s. Registering again
+        ends this store's previous registration first, and gives a larger epoch.
+        """
+        if ttl_s < 1:
+            raise ValueError(f"the lease TTL must be at least 1 s, not {ttl_s}")
+        self._end_session(revoke=True)
+        key = self._broker_key(reg.broker_id)
+        granted_at = time.monotonic()
+        lease = self._call("grant lease", lambda c: c.lease(ttl_s), retry=False)
+        try:
+            succeeded, responses = self._txn(
+                f"register broker {reg.broker_id}",
+                [self._tx.create(key) == 0],
+                [self._tx.put(key, reg.to_json(), lease=lease.id), self._tx.get(key)],
+                [self._tx.get(key)],
+            )
+        except BaseException:
+            self._revoke_quietly(lease.id)
+            raise
+        kv = self._first_kv(responses, 1 if succeeded else 0)
+        if not succeeded or kv is None:
+            self._revoke_quietly(lease.id)
+            holder = BrokerRegistration.from_json(kv[0]) if kv else reg
+            raise BrokerIdInUseError(
+                f"broker id {reg.broker_id} is already registered by a live broker at "
+                f"{holder.address}"
+            )
+        session = _Session(
+            broker_id=reg.broker_id,
+            lease_id=lease.id,
+            ttl_s=int(lease.ttl) or ttl_s,
+            epoch=kv[1].create_revision,
+            last_renewed=granted_at,
+        )
+        session.thread = threading.Thread(
+            target=self._keepalive,
+            args=(session,),
+            name=f"etcd-lease-broker-{reg.broker_id}",
+            daemon=True,
+        )
+        with self._lock:
+            self._session = session
+        session.thread.start()
+        return session.epoch
+
+    @property
+    def broker_epoch(self) -> int:
+        """The epoch of this store's live registration, -1 when there is none."""
+        with self._lock:
+            session = self._session
+        return session.epoch if session is not None and not session.lost else -1
+
+    @property
+    def last_renewed_monotonic(self) -> float | None:
+        """time.monotonic() (s) when the last successful lease refresh was sent."""
+        with self._lock:
+            session = self._session
+        return None if session is None else session.last_renewed
+
+    def lease_valid(self, now: float | None = None) -> bool:
+        """Whether the lease is surely still alive: registered, not lost, and the last
+        successful refresh was sent less than the TTL ago (`now` is time.monotonic(), s)."""
+        with self._lock:
+            session = self._session
+        if session is None or session.lost:
+            return False
+        now = time.monotonic() if now is None else now
+        return now - session.last_renewed < session.ttl_s
+
+    def _keepalive(self, session: _Session) -> None:
+        interval = session.ttl_s / 3
+        wait = interval
+        while not session.stop.wait(wait):
+            sent_at = time.monotonic()
+            try:
+                responses = self._call(
+                    "refresh lease",
+                    lambda c: list(c.refresh_lease(session.lease_id)),
+                    retry=True,
+                )
+                ttl = max((r.TTL for r in responses), default=0)
+                if ttl <= 0:
+                    self._lose_session(session, "its lease expired")
+                    return
+                session.last_renewed = sent_at
+                kv = self._get(self._broker_key(session.broker_id))
+            except ClusterMetadataUnavailableError as exc:
+                log.warning("broker %d: lease refresh failed: %s", session.broker_id, exc)
+                wait = min(interval, REFRESH_RETRY_S)
+                continue
+            if kv is None or kv[1].create_revision != session.epoch:
+                self._lose_session(session, "its registration key was deleted")
+                return
+            wait = interval
+
+    def _lose_session(self, session: _Session, why: str) -> None:
+        with self._lock:
+            if session.lost or session.stop.is_set():
+                return
+            session.lost = True
+            session.stop.set()
+        log.warning("broker %d lost its etcd registration: %s", session.broker_id, why)
+        # The lease may still hold the controller key; a broker without registration
+        # must not stay controller.
+        self._revoke_quietly(session.lease_id)
+        callback = self.on_session_lost
+        if callback is not None:
+            try:
+                callback()
+            except Exception:
+                log.exception("on_session_lost failed")
+
+    def _end_session(self, *, revoke: bool) -> None:
+        with self._lock:
+            session, self._session = self._session, None
+        if session is None:
+            return
+        session.stop.set()
+        thread = session.thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=self.timeout_s + 1.0)
+        if revoke and not session.lost:
+            self._revoke_quietly(session.lease_id)
+
+    def _revoke_quietly(self, lease_id: int) -> None:
+        try:
+            self._call("revoke lease", lambda c: c.revoke_lease(lease_id), retry=False)
+        except (ClusterMetadataUnavailableError, BrokerNotRegisteredError) as exc:
+            # etcd deletes the keys anyway when the lease runs out
+            log.info("could not revoke etcd lease %x: %s", lease_id, exc)
+
+    def _live_session(self, broker_id: int) -> _Session:
+        with self._lock:
+            session = self._session
+        if session is None or session.lost:
+            raise BrokerNotRegisteredError(f"broker {broker_id} is not registered in etcd")
+        if session.broker_id != broker_id:
+            raise ValueError(f"this store registered broker {session.broker_id}, not {broker_id}")
+        return session
+
+    def live_brokers(self) -> dict[int, BrokerRegistration]:
+        """Registered brokers by id, each with its epoch."""
+        out: dict[int, BrokerRegistration] = {}
+        for value, meta in self._get_prefix(f"{self.prefix}brokers/"):
+            reg = BrokerRegistration.from_json(value, epoch=meta.create_revision)
+            out[reg.broker_id] = reg
+        return out
+
+    # -- controller --------------------------------------------------------------------
+
+    def campaign_controller(self, broker_id: int) -> int | None:
+        """Become controller if there is none: returns the controller epoch when this
+        broker won, None when another broker holds the role. The key lives on this
+        broker's lease, and the campaign compares the broker's epoch, so a broker whose
+        registration lapsed cannot win (BrokerNotRegisteredError)."""
+        session = self._live_session(broker_id)
+        key = self._controller_key
+        broker_key = self._broker_key(broker_id)
+        value = json.dumps({"broker_id": broker_id})
+        succeeded, responses = self._txn(
+            f"campaign for controller as broker {broker_id}",
+            [self._tx.create(key) == 0, self._tx.create(broker_key) == session.epoch],
+            [self._tx.put(key, value, lease=session.lease_id), self._tx.get(key)],
+            [self._tx.get(broker_key)],
+        )
+        if succeeded:
+            kv = self._first_kv(responses, 1)
+            if kv is None:
+                raise self._unavailable("campaign for controller", "the key vanished")
+            return int(kv[1].create_revision)
+        kv = self._first_kv(responses, 0)
+        if kv is None or kv[1].create_revision != session.epoch:
+            raise BrokerNotRegisteredError(
+                f"broker {broker_id} epoch {session.epoch} is no longer registered"
+            )
+        return None
+
+    def controller(self) -> tuple[int, int] | None:
+        """(broker id, controller epoch) of the current controller, None if there is none."""
+        kv = self._get(self._controller_key)
+        if kv is None:
+            return None
+        return int(json.loads(kv[0])["broker_id"]), int(kv[1].create_revision)
+
+    # -- topics ------------------------------------------------------------------------
+
+    def _check_txn_size(self, what: str, ops: int) -> None:
+        if ops > self.max_txn_ops:
+            raise InvalidPartitionsError(
+                f"{what} needs {ops} etcd operations in one transaction, more than etcd's "
+                f"--max-txn-ops ({self.max_txn_ops}): at most {self.max_txn_ops - 1} "
+                f"partitions per creation or addition"
+            )
+
+    def create_topic(self, topic: TopicRecord, states: Mapping[int, PartitionState]) -> None:
+        """Create the topic and all its partition states in one transaction, only if the
+        topic is absent (TopicExistsError otherwise). `states` holds partitions
+        0..topic.partitions-1 exactly."""
+        if set(states) != set(range(topic.partitions)):
+            raise ValueError(f"states of partitions 0..{topic.partitions - 1} are needed")
+        self._check_txn_size(f"creating topic {topic.name}", 1 + len(states))
+        key = self._topic_key(topic.name)
+        puts = [self._tx.put(key, topic.to_json())]
+        puts += [
+            self._tx.put(self._partition_key(topic.name, p), state.to_json())
+            for p, state in sorted(states.items())
+        ]
+        succeeded, _ = self._txn(f"create topic {topic.name}", [self._tx.create(key) == 0], puts)
+        if not succeeded:
+            raise TopicExistsError(f"topic {topic.name!r} already exists")
+
+    def delete_topic(self, name: str) -> None:
+        """Delete the topic and all its partition states in one transaction
+        (UnknownTopicOrPartitionError if it does not exist)."""
+        key = self._topic_key(name)
+        partitions = self._partitions_prefix(name)
+        succeeded, _ = self._txn(
+            f"delete topic {name}",
+            [self._tx.version(key) > 0],
+            [
+                self._tx.delete(key),
+                self._tx.delete(partitions, range_end=utils.prefix_range_end(partitions.encode())),
+            ],
+        )
+        if not succeeded:
+            raise UnknownTopicOrPartitionError(f"topic {name!r} does not exist")
+
+    def _topic_at(self, name: str) -> tuple[TopicRecord, int]:
+        kv = self._get(self._topic_key(name))
+        if kv is None:
+            raise UnknownTopicOrPartitionError(f"topic {name!r} does not exist")
+        return TopicRecord.from_json(kv[0]), int(kv[1].mod_revision)
+
+    def update_topic_config(
+        self, name: str, config: Mapping[str, str], expected_mod_revision: int
+    ) -> bool:
+        """Replace the topic's config overrides if the topic is still at
+        `expected_mod_revision`; False when it changed meanwhile."""
+        record, mod_revision = self._topic_at(name)
+        if mod_revision != expected_mod_revision:
+            return False
+        key = self._topic_key(name)
+        updated = replace(record, config=dict(config))
+        succeeded, _ = self._txn(
+            f"update config of topic {name}",
+            [self._tx.mod(key) == expected_mod_revision],
+            [self._tx.put(key, updated.to_json())],
+        )
+        return bool(succeeded)
+
+    def add_partitions(
+        self,
+        name: str,
+        new_total: int,
+        new_states: Mapping[int, PartitionState],
+        expected_topic_mod_revision: int,
+    ) -> bool:
+        """Grow the topic to `new_total` partitions, writing the new partitions' states in
+        the same transaction, if the topic is still at `expected_topic_mod_revision`;
+        False when it changed meanwhile."""
+        record, mod_revision = self._topic_at(name)
+        if mod_revision != expected_topic_mod_revision:
+            return False
+        if new_total <= record.partitions:
+            raise InvalidPartitionsError(
+                f"topic {name!r} has {record.partitions} partitions; {new_total} is not more"
+            )
+        if set(new_states) != set(range(record.partitions, new_total)):
+            raise ValueError(f"states of partitions {record.partitions}..{new_total - 1} needed")
+        self._check_txn_size(f"adding partitions to {name}", 1 + len(new_states))
+        key = self._topic_key(name)
+        puts = [self._tx.put(key, replace(record, partitions=new_total).to_json())]
+        puts += [
+            self._tx.put(self._partition_key(name, p), state.to_json())
+            for p, state in sorted(new_states.items())
+        ]
+        succeeded, _ = self._txn(
+            f"add partitions to {name}", [self._tx.mod(key) == expected_topic_mod_revision], puts
+        )
+        return bool(succeeded)
+
+    def topics(self) -> dict[str, Versioned]:
+        """Every topic: name -> Versioned(TopicRecord, mod revision)."""
+        out: dict[str, Versioned] = {}
+        for value, meta in self._get_prefix(f"{self.prefix}topics/"):
+            record = TopicRecord.from_json(value)
+            out[record.name] = Versioned(record, int(meta.mod_revision))
+        return out
+
+    # -- partitions --------------------------------------------------------------------
+
+    def partition_states(self, topic: str | None = None) -> dict[tuple[str, int], Versioned]:
+        """(topic, partition) -> Versioned(PartitionState, mod revision), of one topic or
+        of all."""
+        all_partitions = f"{self.prefix}partitions/"
+        key_prefix = all_partitions if topic is None else self._partitions_prefix(topic)
+        out: dict[tuple[str, int], Versioned] = {}
+        strip = len(all_partitions)
+        for value, meta in self._get_prefix(key_prefix):
+            name, _, partition = meta.key.decode()[strip:].rpartition("/")
+            out[(name, int(partition))] = Versioned(
+                PartitionState.from_json(value), int(meta.mod_revision)
+            )
+        return out
+
+    def partition_state(self, topic: str, partition: int) -> Versioned | None:
+        """One partition's state and mod revision, None if it does not exist."""
+        kv = self._get(self._partition_key(topic, partition))
+        if kv is None:
+            return None
+        return Versioned(PartitionState.from_json(kv[0]), int(kv[1].mod_revision))
+
+    def _write_partition(
+        self,
+        what: str,
+        topic: str,
+        partition: int,
+        state: PartitionState,
+        compare: list[Any],
+    ) -> int | None:
+        key = self._partition_key(topic, partition)
+        succeeded, responses = self._txn(
+            what, compare, [self._tx.put(key, state.to_json()), self._tx.get(key)]
+        )
+        if not succeeded:
+            return None
+        kv = self._first_kv(responses, 1)
+        return None if kv is None else int(kv[1].mod_revision)
+
+    def update_partition_as_controller(
+        self,
+        topic: str,
+        partition: int,
+        state: PartitionState,
+        expected_mod_revision: int,
+        controller_epoch: int,
+    ) -> int | None:
+        """Write a partition state as controller: the new mod revision, or None when the
+        state changed since `expected_mod_revision` or `controller_epoch` is no longer the
+        controller's (a deposed controller's write is refused by etcd)."""
+        key = self._partition_key(topic, partition)
+        return self._write_partition(
+            f"update {topic}-{partition} as controller epoch {controller_epoch}",
+            topic,
+            partition,
+            state,
+            [
+                self._tx.mod(key) == expected_mod_revision,
+                self._tx.create(self._controller_key) == controller_epoch,
+            ],
+        )
+
+    def update_partition_as_leader(
+        self,
+        topic: str,
+        partition: int,
+        state: PartitionState,
+        expected_mod_revision: int,
+        broker_id: int,
+        broker_epoch: int,
+    ) -> int | None:
+        """Write a partition state (an ISR change) as its leader: the new mod revision, or
+        None when the state changed since `expected_mod_revision` or broker `broker_id` is
+        no longer registered with `broker_epoch` (a leader whose lease lapsed cannot
+        change the ISR).
+
+        This is how Kafka's leaders changed the ISR in the ZooKeeper era (a conditional
+        update of the partition's state znode); KIP-497 later moved ISR changes behind the
+        controller (AlterPartition). The fence is the same either way: the write names the
+        state version it read and the writer's epoch.
+        """
+        key = self._partition_key(topic, partition)
+        return self._write_partition(
+            f"update {topic}-{partition} as leader {broker_id} epoch {broker_epoch}",
+            topic,
+            partition,
+            state,
+            [
+                self._tx.mod(key) == expected_mod_revision,
+                self._tx.create(self._broker_key(broker_id)) == broker_epoch,
+            ],
+        )
+
+    # -- producer ids ------------------------------------------------------------------
+
+    def allocate_producer_ids(self, block_size: int) -> int:
+        """Reserve `block_size` producer ids no one else will get; returns the first.
+
+        A compare-and-swap on `producer-id-block` (the next free id), retried at most
+        PRODUCER_ID_ATTEMPTS times under contention, so blocks never overlap.
+        """
+        if block_size <= 0:
+            raise ValueError(f"block size must be positive, not {block_size}")
+        key = f"{self.prefix}producer-id-block"
+        kv = self._get(key)
+        for attempt in range(PRODUCER_ID_ATTEMPTS):
+            if kv is None:
+                start, compare = 0, self._tx.create(key) == 0
+            else:
+                start, compare = int(kv[0]), self._tx.mod(key) == kv[1].mod_revision
+            succeeded, responses = self._txn(
+                "allocate producer ids",
+                [compare],
+                [self._tx.put(key, str(start + block_size))],
+                [self._tx.get(key)],
+            )
+            if succeeded:
+                return start
+            kv = self._first_kv(responses, 0)
+            # Spread the contenders out a little so they stop colliding.
+            time.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))
+        raise self._unavailable(
+            "allocate producer ids", f"still contended after {PRODUCER_ID_ATTEMPTS} attempts"
+        )
+
+    # -- watch -------------------------------------------------------------------------
+
+    def watch(self, callback: Callable[[], None]) -> None:
+        """Call `callback()` (from the store's watch thread) whenever anything under the
+        prefix changes, and once each time the watch is established, the first time
+        included: changes made while it was down (etcd restarting) may have been missed,
+        so the caller re-reads what it needs. Re-established after failures with a
+        backoff of WATCH_BACKOFF_MIN_S doubling up to WATCH_BACKOFF_MAX_S."""
+        with self._lock:
+            if self._closed.is_set():
+                raise RuntimeError("the metadata store is closed")
+            self._watch_callbacks.append(callback)
+            if self._watch_thread is not None:
+                return
+            self._watch_thread = threading.Thread(
+                target=self._watch_loop, name="etcd-watch", daemon=True
+            )
+            thread = self._watch_thread
+        thread.start()
+
+    def _fire(self) -> None:
+        with self._lock:
+            callbacks = list(self._watch_callbacks)
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                log.exception("metadata watch callback failed")
+
+    def _watch_loop(self) -> None:
+        backoff = WATCH_BACKOFF_MIN_S
+        index = 0
+        while not self._closed.is_set():
+            endpoint = self.endpoints[index % len(self.endpoints)]
+            try:
+                established = self._watch_once(endpoint)
+                why = "the watch ended"
+            except grpc.RpcError as exc:
+                established = False
+                why = self._describe(exc)
+            if self._closed.is_set():
+                return
+            if established:
+                backoff = WATCH_BACKOFF_MIN_S
+            else:
+                index += 1
+            log.info("etcd watch at %s: %s; again in %.1f s", endpoint, why, backoff)
+            if self._closed.wait(backoff):
+                return
+            backoff = min(backoff * 2, WATCH_BACKOFF_MAX_S)
+
+    def _watch_once(self, endpoint: str) -> bool:
+        """One watch stream on `endpoint` until it ends; whether it was established."""
+        options = [
+            *_CHANNEL_OPTIONS,
+            ("grpc.keepalive_time_ms", _WATCH_KEEPALIVE_MS),
+            ("grpc.keepalive_timeout_ms", int(self.timeout_s * 1000)),
+        ]
+        done = threading.Event()
+        create = etcdrpc.WatchCreateRequest(
+            key=self.prefix.encode(), range_end=utils.prefix_range_end(self.prefix.encode())
+        )
+
+        def requests() -> Iterator[Any]:
+            yield etcdrpc.WatchRequest(create_request=create)
+            done.wait()  # keeps the stream open until it is over
+
+        established = False
+        with grpc.insecure_channel(endpoint, options=options) as channel:
+            call = etcdrpc.WatchStub(channel).Watch(requests())
+            with self._lock:
+                if self._closed.is_set():
+                    call.cancel()
+                self._watch_call = call
+            try:
+                for response in call:
+                    if response.created and not response.canceled:
+                        established = True
+                        self._fire()
+                    elif response.canceled or response.compact_revision:
+                        return established
+                    elif response.events:
+                        self._fire()
+            finally:
+                done.set()
+                with self._lock:
+                    self._watch_call = None
+        return established
+
+    # -- health and shutdown -----------------------------------------------------------
+
+    def health(self) -> tuple[bool, str]:
+        """(True, "etcd 3.4.23 at H:P, leader <member id>") from the first endpoint that
+        answers with a leader elected; (False, why) otherwise."""
+        problems: list[str] = []
+        for endpoint, client in zip(self.endpoints, self._clients, strict=True):
+            try:
+                status = client.status()
+            except (etcd3.exceptions.Etcd3Exception, grpc.RpcError) as exc:
+                problems.append(f"{endpoint}: {self._describe(exc)}")
+                continue
+            if status.leader is None:
+                problems.append(f"{endpoint}: etcd {status.version} has no leader")
+                continue
+            return True, f"etcd {status.version} at {endpoint}, leader {status.leader.id:x}"
+        return False, f"etcd unavailable: {'; '.join(problems)}"
+
+    def close(self, revoke: bool = True) -> None:
+        """Stop the keepalive and watch threads and, with `revoke`, revoke the lease, so
+        a clean shutdown deregisters the broker (and gives up the controller) at once."""
+        with self._lock:
+            self._closed.set()
+            call, thread = self._watch_call, self._watch_thread
+        if call is not None:
+            call.cancel()
+        self._end_session(revoke=revoke)
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=self.timeout_s + 1.0)
+        for client in self._clients:
+            client.close()
+
+    def __enter__(self) -> ClusterMetadataStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
