@@ -353,6 +353,7 @@ class ClusterMetadataStore:
     def _keepalive(self, session: _Session) -> None:
         interval = session.ttl_s / 3
         wait = interval
+        failing = False  # warn once per outage, not once per retry
         while not session.stop.wait(wait):
             sent_at = time.monotonic()
             try:
@@ -367,10 +368,18 @@ class ClusterMetadataStore:
                     return
                 session.last_renewed = sent_at
                 kv = self._get(self._broker_key(session.broker_id))
+            except BrokerNotRegisteredError:
+                self._lose_session(session, "its lease was not found")
+                return
             except ClusterMetadataUnavailableError as exc:
-                log.warning("broker %d: lease refresh failed: %s", session.broker_id, exc)
+                if not failing:
+                    log.warning("broker %d: lease refresh failed: %s", session.broker_id, exc)
+                failing = True
                 wait = min(interval, REFRESH_RETRY_S)
                 continue
+            if failing:
+                log.info("broker %d: lease refreshed again", session.broker_id)
+                failing = False
             if kv is None or kv[1].create_revision != session.epoch:
                 self._lose_session(session, "its registration key was deleted")
                 return
