@@ -5,6 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import re
+import threading
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict
@@ -12,7 +15,10 @@ from typing import Any, TypedDict
 import grpc
 
 from logstore import errors
+from logstore.addresses import parse_host_port
 from logstore.allocator import keep_freed_memory
+from logstore.client.metadata import ClusterMetadata
+from logstore.types import TopicPartition
 from logstore.v1 import logstore_pb2 as pb
 from logstore.v1 import logstore_pb2_grpc as pb_grpc
 
@@ -73,8 +79,34 @@ RETRIABLE_CODES = frozenset(
 
 
 def resolve_bootstrap(bootstrap: str | None) -> str:
-    """The broker address: the argument, else $LOGSTORE_BOOTSTRAP, else 127.0.0.1:9092."""
+    """The bootstrap list ("HOST:PORT[,HOST:PORT...]"): the argument, else
+    $LOGSTORE_BOOTSTRAP, else 127.0.0.1:9092."""
     return bootstrap or os.environ.get(BOOTSTRAP_ENV) or DEFAULT_BOOTSTRAP
+
+
+def parse_bootstrap(value: str) -> list[str]:
+    """ "h1:p1,h2:p2" -> ["h1:p1", "h2:p2"]: each entry HOST:PORT (`[::1]:9092` for IPv6),
+    spaces around entries ignored, a repeated entry kept once, order kept (brokers are
+    tried in it). Raises InvalidRequestError naming the bad entry and the form expected.
+    """
+    entries = [entry.strip() for entry in value.split(",")]
+    if not any(entries):
+        raise errors.InvalidRequestError(
+            "the bootstrap list is empty: give HOST:PORT[,HOST:PORT...]"
+        )
+    addresses: list[str] = []
+    for entry in entries:
+        if not entry:
+            raise errors.InvalidRequestError(
+                f"bootstrap list {value!r} has an empty entry: give HOST:PORT[,HOST:PORT...]"
+            )
+        try:
+            parse_host_port(entry)
+        except ValueError as exc:
+            raise errors.InvalidRequestError(f"bootstrap list {value!r}: {exc}") from None
+        if entry not in addresses:
+            addresses.append(entry)
+    return addresses
 
 
 class SecurityOptions(TypedDict, total=False):
@@ -289,3 +321,273 @@ def is_retriable(exc: BaseException) -> bool:
     return type(exc).__name__ in RETRIABLE_KINDS or isinstance(
         exc, errors.BrokerUnavailableError | errors.RequestTimedOutError
     )
+
+
+# --- many brokers ----------------------------------------------------------------------------
+
+
+def rpc_code(exc: BaseException) -> grpc.StatusCode | None:
+    """The status code of a failed call (None for anything else)."""
+    code = getattr(exc, "code", None)
+    return code() if callable(code) else None
+
+
+#: errors after which another broker is tried: this one is down, slow or unreachable
+_TRY_ANOTHER = (errors.BrokerUnavailableError, errors.RequestTimedOutError)
+
+
+class BrokerChannels:
+    """One gRPC channel and stub per broker address, and the `ClusterMetadata` requests are
+    routed by.
+
+    Channels open lazily, with the client's security options (the first bootstrap address
+    at once, as a single-broker client always did), and all close in `close()`. Start-up
+    (`bootstrap`) asks the bootstrap addresses for Metadata in order until one answers; a
+    broker without the Metadata RPC (UNIMPLEMENTED) is a standalone broker, recorded with
+    `ClusterMetadata.update_standalone`, so a standalone client keeps one channel and one
+    broker. `home` is where requests that have no partition leader go (topics, producer
+    ids, groups): the broker that answered first; when it does not answer (UNAVAILABLE),
+    the next live one. Refreshes ask any live broker, `home` first.
+
+    Invariants: `lock` guards `metadata`, `home` and the channels; no other lock is taken
+    while it is held, and `on_change` (the client's re-routing) runs without it. At most
+    one background refresh runs at a time. Times: `timeout_s` arguments in seconds.
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        security: ClientSecurity,
+        metadata: ClusterMetadata,
+        *,
+        request_timeout_s: float,
+    ) -> None:
+        self.bootstrap_addresses = parse_bootstrap(bootstrap)
+        #: the bootstrap list as given, for messages
+        self.display = bootstrap
+        self.metadata = metadata
+        self.lock = threading.Lock()
+        self.home = self.bootstrap_addresses[0]
+        #: called (no lock held) after an answer changed some leader address
+        self.on_change: Callable[[], None] | None = None
+        self._security = security
+        self._request_timeout_s = request_timeout_s
+        self._channels: dict[str, grpc.Channel] = {}
+        self._stubs: dict[str, pb_grpc.LogStoreStub] = {}
+        self._bootstrap_lock = threading.Lock()
+        self._refreshing = False
+        self._refresh_from = self.home
+        self._closed = False
+        self.channel(self.home)
+
+    # --- channels ------------------------------------------------------------------------
+
+    def channel(self, address: str) -> grpc.Channel:
+        """The channel to `address`, opened on first use."""
+        channel = self._channels.get(address)
+        if channel is not None:
+            return channel
+        with self.lock:
+            if self._closed:
+                raise errors.ClientClosedError("the client is closed")
+            channel = self._channels.get(address)
+            if channel is None:
+                channel = open_channel(address, self._security)
+                self._stubs[address] = make_stub(channel)
+                self._channels[address] = channel
+            return channel
+
+    def stub(self, address: str) -> pb_grpc.LogStoreStub:
+        stub = self._stubs.get(address)
+        if stub is None:
+            self.channel(address)
+            stub = self._stubs[address]
+        return stub
+
+    def home_stub(self) -> HomeStub:
+        """A stub whose calls go to `home` (see `HomeStub`)."""
+        return HomeStub(self)
+
+    def home_failed(self, address: str) -> None:
+        """`address` did not answer a call made to it as home: the next call goes to the
+        next live broker (the bootstrap list while none is known), and the metadata is
+        asked again."""
+        with self.lock:
+            self.metadata.invalidate()
+            if self.home != address:
+                return
+            candidates = self._candidates_locked()
+            if len(candidates) < 2:
+                return
+            index = candidates.index(address) if address in candidates else -1
+            self.home = candidates[(index + 1) % len(candidates)]
+        log.info("broker %s does not answer; requests go to %s now", address, self.home)
+
+    def _candidates_locked(self) -> list[str]:
+        """Every broker worth trying: the live ones, then the bootstrap list."""
+        return list(dict.fromkeys([*self.metadata.addresses(), *self.bootstrap_addresses]))
+
+    def close(self) -> None:
+        with self.lock:
+            self._closed = True
+            channels = list(self._channels.values())
+        for channel in channels:
+            channel.close()
+
+    # --- metadata ------------------------------------------------------------------------
+
+    @property
+    def bootstrapped(self) -> bool:
+        return self.metadata.known
+
+    def bootstrap(self, timeout_s: float, topics: Iterable[str] = ()) -> None:
+        """Learn the cluster (and `topics`; none: every topic) from the first bootstrap
+        address that answers, in list order, unless that happened already. Raises
+        BrokerUnavailableError when none answered within `timeout_s` (each gets a fair share
+        of what is left), or the error a broker answered with (e.g. AuthenticationError).
+        """
+        if self.metadata.known:
+            return
+        wanted = sorted(set(topics))
+        with self._bootstrap_lock:
+            if self.metadata.known:
+                return
+            address, answer = self._ask(self.bootstrap_addresses, wanted, timeout_s)
+            with self.lock:
+                self.home = self._refresh_from = address
+            changed = self._apply(address, answer, wanted)
+        self._notify(changed)
+
+    def refresh(self, topics: Iterable[str], timeout_s: float | None = None) -> bool:
+        """Ask a live broker about `topics` (and every invalidated one; none at all: every
+        topic) and apply the answer. True when a leader address changed. Raises like
+        `bootstrap`; a failure backs the next refresh off."""
+        if not self.metadata.known:
+            self.bootstrap(self._request_timeout_s if timeout_s is None else timeout_s, topics)
+            return True
+        with self.lock:
+            wanted = sorted({*topics, *self.metadata.stale_topics()})
+            candidates = self._candidates_locked()
+            start = self._refresh_from
+            if start in candidates:
+                index = candidates.index(start)
+                candidates = candidates[index:] + candidates[:index]
+        try:
+            address, answer = self._ask(
+                candidates, wanted, self._request_timeout_s if timeout_s is None else timeout_s
+            )
+        except errors.LogStoreError:
+            with self.lock:
+                self.metadata.refresh_failed()
+            raise
+        changed = self._apply(address, answer, wanted)
+        self._notify(changed)
+        return changed
+
+    def refresh_in_background(self, topics: Iterable[str]) -> None:
+        """Start `refresh(topics)` on a thread of its own, unless one is running; failures
+        are logged at debug level (the backoff is recorded in the metadata)."""
+        with self.lock:
+            if self._refreshing or self._closed:
+                return
+            self._refreshing = True
+        wanted = list(topics)
+        threading.Thread(
+            target=self._refresh_quietly, args=(wanted,), name="logstore-metadata", daemon=True
+        ).start()
+
+    def _refresh_quietly(self, topics: list[str]) -> None:
+        try:
+            self.refresh(topics)
+        except errors.LogStoreError as exc:
+            log.debug("metadata refresh failed: %s", exc)
+        except Exception:
+            log.exception("metadata refresh failed")
+        finally:
+            with self.lock:
+                self._refreshing = False
+
+    def leaders(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, str | None]:
+        """Each partition's leader address (None: unknown, or no leader now)."""
+        with self.lock:
+            return {tp: self.metadata.leader_address(*tp) for tp in tps}
+
+    def _ask(
+        self, candidates: list[str], topics: list[str], timeout_s: float
+    ) -> tuple[str, pb.MetadataResponse | None]:
+        """(address, answer) of the first candidate that answers Metadata, in order; the
+        answer is None for a broker without the RPC."""
+        request = pb.MetadataRequest(topics=topics)
+        deadline = time.monotonic() + timeout_s
+        failures: list[str] = []
+        for index, address in enumerate(candidates):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                stub = self.stub(address)
+                return address, stub.Metadata(
+                    request, timeout=remaining / (len(candidates) - index)
+                )
+            except grpc.RpcError as exc:
+                if rpc_code(exc) == grpc.StatusCode.UNIMPLEMENTED:
+                    return address, None
+                error = translate(exc, address)
+                if not isinstance(error, _TRY_ANOTHER):
+                    raise error from None
+                failures.append(str(error))
+            except ValueError as exc:  # the channel was closed under us
+                raise errors.ClientClosedError(f"the client is closed: {exc}") from None
+        if len(candidates) == 1 and failures:
+            raise errors.BrokerUnavailableError(failures[0])
+        raise errors.BrokerUnavailableError(
+            f"no broker of {', '.join(candidates)} answered: {'; '.join(failures) or 'timed out'}"
+        )
+
+    def _apply(self, address: str, answer: pb.MetadataResponse | None, topics: list[str]) -> bool:
+        """Record `address`'s answer; True when a leader address changed."""
+        with self.lock:
+            if answer is None:
+                before = self.metadata.version
+                self.metadata.update_standalone(address)
+                changed = self.metadata.version != before
+            else:
+                changed = self.metadata.update(answer, address, topics)
+            if self.metadata.lagging:
+                # a lagging broker answered: start the next refresh at another one
+                candidates = self._candidates_locked()
+                if address in candidates:
+                    index = candidates.index(address)
+                    self._refresh_from = candidates[(index + 1) % len(candidates)]
+        return changed
+
+    def _notify(self, changed: bool) -> None:
+        """Tell the client leaders moved; called with no lock of this object held."""
+        listener = self.on_change
+        if changed and listener is not None:
+            listener()
+
+
+class HomeStub:
+    """A `LogStoreStub` whose calls go to `BrokerChannels.home`. A call home does not answer
+    (UNAVAILABLE) fails as before, and moves home to the next live broker for the calls
+    after it: callers retry as they always did."""
+
+    __slots__ = ("_channels",)
+
+    def __init__(self, channels: BrokerChannels) -> None:
+        self._channels = channels
+
+    def __getattr__(self, method: str) -> Callable[..., Any]:
+        channels = self._channels
+
+        def call(request: Any, **kwargs: Any) -> Any:
+            address = channels.home
+            try:
+                return getattr(channels.stub(address), method)(request, **kwargs)
+            except grpc.RpcError as exc:
+                if rpc_code(exc) == grpc.StatusCode.UNAVAILABLE:
+                    channels.home_failed(address)
+                raise
+
+        return call
