@@ -48,14 +48,30 @@ class ConsumerRecord(NamedTuple):
     headers: Headers
 
 
+#: the broker id of a partition without a leader (Kafka's -1, printed "none")
+NO_LEADER = -1
+
+
 @dataclass(frozen=True)
 class PartitionInfo:
+    """One partition of `Admin.describe_topic`: offsets, size on disk (bytes) and who holds
+    it. A standalone broker is broker 0: leader 0, replicas [0], isr [0]."""
+
     partition: int
     log_start_offset: int
     log_end_offset: int
     high_watermark: int
     size_bytes: int
     segment_count: int
+    #: the leader's broker id; NO_LEADER (-1) while the partition has none
+    leader: int = NO_LEADER
+    #: broker ids holding a copy, the preferred leader first
+    replicas: list[int] = field(default_factory=list)
+    #: in-sync replicas: the leader and the followers caught up within
+    #: replica.lag.time.max.ms; always a subset of `replicas`
+    isr: list[int] = field(default_factory=list)
+    #: bumped at every leadership change
+    leader_epoch: int = 0
 
 
 @dataclass(frozen=True)
@@ -136,3 +152,51 @@ class OffsetResetEntry:
     #: -1 when nothing was committed
     current_offset: int
     new_offset: int
+
+
+@dataclass(frozen=True)
+class PartitionReassignment:
+    """A reassignment in progress (Kafka's names): `replicas` is the full set while it
+    runs, `adding_replicas` are being caught up, `removing_replicas` leave at the end."""
+
+    replicas: list[int]
+    adding_replicas: list[int] = field(default_factory=list)
+    removing_replicas: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class BrokerInfo:
+    """A live broker, where clients reach it (its advertised listener)."""
+
+    broker_id: int
+    host: str
+    port: int
+
+    @property
+    def address(self) -> str:
+        """HOST:PORT, IPv6 hosts in brackets, as `--bootstrap-server` takes it."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ClusterDescription:
+    """`Admin.describe_cluster`: the cluster as the broker that answered sees it.
+
+    A standalone broker has `cluster_mode` False and lists itself as the one broker.
+    """
+
+    cluster_id: str
+    #: the controller's broker id; -1 while no broker is controller
+    controller: int
+    #: the live brokers, by broker id
+    brokers: list[BrokerInfo]
+    cluster_mode: bool
+    #: the broker that answered
+    broker_id: int
+    #: etcd client endpoints (HOST:PORT each) the answering broker uses; empty standalone
+    etcd_endpoints: list[str] = field(default_factory=list)
+    #: whether the answering broker reaches etcd now
+    etcd_healthy: bool = False
+    #: a line for humans: etcd's version and leader, or why it is unreachable
+    etcd_status: str = ""

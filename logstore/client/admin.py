@@ -1,26 +1,43 @@
-"""`Admin`: topics, offsets and committed offsets, over gRPC."""
+"""`Admin`: topics, offsets, committed offsets and the cluster, over gRPC.
+
+`Admin` talks to one broker of its bootstrap list at a time and moves to the next only
+when the current one cannot be reached: whatever a broker answers, an error included, is
+the answer.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import threading
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Unpack
 
 import grpc
 
 from logstore.acls import AclBinding, AclFilter
+from logstore.addresses import parse_host_port
 from logstore.client._connection import (
     SecurityOptions,
     client_security,
     make_stub,
     open_channel,
+    parse_bootstrap,
     partition_error,
     resolve_bootstrap,
     translate,
 )
 from logstore.codec.wire import EARLIEST_TIMESTAMP, LATEST_TIMESTAMP
-from logstore.errors import ClientClosedError, InvalidPartitionsError, InvalidRequestError
+from logstore.errors import (
+    BrokerUnavailableError,
+    ClientClosedError,
+    InvalidPartitionsError,
+    InvalidReplicationFactorError,
+    InvalidRequestError,
+    LogStoreError,
+)
 from logstore.timeparse import parse_datetime_ms, parse_duration_ms
 from logstore.types import (
+    BrokerInfo,
+    ClusterDescription,
     GroupDescription,
     GroupListing,
     MemberInfo,
@@ -29,6 +46,7 @@ from logstore.types import (
     OffsetResetEntry,
     PartitionInfo,
     PartitionLag,
+    PartitionReassignment,
     TopicDescription,
     TopicPartition,
 )
@@ -48,11 +66,39 @@ def describe_from_proto(topic: pb.TopicDescription) -> TopicDescription:
                 p.high_watermark,
                 p.size_bytes,
                 p.segment_count,
+                leader=p.leader,
+                replicas=list(p.replicas),
+                isr=list(p.isr),
+                leader_epoch=p.leader_epoch,
             )
             for p in topic.partitions
         ],
         config=dict(topic.config),
         config_overrides=dict(topic.config_overrides),
+    )
+
+
+def cluster_from_proto(
+    response: pb.DescribeClusterResponse, answered_by: str
+) -> ClusterDescription:
+    """The description in `response`, from the broker reached at `answered_by` (HOST:PORT).
+    A broker listed without a host is that one, "the address you reached me at", as a
+    standalone broker lists itself."""
+    reached = parse_host_port(answered_by)
+
+    def broker(b: pb.BrokerDescription) -> BrokerInfo:
+        host, port = (b.host, b.port) if b.host else reached
+        return BrokerInfo(b.broker_id, host, port)
+
+    return ClusterDescription(
+        cluster_id=response.cluster_id,
+        controller=response.controller_id,
+        brokers=sorted(map(broker, response.brokers), key=lambda b: b.broker_id),
+        cluster_mode=response.cluster_mode,
+        broker_id=response.broker_id,
+        etcd_endpoints=[e for e in response.etcd_endpoints.split(",") if e],
+        etcd_healthy=response.etcd_healthy,
+        etcd_status=response.etcd_status,
     )
 
 
@@ -76,6 +122,21 @@ _INT32_RANGE = range(-(2**31), 2**31)
 _SHOWN_CHARS = 64
 
 
+def _wire_replication_factor(factor: int | None) -> int:
+    """The request's replication_factor: 0 asks for the broker's default.replication.factor."""
+    if factor is None:
+        return 0
+    if isinstance(factor, bool) or not isinstance(factor, int) or factor not in _INT32_RANGE:
+        raise InvalidReplicationFactorError(
+            f"invalid replication factor {factor!r}: expected an integer >= 1"
+        )
+    if factor < 1:
+        raise InvalidReplicationFactorError(
+            f"invalid replication factor {factor}: expected an integer >= 1"
+        )
+    return factor
+
+
 def _wire_partition_count(count: int) -> int:
     """`count`, if the request's int32 field can carry it. A count it cannot carry is far
     beyond any broker's limit: refused here with the broker's own wording for an
@@ -92,10 +153,14 @@ def _wire_partition_count(count: int) -> int:
 
 
 class Admin:
-    """Topic administration and offset queries.
+    """Topic administration, offset queries and the cluster's description.
 
-    >>> with Admin("127.0.0.1:9092") as admin:          # doctest: +SKIP
-    ...     admin.create_topic("orders", partitions=3, config={"retention.ms": "604800000"})
+    >>> with Admin("127.0.0.1:9092,127.0.0.1:9093") as admin:          # doctest: +SKIP
+    ...     admin.create_topic("orders", partitions=3, replication_factor=3)
+
+    `bootstrap` is one HOST:PORT or a comma-separated list; requests go to one broker at a
+    time, starting with the first, and move along the list (once round) only when the
+    current broker cannot be reached. `address` is the broker in use.
 
     Security: the keyword arguments of `SecurityOptions` (`ssl_cafile`, `ssl_certfile`,
     `ssl_keyfile`, `token`), each falling back to its environment variable.
@@ -108,29 +173,69 @@ class Admin:
         request_timeout_ms: int = 30_000,
         **security: Unpack[SecurityOptions],
     ) -> None:
-        self.address = resolve_bootstrap(bootstrap)
+        #: every address of the bootstrap list, in the order given
+        self.bootstrap_servers = tuple(parse_bootstrap(resolve_bootstrap(bootstrap)))
         self._timeout_s = request_timeout_ms / 1000
-        self._channel = open_channel(self.address, client_security("Admin", security))
+        self._security = client_security("Admin", security)
+        self._lock = threading.Lock()
+        self._current = 0
+        self.address = self.bootstrap_servers[0]
+        self._channel = open_channel(self.address, self._security)
         self._stub = make_stub(self._channel)
         self._closed = False
 
     def _call(self, method: str, request: Any) -> Any:
-        if self._closed:
-            raise ClientClosedError("the admin client is closed")
-        try:
-            return getattr(self._stub, method)(request, timeout=self._timeout_s)
-        except grpc.RpcError as exc:
-            raise translate(exc, self.address) from None
+        return self._call_at(method, request)[0]
+
+    def _call_at(self, method: str, request: Any) -> tuple[Any, str]:
+        """`method` at the current broker, then at each other one in turn while the broker
+        asked cannot be reached; returns the answer and the address that gave it. Only
+        unreachable brokers are skipped: any answer, an error included, is the cluster's
+        answer (a request that timed out may have been carried out: it is not sent again)."""
+        for attempt in range(len(self.bootstrap_servers)):
+            if self._closed:
+                raise ClientClosedError("the admin client is closed")
+            stub, address = self._stub, self.address
+            try:
+                return getattr(stub, method)(request, timeout=self._timeout_s), address
+            except grpc.RpcError as exc:
+                error = translate(exc, address)
+                if not isinstance(error, BrokerUnavailableError):
+                    raise error from None
+                if attempt == len(self.bootstrap_servers) - 1:
+                    raise translate(exc, ",".join(self.bootstrap_servers)) from None
+                self._move_on_from(address)
+        raise AssertionError("unreachable: the bootstrap list is never empty")
+
+    def _move_on_from(self, address: str) -> None:
+        """Switch to the next bootstrap broker, unless another thread already moved on."""
+        with self._lock:
+            if self._closed or self.address != address:
+                return
+            self._current = (self._current + 1) % len(self.bootstrap_servers)
+            self.address = self.bootstrap_servers[self._current]
+            old, self._channel = self._channel, open_channel(self.address, self._security)
+            self._stub = make_stub(self._channel)
+        old.close()
 
     # --- topics ------------------------------------------------------------------------------
 
     def create_topic(
-        self, name: str, partitions: int = 1, config: Mapping[str, str | int] | None = None
+        self,
+        name: str,
+        partitions: int = 1,
+        config: Mapping[str, str | int] | None = None,
+        *,
+        replication_factor: int | None = None,
     ) -> TopicDescription:
+        """Create topic `name` with `partitions` partitions of `replication_factor` copies
+        each (None: the broker's default.replication.factor; 1 on a standalone broker).
+        Raises InvalidReplicationFactorError when there are fewer live brokers."""
         request = pb.CreateTopicRequest(
             name=name,
             partitions=_wire_partition_count(partitions),
             config={k: str(v) for k, v in (config or {}).items()},
+            replication_factor=_wire_replication_factor(replication_factor),
         )
         return describe_from_proto(self._call("CreateTopic", request).topic)
 
@@ -160,6 +265,63 @@ class Admin:
     def add_partitions(self, name: str, total: int) -> TopicDescription:
         request = pb.AddPartitionsRequest(name=name, total_count=_wire_partition_count(total))
         return describe_from_proto(self._call("AddPartitions", request).topic)
+
+    # --- the cluster ---------------------------------------------------------------------------
+
+    def describe_cluster(self) -> ClusterDescription:
+        """Cluster id, controller, live brokers and the answering broker's view of etcd."""
+        return cluster_from_proto(*self._call_at("DescribeCluster", pb.DescribeClusterRequest()))
+
+    def alter_partition_reassignments(
+        self, reassignments: Mapping[TopicPartition, Sequence[int] | None]
+    ) -> None:
+        """Start moving each partition to the replicas given (the preferred leader first),
+        as Kafka's AlterPartitionReassignments; None cancels a partition's reassignment.
+
+        Returns once the controller has accepted every target; the data moves in the
+        background (see `list_partition_reassignments`). A refused partition raises its
+        error, naming the partition.
+        """
+        _require_rpc("AlterPartitionReassignments")
+        by_topic: dict[str, list[Any]] = {}
+        for (topic, partition), replicas in reassignments.items():
+            by_topic.setdefault(topic, []).append(
+                # no replicas: cancel (a real target is never empty)
+                pb.ReassignablePartition(  # type: ignore[attr-defined]
+                    partition=partition, replicas=list(replicas or ())
+                )
+            )
+        request = pb.AlterPartitionReassignmentsRequest(  # type: ignore[attr-defined]
+            topics=[
+                pb.ReassignableTopic(topic=t, partitions=ps)  # type: ignore[attr-defined]
+                for t, ps in by_topic.items()
+            ]
+        )
+        for topic in self._call("AlterPartitionReassignments", request).topics:
+            for p in topic.partitions:
+                error = partition_error(p.error)
+                if error is not None:
+                    error.args = (f"{topic.topic}-{p.partition}: {error}",)
+                    raise error
+
+    def list_partition_reassignments(
+        self, partitions: Iterable[TopicPartition] | None = None
+    ) -> dict[TopicPartition, PartitionReassignment]:
+        """The reassignments still running, of `partitions` (None: all of them)."""
+        _require_rpc("ListPartitionReassignments")
+        by_topic: dict[str, list[int]] = {}
+        for topic, partition in partitions or ():
+            by_topic.setdefault(topic, []).append(partition)
+        request = pb.ListPartitionReassignmentsRequest(  # type: ignore[attr-defined]
+            topics=[pb.TopicPartitions(topic=t, partitions=ps) for t, ps in by_topic.items()]
+        )
+        return {
+            (t.topic, p.partition): PartitionReassignment(
+                list(p.replicas), list(p.adding_replicas), list(p.removing_replicas)
+            )
+            for t in self._call("ListPartitionReassignments", request).topics
+            for p in t.partitions
+        }
 
     # --- offsets -----------------------------------------------------------------------------
 
@@ -316,15 +478,26 @@ class Admin:
     # --- lifecycle ---------------------------------------------------------------------------
 
     def close(self) -> None:
-        if not self._closed:
+        with self._lock:
+            if self._closed:
+                return
             self._closed = True
-            self._channel.close()
+            channel = self._channel
+        channel.close()
 
     def __enter__(self) -> Admin:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _require_rpc(method: str) -> None:
+    """Refuse, in one clear line, an RPC this build's API (logstore.v1) does not have."""
+    if not hasattr(pb, f"{method}Request"):
+        raise LogStoreError(
+            f"this LogStore build has no {method} RPC: partition reassignment is not available yet"
+        )
 
 
 def _reset_spec(
