@@ -26,6 +26,7 @@ from logstore.client._connection import (
     TLS_KEY_ENV,
     TOKEN_ENV,
     open_channel,
+    parse_bootstrap,
 )
 from logstore.client.admin import Admin
 from logstore.errors import BrokerUnavailableError, LogStoreError
@@ -112,7 +113,8 @@ def current_bootstrap(ctx: click.Context) -> str | None:
 
 
 def bootstrap_option(func: F) -> F:
-    """`--bootstrap-server HOST:PORT` (env LOGSTORE_BOOTSTRAP) and the security options."""
+    """`--bootstrap-server HOST:PORT[,HOST:PORT...]` (env LOGSTORE_BOOTSTRAP) and the
+    security options."""
     func = security_options(func)
     return click.option(
         "--bootstrap-server",
@@ -121,9 +123,10 @@ def bootstrap_option(func: F) -> F:
         default=DEFAULT_BOOTSTRAP,
         show_default=True,
         show_envvar=True,
-        metavar="HOST:PORT",
+        metavar="HOST:PORT[,...]",
         callback=check_bootstrap,
-        help="Broker address.",
+        help="Broker address, or a comma-separated list of a cluster's brokers (any live "
+        "one is enough).",
     )(func)
 
 
@@ -183,9 +186,10 @@ def check_listen(ctx: click.Context, param: click.Parameter, value: str | None) 
 
 
 def check_bootstrap(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """Click callback for a bootstrap list: HOST:PORT, or several joined by commas."""
     try:
-        parse_host_port(value)
-    except ValueError as exc:
+        parse_bootstrap(value)
+    except LogStoreError as exc:
         raise click.BadParameter(str(exc), ctx, param) from None
     ctx.meta[_META_BOOTSTRAP] = value
     return value
@@ -220,10 +224,20 @@ def setup_client_logging() -> None:
     )
 
 
-def probe_broker(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
-    """Fail fast with "cannot reach broker at ..." when nothing answers at `address`."""
+def probe_broker(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> str:
+    """The first broker of the bootstrap list `address` that answers a health check, each
+    given `timeout_s` (s); "cannot reach broker at ..." when none does."""
     remember_bootstrap(address)
     setup_client_logging()
+    for candidate in parse_bootstrap(address):
+        if _answers_health_check(candidate, timeout_s):
+            return candidate
+    raise BrokerDownError(address)
+
+
+def _answers_health_check(address: str, timeout_s: float) -> bool:
+    """Whether a LogStore broker answers at `address`; False when nothing does. Something
+    else answering there is an error of its own: it is no broker to skip over silently."""
     channel = open_channel(address)
     try:
         health_pb2_grpc.HealthStub(channel).Check(
@@ -231,19 +245,23 @@ def probe_broker(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
         )
     except grpc.RpcError as exc:
         if _rpc_code(exc) in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-            raise BrokerDownError(address) from None
+            return False
         # Every LogStore broker serves health checks: whatever refused one is something else.
         details = getattr(exc, "details", None)
         text = details() if callable(details) else str(exc)
         raise CommandError(f"no LogStore broker answers at {address}: {text}") from None
     finally:
         channel.close()
+    return True
 
 
 def open_admin(address: str) -> Admin:
-    """An Admin client for a broker known to answer."""
-    probe_broker(address)
-    return Admin(address)
+    """An Admin client for the bootstrap list `address`, starting at a broker known to
+    answer (the others stay in its list, to move on to should that one go)."""
+    live = probe_broker(address)
+    addresses = parse_bootstrap(address)
+    start = addresses.index(live)
+    return Admin(",".join(addresses[start:] + addresses[:start]))
 
 
 # --- output -------------------------------------------------------------------------------------
