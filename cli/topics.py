@@ -17,7 +17,7 @@ from logstore.cli.common import (
     parse_key_values,
     print_json,
 )
-from logstore.types import TopicDescription
+from logstore.types import NO_LEADER, PartitionInfo, TopicDescription
 
 
 @click.group()
@@ -27,6 +27,8 @@ def topics() -> None:
     \b
     Examples:
       logstore topics create orders --partitions 3 --config retention.ms=604800000
+      logstore topics create payments --partitions 6 --replication-factor 3 \\
+          --config min.insync.replicas=2
       logstore topics list
       logstore topics describe orders --json
       logstore topics alter orders --partitions 6 --delete-config retention.ms
@@ -38,6 +40,12 @@ def topics() -> None:
 @click.argument("name")
 @click.option("--partitions", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option(
+    "--replication-factor",
+    type=click.IntRange(min=1),
+    help="Copies of each partition, on as many brokers [default: the broker's "
+    "default.replication.factor; 1 standalone].",
+)
+@click.option(
     "--config",
     "configs",
     multiple=True,
@@ -47,13 +55,19 @@ def topics() -> None:
 @click.option("--if-not-exists", is_flag=True, help="Succeed quietly when the topic exists.")
 @bootstrap_option
 def create(
-    name: str, partitions: int, configs: tuple[str, ...], if_not_exists: bool, bootstrap: str
+    name: str,
+    partitions: int,
+    replication_factor: int | None,
+    configs: tuple[str, ...],
+    if_not_exists: bool,
+    bootstrap: str,
 ) -> None:
     """Create topic NAME.
 
     \b
     Examples:
       logstore topics create orders --partitions 3
+      logstore topics create orders --partitions 3 --replication-factor 3
       logstore topics create audit --config retention.ms=86400000 --config segment.bytes=1048576
     """
     config = parse_key_values(configs, "--config")
@@ -61,8 +75,12 @@ def create(
         if if_not_exists and name in admin.list_topics(include_internal=True):
             note(f"topic {name} already exists")
             return
-        created = admin.create_topic(name, partitions=partitions, config=config)
-    note(f"created topic {created.name} with {len(created.partitions)} partition(s)")
+        created = admin.create_topic(
+            name, partitions=partitions, config=config, replication_factor=replication_factor
+        )
+    factor = replication_factor_of(created)
+    copies = f", replication factor {factor}" if factor else ""
+    note(f"created topic {created.name} with {len(created.partitions)} partition(s){copies}")
 
 
 @topics.command("list")
@@ -91,15 +109,20 @@ def list_topics(internal: bool, as_json: bool, bootstrap: str) -> None:
 @json_option
 @bootstrap_option
 def describe(name: str, as_json: bool, bootstrap: str) -> None:
-    """Show a topic's partitions (log start/end offsets, size on disk, segments) and config.
+    """Show a topic's partitions and config.
 
-    Settings the topic overrides are marked "topic" in the SOURCE column; the rest come
-    from the broker's defaults.
+    First, as Kafka's kafka-topics --describe, one line per partition with its
+    Leader (broker id; "none" while it has none), Replicas (the preferred leader
+    first) and Isr (the in-sync replicas); a standalone broker is broker 0. Then
+    each partition's log start/end offsets, size on disk and segments, and the
+    config: settings the topic overrides are marked "topic" in the SOURCE column,
+    the rest come from the broker's defaults.
 
     \b
     Examples:
       logstore topics describe orders
       logstore topics describe orders --json | jq '.partitions[].log_end_offset'
+      logstore topics describe orders --json | jq '.partitions[] | {partition, leader, isr}'
     """
     with open_admin(bootstrap) as admin:
         description = admin.describe_topic(name)
@@ -120,14 +143,37 @@ def topic_as_json(description: TopicDescription) -> dict[str, Any]:
     }
 
 
+def replication_factor_of(description: TopicDescription) -> int:
+    """How many copies each partition has (0 when the broker did not say)."""
+    return max((len(p.replicas) for p in description.partitions), default=0)
+
+
+def broker_list(ids: list[int]) -> str:
+    """Kafka's way to print broker ids: "1,2,3" ("-" for none)."""
+    return ",".join(str(i) for i in ids) or "-"
+
+
+def leadership_line(topic: str, p: PartitionInfo) -> str:
+    """One partition as kafka-topics --describe prints it (tab-separated)."""
+    leader = "none" if p.leader == NO_LEADER else str(p.leader)
+    return (
+        f"\tTopic: {topic}\tPartition: {p.partition}\tLeader: {leader}"
+        f"\tReplicas: {broker_list(p.replicas)}\tIsr: {broker_list(p.isr)}"
+    )
+
+
 def print_description(description: TopicDescription) -> None:
     out = console()
     out.print(
         f"Topic: {description.name}  TopicId: {description.topic_id or '-'}  "
-        f"PartitionCount: {len(description.partitions)}"
+        f"PartitionCount: {len(description.partitions)}  "
+        f"ReplicationFactor: {replication_factor_of(description) or '-'}"
         + ("  Internal: true" if description.internal else ""),
         markup=False,
     )
+    for p in description.partitions:
+        # click, not rich: rich would turn Kafka's tabs into spaces
+        click.echo(leadership_line(description.name, p))
     out.print()
     out.print(
         make_table(

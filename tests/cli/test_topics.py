@@ -6,6 +6,8 @@ import json
 
 import pytest
 
+from logstore.cli.topics import leadership_line
+from logstore.types import NO_LEADER, PartitionInfo
 from tests.cli.conftest import Cli, table
 
 
@@ -68,3 +70,48 @@ def test_any_out_of_range_partition_count_gets_the_same_clean_message(cli: Cli, 
     altered = cli("topics", "alter", "t", "--partitions", count)
     assert (altered.code, altered.err) == (1, expected)
     assert cli.ok("topics", "list").lines() == ["t"]
+
+
+def test_describe_shows_leader_replicas_and_isr_as_kafka_topics_does(cli: Cli) -> None:
+    """A standalone broker is broker 0: it leads every partition, alone in its ISR."""
+    created = cli.ok("topics", "create", "orders", "--partitions", "2", "--replication-factor", "1")
+    assert "created topic orders with 2 partition(s), replication factor 1" in created.err
+
+    text = cli.ok("topics", "describe", "orders").out
+    lines = text.splitlines()
+    assert "ReplicationFactor: 1" in lines[0]
+    assert lines[1:3] == [
+        "\tTopic: orders\tPartition: 0\tLeader: 0\tReplicas: 0\tIsr: 0",
+        "\tTopic: orders\tPartition: 1\tLeader: 0\tReplicas: 0\tIsr: 0",
+    ]
+    # the offsets table is still there
+    assert ["PARTITION", "LOG-START-OFFSET", "LOG-END-OFFSET", "SIZE-BYTES", "SEGMENTS"] in table(
+        text
+    )
+
+    described = json.loads(cli.ok("topics", "describe", "orders", "--json").out)
+    for p in described["partitions"]:
+        assert (p["leader"], p["replicas"], p["isr"]) == (0, [0], [0])
+        assert isinstance(p["leader_epoch"], int) and p["leader_epoch"] >= 0
+
+
+def test_more_copies_than_brokers_is_refused_in_one_line(cli: Cli) -> None:
+    result = cli("topics", "create", "t", "--replication-factor", "2")
+    assert result.code == 1
+    assert result.err.startswith("error: ") and result.err.count("\n") == 1
+    assert "replication factor 2" in result.err
+    assert cli.ok("topics", "list").out == ""
+
+
+@pytest.mark.parametrize("factor", ["0", "-1", "x"])
+def test_a_replication_factor_below_one_is_a_usage_error(cli: Cli, factor: str) -> None:
+    result = cli("topics", "create", "t", "--replication-factor", factor)
+    assert result.code == 2
+    assert "--replication-factor" in result.err
+
+
+def test_a_partition_without_a_leader_reads_as_kafka_prints_it() -> None:
+    leaderless = PartitionInfo(3, 0, 0, 0, 0, 1, leader=NO_LEADER, replicas=[2, 1], isr=[])
+    assert leadership_line("t", leaderless) == (
+        "\tTopic: t\tPartition: 3\tLeader: none\tReplicas: 2,1\tIsr: -"
+    )
