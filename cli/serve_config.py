@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from logstore.addresses import parse_host_port
+from logstore.cli.serve_cluster import MAX_BROKER_ID
 
 if TYPE_CHECKING:
     from logstore.storage.log_manager import ManagerSettings
@@ -33,6 +34,11 @@ def _positive_int(value: Any) -> str | None:
     # bool is an int subclass in Python; `max_workers = true` is still a mistake
     ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
     return None if ok else "an integer >= 1"
+
+
+def _broker_id(value: Any) -> str | None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_BROKER_ID
+    return None if ok else f"an integer in 0..{MAX_BROKER_ID}"
 
 
 def _boolean(value: Any) -> str | None:
@@ -53,6 +59,25 @@ def _listener(value: Any) -> str | None:
     return None
 
 
+def _address(value: Any) -> str | None:
+    """An address to connect to: unlike a listener's, its port cannot be 0."""
+    if not isinstance(value, str):
+        return "a string HOST:PORT"
+    try:
+        parse_host_port(value)
+    except ValueError:
+        return "HOST:PORT with a port in 1..65535"
+    return None
+
+
+def _endpoints(value: Any) -> str | None:
+    if isinstance(value, str) or (
+        isinstance(value, list) and all(isinstance(e, str) for e in value)
+    ):
+        return None
+    return 'a list of HOST:PORT strings (["etcd1:2379"]) or a comma-separated string'
+
+
 def _principals(value: Any) -> str | None:
     if isinstance(value, str) or (
         isinstance(value, list) and all(isinstance(p, str) for p in value)
@@ -61,8 +86,8 @@ def _principals(value: Any) -> str | None:
     return 'a list of principals (["User:admin"]) or a comma-separated string'
 
 
-#: top-level key -> its check; the broker settings with the same names (sizes in bytes)
-TOP_LEVEL_KEYS: dict[str, Check] = {
+#: broker setting -> its check; the BrokerSettings fields with the same names (sizes in bytes)
+BROKER_KEYS: dict[str, Check] = {
     "data_dir": _string,
     "listen": _listener,
     "metrics_listen": _listener,
@@ -82,8 +107,24 @@ TOP_LEVEL_KEYS: dict[str, Check] = {
     "super_users": _principals,
 }
 
+#: cluster-mode setting -> its check; the `serve` options of the same names (times in ms),
+#: which `logstore.cli.serve_cluster.cluster_settings` combines
+CLUSTER_KEYS: dict[str, Check] = {
+    "broker_id": _broker_id,
+    "etcd_endpoints": _endpoints,
+    "cluster_name": _string,
+    "advertised_listen": _address,
+    "session_timeout_ms": _positive_int,
+    "replica_lag_time_max_ms": _positive_int,
+    "unclean_leader_election": _boolean,
+    "default_replication_factor": _positive_int,
+}
+
+#: every top-level key a file may hold
+TOP_LEVEL_KEYS: dict[str, Check] = {**BROKER_KEYS, **CLUSTER_KEYS}
+
 #: the integer BrokerSettings fields a file may set
-INT_SETTINGS = tuple(key for key, check in TOP_LEVEL_KEYS.items() if check is _positive_int)
+INT_SETTINGS = tuple(key for key, check in BROKER_KEYS.items() if check is _positive_int)
 
 
 def load_config(path: str | None) -> dict[str, Any]:
