@@ -12,6 +12,12 @@ import click
 from logstore import __version__
 from logstore.cli.acls import security_settings, serve_security_options
 from logstore.cli.common import LogStoreGroup, check_listen
+from logstore.cli.serve_cluster import (
+    CLUSTER_MODE_HELP,
+    cluster_settings,
+    given_cluster_options,
+    serve_cluster_options,
+)
 from logstore.errors import LogStoreError
 
 #: command -> "module:attribute", imported only when that command runs (or --help lists
@@ -20,10 +26,13 @@ from logstore.errors import LogStoreError
 LAZY_COMMANDS = {
     "acls": "logstore.cli.acls:acls",
     "bench": "logstore.cli.bench:bench",
+    "cluster": "logstore.cli.cluster:cluster",
     "consume": "logstore.cli.consume:consume",
+    "dev-cluster": "logstore.cli.dev_cluster:dev_cluster",
     "dlq": "logstore.cli.dlq:dlq",
     "dump-log": "logstore.cli.dump_log:dump_log",
     "groups": "logstore.cli.groups:groups",
+    "partitions": "logstore.cli.partitions:partitions",
     "produce": "logstore.cli.produce:produce",
     "topics": "logstore.cli.topics:topics",
 }
@@ -45,8 +54,9 @@ def cli(debug: bool) -> None:
     """LogStore: a Kafka-style partitioned log store.
 
     Client commands reach the broker at --bootstrap-server HOST:PORT (env
-    LOGSTORE_BOOTSTRAP, default 127.0.0.1:9092). On failure they print one
-    line starting with "error:" on stderr and exit non-zero.
+    LOGSTORE_BOOTSTRAP, default 127.0.0.1:9092), or any live broker of a
+    cluster's comma-separated list. On failure they print one line starting
+    with "error:" on stderr and exit non-zero.
 
     \b
     Examples:
@@ -56,6 +66,8 @@ def cli(debug: bool) -> None:
       logstore consume orders --from-beginning --print-key --max-messages 2
       logstore groups describe billing
       logstore dump-log /var/lib/logstore/orders-0/00000000000000000000.log
+      logstore dev-cluster --brokers 3      # a local etcd and 3 brokers
+      logstore cluster describe --bootstrap-server 127.0.0.1:9092,127.0.0.1:9093
     """
 
 
@@ -82,7 +94,31 @@ class LogLevel(click.Choice[str]):
         return super().convert(value, param, ctx)
 
 
-@cli.command()
+SERVE_HELP = (
+    """Run the broker in the foreground until Ctrl-C or SIGTERM (SIGHUP re-reads the
+token and TLS files).
+
+Every option can also come from its environment variable (named in each option's
+help); XDG_DATA_HOME places the default data dir, and LOGSTORE_MALLOC_DEFAULTS=1
+keeps glibc's malloc settings.
+
+\b
+Examples:
+  logstore serve
+  logstore serve --data-dir /var/lib/logstore --listen 0.0.0.0:9092
+  LOGSTORE_LISTEN=127.0.0.1:9093 logstore serve
+  logstore serve --config broker.toml
+  logstore serve --tls-cert broker.pem --tls-key broker.key --auth-tokens tokens.toml \\
+      --acls-enabled --super-users User:admin
+  logstore serve --broker-id 1 --etcd-endpoints 10.0.0.5:2379 \\
+      --listen 0.0.0.0:9092 --advertised-listen broker1.example.com:9092
+
+"""
+    + CLUSTER_MODE_HELP
+)
+
+
+@cli.command(help=SERVE_HELP)
 @click.option(
     "--data-dir",
     type=click.Path(file_okay=False),
@@ -112,8 +148,11 @@ class LogLevel(click.Choice[str]):
     help="TOML file: data_dir, listen, metrics_listen, max_workers, max_request_bytes, "
     "max_fetch_bytes, max_concurrent_rpcs, offsets_retention_minutes, [topic-defaults] "
     "(Kafka topic settings), [log-manager] (retention_check_interval_ms...), tls_cert, "
-    'tls_key, tls_client_ca, auth_tokens, authorizer = "acl", super_users. Options given '
-    "on the command line win. Env: LOGSTORE_CONFIG.",
+    'tls_key, tls_client_ca, auth_tokens, authorizer = "acl", super_users, and the cluster '
+    "options by their names with underscores (broker_id, etcd_endpoints, cluster_name, "
+    "advertised_listen, session_timeout_ms, replica_lag_time_max_ms, "
+    "unclean_leader_election, default_replication_factor). Options given on the command "
+    "line win. Env: LOGSTORE_CONFIG.",
 )
 @click.option(
     "--log-level",
@@ -124,6 +163,7 @@ class LogLevel(click.Choice[str]):
     help="Any case; warn is warning. Env: LOGSTORE_LOG_LEVEL.",
 )
 @serve_security_options
+@serve_cluster_options
 def serve(
     data_dir: str | None,
     listen: str | None,
@@ -131,36 +171,23 @@ def serve(
     config_file: str | None,
     log_level: str,
 ) -> None:
-    """Run the broker in the foreground until Ctrl-C or SIGTERM (SIGHUP re-reads the
-    token and TLS files).
-
-    Every option can also come from its environment variable (named in each option's
-    help); XDG_DATA_HOME places the default data dir, and LOGSTORE_MALLOC_DEFAULTS=1
-    keeps glibc's malloc settings.
-
-    \b
-    Examples:
-      logstore serve
-      logstore serve --data-dir /var/lib/logstore --listen 0.0.0.0:9092
-      LOGSTORE_LISTEN=127.0.0.1:9093 logstore serve
-      logstore serve --config broker.toml
-      logstore serve --tls-cert broker.pem --tls-key broker.key --auth-tokens tokens.toml \\
-          --acls-enabled --super-users User:admin
-    """
+    """Run the broker in the foreground; `SERVE_HELP` is what --help says."""
     from logstore.cli.serve_config import INT_SETTINGS, load_config, manager_settings
-    from logstore.server.app import BrokerSettings, run
+    from logstore.server.app import DEFAULT_LISTEN, BrokerSettings, run
 
     file_conf = load_config(config_file)
+    chosen_listen = listen or file_conf.get("listen") or DEFAULT_LISTEN
+    # Checked before anything is logged or opened: a broker that cannot run says so in one line.
+    cluster = cluster_settings(given_cluster_options(), file_conf, chosen_listen)
     logging.basicConfig(
         level=log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    settings = BrokerSettings()
+    settings = BrokerSettings(listen=chosen_listen, cluster=cluster)
     chosen_dir = data_dir or file_conf.get("data_dir")
     if chosen_dir:
         settings.data_dir = Path(os.path.expanduser(chosen_dir))
-    settings.listen = listen or file_conf.get("listen") or settings.listen
     for key in INT_SETTINGS:
         if key in file_conf:
             setattr(settings, key, file_conf[key])

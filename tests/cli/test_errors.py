@@ -78,6 +78,7 @@ def test_every_command_has_help_with_examples() -> None:
         ["topics", "create"], ["topics", "list"], ["topics", "describe"], ["topics", "delete"],
         ["topics", "alter"], ["produce"], ["consume"], ["groups", "list"],
         ["groups", "describe"], ["groups", "delete"], ["groups", "reset-offsets"], ["dump-log"],
+        ["cluster", "describe"], ["partitions", "reassign"],
     ]  # fmt: skip
     for command in commands:
         result = runner.invoke(main_cli, [*command, "--help"])
