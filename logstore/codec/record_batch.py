@@ -599,6 +599,11 @@ def set_base_offset(buf: bytearray | memoryview, pos: int, base_offset: int) -> 
     fmt.INT64.pack_into(buf, pos + fmt.BASE_OFFSET_OFFSET, base_offset)
 
 
+def set_partition_leader_epoch(buf: bytearray | memoryview, pos: int, leader_epoch: int) -> None:
+    """Stamp the leader epoch of the batch at `pos` in place (not covered by the CRC)."""
+    fmt.INT32.pack_into(buf, pos + fmt.PARTITION_LEADER_EPOCH_OFFSET, leader_epoch)
+
+
 def set_log_append_time(buf: bytearray | memoryview, pos: int, size: int, now_ms: int) -> None:
     """Turn the batch at `pos` into a LogAppendTime batch stamped `now_ms`; fix the CRC.
 

@@ -14,6 +14,20 @@ Invariants:
   records: same offsets, batches keep their offset ranges (some become sparse or empty),
   so offsets stay dense at batch level.
 
+Replication (`replicated=True`; Kafka's design, KIP-101/279):
+- A leader appends with `append(..., leader_epoch=e)`, which stamps `e` into each batch's
+  partitionLeaderEpoch (outside the CRC, patched with the base offset); a follower appends
+  the leader's batches byte for byte with `append_as_follower`.
+- `leader_epoch_cache` (the partition's `leader-epoch-checkpoint`) says where each leader
+  epoch starts; it never names an offset at or past the log end or before the log start.
+- `high_watermark` is stored: log_start_offset <= high_watermark <= log_end_offset, it only
+  rises (`update_high_watermark`) except when `truncate_to` cuts the log below it, and
+  retention never deletes a segment above it. Consumers read below it
+  (`read(..., max_offset=high_watermark)`). A log that is not replicated keeps
+  high_watermark == log_end_offset, as a single broker always did.
+- `truncate_to` and `truncate_fully_and_start_at` discard a follower's divergent tail or
+  its whole log; a crash in the middle of either leaves a log that opens as a valid log.
+
 Thread safety: appends, rolls, flushes and deletions take `_lock`; reads take no lock and
 work on a snapshot of the segment list and of each segment's size, so a read never waits
 for an fsync.
@@ -26,7 +40,7 @@ import logging
 import os
 import shutil
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +57,7 @@ from logstore.errors import (
 )
 from logstore.storage import producer_state
 from logstore.storage.fileutil import fsync_directory
+from logstore.storage.leader_epoch_checkpoint import LEADER_EPOCH_CHECKPOINT_FILE, LeaderEpochCache
 from logstore.storage.log_config import LogConfig
 from logstore.storage.offset_index import CorruptIndexError
 from logstore.storage.producer_state import ProducerStateManager
@@ -114,6 +129,20 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}es" if noun.endswith("x") else f"{n} {noun}s"
 
 
+def _split_stored_batches(view: bytes | memoryview) -> list[BatchHeader]:
+    """Validate that `view` is whole, valid batches as a log stores them (compaction may
+    have thinned them: fewer records than offsets); return their headers."""
+    headers: list[BatchHeader] = []
+    position = 0
+    while position < len(view):
+        header = rb.validate_batch(view, position, dense=False)
+        headers.append(header)
+        position += header.size
+    if not headers:
+        raise CorruptRecordError("no record batch in an empty buffer")
+    return headers
+
+
 def _require_keys(view: bytes | memoryview, headers: Sequence[BatchHeader]) -> None:
     """A compacted topic keeps the latest record per key: a record without one is refused,
     as Kafka does (the only place the broker decodes records, and only for such topics)."""
@@ -140,7 +169,15 @@ class PartitionLog:
         clock: Clock = SYSTEM_CLOCK,
         recovery_point: int = 0,
         clean_shutdown: bool = False,
+        replicated: bool = False,
+        high_watermark: int | None = None,
     ) -> None:
+        """Open (recovering when not `clean_shutdown`) or create the log in `directory`.
+
+        `replicated` makes the high watermark a stored value (see the module docstring),
+        starting at `high_watermark` (the last checkpointed one) clamped into the log, or
+        at the log start offset when None; a log that is not replicated ignores it.
+        """
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.name = name or self.directory.name
@@ -158,7 +195,8 @@ class PartitionLog:
         self._unflushed_messages = 0
         self._last_flush_ms = clock.monotonic_ms()
         self.producer_state = ProducerStateManager()
-        #: called (outside the lock) after every append that added records
+        #: called (outside the lock) after every append that added records, and when the
+        #: high watermark of a replicated log rose: what long-polling consumers wait for
         self.on_append: Callable[[], None] | None = None
         #: segments removed by retention.ms / retention.bytes since the log was opened
         self.retention_deleted_segments = 0
@@ -167,7 +205,16 @@ class PartitionLog:
         self.cleaner_checkpoint = 0
         #: records compaction removed since the log was opened
         self.compacted_records = 0
+        #: whether a cluster replicates this partition (stored high watermark, epochs)
+        self.replicated = replicated
+        #: where each leader epoch starts (the partition's leader-epoch-checkpoint)
+        self.leader_epoch_cache = LeaderEpochCache(self.directory / LEADER_EPOCH_CHECKPOINT_FILE)
         self.recovery_report = self._load(clean_shutdown)
+        self._load_leader_epochs()
+        #: a replicated log's high watermark (unused otherwise: it is the log end offset)
+        self._high_watermark = self._clamp_high_watermark(
+            self.log_start_offset if high_watermark is None else high_watermark
+        )
 
     # --- opening -----------------------------------------------------------------------------
 
@@ -327,6 +374,38 @@ class PartitionLog:
         self.producer_state.map_end_offset = self.log_end_offset
         producer_state.delete_snapshots_after(self.directory, self.log_end_offset)
 
+    def _load_leader_epochs(self) -> None:
+        """Make the leader epoch cache agree with the log as opened.
+
+        A missing or corrupt checkpoint is rebuilt from the batch headers when the log
+        holds stamped batches (a log that never had a leader epoch is not scanned: only
+        its last batch is looked at). Otherwise entries past the log end (a crash after a
+        truncation, before the cache followed) or before the log start are dropped.
+        """
+        cache = self.leader_epoch_cache
+        if cache.needs_rebuild:
+            if cache.path.exists() or self._last_batch_leader_epoch() >= 0:
+                log.info("%s: rebuilding %s from the log", self.name, cache.path.name)
+                cache.rebuild(self._scan_leader_epochs())
+            return
+        cache.truncate_from_end(self.log_end_offset)
+        cache.truncate_from_start(self.log_start_offset)
+
+    def _last_batch_leader_epoch(self) -> int:
+        """partitionLeaderEpoch of the log's last batch; -1 for an empty log."""
+        for segment in reversed(self._segments):
+            if segment.next_offset > segment.base_offset:
+                found = segment.find_batch(segment.next_offset - 1)
+                if found is not None:
+                    return found[1].partition_leader_epoch
+        return fmt.NO_PARTITION_LEADER_EPOCH
+
+    def _scan_leader_epochs(self) -> Iterator[tuple[int, int]]:
+        """(partitionLeaderEpoch, base offset) of every batch, in log order (headers only)."""
+        for segment in self._segments:
+            for _, header in segment.iter_headers(0):
+                yield header.partition_leader_epoch, header.base_offset
+
     def _replay_producer_state(self, header: BatchHeader) -> None:
         """Like `_update_producer_state`, but the log is the truth: an epoch that went back
         (possible once a producer's state expired) replaces the entry instead of failing."""
@@ -378,8 +457,37 @@ class PartitionLog:
 
     @property
     def high_watermark(self) -> int:
-        """Last offset a consumer may read + 1 (a single broker: the log end offset)."""
+        """Last offset a consumer may read + 1: for a replicated log the stored value (every
+        in-sync replica has the records below it), otherwise the log end offset."""
+        if self.replicated:
+            return self._high_watermark
         return self.log_end_offset
+
+    def update_high_watermark(self, offset: int) -> bool:
+        """Raise a replicated log's high watermark to `offset`, clamped to
+        [log_start_offset, log_end_offset]; return whether it changed.
+
+        It never goes down here (only `truncate_to` lowers it, with the log), so a lower
+        `offset` changes nothing. A log that is not replicated has nothing to update.
+        """
+        if not self.replicated:
+            return False
+        with self._lock:
+            target = self._clamp_high_watermark(offset)
+            if target <= self._high_watermark:
+                return False
+            self._high_watermark = target
+        if self.on_append is not None:
+            self.on_append()
+        return True
+
+    def _clamp_high_watermark(self, offset: int) -> int:
+        return max(min(offset, self.log_end_offset), self.log_start_offset)
+
+    def end_offset_for_leader_epoch(self, epoch: int) -> tuple[int, int]:
+        """Kafka's OffsetsForLeaderEpoch answer: (largest known epoch <= `epoch`, the offset
+        where it ends; the log end offset for the latest), (-1, -1) below the first."""
+        return self.leader_epoch_cache.end_offset_for(epoch, self.log_end_offset)
 
     @property
     def size_bytes(self) -> int:
@@ -400,6 +508,7 @@ class PartitionLog:
         batches: bytes | bytearray | memoryview,
         *,
         validated_headers: list[BatchHeader] | None = None,
+        leader_epoch: int | None = None,
     ) -> AppendResult:
         """Append one or more whole batches; assign offsets; return where they landed.
 
@@ -408,7 +517,14 @@ class PartitionLog:
         duplicate (same producer, epoch and sequences as one of its last five batches)
         returns the original offsets without appending. A caller that has already run
         `split_batches` on exactly these bytes passes its headers to skip a second CRC pass.
+
+        A partition leader passes its `leader_epoch` (>= 0): every batch is stored with it in
+        partitionLeaderEpoch and the epoch cache learns that the epoch has started (at the
+        latest at this append's base offset). None (a single broker) leaves the field as
+        the producer sent it.
         """
+        if leader_epoch is not None and leader_epoch < 0:
+            raise ValueError(f"a leader epoch is >= 0, got {leader_epoch}")
         view = memoryview(batches).cast("B") if not isinstance(batches, bytes) else batches
         headers = validated_headers or rb.split_batches(view, self.config.max_message_bytes)
         if self.config.compact:
@@ -425,7 +541,7 @@ class PartitionLog:
                 duplicate = self._find_duplicate(headers[0])
                 if duplicate is not None:
                     return duplicate
-            result = self._append_locked(view, headers)
+            result = self._append_locked(view, headers, leader_epoch)
         if self._unflushed_messages >= self.config.flush_messages:
             self.flush_up_to(result.last_offset + 1)
         if self.on_append is not None:
@@ -447,7 +563,9 @@ class PartitionLog:
     def _log_append_time_topic(self) -> bool:
         return self.config.message_timestamp_type == "LogAppendTime"
 
-    def _append_locked(self, view: bytes | memoryview, headers: list[BatchHeader]) -> AppendResult:
+    def _append_locked(
+        self, view: bytes | memoryview, headers: list[BatchHeader], leader_epoch: int | None
+    ) -> AppendResult:
         total = len(view)
         next_offset = self.log_end_offset
         last_offset = next_offset + sum(h.record_count for h in headers) - 1
@@ -455,7 +573,13 @@ class PartitionLog:
         log_append_time = -1
         if self._log_append_time_topic():
             log_append_time = self._clock.now_ms()
-        buffers, final_headers = self._assign_offsets(view, headers, next_offset, log_append_time)
+        if leader_epoch is not None:
+            # Before the batches: a crash between the two leaves an entry past the log end,
+            # which opening the log drops, never batches of an epoch the cache lacks.
+            self.leader_epoch_cache.assign(leader_epoch, next_offset)
+        buffers, final_headers = self._assign_offsets(
+            view, headers, next_offset, log_append_time, leader_epoch
+        )
         segment.append(buffers, final_headers)
         for header in final_headers:
             self._update_producer_state(header)
@@ -469,10 +593,12 @@ class PartitionLog:
         headers: Sequence[BatchHeader],
         next_offset: int,
         log_append_time: int,
+        leader_epoch: int | None = None,
     ) -> tuple[list[bytes | memoryview], list[BatchHeader]]:
         """Buffers to write (new 8-byte base offsets + untouched rest) and final headers.
 
-        Only the 8 offset bytes are new; the rest of each batch is passed through as a
+        Only the 8 offset bytes are new (17 with a `leader_epoch`: offset, length, epoch and
+        magic, none covered by the CRC); the rest of each batch is passed through as a
         memoryview, so a 1 MiB batch is not copied before it reaches the file. LogAppendTime
         topics rewrite the timestamp fields and CRC, which needs one copy per batch.
         """
@@ -485,17 +611,96 @@ class PartitionLog:
             if log_append_time >= 0:
                 copy = bytearray(mv[pos : pos + size])
                 rb.set_base_offset(copy, 0, next_offset)
+                if leader_epoch is not None:
+                    rb.set_partition_leader_epoch(copy, 0, leader_epoch)
                 rb.set_log_append_time(copy, 0, size, log_append_time)
                 buffers.append(copy)
                 header = rb.read_header(copy)
-            else:
+            elif leader_epoch is None:
                 buffers.append(fmt.INT64.pack(next_offset))
                 buffers.append(mv[pos + 8 : pos + size])
                 header = header._replace(base_offset=next_offset)
+            else:
+                prefix = fmt.BATCH_PREFIX.pack(
+                    next_offset, header.batch_length, leader_epoch, header.magic
+                )
+                buffers.append(prefix)
+                buffers.append(mv[pos + fmt.BATCH_PREFIX.size : pos + size])
+                header = header._replace(
+                    base_offset=next_offset, partition_leader_epoch=leader_epoch
+                )
             final_headers.append(header)
             next_offset += header.record_count
             pos += size
         return buffers, final_headers
+
+    def append_as_follower(self, batches: bytes | bytearray | memoryview) -> AppendResult:
+        """Append a leader's batches exactly as it stored them: offsets, leader epochs and
+        timestamps stay, nothing is assigned or stamped, and duplicates are not looked for.
+
+        Each batch is validated (framing and CRC; not max.message.bytes, which the leader
+        applied), the first must start at the log end offset and each must follow the
+        previous one, else InvalidRequestError naming both offsets and nothing is written.
+        Idempotent producers' state follows the batches, so a producer retrying at this
+        replica once it leads is recognised; the epoch cache learns each batch's epoch.
+        The batches may be split over several segments where segment.bytes demands.
+        """
+        view = memoryview(batches).cast("B") if not isinstance(batches, bytes) else batches
+        headers = _split_stored_batches(view)
+        with self._lock:
+            if self._closed:
+                raise LogClosedError(f"partition {self.name} is closed")
+            expected = self.log_end_offset
+            for i, header in enumerate(headers):
+                if header.base_offset != expected:
+                    where = "the log end offset" if i == 0 else "the previous batch's end"
+                    raise InvalidRequestError(
+                        f"{self.name}: a replicated batch starts at offset "
+                        f"{header.base_offset}, but {where} is {expected}"
+                    )
+                expected = header.next_offset
+            mv = memoryview(view)
+            position = 0
+            start = 0
+            while start < len(headers):
+                end = self._batches_fitting(headers, start)
+                size = sum(h.size for h in headers[start:end])
+                self._append_stored(mv[position : position + size], headers[start:end])
+                position += size
+                start = end
+        if self._unflushed_messages >= self.config.flush_messages:
+            self.flush_up_to(expected)
+        if self.on_append is not None:
+            self.on_append()
+        return AppendResult(headers[0].base_offset, headers[-1].last_offset, -1)
+
+    def _batches_fitting(self, headers: Sequence[BatchHeader], start: int) -> int:
+        """The end (exclusive) of the run of batches from `start` that one segment takes
+        after rolling as `append` would for the first of them: at least one batch."""
+        first = headers[start]
+        segment = self._maybe_roll(first.size, first.last_offset, 1)
+        room = self.config.segment_bytes - segment.size
+        end = start
+        total = 0
+        while end < len(headers):
+            header = headers[end]
+            fits = total + header.size <= room and segment.can_hold(header.last_offset)
+            if end > start and not (fits and segment.has_index_room(end - start + 1)):
+                break
+            total += header.size
+            end += 1
+        return end
+
+    def _append_stored(self, view: memoryview, headers: Sequence[BatchHeader]) -> None:
+        """Write batches that already carry their final offsets to the active segment."""
+        for header in headers:
+            self.leader_epoch_cache.assign(header.partition_leader_epoch, header.base_offset)
+        segment = self._segments[-1]
+        segment.append([view], headers)
+        for header in headers:
+            self._replay_producer_state(header)
+        self.producer_state.map_end_offset = segment.next_offset
+        self._unflushed_messages += headers[-1].next_offset - headers[0].base_offset
 
     def _maybe_roll(self, incoming_bytes: int, last_offset: int, batches: int) -> LogSegment:
         """The segment to append to, rolling first when size, time, index or offsets demand."""
@@ -563,50 +768,89 @@ class PartitionLog:
 
     # --- reading -----------------------------------------------------------------------------
 
-    def read(self, offset: int, max_bytes: int) -> FetchResult:
+    def read(self, offset: int, max_bytes: int, *, max_offset: int | None = None) -> FetchResult:
         """Whole batches from the one holding `offset`, up to `max_bytes` (the first batch is
         returned whole even if larger; `max_bytes` <= 0 returns no data, only the offsets).
-        Raises OffsetOutOfRangeError outside the log."""
-        found, high_watermark, log_start = self._locate(offset, find=max_bytes > 0)
+        Raises OffsetOutOfRangeError outside [log_start_offset, log_end_offset].
+
+        With `max_offset` (a consumer's read: the high watermark) only batches whose last
+        offset is below it are returned, so an offset from `max_offset` up to the log end
+        offset reads nothing; None (a follower's read) reads up to the log end.
+        """
+        found, log_end, log_start = self._locate(offset, max_bytes > 0, max_offset)
         data = b""
         if found is not None:
             segment, position = found
-            data = segment.read_batches(position, max_bytes)
+            if max_offset is None:
+                data = segment.read_batches(position, max_bytes)
+            else:
+                end = self._end_below(segment, position, max_bytes, max_offset)
+                data = segment.read_bytes(position, end - position)
+        high_watermark = self._high_watermark if self.replicated else log_end
         return FetchResult(data, high_watermark, log_start)
 
-    def offset_after_read(self, offset: int, max_bytes: int) -> int:
-        """The offset right after the batches `read(offset, max_bytes)` returns now.
+    def offset_after_read(
+        self, offset: int, max_bytes: int, *, max_offset: int | None = None
+    ) -> int:
+        """The offset right after the batches `read(offset, max_bytes, max_offset=...)`
+        returns now (`offset` itself when it returns none).
 
         Lets a consumer ask for the fetch after the one it has in flight: batches are
         immutable and only appended, so while the log holds more than that read returns,
         this is exactly where the read ends. Raises OffsetOutOfRangeError outside the log.
         """
-        found, high_watermark, _ = self._locate(offset, find=max_bytes > 0)
-        if max_bytes <= 0:
-            return offset
+        found, _, _ = self._locate(offset, max_bytes > 0, max_offset)
         if found is None:
-            return high_watermark
+            return offset
         segment, position = found
-        return self._offset_at(segment, segment.end_of_read(position, max_bytes))
+        if max_offset is None:
+            end = segment.end_of_read(position, max_bytes)
+        else:
+            end = self._end_below(segment, position, max_bytes, max_offset)
+            if end == position:  # the batch holding `offset` reaches max_offset
+                return offset
+        return self._offset_at(segment, end)
+
+    @staticmethod
+    def _end_below(segment: LogSegment, position: int, max_bytes: int, max_offset: int) -> int:
+        """Where (bytes) a read from the batch at `position` of `segment` ends when it may
+        return only batches whose last offset is below `max_offset`: as `end_of_read`,
+        but never past the start of the batch holding `max_offset`.
+
+        Lock-free: the bound is a batch boundary the segment held when looked at. When
+        `max_offset` lay past the segment's end then, the bound is that end, so a batch
+        appended meanwhile is left for the next read rather than checked.
+        """
+        seen_end = segment.next_offset
+        if max_offset < seen_end:
+            holder = segment.find_batch(max_offset)
+            bound = position if holder is None else holder[0]
+        else:
+            last = segment.find_batch(seen_end - 1)
+            bound = position if last is None else last[0] + last[1].size
+        if bound <= position:
+            return position
+        return segment.end_of_read(position, min(max_bytes, bound - position))
 
     def _locate(
-        self, offset: int, find: bool = True
+        self, offset: int, find: bool = True, max_offset: int | None = None
     ) -> tuple[tuple[LogSegment, int] | None, int, int]:
-        """((segment, position) of the batch holding `offset`, or None at the end of the log
-        or when not `find`; high watermark; log start offset). Raises OffsetOutOfRangeError
-        outside the log."""
+        """((segment, position) of the batch holding `offset`, or None at the end of the log,
+        at or past `max_offset`, or when not `find`; log end offset; log start offset).
+        Raises OffsetOutOfRangeError outside the log."""
         segments, base_offsets = self._view
         log_start = segments[0].base_offset
-        high_watermark = segments[-1].next_offset
-        if offset < log_start or offset > high_watermark:
-            raise OffsetOutOfRangeError(self.name, offset, log_start, high_watermark)
-        if find and offset < high_watermark:
+        log_end = segments[-1].next_offset
+        if offset < log_start or offset > log_end:
+            raise OffsetOutOfRangeError(self.name, offset, log_start, log_end)
+        limit = log_end if max_offset is None else min(max_offset, log_end)
+        if find and offset < limit:
             index = max(bisect.bisect_right(base_offsets, offset) - 1, 0)
             for segment in segments[index:]:
                 found = segment.find_batch(offset)
                 if found is not None:
-                    return (segment, found[0]), high_watermark, log_start
-        return None, high_watermark, log_start
+                    return (segment, found[0]), log_end, log_start
+        return None, log_end, log_start
 
     @staticmethod
     def _offset_at(segment: LogSegment, position: int) -> int:
@@ -633,6 +877,8 @@ class PartitionLog:
         A segment expires when its largest record timestamp is older than retention.ms
         (file times are not trusted: they change on copy and restore). Size retention drops
         the oldest segments while the log stays at or above retention.bytes without them.
+        A replicated log keeps every segment that reaches the high watermark, as Kafka
+        does: records not yet on every in-sync replica are never retention's to drop.
         Returns the number of segments deleted.
         """
         if not self.config.delete:
@@ -646,7 +892,8 @@ class PartitionLog:
         """Delete whole non-active segments that end at or before `offset`; return count.
 
         Used to drop a prefix of the log that has been superseded (e.g. an internal topic
-        that rewrote its live state after `offset`).
+        that rewrote its live state after `offset`). A replicated log's high watermark is
+        raised to the new log start if it was below it.
         """
         with self._lock:
             doomed = []
@@ -661,15 +908,23 @@ class PartitionLog:
         if self._closed or not doomed:
             return 0
         self._set_segments(self._segments[len(doomed) :])
+        self._schedule_deletion(doomed, reason)
+        producer_state.delete_snapshots_before(self.directory, self.log_start_offset)
+        self.leader_epoch_cache.truncate_from_start(self.log_start_offset)
+        if self.replicated:
+            self._high_watermark = max(self._high_watermark, self.log_start_offset)
+        if self.config.file_delete_delay_ms == 0:
+            self.close_deleted_segments()
+        return len(doomed)
+
+    def _schedule_deletion(self, doomed: Sequence[LogSegment], reason: str) -> None:
+        """Rename segments already out of the list to .deleted; they are unlinked after
+        file.delete.delay.ms, so reads that hold them finish (caller holds the lock)."""
         due = self._clock.monotonic_ms() + self.config.file_delete_delay_ms
         for segment in doomed:
             segment.rename_to_deleted()
             self._pending_deletes.append((due, segment))
             log.info("%s: %s deleted %s", self.name, reason, segment)
-        producer_state.delete_snapshots_before(self.directory, self.log_start_offset)
-        if self.config.file_delete_delay_ms == 0:
-            self.close_deleted_segments()
-        return len(doomed)
 
     def _segments_to_delete(self) -> list[LogSegment]:
         now = self._clock.now_ms()
@@ -681,6 +936,8 @@ class PartitionLog:
             expired = retention_ms >= 0 and now - segment.max_timestamp > retention_ms
             oversize = retention_bytes >= 0 and excess - segment.size >= 0
             if not (expired or oversize):
+                break
+            if self.replicated and segment.next_offset > self._high_watermark:
                 break
             excess -= segment.size
             doomed.append(segment)
@@ -746,6 +1003,131 @@ class PartitionLog:
             segments[segments.index(old)] = new
             self._set_segments(segments)
         return True
+
+    # --- truncation (a follower's log) ------------------------------------------------------
+
+    def truncate_to(self, offset: int) -> None:
+        """Remove every batch at or after `offset`, so the log can take the leader's batches
+        from there (a follower's divergent tail, KIP-101/279).
+
+        When `offset` falls inside a batch, that whole batch goes: the log then ends at the
+        batch's base offset, below `offset`. A cut at a segment's first batch removes that
+        segment and makes the previous one active again, so the log is laid out as if it
+        had never held what was cut. A no-op at or past the log end offset; below
+        the log start offset the log is emptied to start at `offset`
+        (`truncate_fully_and_start_at`). The epoch cache, producer state, recovery point,
+        cleaner checkpoint and high watermark follow the new end.
+
+        Crash safety: later segments are renamed away (and the directory synced) before the
+        one holding `offset` is cut and synced, so a crash leaves either the old log, or a
+        prefix of it ending at the cut (a segment after a gap is dropped when the log
+        opens); the active segment is always re-validated after a crash, and the epoch
+        cache and producer snapshots past the log end are dropped when it opens.
+        """
+        with self._flush_lock, self._lock:
+            if self._closed:
+                raise LogClosedError(f"partition {self.name} is closed")
+            if offset >= self.log_end_offset:
+                return
+            if offset < self.log_start_offset:
+                self._truncate_fully_locked(offset)
+                return
+            segments, base_offsets = self._view
+            index = bisect.bisect_right(base_offsets, offset) - 1
+            holder = segments[index]
+            found = holder.find_batch(offset)
+            if found is None:  # unreachable while offsets are dense: keep the log as it is
+                raise CorruptRecordError(f"{self.name}: no batch holds offset {offset}")
+            position, header = found
+            cut = header.base_offset
+            if position == 0 and index > 0:
+                # Cut at a segment's start: the previous segment becomes the active one
+                # again, as if the log had never rolled there.
+                index -= 1
+                holder = segments[index]
+                position = holder.size
+            later = segments[index + 1 :]
+            self._set_segments(segments[: index + 1])
+            self._schedule_deletion(list(reversed(later)), "truncation")
+            if later:
+                fsync_directory(self.directory)
+            producer_state.delete_snapshots_after(self.directory, cut)
+            self.recovery_point = min(self.recovery_point, cut)
+            self._set_segments([*segments[:index], self._cut_segment(holder, position, cut)])
+            self._after_truncation(cut)
+            self.leader_epoch_cache.truncate_from_end(cut)
+        if self.config.file_delete_delay_ms == 0:
+            self.close_deleted_segments()
+        log.info("%s: truncated to offset %d (asked for %d)", self.name, cut, offset)
+
+    def _cut_segment(self, segment: LogSegment, position: int, cut: int) -> LogSegment:
+        """Cut `segment`'s .log at `position` (the start of the batch at offset `cut`) and
+        return it reopened, with indexes truncated to match and the shorter file synced.
+
+        The old object stays valid for reads in flight; it is closed when the last one
+        lets go (LogSegment.__del__ releases without touching the files).
+        """
+        for index in (segment.offset_index, segment.time_index):
+            if index.writable:
+                # A reopen derives an index's entries from its size: make the size true.
+                index.trim_to_valid_size()
+        os.truncate(segment.log_path, position)
+        cut_segment = self._new_segment(segment.base_offset)
+        try:
+            cut_segment.offset_index.truncate_to(cut)
+            cut_segment.time_index.truncate_to(cut)
+            cut_segment.load_state_from_indexes()
+        except (CorruptIndexError, CorruptRecordError) as exc:
+            log.warning("%s: rebuilding the index of %s: %s", self.name, cut_segment, exc)
+            cut_segment.recover()
+        cut_segment.created_ms = segment.created_ms
+        cut_segment.flush()
+        return cut_segment
+
+    def truncate_fully_and_start_at(self, offset: int) -> None:
+        """Delete every segment and start an empty log at `offset` (>= 0): a follower so far
+        behind that its leader's log starts past its end. The epoch cache is cleared and
+        producer state forgotten; the high watermark and recovery point become `offset`.
+
+        Crash safety: the new segment is created before the old ones are renamed away when
+        their names differ, so a crash leaves the old log (the new empty segment after a
+        gap is dropped when the log opens) or the new one; when a segment of the old log
+        starts exactly at `offset` it must go first, and a crash right then may leave an
+        empty log, which is valid too.
+        """
+        if offset < 0:
+            raise ValueError(f"a log starts at an offset >= 0, got {offset}")
+        with self._flush_lock, self._lock:
+            if self._closed:
+                raise LogClosedError(f"partition {self.name} is closed")
+            self._truncate_fully_locked(offset)
+        if self.config.file_delete_delay_ms == 0:
+            self.close_deleted_segments()
+
+    def _truncate_fully_locked(self, offset: int) -> None:
+        old = self._segments
+        if any(s.base_offset == offset for s in old):
+            self._schedule_deletion(old, "truncation")
+            fresh = self._new_segment(offset)
+        else:
+            fresh = self._new_segment(offset)
+            fsync_directory(self.directory)
+            self._schedule_deletion(old, "truncation")
+        fsync_directory(self.directory)
+        self._set_segments([fresh])
+        producer_state.delete_snapshots_after(self.directory, -1)
+        self.recovery_point = offset
+        self._after_truncation(offset)
+        self.leader_epoch_cache.clear()
+        log.info("%s: emptied and restarted at offset %d", self.name, offset)
+
+    def _after_truncation(self, end: int) -> None:
+        """Make what describes the log agree with its new end `end` (caller holds locks)."""
+        self._unflushed_messages = 0
+        self._rebuild_producer_state()
+        self.cleaner_checkpoint = min(self.cleaner_checkpoint, end)
+        if self.replicated:
+            self._high_watermark = self._clamp_high_watermark(min(self._high_watermark, end))
 
     # --- lifecycle ---------------------------------------------------------------------------
 
