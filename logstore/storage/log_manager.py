@@ -7,6 +7,8 @@ Layout of the data directory::
         <topic>-<partition>/             one partition log (segments, indexes, snapshots)
         <topic>-<partition>.<id>-delete/ a partition of a deleted topic, being removed
         recovery-point-offset-checkpoint Kafka's text format: everything below is fsynced
+        replication-offset-checkpoint    the same format: each replicated partition's high
+                                         watermark (cluster mode only)
         .logstore_cleanshutdown          present only between a clean shutdown and a start
 
 Invariants:
@@ -54,6 +56,8 @@ from logstore.storage.partition_log import PartitionLog
 
 log = logging.getLogger(__name__)
 
+#: Kafka's name: high watermarks of replicated partitions, in the checkpoint text format
+REPLICATION_OFFSET_CHECKPOINT_FILE = "replication-offset-checkpoint"
 _DELETE_DIR_SUFFIX = "-delete"
 _METADATA_VERSION = 1
 
@@ -99,7 +103,11 @@ class LogManager:
         default_config: LogConfig | None = None,
         settings: ManagerSettings | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        replicated: bool = False,
     ) -> None:
+        """Open every topic under `data_dir`. `replicated` (cluster mode) opens and creates
+        every partition, internal topics too, as a replicated log: a stored high
+        watermark, kept across restarts in replication-offset-checkpoint."""
         self.data_dir = Path(data_dir).resolve()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.metadata_dir = self.data_dir / fmt.TOPIC_METADATA_DIR
@@ -107,6 +115,7 @@ class LogManager:
         self.default_config = default_config or LogConfig()
         self.settings = settings or ManagerSettings()
         self._clock = clock
+        self.replicated = replicated
         self._lock = threading.RLock()
         self._topics: dict[str, Topic] = {}
         self._closed = False
@@ -168,6 +177,12 @@ class LogManager:
 
     def _load_topics(self) -> None:
         recovery_points = self._read_recovery_points()
+        high_watermarks: dict[tuple[str, int], int] = {}
+        if self.replicated:
+            high_watermarks = self._read_checkpoint(
+                REPLICATION_OFFSET_CHECKPOINT_FILE,
+                "high watermarks start at each log's start offset",
+            )
         known_dirs: set[str] = set()
         for meta_path in sorted(self.metadata_dir.glob("*.json")):
             meta = self._read_metadata(meta_path)
@@ -177,7 +192,13 @@ class LogManager:
             for p in range(int(meta["partitions"])):
                 known_dirs.add(f"{name}-{p}")
                 topic.partitions.append(
-                    self._open_partition(name, p, config, recovery_points.get((name, p), 0))
+                    self._open_partition(
+                        name,
+                        p,
+                        config,
+                        recovery_points.get((name, p), 0),
+                        high_watermark=high_watermarks.get((name, p)),
+                    )
                 )
             self._topics[name] = topic
         self._log_recovery([p for t in self._topics.values() for p in t.partitions])
@@ -207,8 +228,10 @@ class LogManager:
         recovery_point: int,
         *,
         new: bool = False,
+        high_watermark: int | None = None,
     ) -> PartitionLog:
-        """Open a partition's log; a `new` one starts from an empty directory."""
+        """Open a partition's log; a `new` one starts from an empty directory. A replicated
+        one starts at its checkpointed `high_watermark` (None: its log start offset)."""
         directory = self.data_dir / f"{topic}-{partition}"
         if new and directory.exists():
             # Left by a topic deleted in a crash (its metadata went first): not ours.
@@ -221,6 +244,8 @@ class LogManager:
             clock=self._clock,
             recovery_point=recovery_point,
             clean_shutdown=self.clean_shutdown or new,
+            replicated=self.replicated,
+            high_watermark=high_watermark,
         )
         part.on_append = self.appends.notify
         repairs = part.recovery_report.repairs()
@@ -261,9 +286,20 @@ class LogManager:
         write_file_atomically(self.metadata_dir / f"{topic.name}.json", data)
 
     def create_topic(
-        self, name: str, partitions: int, config: Mapping[str, str | int] | None = None
+        self,
+        name: str,
+        partitions: int,
+        config: Mapping[str, str | int] | None = None,
+        *,
+        topic_id: str | None = None,
     ) -> Topic:
-        """Create a topic with `partitions` empty partitions and validated config overrides."""
+        """Create a topic with `partitions` empty partitions and validated config overrides.
+
+        `topic_id` names it as the cluster's controller did, so every broker holding a
+        replica agrees; None makes a new random id (a single broker).
+        """
+        if topic_id is not None and not topic_id:
+            raise ValueError("a topic id is a non-empty string")
         validate_topic_name(name)
         validate_partition_count(partitions)
         overrides = {k: str(v) for k, v in (config or {}).items()}
@@ -272,7 +308,7 @@ class LogManager:
             self._check_open()
             if name in self._topics:
                 raise TopicExistsError(f"topic {name!r} already exists")
-            topic = Topic(name, uuid.uuid4().hex, overrides, log_config)
+            topic = Topic(name, topic_id or uuid.uuid4().hex, overrides, log_config)
             self._open_new_partitions(topic, range(partitions))
             self._write_metadata(topic)
             self._topics[name] = topic
@@ -291,6 +327,8 @@ class LogManager:
                 self._delete_partition(part)
             if any(p.cleaner_checkpoint > 0 for p in topic.partitions):
                 self.checkpoint_cleaner_offsets()  # a new topic of that name starts unclean
+            if self.replicated:
+                self.checkpoint_high_watermarks()  # nor inherits a high watermark
         log.info("deleted topic %s", name)
 
     def _delete_partition(self, part: PartitionLog) -> None:
@@ -414,6 +452,21 @@ class LogManager:
             ]
         self._write_checkpoint(fmt.RECOVERY_POINT_CHECKPOINT_FILE, entries)
 
+    def checkpoint_high_watermarks(self) -> None:
+        """Write every replicated partition's high watermark to replication-offset-checkpoint
+        (Kafka's text format), so a restart does not start them at the log start. Called
+        at a clean close and periodically by the broker; a no-op when not replicated."""
+        if not self.replicated:
+            return
+        with self._lock:
+            entries = [
+                (t.name, i, p.high_watermark)
+                for t in self._topics.values()
+                for i, p in enumerate(t.partitions)
+                if p.replicated
+            ]
+        self._write_checkpoint(REPLICATION_OFFSET_CHECKPOINT_FILE, entries)
+
     def checkpoint_cleaner_offsets(self) -> None:
         """Write where compaction has cleaned each partition up to, so that a restart does
         not make the first pass read every compacted log again."""
@@ -517,6 +570,7 @@ class LogManager:
             part.close()
         self.checkpoint_recovery_points()
         self.checkpoint_cleaner_offsets()
+        self.checkpoint_high_watermarks()
         marker = self.data_dir / fmt.CLEAN_SHUTDOWN_FILE
         write_file_atomically(marker, b"")
         log.info("log manager closed cleanly")

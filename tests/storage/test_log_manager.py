@@ -26,6 +26,7 @@ from logstore.errors import (
 )
 from logstore.storage.log_config import LogConfig
 from logstore.storage.log_manager import (
+    REPLICATION_OFFSET_CHECKPOINT_FILE,
     LogManager,
     ManagerSettings,
     Topic,
@@ -63,8 +64,15 @@ def open_manager() -> Iterator[OpenManager]:
         clock: Clock = SYSTEM_CLOCK,
         default_config: LogConfig | None = None,
         settings: ManagerSettings = NO_THREADS,
+        replicated: bool = False,
     ) -> LogManager:
-        mgr = LogManager(path, default_config=default_config, settings=settings, clock=clock)
+        mgr = LogManager(
+            path,
+            default_config=default_config,
+            settings=settings,
+            clock=clock,
+            replicated=replicated,
+        )
         opened.append(mgr)
         return mgr
 
@@ -1337,3 +1345,97 @@ def test_cleaner_checkpoints_of_gone_topics_are_dropped_and_late_ones_clamped(
         assert (data_dir / fmt.CLEANER_OFFSET_CHECKPOINT_FILE).read_text() == "0\n0\n"
     finally:
         mgr.close()
+
+
+# --- replication: high watermarks and topic ids ---------------------------------------------
+
+
+def high_watermark_lines(data: Path) -> list[str]:
+    text = (data / REPLICATION_OFFSET_CHECKPOINT_FILE).read_text()
+    assert text.endswith("\n")
+    return text.splitlines()
+
+
+def test_a_replicated_manager_keeps_high_watermarks_across_a_clean_restart(
+    data_dir: Path, open_manager: OpenManager
+) -> None:
+    mgr = open_manager(data_dir, replicated=True)
+    topic = mgr.create_topic("r", 2, topic_id="0123456789abcdef")
+    assert topic.topic_id == "0123456789abcdef" == metadata(data_dir, "r")["topic_id"]
+    part = mgr.partition("r", 0)
+    assert part.replicated and mgr.partition("r", 1).replicated
+    part.append(make_batch([b"a", b"b", b"c", b"d"]), leader_epoch=0)
+    assert part.high_watermark == 0
+    assert part.update_high_watermark(3)
+    mgr.close()
+    lines = high_watermark_lines(data_dir)
+    assert lines[:2] == ["0", "2"] and sorted(lines[2:]) == ["r 0 3", "r 1 0"]
+
+    reopened = open_manager(data_dir, replicated=True)
+    assert reopened.topic("r").topic_id == "0123456789abcdef"
+    again = reopened.partition("r", 0)
+    assert (again.high_watermark, again.log_end_offset) == (3, 4)
+    assert [(e.epoch, e.start_offset) for e in again.leader_epoch_cache.entries()] == [(0, 0)]
+    reopened.close()
+    standalone = open_manager(data_dir)
+    assert standalone.partition("r", 0).high_watermark == 4  # the log end, as ever
+
+
+def test_periodic_high_watermark_checkpoints_are_what_a_crash_restarts_from(
+    tmp_path: Path, open_manager: OpenManager
+) -> None:
+    mgr = open_manager(tmp_path / "live", replicated=True)
+    mgr.create_topic("r", 1)
+    part = mgr.partition("r", 0)
+    part.append(make_batch([b"x"] * 6), leader_epoch=2)
+    part.update_high_watermark(2)
+    mgr.checkpoint_high_watermarks()
+    assert high_watermark_lines(tmp_path / "live") == ["0", "1", "r 0 2"]
+    part.update_high_watermark(5)  # not checkpointed when the broker dies
+    image = crash_image(mgr, tmp_path / "image")
+    recovered = open_manager(image, replicated=True)
+    assert recovered.recovered_after_unclean_shutdown
+    assert recovered.partition("r", 0).high_watermark == 2
+
+
+def test_deleted_topics_leave_the_high_watermark_checkpoint(
+    data_dir: Path, open_manager: OpenManager
+) -> None:
+    mgr = open_manager(data_dir, replicated=True)
+    mgr.create_topic("keep", 1)
+    mgr.create_topic("gone", 1)
+    gone = mgr.partition("gone", 0)
+    gone.append(make_batch([b"1", b"2"]), leader_epoch=0)
+    gone.update_high_watermark(2)
+    mgr.checkpoint_high_watermarks()
+    assert sorted(high_watermark_lines(data_dir)[2:]) == ["gone 0 2", "keep 0 0"]
+    mgr.delete_topic("gone")
+    assert high_watermark_lines(data_dir) == ["0", "1", "keep 0 0"]
+
+
+def test_a_malformed_high_watermark_checkpoint_starts_them_at_the_log_start(
+    data_dir: Path, open_manager: OpenManager, caplog: pytest.LogCaptureFixture
+) -> None:
+    mgr = open_manager(data_dir, replicated=True)
+    mgr.create_topic("r", 1)
+    mgr.partition("r", 0).append(make_batch([b"1", b"2"]), leader_epoch=0)
+    mgr.partition("r", 0).update_high_watermark(2)
+    mgr.close()
+    (data_dir / REPLICATION_OFFSET_CHECKPOINT_FILE).write_text("0\n5\nr 0 2\n")
+    with caplog.at_level("WARNING"):
+        reopened = open_manager(data_dir, replicated=True)
+    assert reopened.partition("r", 0).high_watermark == 0
+    assert any(REPLICATION_OFFSET_CHECKPOINT_FILE in r.getMessage() for r in caplog.records)
+
+
+def test_a_standalone_manager_writes_no_high_watermark_checkpoint(
+    data_dir: Path, open_manager: OpenManager
+) -> None:
+    mgr = open_manager(data_dir)
+    mgr.create_topic("s", 1)
+    assert not mgr.partition("s", 0).replicated
+    mgr.checkpoint_high_watermarks()
+    mgr.close()
+    assert not (data_dir / REPLICATION_OFFSET_CHECKPOINT_FILE).exists()
+    with pytest.raises(ValueError, match="topic id"):
+        open_manager(data_dir).create_topic("t", 1, topic_id="")
