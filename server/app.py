@@ -14,6 +14,7 @@ import time
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -28,14 +29,18 @@ from logstore.server.broker import (
     LogStoreServicer,
     add_servicer_to_server,
 )
+from logstore.server.cluster.settings import ClusterSettings
 from logstore.server.groups.coordinator import GroupCoordinator
 from logstore.server.groups.offsets_store import OffsetStore
 from logstore.server.metrics import BrokerMetrics
-from logstore.server.producer_ids import ProducerIdManager
+from logstore.server.producer_ids import BlockProducerIds, ProducerIdManager
 from logstore.server.security import BrokerSecurity, SecuritySettings
 from logstore.storage.log_config import LogConfig
 from logstore.storage.log_manager import LogManager, ManagerSettings
 from logstore.v1 import logstore_pb2 as pb
+
+if TYPE_CHECKING:
+    from logstore.server.cluster.node import ClusterNode
 
 log = logging.getLogger("logstore.broker")
 
@@ -74,6 +79,8 @@ class BrokerSettings:
     manager: ManagerSettings = field(default_factory=ManagerSettings)
     #: TLS, authentication and ACLs (all off by default)
     security: SecuritySettings = field(default_factory=SecuritySettings)
+    #: None: a standalone broker that needs no other service; else cluster mode (etcd)
+    cluster: ClusterSettings | None = None
 
 
 def check_can_listen(address: str) -> None:
@@ -137,9 +144,13 @@ class Broker:
             data_dir,
             default_config=LogConfig.from_properties(settings.topic_defaults),
             settings=settings.manager,
+            replicated=settings.cluster is not None,
         )
         self.offsets = OffsetStore(self.manager)
-        self.producer_ids = ProducerIdManager(self.manager.data_dir / PRODUCER_ID_FILE)
+        self.cluster: ClusterNode | None = None
+        self.producer_ids: ProducerIdManager | BlockProducerIds = ProducerIdManager(
+            self.manager.data_dir / PRODUCER_ID_FILE
+        )
         self.coordinator = GroupCoordinator(partition_counts=self._partition_count)
         self.servicer = LogStoreServicer(
             self.manager,
@@ -192,6 +203,8 @@ class Broker:
             raise OSError(f"cannot listen on {settings.listen}")
         host = settings.listen.rsplit(":", 1)[0]
         self.address = f"{host}:{self.port}"
+        if settings.cluster is not None:
+            self._join_cluster(settings.cluster)
         log.info("listener security: %s", self.security.describe())
         #: where /metrics is served ("" when it is not)
         self.metrics_address = ""
@@ -202,6 +215,19 @@ class Broker:
                 self.server.stop(None)  # release the gRPC port bound above
                 self.manager.close()
                 raise metrics_failure(f"{settings.metrics_listen}: {exc}") from exc
+
+    def _join_cluster(self, cluster: ClusterSettings) -> None:
+        """Set up cluster mode (etcd is first contacted in `start`, once we serve)."""
+        from logstore.server.cluster.node import PRODUCER_ID_BLOCK, ClusterNode
+
+        advertised = cluster.advertised_listen or self.address
+        self.cluster = ClusterNode(
+            cluster, self.manager, advertised, on_topic_deleted=self.offsets.delete_topic
+        )
+        # Producer ids must be unique across the cluster: blocks come from etcd.
+        self.producer_ids = BlockProducerIds(self.cluster.next_producer_id_block, PRODUCER_ID_BLOCK)
+        self.servicer.cluster = self.cluster
+        self.servicer.producer_ids = self.producer_ids
 
     def _partition_count(self, topic: str) -> int | None:
         try:
@@ -231,6 +257,15 @@ class Broker:
 
     def start(self) -> None:
         self.server.start()
+        if self.cluster is not None:
+            # After the server starts: other brokers fetch from this one as soon as it is
+            # registered. A broker that cannot reach etcd at start-up does not start.
+            try:
+                self.cluster.start()
+            except BaseException:
+                self.server.stop(None)
+                self.manager.close()
+                raise
         self._maintenance.start()
         for service in ("", SERVICE_NAME):
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
@@ -241,6 +276,8 @@ class Broker:
             self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.servicer.begin_shutdown()
         self.server.stop(self.settings.shutdown_grace_s).wait()
+        if self.cluster is not None:
+            self.cluster.stop()
         self._stopping.set()
         if self._maintenance.is_alive():
             self._maintenance.join(timeout=10)

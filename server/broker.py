@@ -13,7 +13,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf import message_factory
@@ -31,7 +31,13 @@ from logstore.codec.wire import (
     encode_response,
     passthrough,
 )
-from logstore.errors import InvalidConfigError, InvalidRequestError, LogStoreError
+from logstore.errors import (
+    InvalidConfigError,
+    InvalidReplicationFactorError,
+    InvalidRequestError,
+    LogStoreError,
+    OffsetOutOfRangeError,
+)
 from logstore.server.errors import abort, error_message, handles_errors
 from logstore.server.groups.coordinator import GroupCoordinator
 from logstore.server.groups.offsets_store import OffsetStore
@@ -43,7 +49,14 @@ from logstore.storage.partition_log import PartitionLog
 from logstore.v1 import logstore_pb2 as pb
 from logstore.v1 import logstore_pb2_grpc as pb_grpc
 
+if TYPE_CHECKING:
+    from logstore.server.cluster.node import ClusterNode
+    from logstore.server.cluster.replica_manager import Replica
+
 log = logging.getLogger(__name__)
+
+#: the broker id a standalone broker answers Metadata and DescribeCluster with
+STANDALONE_BROKER_ID = 0
 
 ACKS_ALL = -1
 #: the most a single fetch response may carry (Kafka's fetch.max.bytes default)
@@ -63,8 +76,11 @@ _Key = tuple[str, int]
 _Resolver = Callable[[str, int, int], int]
 
 
-#: (topic, partition, its log, the request's bytes, their validated batch headers)
-_ProduceWork = tuple[str, int, PartitionLog, bytes | memoryview, list[BatchHeader]]
+#: (topic, partition, its log, the request's bytes, their validated batch headers
+#: and, in cluster mode, the replica this broker leads)
+_ProduceWork = tuple[
+    str, int, PartitionLog, bytes | memoryview, list[BatchHeader], "Replica | None"
+]
 
 SERVICE = pb.DESCRIPTOR.services_by_name["LogStore"]
 #: methods whose handlers yield responses already serialized (see `logstore.codec.wire`)
@@ -226,8 +242,11 @@ class LogStoreServicer(GroupHandlers, pb_grpc.LogStoreServicer):
         *,
         max_fetch_bytes: int = DEFAULT_MAX_FETCH_BYTES,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        cluster: ClusterNode | None = None,
     ) -> None:
         self.manager = manager
+        #: None for a standalone broker
+        self.cluster = cluster
         self.offsets = offsets
         self.producer_ids = producer_ids
         self.coordinator = coordinator
@@ -241,12 +260,22 @@ class LogStoreServicer(GroupHandlers, pb_grpc.LogStoreServicer):
 
     # --- topics ------------------------------------------------------------------------------
 
+    def _leadership(self, topic: str, partition: int) -> tuple[int, list[int], list[int], int]:
+        """(leader, replicas, isr, leader_epoch) of a partition; standalone: broker 0 alone."""
+        if self.cluster is None or is_internal_topic(topic):
+            # Internal topics stay local to each broker for now (see the README).
+            own = STANDALONE_BROKER_ID if self.cluster is None else self.cluster.broker_id
+            return own, [own], [own], 0
+        state = self.cluster.partition_state(topic, partition)
+        if state is None:
+            return -1, [], [], -1
+        return state.leader, list(state.replicas), list(state.isr), state.leader_epoch
+
     def _describe(self, topic: Topic) -> pb.TopicDescription:
-        return pb.TopicDescription(
-            name=topic.name,
-            topic_id=topic.topic_id,
-            internal=is_internal_topic(topic.name),
-            partitions=[
+        partitions = []
+        for i, p in enumerate(topic.partitions):
+            leader, replicas, isr, leader_epoch = self._leadership(topic.name, i)
+            partitions.append(
                 pb.PartitionDescription(
                     partition=i,
                     log_start_offset=p.log_start_offset,
@@ -254,9 +283,17 @@ class LogStoreServicer(GroupHandlers, pb_grpc.LogStoreServicer):
                     high_watermark=p.high_watermark,
                     size_bytes=p.size_bytes,
                     segment_count=p.segment_count,
+                    leader=leader,
+                    replicas=replicas,
+                    isr=isr,
+                    leader_epoch=leader_epoch,
                 )
-                for i, p in enumerate(topic.partitions)
-            ],
+            )
+        return pb.TopicDescription(
+            name=topic.name,
+            topic_id=topic.topic_id,
+            internal=is_internal_topic(topic.name),
+            partitions=partitions,
             config=topic.config.to_properties(),
             config_overrides=topic.config_overrides,
         )
@@ -265,6 +302,12 @@ class LogStoreServicer(GroupHandlers, pb_grpc.LogStoreServicer):
     def _refuse_internal(name: str, action: str) -> None:
         if is_internal_topic(name):
             raise InvalidRequestError(f"cannot {action} internal topic {name!r}")
+
+    def _refuse_in_cluster(self, what: str) -> None:
+        if self.cluster is not None:
+            raise InvalidRequestError(
+                f"{what} is not yet supported in cluster mode: recreate the topic instead"
+            )
 
     def _check_message_limit(self, overrides: dict[str, str]) -> None:
         """Refuse a max.message.bytes that no produce request could carry."""
@@ -279,12 +322,25 @@ class LogStoreServicer(GroupHandlers, pb_grpc.LogStoreServicer):
     def CreateTopic(self, request: pb.CreateTopicRequest, context: Any) -> pb.CreateTopicResponse:
         self._refuse_internal(request.name, "create")
         self._check_message_limit(dict(request.config))
+        if self.cluster is not None:
+            self.cluster.create_topic(
+                request.name, request.partitions, request.replication_factor, dict(request.config)
+            )
+            return pb.CreateTopicResponse(topic=self._describe(self.manager.topic(request.name)))
+        if request.replication_factor > 1:
+            raise InvalidReplicationFactorError(
+                f"replication factor {request.replication_factor} needs a cluster: this "
+                "broker runs standalone, with one copy of each partition"
+            )
         topic = self.manager.create_topic(request.name, request.partitions, dict(request.config))
         return pb.CreateTopicResponse(topic=self._describe(topic))
 
     @handles_errors
     def DeleteTopic(self, request: pb.DeleteTopicRequest, context: Any) -> pb.DeleteTopicResponse:
         self._refuse_internal(request.name, "delete")
+        if self.cluster is not None:
+            self.cluster.delete_topic(request.name)
+            return pb.DeleteTopicResponse()
         self.manager.delete_topic(request.name)
         self.offsets.delete_topic(request.name)
         return pb.DeleteTopicResponse()
@@ -313,6 +369,7 @@ class LogStoreServicer(GroupHandlers, pb_grpc.LogStoreServicer):
         self, request: pb.AlterTopicConfigRequest, context: Any
     ) -> pb.AlterTopicConfigResponse:
         self._refuse_internal(request.name, "alter")
+        self._refuse_in_cluster("altering a topic's config")
         changes: dict[str, str | None] = dict(request.set)
         changes.update({key: None for key in request.delete})
         overrides = dict(self.manager.topic(request.name).config_overrides)
@@ -328,6 +385,7 @@ class LogStoreServicer(GroupHandlers, pb_grpc.LogStoreServicer):
         self, request: pb.AddPartitionsRequest, context: Any
     ) -> pb.AddPartitionsResponse:
         self._refuse_internal(request.name, "add partitions to")
+        self._refuse_in_cluster("adding partitions")
         topic = self.manager.add_partitions(request.name, request.total_count)
         return pb.AddPartitionsResponse(topic=self._describe(topic))
 
@@ -365,6 +423,9 @@ class LogStoreServicer(GroupHandlers, pb_grpc.LogStoreServicer):
 
     def _validate_partition(self, topic: str, data: pb.ProducePartitionData) -> _ProduceWork:
         self._refuse_internal(topic, "produce to")
+        replica = None
+        if self.cluster is not None:
+            replica = self.cluster.replicas.leader(topic, data.partition)
         part = self.manager.partition(topic, data.partition)
         # ProduceStream: a view of the received bytes; Produce: each access copies, so once
         records = data.records
@@ -372,7 +433,7 @@ class LogStoreServicer(GroupHandlers, pb_grpc.LogStoreServicer):
             headers = rb.split_batches(records, part.config.max_message_bytes)
         except LogStoreError as exc:
             raise type(exc)(f"{part.name}: {exc}") from exc
-        return (topic, data.partition, part, records, headers)
+        return (topic, data.partition, part, records, headers, replica)
 
     def _produce(self, request: pb.ProduceRequest, strict: bool = True) -> pb.ProduceResponse:
         work, rejected = self._validate_produce(request, strict)
@@ -381,11 +442,18 @@ class LogStoreServicer(GroupHandlers, pb_grpc.LogStoreServicer):
             result = pb.ProducePartitionResult(partition=partition, base_offset=-1)
             result.error.CopyFrom(error_message(exc))
             by_topic.setdefault(topic, []).append(result)
-        appended: list[tuple[PartitionLog, int]] = []
-        for topic, partition, part, records, headers in work:
+        appended: list[tuple[PartitionLog, int, Replica | None, pb.ProducePartitionResult]] = []
+        acks_all = request.acks == ACKS_ALL
+        for topic, partition, part, records, headers, replica in work:
             result = pb.ProducePartitionResult(partition=partition)
             try:
-                appended_result = part.append(records, validated_headers=headers)
+                if replica is None:
+                    appended_result = part.append(records, validated_headers=headers)
+                else:
+                    assert self.cluster is not None
+                    if acks_all:
+                        self.cluster.replicas.check_min_isr(replica)
+                    appended_result = self.cluster.replicas.append(replica, records, headers)
             except (LogStoreError, OSError) as exc:
                 result.error.CopyFrom(error_message(exc))
                 result.base_offset = -1
@@ -393,12 +461,21 @@ class LogStoreServicer(GroupHandlers, pb_grpc.LogStoreServicer):
                 result.base_offset = appended_result.base_offset
                 result.log_append_time = appended_result.log_append_time
                 result.duplicate = appended_result.duplicate
-                appended.append((part, appended_result.last_offset + 1))
+                appended.append((part, appended_result.last_offset + 1, replica, result))
             result.log_start_offset = part.log_start_offset
             by_topic.setdefault(topic, []).append(result)
-        if request.acks == ACKS_ALL:
-            for part, end in appended:
-                part.flush_up_to(end)
+        if acks_all:
+            for part, end, replica, result in appended:
+                if replica is None:
+                    part.flush_up_to(end)
+                    continue
+                assert self.cluster is not None
+                try:
+                    # The flush policy still applies to each copy: the ISR holds the batch
+                    # in every replica's log, fsynced as its topic's flush settings say.
+                    self.cluster.replicas.wait_for_replication(replica, end)
+                except LogStoreError as exc:
+                    result.error.CopyFrom(error_message(exc))
         return pb.ProduceResponse(
             topics=[pb.ProduceTopicResult(topic=t, partitions=r) for t, r in by_topic.items()],
             correlation_id=request.correlation_id,
@@ -469,11 +546,15 @@ class LogStoreServicer(GroupHandlers, pb_grpc.LogStoreServicer):
                         offset = resolve(fetch_topic.topic, fp.partition, offset)
                     if fp.skip_bytes > 0:
                         offset = part.offset_after_read(offset, fp.skip_bytes)
+                    max_offset = None
+                    if self.cluster is not None and not is_internal_topic(fetch_topic.topic):
+                        self.cluster.replicas.leader(fetch_topic.topic, fp.partition)
+                        max_offset = part.high_watermark
                     # Over budget (limit 0): no bytes, but still the offsets and range check.
-                    fetched = part.read(offset, limit)
+                    fetched = part.read(offset, limit, max_offset=max_offset)
                     if total > 0 and len(fetched.data) > limit:
                         # Only the response's first batch may exceed the budget (KIP-74).
-                        fetched = part.read(offset, 0)
+                        fetched = part.read(offset, 0, max_offset=max_offset)
                 except LogStoreError as exc:
                     answers.append(PartitionAnswer(fp.partition, error_message(exc), 0, 0, b""))
                     errors += 1
@@ -659,3 +740,160 @@ class LogStoreServicer(GroupHandlers, pb_grpc.LogStoreServicer):
                 )
             )
         return pb.FetchCommittedOffsetsResponse(offsets=entries)
+
+    # --- cluster -----------------------------------------------------------------------------
+
+    @handles_errors
+    def Metadata(self, request: pb.MetadataRequest, context: Any) -> pb.MetadataResponse:
+        wanted = list(request.topics)
+        names = wanted or [
+            n
+            for n in self.manager.topic_names()
+            if request.include_internal or not is_internal_topic(n)
+        ]
+        topics = []
+        for name in names:
+            result = pb.TopicMetadata(topic=name)
+            try:
+                count = len(self.manager.topic(name).partitions)
+            except LogStoreError as exc:
+                result.error.CopyFrom(error_message(exc))
+                topics.append(result)
+                continue
+            for partition in range(count):
+                leader, replicas, isr, epoch = self._leadership(name, partition)
+                result.partitions.add(
+                    partition=partition,
+                    leader=leader,
+                    leader_epoch=epoch,
+                    replicas=replicas,
+                    isr=isr,
+                )
+            topics.append(result)
+        cluster_id, controller, brokers = self._cluster_summary()
+        return pb.MetadataResponse(
+            cluster_id=cluster_id, controller_id=controller, brokers=brokers, topics=topics
+        )
+
+    def _cluster_summary(self) -> tuple[str, int, list[pb.BrokerDescription]]:
+        """(cluster id, controller id, live brokers); a standalone broker is broker 0 with
+        no address: clients reach it where they reached it."""
+        if self.cluster is None:
+            return "", STANDALONE_BROKER_ID, [pb.BrokerDescription(broker_id=STANDALONE_BROKER_ID)]
+        view = self.cluster.view
+        brokers = [
+            pb.BrokerDescription(broker_id=b.broker_id, host=b.host, port=b.port)
+            for b in sorted(view.brokers.values(), key=lambda r: r.broker_id)
+        ]
+        return view.cluster_id, view.controller, brokers
+
+    @handles_errors
+    def DescribeCluster(
+        self, request: pb.DescribeClusterRequest, context: Any
+    ) -> pb.DescribeClusterResponse:
+        cluster_id, controller, brokers = self._cluster_summary()
+        if self.cluster is None:
+            return pb.DescribeClusterResponse(
+                cluster_id=cluster_id,
+                controller_id=controller,
+                brokers=brokers,
+                cluster_mode=False,
+                broker_id=STANDALONE_BROKER_ID,
+            )
+        healthy, status = self.cluster.health()
+        return pb.DescribeClusterResponse(
+            cluster_id=cluster_id,
+            controller_id=controller,
+            brokers=brokers,
+            cluster_mode=True,
+            broker_id=self.cluster.broker_id,
+            etcd_endpoints=",".join(self.cluster.settings.etcd_endpoints),
+            etcd_healthy=healthy,
+            etcd_status=status,
+        )
+
+    def _require_cluster(self) -> ClusterNode:
+        if self.cluster is None:
+            raise InvalidRequestError("this broker runs standalone: it has no replicas")
+        return self.cluster
+
+    @handles_errors
+    def OffsetForLeaderEpoch(
+        self, request: pb.OffsetForLeaderEpochRequest, context: Any
+    ) -> pb.OffsetForLeaderEpochResponse:
+        cluster = self._require_cluster()
+        topics = []
+        for query_topic in request.topics:
+            answers = []
+            for query in query_topic.partitions:
+                answer = pb.EpochEndOffset(
+                    partition=query.partition, leader_epoch=-1, end_offset=-1
+                )
+                try:
+                    replica = cluster.replicas.leader(
+                        query_topic.topic, query.partition, query.current_leader_epoch
+                    )
+                    epoch, end = replica.log.end_offset_for_leader_epoch(query.leader_epoch)
+                    answer.leader_epoch, answer.end_offset = epoch, end
+                except LogStoreError as exc:
+                    answer.error.CopyFrom(error_message(exc))
+                answers.append(answer)
+            topics.append(
+                pb.OffsetForLeaderEpochTopicResult(topic=query_topic.topic, partitions=answers)
+            )
+        return pb.OffsetForLeaderEpochResponse(topics=topics)
+
+    @handles_errors
+    def ReplicaFetch(self, request: pb.ReplicaFetchRequest, context: Any) -> pb.FetchResponse:
+        """A follower's fetch: no high-watermark cap; the fetch offset is the follower's log
+        end, recorded before reading so the high watermark advances as soon as it can."""
+        cluster = self._require_cluster()
+        max_bytes = min(request.max_bytes or self.max_fetch_bytes, self.max_fetch_bytes)
+        wait_ms = min(max(request.max_wait_ms, 0), MAX_WAIT_CAP_MS)
+        deadline = time.monotonic() + wait_ms / 1000
+        first = True
+        while True:
+            version = self.manager.appends.version
+            response, total = self._replica_read(cluster, request, max_bytes, record=first)
+            first = False
+            remaining_s = deadline - time.monotonic()
+            errors = any(r.error.code for t in response.topics for r in t.partitions)
+            if total >= max(request.min_bytes, 1) or remaining_s <= 0 or errors:
+                return response
+            if self.stopping or not context.is_active():
+                return response
+            self.manager.appends.wait_for_change(version, remaining_s)
+
+    def _replica_read(
+        self, cluster: ClusterNode, request: pb.ReplicaFetchRequest, max_bytes: int, record: bool
+    ) -> tuple[pb.FetchResponse, int]:
+        response = pb.FetchResponse()
+        remaining = max_bytes
+        total = 0
+        for fetch_topic in request.topics:
+            results = response.topics.add(topic=fetch_topic.topic).partitions
+            for fp in fetch_topic.partitions:
+                result = results.add(partition=fp.partition)
+                try:
+                    replica = cluster.replicas.leader(
+                        fetch_topic.topic, fp.partition, fp.leader_epoch
+                    )
+                    part = replica.log
+                    result.log_start_offset = part.log_start_offset
+                    if fp.fetch_offset > part.log_end_offset:
+                        raise OffsetOutOfRangeError(
+                            part.name, fp.fetch_offset, part.log_start_offset, part.log_end_offset
+                        )
+                    if record:
+                        cluster.replicas.record_follower_fetch(
+                            replica, request.replica_id, request.broker_epoch, fp.fetch_offset
+                        )
+                    fetched = part.read(fp.fetch_offset, min(remaining, max_bytes))
+                except LogStoreError as exc:
+                    result.error.CopyFrom(error_message(exc))
+                    continue
+                result.high_watermark = part.high_watermark
+                result.records = fetched.data
+                total += len(fetched.data)
+                remaining = max(0, remaining - len(fetched.data))
+        return response, total

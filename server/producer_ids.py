@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from logstore.errors import StorageError
@@ -46,6 +47,28 @@ class ProducerIdManager:
             if self._next >= self._block_end:
                 self._block_end = self._next + self._block_size
                 write_file_atomically(self._path, f"{self._block_end}\n".encode())
+            producer_id = self._next
+            self._next += 1
+            return producer_id
+
+
+class BlockProducerIds:
+    """Hands out producer ids from blocks reserved elsewhere (cluster mode: a counter in
+    etcd that every broker advances with compare-and-swap), so no two brokers ever hand
+    out the same id. The unused rest of a block is skipped after a restart."""
+
+    def __init__(self, reserve_block: Callable[[], int], block_size: int) -> None:
+        self._reserve_block = reserve_block
+        self._block_size = block_size
+        self._lock = threading.Lock()
+        self._next = 0
+        self._block_end = 0
+
+    def next_id(self) -> int:
+        with self._lock:
+            if self._next >= self._block_end:
+                self._next = self._reserve_block()
+                self._block_end = self._next + self._block_size
             producer_id = self._next
             self._next += 1
             return producer_id

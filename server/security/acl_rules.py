@@ -104,6 +104,14 @@ RULES: dict[str, Callable[[Any], list[Need]]] = {
     "CreateAcls": _cluster("alter"),
     "DeleteAcls": _cluster("alter"),
     "DescribeAcls": _cluster("describe"),
+    # Metadata answers only the topics the caller may describe (see RESPONSE_FILTERS);
+    # DescribeCluster lists brokers, which every client needs to find leaders.
+    "Metadata": _nothing,
+    "DescribeCluster": _nothing,
+    # Broker to broker: replication reads every record and reveals log layout, so only a
+    # principal allowed to alter the cluster (the brokers, or a super user) may call them.
+    "ReplicaFetch": _cluster("alter"),
+    "OffsetForLeaderEpoch": _cluster("alter"),
 }
 
 
@@ -121,6 +129,10 @@ def _filter_groups(response: pb.ListGroupsResponse, allowed: Allowed) -> None:
     _keep(response.groups, lambda g: allowed(GROUP, g.group_id, "describe"))
 
 
+def _filter_metadata(response: pb.MetadataResponse, allowed: Allowed) -> None:
+    _keep(response.topics, lambda t: allowed(TOPIC, t.topic, "describe"))
+
+
 def _filter_committed(response: pb.FetchCommittedOffsetsResponse, allowed: Allowed) -> None:
     # "Everything the group committed" must not reveal topics the caller may not see.
     _keep(response.offsets, lambda o: allowed(TOPIC, o.topic, "describe"))
@@ -131,6 +143,7 @@ RESPONSE_FILTERS: dict[str, Callable[[Any, Allowed], None]] = {
     "ListTopics": _filter_topics,
     "ListGroups": _filter_groups,
     "FetchCommittedOffsets": _filter_committed,
+    "Metadata": _filter_metadata,
 }
 
 _VERB = {"produce": "produce to", "consume": "consume from"}

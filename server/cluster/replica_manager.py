@@ -1,0 +1,338 @@
+"""A broker's replicas: which partitions it leads or follows, and the leader's duties.
+
+Invariants:
+- A broker appends to a partition as leader only while the partition's state (read from
+  etcd) names it leader, at the epoch it stamps into the batches, and while its own
+  registration in etcd is valid (`Leadership.valid`): a broker that was paused past its
+  session, or whose session lapsed, acknowledges nothing until it has re-read the cluster.
+- The high watermark a leader publishes is the minimum log end offset over the ISR and
+  never goes back while the broker leads at one epoch. Consumers read below it only.
+- An acks=all produce is answered once the high watermark passes its last record, or
+  fails with NotEnoughReplicasAfterAppendError after `replica_ack_timeout_ms`; with fewer
+  in-sync replicas than min.insync.replicas it is refused before anything is appended.
+- The ISR changes only through a compare-and-swap in etcd fenced by the leader's broker
+  epoch; the local view changes after etcd accepted the write, never before.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from logstore.clock import SYSTEM_CLOCK, Clock
+from logstore.codec.record_batch import BatchHeader
+from logstore.errors import (
+    BrokerNotRegisteredError,
+    ClusterMetadataUnavailableError,
+    FencedLeaderEpochError,
+    NotEnoughReplicasAfterAppendError,
+    NotEnoughReplicasError,
+    NotLeaderOrFollowerError,
+    UnknownLeaderEpochError,
+)
+from logstore.server.cluster.isr import FollowerTracker
+from logstore.server.cluster.settings import ClusterSettings
+from logstore.server.cluster.state import PartitionState
+from logstore.storage.partition_log import AppendResult, PartitionLog
+
+log = logging.getLogger(__name__)
+
+#: (topic, partition)
+Key = tuple[str, int]
+
+
+@dataclass
+class Replica:
+    """This broker's copy of one partition, and what it knows of the partition's state."""
+
+    topic: str
+    partition: int
+    log: PartitionLog
+    state: PartitionState
+    mod_revision: int
+    #: the leader's record of its followers (None while following)
+    tracker: FollowerTracker | None = None
+    #: the log end offset at which this broker's current leader epoch began
+    epoch_start_offset: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def key(self) -> Key:
+        return (self.topic, self.partition)
+
+    @property
+    def name(self) -> str:
+        return f"{self.topic}-{self.partition}"
+
+
+class Leadership:
+    """Whether this broker may act as a leader now: its etcd session is valid.
+
+    `session_valid()` is the store's view (the lease was renewed within the session
+    timeout); `etcd_down()` is true when the last attempt to reach etcd failed to connect.
+    While etcd is down for everyone no other broker can be elected either, so a leader
+    keeps serving with its current ISR (acks=all stays safe: the ISR cannot shrink without
+    etcd). A broker whose session lapsed while etcd was up (paused, partitioned) must not.
+    """
+
+    def __init__(self, session_valid: Callable[[], bool], etcd_down: Callable[[], bool]) -> None:
+        self._session_valid = session_valid
+        self._etcd_down = etcd_down
+
+    def valid(self) -> bool:
+        return self._session_valid() or self._etcd_down()
+
+
+class ReplicaManager:
+    """The replicas this broker holds, their roles, and the leader's replication duties."""
+
+    def __init__(
+        self,
+        broker_id: int,
+        settings: ClusterSettings,
+        leadership: Leadership,
+        write_isr: Callable[[str, int, PartitionState, int], int | None],
+        registered_epoch: Callable[[int], int | None],
+        on_high_watermark: Callable[[], None],
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self.broker_id = broker_id
+        self.settings = settings
+        self._leadership = leadership
+        self._write_isr = write_isr
+        self._registered_epoch = registered_epoch
+        self._on_high_watermark = on_high_watermark
+        self._clock = clock
+        self._replicas: dict[Key, Replica] = {}
+        self._lock = threading.Lock()
+        #: notified whenever a leader's high watermark advances (acks=all waiters)
+        self._hw_changed = threading.Condition()
+
+    # --- roles -------------------------------------------------------------------------------
+
+    def replica(self, topic: str, partition: int) -> Replica | None:
+        return self._replicas.get((topic, partition))
+
+    def replicas(self) -> list[Replica]:
+        with self._lock:
+            return list(self._replicas.values())
+
+    def apply(
+        self, log_for: PartitionLog, topic: str, partition: int, state: PartitionState, rev: int
+    ) -> tuple[str, Replica] | None:
+        """Take a partition state read from etcd; return ("leader" | "follower", replica)
+        when this broker's role for it changed (the caller starts or stops fetching), or
+        None when nothing changed for the fetcher."""
+        key = (topic, partition)
+        hosted = self.broker_id in state.replicas or self.broker_id in state.adding
+        with self._lock:
+            current = self._replicas.get(key)
+            if not hosted:
+                if current is not None:
+                    del self._replicas[key]
+                    return ("none", current)
+                return None
+            if current is None:
+                current = Replica(topic, partition, log_for, state, rev)
+                self._replicas[key] = current
+                was_leader, old_epoch = False, -1
+            else:
+                was_leader = current.state.leader == self.broker_id
+                old_epoch = current.state.leader_epoch
+            if rev < current.mod_revision:
+                return None  # an older read than one already applied
+            now_leader = state.leader == self.broker_id
+            epoch_changed = state.leader_epoch != old_epoch
+            with current.lock:
+                current.state = state
+                current.mod_revision = rev
+                if now_leader and (not was_leader or epoch_changed):
+                    self._become_leader(current)
+                    return ("leader", current)
+                if not now_leader and (was_leader or epoch_changed or current.tracker is None):
+                    current.tracker = None
+                    return ("follower", current)
+            return None
+
+    def _become_leader(self, replica: Replica) -> None:
+        """Start leading at `replica.state.leader_epoch` (called with the replica's lock)."""
+        part = replica.log
+        replica.epoch_start_offset = part.log_end_offset
+        part.leader_epoch_cache.assign(replica.state.leader_epoch, part.log_end_offset)
+        replica.tracker = FollowerTracker(
+            self.broker_id, self.settings.replica_lag_time_max_ms, self._clock.monotonic_ms()
+        )
+        log.info(
+            "%s: leader at epoch %d from offset %d, ISR %s",
+            replica.name,
+            replica.state.leader_epoch,
+            part.log_end_offset,
+            list(replica.state.isr),
+        )
+        self._advance_high_watermark(replica)
+
+    def forget(self, topic: str) -> None:
+        """Drop every replica of a deleted topic."""
+        with self._lock:
+            for key in [k for k in self._replicas if k[0] == topic]:
+                del self._replicas[key]
+
+    # --- leading -----------------------------------------------------------------------------
+
+    def leader(self, topic: str, partition: int, leader_epoch: int | None = None) -> Replica:
+        """The replica, if this broker leads it now (at `leader_epoch`, when given)."""
+        replica = self._replicas.get((topic, partition))
+        if replica is None or replica.state.leader != self.broker_id:
+            leader = replica.state.leader if replica is not None else -1
+            raise NotLeaderOrFollowerError(
+                f"{topic}-{partition}: broker {self.broker_id} is not its leader"
+                + (f" (broker {leader} is)" if leader >= 0 else "")
+            )
+        if not self._leadership.valid():
+            raise NotLeaderOrFollowerError(
+                f"{topic}-{partition}: broker {self.broker_id}'s cluster session lapsed; "
+                "it leads nothing until it has re-registered"
+            )
+        if leader_epoch is not None and leader_epoch >= 0:
+            current = replica.state.leader_epoch
+            if leader_epoch < current:
+                raise FencedLeaderEpochError(
+                    f"{topic}-{partition}: leader epoch {leader_epoch} is older than {current}"
+                )
+            if leader_epoch > current:
+                raise UnknownLeaderEpochError(
+                    f"{topic}-{partition}: leader epoch {leader_epoch} is newer than {current}"
+                )
+        return replica
+
+    def check_min_isr(self, replica: Replica) -> None:
+        """Refuse an acks=all produce before it is appended when the ISR is too small."""
+        needed = replica.log.config.min_insync_replicas
+        isr = replica.state.isr
+        if len(isr) < needed:
+            raise NotEnoughReplicasError(
+                f"{replica.name}: {len(isr)} in-sync replica(s) {list(isr)}, "
+                f"min.insync.replicas is {needed}"
+            )
+
+    def append(
+        self, replica: Replica, records: bytes | memoryview, headers: list[BatchHeader]
+    ) -> AppendResult:
+        """Append as leader, stamping the leader epoch into every batch."""
+        result = replica.log.append(
+            records, validated_headers=headers, leader_epoch=replica.state.leader_epoch
+        )
+        if len(replica.state.isr) <= 1:
+            self._advance_high_watermark(replica)
+        return result
+
+    def wait_for_replication(self, replica: Replica, end_offset: int) -> None:
+        """Block until the high watermark reaches `end_offset` (acks=all)."""
+        timeout_s = self.settings.replica_ack_timeout_ms / 1000
+        deadline = time.monotonic() + timeout_s
+        with self._hw_changed:
+            while replica.log.high_watermark < end_offset:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or replica.state.leader != self.broker_id:
+                    raise NotEnoughReplicasAfterAppendError(
+                        f"{replica.name}: the in-sync replicas {list(replica.state.isr)} did "
+                        f"not confirm offset {end_offset - 1} within "
+                        f"{self.settings.replica_ack_timeout_ms} ms (high watermark "
+                        f"{replica.log.high_watermark})"
+                    )
+                self._hw_changed.wait(min(remaining, 0.5))
+
+    def record_follower_fetch(
+        self, replica: Replica, follower_id: int, broker_epoch: int, fetch_offset: int
+    ) -> None:
+        """A follower fetched from `fetch_offset`: it holds everything below it."""
+        registered = self._registered_epoch(follower_id)
+        if registered is None or registered != broker_epoch:
+            raise BrokerNotRegisteredError(
+                f"broker {follower_id} at epoch {broker_epoch} is not registered"
+                + (f" (its registration has epoch {registered})" if registered else "")
+            )
+        if follower_id not in replica.state.replicas and follower_id not in replica.state.adding:
+            raise NotLeaderOrFollowerError(
+                f"{replica.name}: broker {follower_id} holds no replica of it"
+            )
+        tracker = replica.tracker
+        if tracker is None:
+            return
+        with replica.lock:
+            tracker.record_fetch(
+                follower_id,
+                fetch_offset,
+                replica.log.log_end_offset,
+                self._clock.monotonic_ms(),
+                broker_epoch,
+            )
+        self._advance_high_watermark(replica)
+
+    def _advance_high_watermark(self, replica: Replica) -> None:
+        tracker = replica.tracker
+        if tracker is None:
+            return
+        part = replica.log
+        candidate = tracker.high_watermark(replica.state.isr, part.log_end_offset)
+        if candidate > part.high_watermark and part.update_high_watermark(candidate):
+            with self._hw_changed:
+                self._hw_changed.notify_all()
+            self._on_high_watermark()
+
+    # --- ISR maintenance (a broker thread calls `maintain` a few times a second) -----------
+
+    def maintain(self) -> None:
+        """Shrink the ISR of every led partition by lagging followers and expand it by
+        caught-up ones, through etcd; a failed compare-and-swap is retried on the next pass
+        with the state the node re-reads."""
+        now_ms = self._clock.monotonic_ms()
+        for replica in self.replicas():
+            if replica.state.leader != self.broker_id or replica.tracker is None:
+                continue
+            try:
+                self._maintain_isr(replica, now_ms)
+            except ClusterMetadataUnavailableError as exc:
+                log.debug("%s: ISR change postponed: %s", replica.name, exc)
+                return
+
+    def _maintain_isr(self, replica: Replica, now_ms: int) -> None:
+        tracker = replica.tracker
+        assert tracker is not None
+        state = replica.state
+        lagging = tracker.out_of_sync(state.isr, now_ms)
+        joining = tracker.caught_up(
+            tuple(state.replicas) + tuple(b for b in state.adding if b not in state.replicas),
+            state.isr,
+            replica.log.high_watermark,
+            replica.epoch_start_offset,
+            self._registered_epoch,
+        )
+        if not lagging and not joining:
+            return
+        isr = tuple(b for b in state.isr if b not in lagging) + tuple(sorted(joining))
+        if self.broker_id not in isr:
+            return
+        new_state = state.with_isr(isr)
+        revision = self._write_isr(
+            replica.topic, replica.partition, new_state, replica.mod_revision
+        )
+        if revision is None:
+            return
+        with replica.lock:
+            if replica.mod_revision < revision:
+                replica.state = new_state
+                replica.mod_revision = revision
+        log.info(
+            "%s: ISR %s -> %s%s%s",
+            replica.name,
+            list(state.isr),
+            list(isr),
+            f" (lagging {sorted(lagging)})" if lagging else "",
+            f" (caught up {sorted(joining)})" if joining else "",
+        )
+        # a smaller ISR may let the high watermark advance (and release acks=all waiters)
+        self._advance_high_watermark(replica)
