@@ -371,7 +371,8 @@ class BrokerChannels:
         #: called (no lock held) after an answer changed some leader address
         self.on_change: Callable[[], None] | None = None
         self._security = security
-        self._request_timeout_s = request_timeout_s
+        #: the timeout of a request that names none (s)
+        self.request_timeout_s = request_timeout_s
         self._channels: dict[str, grpc.Channel] = {}
         self._stubs: dict[str, pb_grpc.LogStoreStub] = {}
         self._bootstrap_lock = threading.Lock()
@@ -463,7 +464,7 @@ class BrokerChannels:
         topic) and apply the answer. True when a leader address changed. Raises like
         `bootstrap`; a failure backs the next refresh off."""
         if not self.metadata.known:
-            self.bootstrap(self._request_timeout_s if timeout_s is None else timeout_s, topics)
+            self.bootstrap(self.request_timeout_s if timeout_s is None else timeout_s, topics)
             return True
         with self.lock:
             wanted = sorted({*topics, *self.metadata.stale_topics()})
@@ -474,7 +475,7 @@ class BrokerChannels:
                 candidates = candidates[index:] + candidates[:index]
         try:
             address, answer = self._ask(
-                candidates, wanted, self._request_timeout_s if timeout_s is None else timeout_s
+                candidates, wanted, self.request_timeout_s if timeout_s is None else timeout_s
             )
         except errors.LogStoreError:
             with self.lock:
@@ -571,7 +572,9 @@ class BrokerChannels:
 class HomeStub:
     """A `LogStoreStub` whose calls go to `BrokerChannels.home`. A call home does not answer
     (UNAVAILABLE) fails as before, and moves home to the next live broker for the calls
-    after it: callers retry as they always did."""
+    after it: callers retry as they always did. With several bootstrap addresses the first
+    call learns the cluster first, so it goes to a broker that answers; with one, home is
+    that broker and nothing is asked first."""
 
     __slots__ = ("_channels",)
 
@@ -582,6 +585,12 @@ class HomeStub:
         channels = self._channels
 
         def call(request: Any, **kwargs: Any) -> Any:
+            if not channels.bootstrapped and len(channels.bootstrap_addresses) > 1:
+                try:
+                    channels.bootstrap(kwargs.get("timeout") or channels.request_timeout_s)
+                except errors.LogStoreError as exc:
+                    # the call below fails as calls to an unreachable home do
+                    log.debug("no bootstrap broker answered: %s", exc)
             address = channels.home
             try:
                 return getattr(channels.stub(address), method)(request, **kwargs)

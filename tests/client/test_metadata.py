@@ -18,6 +18,7 @@ from logstore.client._connection import BrokerChannels, ClientSecurity, parse_bo
 from logstore.client.metadata import NO_LEADER, ClusterMetadata, format_address
 from logstore.clock import ManualClock
 from logstore.v1 import logstore_pb2 as pb
+from tests.client.cluster_relay import RelayCluster
 from tests.server.conftest import BrokerProcess
 
 REACHED = "10.0.0.9:9092"
@@ -393,16 +394,34 @@ def test_start_up_says_which_brokers_did_not_answer(closed_port: str) -> None:
         channels.close()
 
 
-def test_home_requests_move_to_the_next_broker_when_home_does_not_answer(
-    broker: BrokerProcess, dead_first: BrokerChannels, closed_port: str
+def test_the_first_home_request_goes_to_a_bootstrap_broker_that_answers(
+    broker: BrokerProcess, dead_first: BrokerChannels
 ) -> None:
-    home = dead_first.home_stub()
-    assert dead_first.home == closed_port
-    with pytest.raises(grpc.RpcError) as caught:
+    listing = dead_first.home_stub().ListTopics(pb.ListTopicsRequest(), timeout=10)
+    assert isinstance(listing, pb.ListTopicsResponse)
+    assert dead_first.bootstrapped and dead_first.home == broker.address
+
+
+def test_home_requests_move_to_the_next_broker_when_home_does_not_answer(
+    broker: BrokerProcess,
+) -> None:
+    relays = RelayCluster(broker.address, 2, standalone=True)
+    first, second = relays.relays
+    channels = channels_of(f"{first.address},{second.address}")
+    try:
+        home = channels.home_stub()
         home.ListTopics(pb.ListTopicsRequest(), timeout=10)
-    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
-    assert dead_first.home == broker.address  # the caller's retry goes there
-    assert isinstance(home.ListTopics(pb.ListTopicsRequest(), timeout=10), pb.ListTopicsResponse)
+        assert channels.home == first.address
+        first.stop()
+        with pytest.raises(grpc.RpcError) as caught:
+            home.ListTopics(pb.ListTopicsRequest(), timeout=10)
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+        assert channels.home == second.address  # the caller's retry goes there
+        home.ListTopics(pb.ListTopicsRequest(), timeout=10)
+        assert second.calls["/logstore.v1.LogStore/ListTopics"] == 1
+    finally:
+        channels.close()
+        relays.close()
 
 
 def test_closed_channels_refuse_new_requests(broker: BrokerProcess) -> None:
