@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import signal
+import socket
 import threading
 import time
 from collections import Counter
@@ -19,8 +20,10 @@ from logstore.codec import format as fmt
 from logstore.codec import record_batch as rb
 from logstore.codec.partitioner import partition_for_key
 from logstore.errors import (
+    BrokerUnavailableError,
     BufferExhaustedError,
     ClientClosedError,
+    InvalidRequestError,
     RecordTooLargeError,
     RequestTimedOutError,
     UnknownTopicOrPartitionError,
@@ -389,6 +392,60 @@ def test_bad_arguments_raise() -> None:
         Producer("127.0.0.1:1", acks=2)
     with pytest.raises(ValueError, match="max_in_flight"):
         Producer("127.0.0.1:1", max_in_flight_requests_per_connection=6)
+
+
+# --- bootstrap lists -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def closed_port() -> str:
+    """An address on 127.0.0.1 where nothing listens (a port just bound, then freed)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{sock.getsockname()[1]}"
+
+
+def test_a_bootstrap_list_starting_with_a_dead_broker_still_delivers(
+    broker: BrokerProcess, closed_port: str
+) -> None:
+    _create(broker, "listed", partitions=2)
+    with Producer(f"{closed_port},{broker.address}", linger_ms=2) as producer:
+        assert producer.partitions_for("listed") == {0, 1}
+        futures = [producer.send("listed", b"%d" % i, partition=i % 2) for i in range(100)]
+        batch = producer.send_batch("listed", [b"100", b"101"], partition=0)
+        offsets = [f.result(WAIT_S).offset for f in futures]
+        assert [md.base_offset for md in batch.result(WAIT_S)] == [50]
+    assert offsets == [i // 2 for i in range(100)]
+    values = [b"%d" % i for i in range(0, 100, 2)] + [b"100", b"101"]
+    assert [r.value for r in _records(broker, "listed", 0)] == values
+    assert [r.value for r in _records(broker, "listed", 1)] == [b"%d" % i for i in range(1, 100, 2)]
+
+
+def test_the_bootstrap_list_may_come_from_the_environment(
+    broker: BrokerProcess, closed_port: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _create(broker, "from-env")
+    monkeypatch.setenv("LOGSTORE_BOOTSTRAP", f" {closed_port} , {broker.address} ")
+    with Producer(linger_ms=0) as producer:
+        assert producer.send("from-env", b"x").result(WAIT_S).offset == 0
+
+
+def test_a_bootstrap_list_of_dead_brokers_fails_the_send_after_max_block_ms(
+    closed_port: str,
+) -> None:
+    dead = f"{closed_port},127.0.0.1:1"
+    with Producer(dead, max_block_ms=300) as producer:
+        failed = producer.send("t", b"x")
+        with pytest.raises(BrokerUnavailableError, match=closed_port) as caught:
+            failed.result(WAIT_S)
+    assert "127.0.0.1:1" in str(caught.value) and "300 ms" in str(caught.value)
+
+
+def test_a_bad_bootstrap_entry_is_refused_by_name() -> None:
+    with pytest.raises(InvalidRequestError, match="'nope' is not HOST:PORT"):
+        Producer("127.0.0.1:9092,nope")
+    with pytest.raises(InvalidRequestError, match="empty entry"):
+        Producer("127.0.0.1:9092,")
 
 
 # --- errors --------------------------------------------------------------------------------------

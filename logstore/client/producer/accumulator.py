@@ -156,9 +156,10 @@ class Partition:
     Invariants: `ready` is sorted by `Batch.order`; `inflight` counts this partition's
     batches in requests not yet answered; `sequence` numbers batches as they are encoded
     (under `encode_lock`, so sequence order is queue order). `draining` means a batch
-    failed and nothing is sent until `inflight` is 0; `reset_pending` means a batch failed
-    for good, so the remaining ones get a fresh producer id and sequences from 0 first.
-    `retry_at` is in ms.
+    failed, or the partition moved to another leader, and nothing is sent until `inflight`
+    is 0; `reset_pending` means a batch failed for good, so the remaining ones get a fresh
+    producer id and sequences from 0 first. `leader` is the address of the broker its
+    requests go to (None: not known now, nothing is sent). `retry_at` is in ms.
     """
 
     __slots__ = (
@@ -166,6 +167,7 @@ class Partition:
         "draining",
         "encode_lock",
         "inflight",
+        "leader",
         "name",
         "open",
         "partition",
@@ -189,6 +191,7 @@ class Partition:
         self.retry_at = 0.0
         self.sequence = PartitionSequence(producer_id, epoch)
         self.encode_lock = threading.Lock()
+        self.leader: str | None = None
 
 
 class Topic:
@@ -216,7 +219,8 @@ class RecordAccumulator:
     `open_parts` / `closed_parts` / `ready_parts` while it has an open batch / closed
     batches / ready batches (ready_parts may briefly keep an emptied one); `reset_parts`
     holds the partitions with `reset_pending`. At most one batch per partition is in a
-    request, and a partition with `inflight == max_in_flight` sends nothing more.
+    request, and a partition with `inflight == max_in_flight` sends nothing more. A
+    request holds batches of partitions with one leader only.
     """
 
     def __init__(
@@ -462,12 +466,30 @@ class RecordAccumulator:
             part.draining = False
         return part.inflight < self.max_in_flight
 
-    def drain(self, now: float, slots: int) -> list[list[Batch]]:
-        """Up to `slots` requests' worth of ready batches, each at most one batch per
-        partition and `max_request_size` bytes; they count as in flight from now."""
+    def ready_leaders(self) -> set[str]:
+        """The leaders (addresses) of the partitions with batches ready to send."""
+        return {p.leader for p in self.ready_parts if p.ready and p.leader is not None}
+
+    def set_leader(self, part: Partition, leader: str | None) -> None:
+        """Send `part`'s batches to `leader` from now on (None: no leader known, send
+        nothing). Batches in flight to the previous leader are answered first, so batches
+        reach the new leader in sequence order."""
+        if part.leader == leader:
+            return
+        if part.inflight:
+            part.draining = True
+        part.leader = leader
+        if part.ready:
+            self.ready_parts[part] = None
+            self.wake()
+
+    def drain(self, now: float, slots: int, leader: str | None) -> list[list[Batch]]:
+        """Up to `slots` requests' worth of ready batches of the partitions `leader` leads,
+        each at most one batch per partition and `max_request_size` bytes; they count as
+        in flight from now."""
         requests = []
         while slots > 0:
-            batches = self._pick_batches(now)
+            batches = self._pick_batches(now, leader)
             if not batches:
                 break
             requests.append(batches)
@@ -476,12 +498,13 @@ class RecordAccumulator:
             del self.ready_parts[part]
         return requests
 
-    def _pick_batches(self, now: float) -> list[Batch]:
-        """One request's batches: at most one per partition, up to max_request_size bytes."""
+    def _pick_batches(self, now: float, leader: str | None) -> list[Batch]:
+        """One request's batches for `leader`: at most one per partition, up to
+        max_request_size bytes."""
         batches: list[Batch] = []
         size = 0
         for part in list(self.ready_parts):
-            if not self.sendable(part, now):
+            if part.leader != leader or not self.sendable(part, now):
                 continue
             if part.reset_pending:
                 batch = _probe(part)

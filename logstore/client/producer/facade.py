@@ -1,4 +1,5 @@
-"""`Producer`: batches records per partition and sends them over one pipelined stream.
+"""`Producer`: batches records per partition and sends them to each partition's leader
+over one pipelined stream per leader broker.
 
 Life of a record:
 
@@ -9,11 +10,15 @@ Life of a record:
    oldest record is `linger_ms` old, or when `flush()`/`close()` (or a full buffer) asks,
    and encodes it once with `record_batch.encode_batch`, stamped with the producer id and
    the partition's next sequence number (`PartitionSequence`).
-3. Encoded batches of many partitions are packed into `ProduceRequest`s of at most
-   `max_request_size` bytes and written to one long-lived `ProduceStream`, with up to
-   `max_in_flight_requests_per_connection` requests unanswered.
+3. Encoded batches of the partitions one broker leads are packed into `ProduceRequest`s
+   of at most `max_request_size` bytes and written to that broker's long-lived
+   `ProduceStream`, with up to `max_in_flight_requests_per_connection` requests
+   unanswered. Leaders come from the cluster's metadata (`ClusterMetadata`); a standalone
+   broker leads everything, so it gets the one stream.
 4. A reader thread matches each answer to its request and completes the futures; what a
-   failure means (retry after a backoff, or give up) is the `RetryPolicy`'s.
+   failure means (retry after a backoff, or give up) is the `RetryPolicy`'s. A broker that
+   no longer leads a partition, or a leader that stops answering, makes the producer ask
+   for metadata again; the batches go again, unchanged, to the leader it names.
 
 Sizes are in bytes, times in ms, timestamps in ms since the Unix epoch.
 """
@@ -32,14 +37,14 @@ import grpc
 
 from logstore import errors
 from logstore.client._connection import (
+    BrokerChannels,
     SecurityOptions,
     client_security,
     is_retriable,
-    make_stub,
-    open_channel,
     resolve_bootstrap,
     translate,
 )
+from logstore.client.metadata import ClusterMetadata
 from logstore.clock import SYSTEM_CLOCK, Clock
 from logstore.codec import format as fmt
 from logstore.codec.partitioner import StickyPartitioner, partition_for_key
@@ -110,6 +115,10 @@ class Producer:
     >>> with Producer("127.0.0.1:9092", acks="all", compression="zstd") as p:  # doctest: +SKIP
     ...     md = p.send("orders", value=b"...", key=b"user_123").result()
 
+    `bootstrap` is "HOST:PORT[,HOST:PORT...]" (default $LOGSTORE_BOOTSTRAP, else
+    127.0.0.1:9092): the brokers asked, in order, where the cluster's partition leaders are;
+    any live one is enough.
+
     Options follow Kafka's producer configs (snake_case):
 
     * `acks`: 0 (futures complete when the request is handed to gRPC, offset -1), 1 (written
@@ -132,7 +141,7 @@ class Producer:
     * `max_in_flight_requests_per_connection`: unanswered requests on the stream.
     * `max_request_size`: bytes per request (and the largest record accepted).
     * `metadata_max_age_ms`: how often known topics are described again in the background,
-      so added partitions get keyed records (ms).
+      so added partitions get keyed records and moved leaders are found (ms).
     * `clock`: the monotonic clock every duration above is measured on (linger, backoff,
       delivery and request timeouts, `max_block_ms`, metadata age), and the `flush()` and
       `close()` timeouts. Waits are real time and read it again at least every 500 ms, so
@@ -212,19 +221,28 @@ class Producer:
         )
         self._clock = clock
         self._metadata_refresh_at = clock.monotonic_ms() + metadata_max_age_ms
-        call_metadata = (("client-id", client_id),) if client_id else None
+        self._call_metadata = (("client-id", client_id),) if client_id else None
 
         self.address = resolve_bootstrap(bootstrap)
-        self._channel = open_channel(self.address, client_security("Producer", security))
-        self._stub = make_stub(self._channel)
-        # Requests are serialized by hand (see `logstore.codec.wire`): the stream sends bytes.
-        produce_stream = self._channel.stream_stream(
-            PRODUCE_STREAM_METHOD,
-            request_serializer=passthrough,
-            response_deserializer=pb.ProduceResponse.FromString,
+        self._metadata = ClusterMetadata(
+            max_age_ms=metadata_max_age_ms,
+            backoff_ms=retry_backoff_ms,
+            backoff_max_ms=retry_backoff_max_ms,
+            clock=clock,
         )
+        self._channels = BrokerChannels(
+            self.address,
+            client_security("Producer", security),
+            self._metadata,
+            request_timeout_s=self._request_timeout_s,
+        )
+        #: topic, producer id and other requests without a leader go to the home broker
+        self._stub = self._channels.home_stub()
+        #: each leader's ProduceStream method (guarded by _lock)
+        self._produce_streams: dict[str, Any] = {}
         self._topics: dict[str, Topic] = {}
-        self._metadata_lock = threading.Lock()
+        # Re-entrant: a metadata answer got while loading a topic re-routes on that thread.
+        self._metadata_lock = threading.RLock()
         self._producer_id = fmt.NO_PRODUCER_ID
         self._producer_epoch = fmt.NO_PRODUCER_EPOCH
         self._closed = False
@@ -248,12 +266,14 @@ class Producer:
             self._accumulator,
             self._lock,
             stub=self._stub,
-            open_call=lambda requests: produce_stream(requests, metadata=call_metadata),
+            open_call=self._open_produce_stream,
             address=self.address,
             request_timeout_ms=request_timeout_ms,
             on_tick=self._refresh_metadata,
+            on_stale=self._metadata_stale,
         )
         self._accumulator.wake = self._sender.kick
+        self._channels.on_change = self._leaders_changed
         self._sender.start()
 
     # --- public API ----------------------------------------------------------------------
@@ -420,7 +440,7 @@ class Producer:
             self._sender.finish([Outcome(b, -1, -1, error) for b in aborted])
         finally:
             self._sender.shutdown()
-            self._channel.close()
+            self._channels.close()
 
     def __enter__(self) -> Producer:
         return self
@@ -507,26 +527,86 @@ class Producer:
 
     def _grow(self, meta: Topic, count: int) -> None:
         """Add the partitions the topic gained (`_metadata_lock` held); never shrink."""
-        for p in range(len(meta.partitions), count):
-            meta.partitions.append(Partition(meta, p, self._producer_id, self._producer_epoch))
+        known = len(meta.partitions)
+        leaders = self._channels.leaders((meta.name, p) for p in range(known, count))
+        for p in range(known, count):
+            part = Partition(meta, p, self._producer_id, self._producer_epoch)
+            part.leader = leaders[(meta.name, p)]
+            meta.partitions.append(part)
         meta.sticky = self._accumulator.sticky.partition(meta.name, len(meta.partitions))
 
     def _refresh_metadata(self, now: float) -> float:
-        """Describe every known topic again once metadata_max_age_ms has passed; return
-        when (ms) to look again, so an idle sender still wakes for it.
+        """Ask about every known topic again once metadata_max_age_ms has passed, or soon
+        after a broker said it no longer leads a partition; return when (ms) to look again,
+        so an idle sender still wakes for it.
 
-        Asynchronous: the answers update the partition lists from a gRPC thread, so the
-        sender never waits for them and cached metadata stays in use if the broker is away.
+        Asynchronous: the answers update the partition lists and leaders from another
+        thread, so the sender never waits for them and cached metadata stays in use if the
+        brokers are away. A broker without the Metadata RPC is asked with DescribeTopic.
         """
         if now < self._metadata_refresh_at:
             return self._metadata_refresh_at
+        if self._metadata.supported and self._channels.bootstrapped:
+            return self._refresh_leaders(now)
         self._metadata_refresh_at = now + self._metadata_max_age_ms
+        home = self._channels.stub(self._channels.home)
         for meta in list(self._topics.values()):
-            call = self._stub.DescribeTopic.future(
+            call = home.DescribeTopic.future(
                 pb.DescribeTopicRequest(name=meta.name), timeout=self._request_timeout_s
             )
             call.add_done_callback(lambda done, meta=meta: self._on_described(meta, done))
         return self._metadata_refresh_at
+
+    def _refresh_leaders(self, now: float) -> float:
+        """Start a Metadata refresh of the known topics when one is due; return when (ms)
+        to look again: when the next is due, and while one runs, after a backoff."""
+        with self._channels.lock:
+            due = self._metadata.refresh_due()
+            next_at = self._metadata.next_refresh_ms()
+        if next_at is None:
+            next_at = now + self._metadata_max_age_ms
+        if due:
+            self._channels.refresh_in_background(list(self._topics))
+            next_at = max(next_at, now + self._retry.backoff_ms(1))
+        self._metadata_refresh_at = next_at
+        return next_at
+
+    def _metadata_stale(self, topic: str | None) -> None:
+        """A broker no longer leads a partition of `topic`, or (None) a leader stopped
+        answering: ask for metadata at the sender's next round (producer lock held)."""
+        if not self._metadata.supported:
+            return  # a standalone broker without Metadata: nothing else could lead
+        with self._channels.lock:
+            self._metadata.invalidate(topic)
+        self._metadata_refresh_at = 0.0
+        self._sender.kick()
+
+    def _leaders_changed(self) -> None:
+        """A metadata answer moved leaders or added partitions: route every partition to
+        its leader now (on the thread that got the answer)."""
+        with self._metadata_lock:
+            for meta in list(self._topics.values()):
+                self._grow(meta, len(self._metadata.partitions_for(meta.name) or ()))
+            parts = [part for meta in self._topics.values() for part in meta.partitions]
+        leaders = self._channels.leaders((part.topic.name, part.partition) for part in parts)
+        with self._lock:
+            for part in parts:
+                self._accumulator.set_leader(part, leaders[(part.topic.name, part.partition)])
+            self._sender.kick()
+
+    def _open_produce_stream(self, address: str, requests: Iterator[bytes]) -> Any:
+        """Start a ProduceStream call to `address` (producer lock held)."""
+        method = self._produce_streams.get(address)
+        if method is None:
+            # Requests are serialized by hand (see `logstore.codec.wire`): the stream sends
+            # bytes.
+            method = self._channels.channel(address).stream_stream(
+                PRODUCE_STREAM_METHOD,
+                request_serializer=passthrough,
+                response_deserializer=pb.ProduceResponse.FromString,
+            )
+            self._produce_streams[address] = method
+        return method(requests, metadata=self._call_metadata)
 
     def _on_described(self, meta: Topic, call: Any) -> None:
         """Apply a background DescribeTopic answer (runs on a gRPC thread)."""
@@ -559,6 +639,8 @@ class Producer:
                 return call(max(0.001, min(self._request_timeout_s, remaining)))
             except grpc.RpcError as exc:
                 error = translate(exc, self.address)
+            except errors.LogStoreError as exc:
+                error = exc
             attempt += 1
             remaining = self._seconds_until(deadline)
             if not is_retriable(error) or remaining <= 0:
@@ -568,14 +650,31 @@ class Producer:
             time.sleep(min(self._retry.backoff_ms(attempt) / 1000, max(remaining, 0)))
 
     def _describe_partitions(self, name: str) -> int:
-        """The topic's partition count, retrying for up to max_block_ms."""
-        request = pb.DescribeTopicRequest(name=name)
-        response = self._retrying(
+        """The topic's partition count (its leaders too, from a broker that has the
+        Metadata RPC), retrying for up to max_block_ms."""
+        return self._retrying(
             f"describing topic {name!r}",
-            lambda timeout: self._stub.DescribeTopic(request, timeout=timeout),
+            lambda timeout: self._partition_count(name, timeout),
             self._max_block_s,
         )
-        return len(response.topic.partitions)
+
+    def _partition_count(self, name: str, timeout_s: float) -> int:
+        """One attempt: Metadata for `name` and the known topics (the first one is the
+        start-up's), else DescribeTopic for a broker without the Metadata RPC."""
+        channels = self._channels
+        if not channels.bootstrapped:
+            channels.bootstrap(timeout_s, [name, *self._topics])
+        elif self._metadata.supported:
+            channels.refresh([name, *self._topics], timeout_s)
+        if not self._metadata.supported:
+            request = pb.DescribeTopicRequest(name=name)
+            return len(self._stub.DescribeTopic(request, timeout=timeout_s).topic.partitions)
+        with channels.lock:
+            partitions = self._metadata.partitions_for(name)
+            missing = self._metadata.missing(name)
+        if partitions is None:
+            raise errors.UnknownTopicOrPartitionError(missing or f"topic {name!r} does not exist")
+        return len(partitions)
 
     def _init_producer_id(self, budget_s: float) -> tuple[int, int]:
         """A new (producer id, epoch) from the broker, retrying for up to `budget_s` s."""

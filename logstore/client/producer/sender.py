@@ -1,13 +1,16 @@
 """The producer's I/O: a sender thread that turns ready batches into requests on one
-pipelined `ProduceStream`, and a reader thread per stream that matches answers to requests.
+pipelined `ProduceStream` per leader broker, and a reader thread per stream that matches
+answers to requests.
 
 Every decision (what to close, what to send, what an answer or a broken stream means) is
 the `RecordAccumulator`'s; this module only moves bytes and wakes threads. One stream
 instead of one call per request saves the ~0.5 ms a unary gRPC call costs in Python.
 Answers come in request order. After a retriable failure a partition waits for its
 requests in flight, then resends its batches byte for byte, in sequence order, on a new
-stream, so the broker recognises a batch it already has and answers with the original
-offset. Times are in ms of the accumulator's clock; gRPC timeouts and waits in seconds.
+stream (to its leader as the metadata says then), so the broker recognises a batch it
+already has and answers with the original offset. With one broker (standalone) there is
+one stream, to it. Times are in ms of the accumulator's clock; gRPC timeouts and waits in
+seconds.
 """
 
 from __future__ import annotations
@@ -23,7 +26,12 @@ from typing import Any
 import grpc
 
 from logstore import errors
-from logstore.client._connection import ERROR_KIND_KEY, partition_error, translate
+from logstore.client._connection import (
+    ERROR_KIND_KEY,
+    METADATA_STALE_KINDS,
+    partition_error,
+    translate,
+)
 from logstore.codec.wire import encode_produce_request
 from logstore.v1 import logstore_pb2 as pb
 
@@ -52,14 +60,16 @@ class Request:
 
 
 class Stream:
-    """One `ProduceStream` call and the requests on it (guarded by the producer lock).
+    """One `ProduceStream` call to `node`'s broker and the requests on it (guarded by the
+    producer lock).
 
     Invariants: `to_write` holds requests gRPC has not taken yet; `unanswered` holds, in send
     order, every acks != 0 request given to this stream and not answered yet. Once `dead`,
     both are empty and the stream is never used again.
     """
 
-    def __init__(self, lock: threading.Lock) -> None:
+    def __init__(self, lock: threading.Lock, node: Node) -> None:
+        self.node = node
         self.to_write: deque[Request] = deque()
         self.unanswered: deque[Request] = deque()
         self.wakeup = threading.Condition(lock)
@@ -71,12 +81,28 @@ class Stream:
         self.reader: threading.Thread | None = None
 
 
-class Sender:
-    """The sender thread and the stream's reader threads around one `RecordAccumulator`.
+class Node:
+    """A leader broker the sender talks to: its live stream, if any, and the backoff
+    before the next one after streams to it failed (`retry_at`, ms)."""
 
-    Invariants: `lock` guards the accumulator, the stream and every field here; at most one
-    stream is live (`stream`); futures are settled with no lock held. `idle` is notified
-    whenever batches finish, `wake` whenever the sender has something new to look at.
+    __slots__ = ("address", "failures", "retry_at", "stream")
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.stream: Stream | None = None
+        self.failures = 0
+        self.retry_at = 0.0
+
+
+class Sender:
+    """The sender thread and the streams' reader threads around one `RecordAccumulator`.
+
+    Invariants: `lock` guards the accumulator, the streams and every field here; at most one
+    stream per leader broker is live (`Node.stream`), and a request goes to the stream of
+    the leader of all its batches' partitions; futures are settled with no lock held.
+    `idle` is notified whenever batches finish, `wake` whenever the sender has something
+    new to look at. `on_stale(topic)` (lock held) is told when a broker said it no longer
+    leads a partition of `topic`, or (None) when a leader stopped answering.
     """
 
     def __init__(
@@ -85,10 +111,11 @@ class Sender:
         lock: threading.Lock,
         *,
         stub: Any,
-        open_call: Callable[[Iterator[bytes]], Any],
+        open_call: Callable[[str, Iterator[bytes]], Any],
         address: str,
         request_timeout_ms: float,
         on_tick: Callable[[float], float],
+        on_stale: Callable[[str | None], None],
     ) -> None:
         self.acc = accumulator
         self.lock = lock
@@ -100,11 +127,11 @@ class Sender:
         self._request_timeout_ms = request_timeout_ms
         #: called every round with the time (ms); returns when (ms) it must run next
         self._on_tick = on_tick
+        self._on_stale = on_stale
         self._tick_at = 0.0
         self._wake_pending = False
-        self._stream: Stream | None = None
-        self._stream_failures = 0
-        self._stream_retry_at = 0.0
+        #: the leader brokers, by address
+        self._nodes: dict[str, Node] = {}
         self._reset_retry_at = 0.0
         self._correlation = itertools.count(1)
         self.stopping = False
@@ -196,44 +223,57 @@ class Sender:
                     part.encode_lock.release()
 
     def _send_ready(self, now: float) -> None:
-        """Pack ready batches into requests and give them to the stream."""
+        """Pack ready batches into requests and give them to their leaders' streams."""
         if self._cancel_if_stuck(now):
             return
-        acks = self.acc.acks
         with self.lock:
             if not self.acc.ready_parts:
                 return
-            stream = self._stream
-            if stream is None and now >= self._stream_retry_at:
-                stream = self._open_stream()
-            if stream is None:
-                return
-            busy = len(stream.unanswered) if acks else len(stream.to_write)
-            requests = [
-                Request(next(self._correlation), batches, acks, now)
-                for batches in self.acc.drain(now, self.acc.max_in_flight - busy)
-            ]
-            if requests:
-                stream.to_write.extend(requests)
-                if acks:
-                    stream.unanswered.extend(requests)
-                stream.wakeup.notify()
+            for address in self.acc.ready_leaders():
+                node = self._nodes.get(address)
+                if node is None:
+                    node = self._nodes[address] = Node(address)
+                self._send_to(node, now)
+
+    def _send_to(self, node: Node, now: float) -> None:
+        """Give `node`'s stream the requests its free in-flight slots allow (lock held)."""
+        acks = self.acc.acks
+        stream = node.stream
+        if stream is None and now >= node.retry_at:
+            stream = self._open_stream(node)
+        if stream is None:
+            return
+        busy = len(stream.unanswered) if acks else len(stream.to_write)
+        requests = [
+            Request(next(self._correlation), batches, acks, now)
+            for batches in self.acc.drain(now, self.acc.max_in_flight - busy, node.address)
+        ]
+        if requests:
+            stream.to_write.extend(requests)
+            if acks:
+                stream.unanswered.extend(requests)
+            stream.wakeup.notify()
 
     def _cancel_if_stuck(self, now: float) -> bool:
-        """Break the stream when its oldest request is unanswered for request_timeout_ms;
-        the reader thread then requeues everything on it."""
+        """Break each stream whose oldest request is unanswered for request_timeout_ms (its
+        reader thread then requeues everything on it); True if one was."""
+        stuck = []
         with self.lock:
-            stream = self._stream
-            if stream is None or not stream.unanswered:
-                return False
-            if now - stream.unanswered[0].sent_at <= self._request_timeout_ms:
-                return False
-            stream.cancelled_because = errors.RequestTimedOutError(
-                f"no answer within request_timeout_ms={self._request_timeout_ms:.0f}"
-            )
-        log.warning("%s: reconnecting", stream.cancelled_because)
-        stream.call.cancel()
-        return True
+            for node in self._nodes.values():
+                stream = node.stream
+                if stream is None or not stream.unanswered or stream.cancelled_because:
+                    continue
+                if now - stream.unanswered[0].sent_at <= self._request_timeout_ms:
+                    continue
+                stream.cancelled_because = errors.RequestTimedOutError(
+                    f"no answer from {node.address} within request_timeout_ms="
+                    f"{self._request_timeout_ms:.0f}"
+                )
+                stuck.append(stream)
+        for stream in stuck:
+            log.warning("%s: reconnecting", stream.cancelled_because)
+            stream.call.cancel()
+        return bool(stuck)
 
     def _wait(self, now: float) -> bool:
         """Sleep until there is work or a deadline; True when the thread should end."""
@@ -244,8 +284,12 @@ class Sender:
                 self._wake_pending = False
                 return False
             deadline = self.acc.next_deadline(now)
-            if deadline is not None and self._stream is None and self.acc.ready_parts:
-                deadline = min(deadline, self._stream_retry_at)
+            if deadline is not None and self.acc.ready_parts:
+                # a broker backing off gets a new stream when its backoff ends (one whose
+                # backoff ended has one already, or leads nothing ready)
+                for node in self._nodes.values():
+                    if node.stream is None and node.retry_at > now:
+                        deadline = min(deadline, node.retry_at)
             # even with nothing to send, the tick (the metadata refresh) comes when due
             deadline = self._tick_at if deadline is None else min(deadline, self._tick_at)
             self.wake.wait(None if deadline is None else max(0.0, deadline - now) / 1000)
@@ -254,14 +298,14 @@ class Sender:
 
     # --- the stream ----------------------------------------------------------------------
 
-    def _open_stream(self) -> Stream:
-        """Start a ProduceStream call and its reader thread (lock held)."""
-        stream = Stream(self.lock)
-        stream.call = self._open_call(self._requests_of(stream))
+    def _open_stream(self, node: Node) -> Stream:
+        """Start a ProduceStream call to `node` and its reader thread (lock held)."""
+        stream = Stream(self.lock, node)
+        stream.call = self._open_call(node.address, self._requests_of(stream))
         stream.reader = threading.Thread(
             target=self._read, args=(stream,), name="logstore-producer-reader", daemon=True
         )
-        self._stream = stream
+        node.stream = stream
         stream.reader.start()
         return stream
 
@@ -309,7 +353,7 @@ class Sender:
                 raise errors.InternalBrokerError(
                     f"answer {response.correlation_id} arrived while {request.cid} was expected"
                 )
-            self._stream_failures = 0
+            stream.node.failures = 0
             results = {(t.topic, r.partition): r for t in response.topics for r in t.partitions}
             now = self.acc.clock.monotonic_ms()
             outcomes = []
@@ -323,6 +367,8 @@ class Sender:
                     outcome = self.acc.answered(batch, error, -1, -1, now)
                 else:
                     error = partition_error(result.error)
+                    if error is not None and type(error).__name__ in METADATA_STALE_KINDS:
+                        self._on_stale(part.topic.name)
                     outcome = self.acc.answered(
                         batch, error, result.base_offset, result.log_append_time, now
                     )
@@ -333,7 +379,7 @@ class Sender:
 
     def _on_stream_failed(self, stream: Stream, exc: BaseException | None) -> None:
         """The stream ended: settle every request still on it and plan a new stream."""
-        error = stream.cancelled_because or self._stream_error(exc)
+        error = stream.cancelled_because or self._stream_error(exc, stream.node.address)
         rejected = self._rejected_by_broker(exc, error)
         outcomes: list[Outcome] = []
         acc = self.acc
@@ -342,8 +388,9 @@ class Sender:
                 return
             stream.dead = True
             stream.wakeup.notify_all()
-            if self._stream is stream:
-                self._stream = None
+            node = stream.node
+            if node.stream is stream:
+                node.stream = None
             unanswered = list(stream.unanswered)
             unwritten = [] if acc.acks else list(stream.to_write)
             stream.unanswered.clear()
@@ -357,8 +404,10 @@ class Sender:
                     acc.unsent(request.batches, now)
             else:
                 if exc is not None or unanswered:
-                    self._stream_failures += 1
-                    self._stream_retry_at = now + acc.retry.backoff_ms(self._stream_failures)
+                    node.failures += 1
+                    node.retry_at = now + acc.retry.backoff_ms(node.failures)
+                if isinstance(error, errors.BrokerUnavailableError):
+                    self._on_stale(None)  # the leader may be gone: where are its partitions?
                 for request in unanswered:
                     outcomes += acc.lost(request.batches, error, now)
             for request in unwritten:
@@ -368,13 +417,15 @@ class Sender:
             log.debug("produce stream ended: %s", error)
         self.finish(outcomes)
 
-    def _stream_error(self, exc: BaseException | None) -> errors.LogStoreError:
+    def _stream_error(self, exc: BaseException | None, stream_address: str) -> errors.LogStoreError:
         """What broke the stream. Anything but a refusal by the broker leaves the requests
         on it with an unknown fate, so it is reported as retriable."""
         if exc is None:
-            return errors.BrokerUnavailableError("the broker ended the produce stream")
+            return errors.BrokerUnavailableError(
+                f"the broker at {stream_address} ended the produce stream"
+            )
         if isinstance(exc, grpc.RpcError):
-            return translate(exc, self._address)
+            return translate(exc, stream_address)
         return errors.BrokerUnavailableError(f"produce stream broke: {exc}")
 
     def _rejected_by_broker(self, exc: BaseException | None, error: errors.LogStoreError) -> bool:
@@ -398,17 +449,20 @@ class Sender:
             self.idle.notify_all()
 
     def shutdown(self) -> None:
-        """Stop the sender thread and end the stream (after a flush)."""
+        """Stop the sender thread and end the streams (after a flush)."""
         with self.lock:
             self.stopping = True
             self.kick()
         self._thread.join(timeout=max(self._request_timeout_ms / 1000, 1.0))
         with self.lock:
-            stream = self._stream
-            if stream is not None:
+            streams = [node.stream for node in self._nodes.values() if node.stream is not None]
+            for stream in streams:
                 stream.finishing = True
                 stream.wakeup.notify_all()
-        if stream is not None and stream.reader is not None:
-            stream.reader.join(timeout=self._request_timeout_ms / 1000)
-            if stream.reader.is_alive():
-                stream.call.cancel()
+        # the streams end together: the request timeout bounds the whole wait
+        deadline = time.monotonic() + self._request_timeout_ms / 1000
+        for stream in streams:
+            if stream.reader is not None:
+                stream.reader.join(timeout=max(0.0, deadline - time.monotonic()))
+                if stream.reader.is_alive():
+                    stream.call.cancel()

@@ -12,7 +12,7 @@ from logstore.client.producer.accumulator import MAX_IDLE_WAIT_MS, Batch, Outcom
 from logstore.client.producer.futures import BatchGroup, BatchMetadata, RecordFuture
 from logstore.types import RecordMetadata
 
-from .world import World, header_of, values_of
+from .world import LEADER, World, header_of, values_of
 
 RETRIABLE = errors.BrokerUnavailableError("broker went away")
 FATAL = errors.RecordTooLargeError("too large")
@@ -144,6 +144,67 @@ def test_each_record_future_gets_its_offset_or_its_batch_error(record_futures: s
         RecordMetadata("t", 0, 11, 1_000),
     ]
     assert c.exception(0) is FATAL and not world.acc.incomplete
+
+
+# --- leaders ------------------------------------------------------------------------------
+
+OTHER = "127.0.0.1:9093"
+
+
+def test_a_request_holds_the_partitions_of_one_leader_only() -> None:
+    world = World(partitions=3)
+    world.acc.set_leader(world.part(1), OTHER)
+    for p in range(3):
+        world.append(p)
+    world.encode_due(force=True)
+    assert world.acc.ready_leaders() == {LEADER, OTHER}
+    (mine,) = world.drain(leader=LEADER)
+    assert sorted(b.part.partition for b in mine) == [0, 2]
+    (theirs,) = world.drain(leader=OTHER)
+    assert [b.part.partition for b in theirs] == [1]
+    assert world.acc.ready_leaders() == set()
+
+
+def test_a_partition_without_a_leader_waits_then_expires() -> None:
+    world = World(delivery_timeout_ms=1_000)
+    world.acc.set_leader(world.part(), None)
+    batch = world.append()
+    world.encode_due(force=True)
+    assert world.acc.ready_leaders() == set() and world.drain() == []
+    world.clock.advance(1_000)
+    (outcome,) = world.acc.expire(world.now)
+    assert outcome.batch is batch and isinstance(outcome.error, errors.RequestTimedOutError)
+
+
+def test_a_moved_partition_goes_on_at_its_new_leader_in_sequence_order() -> None:
+    world = World(batch_size=100, max_in_flight=5)
+    batches = [world.append(size=100) for _ in range(2)]
+    world.encode_due(force=True)
+    first, second = world.drain()
+    assert first == [batches[0]] and second == [batches[1]]
+    later = world.append(size=100)
+    world.encode_due(force=True)
+    world.acc.set_leader(world.part(), OTHER)
+    # nothing new goes to the new leader while the old one may still append batches 0, 1
+    assert world.drain(leader=OTHER) == [] and world.drain(leader=LEADER) == []
+    stale = errors.NotLeaderOrFollowerError("broker 1 is not the leader")
+    assert world.fail(batches[0], stale) is None
+    assert world.drain(leader=OTHER) == []  # batch 1 is still in flight
+    assert world.fail(batches[1], stale) is None
+    world.clock.advance(100)  # the retry backoff
+    requests = world.drain(leader=OTHER, slots=5)
+    assert [r[0] for r in requests] == [batches[0], batches[1], later]
+    assert [header_of(r[0]).base_sequence for r in requests] == [0, 1, 2]  # as first sent
+    assert world.drain(leader=LEADER) == []
+
+
+def test_routing_a_partition_to_the_leader_it_has_changes_nothing() -> None:
+    world = World()
+    world.append()
+    world.encode_due(force=True)
+    assert len(world.drain()) == 1
+    world.acc.set_leader(world.part(), LEADER)
+    assert not world.part().draining and world.part().inflight == 1
 
 
 # --- retries, expiry, resets ---------------------------------------------------------------

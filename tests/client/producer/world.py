@@ -22,6 +22,8 @@ from logstore.codec import record_batch as rb
 from logstore.types import RecordMetadata
 
 NewFuture = Callable[[Batch, int], Future[RecordMetadata]]
+#: the broker leading every partition of a World
+LEADER = "127.0.0.1:9092"
 #: the two ways the producer makes a record's future: a view of its batch, or a plain Future
 RECORD_FUTURES: dict[str, NewFuture] = {"view": RecordFuture, "plain": plain_record_future}
 #: what a new World's accumulator makes record futures with (the `record_futures` fixture
@@ -72,6 +74,8 @@ class World:
         self.topic.partitions = [
             Partition(self.topic, p, producer_id, 0) for p in range(partitions)
         ]
+        for part in self.topic.partitions:
+            part.leader = LEADER
         self.acc.new_future = NEW_FUTURE
         #: every record's future, in append order
         self.futures: list[Future[RecordMetadata]] = []
@@ -117,8 +121,8 @@ class World:
             if force:
                 self.acc.forcing -= 1
 
-    def drain(self, slots: int = 5) -> list[list[Batch]]:
-        return self.acc.drain(self.now, slots)
+    def drain(self, slots: int = 5, leader: str = LEADER) -> list[list[Batch]]:
+        return self.acc.drain(self.now, slots, leader)
 
     def ack(self, batch: Batch, base_offset: int = 0) -> Outcome | None:
         return self.acc.answered(batch, None, base_offset, -1, self.now)
