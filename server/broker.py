@@ -163,6 +163,17 @@ def add_servicer_to_server(servicer: pb_grpc.LogStoreServicer, server: grpc.Serv
     server.add_registered_method_handlers(SERVICE.full_name, handlers)
 
 
+def _check_standalone_target(target: list[int] | None) -> None:
+    """A standalone broker's only replica set is [0]: moving there changes nothing."""
+    if target is None:
+        raise InvalidRequestError("no reassignment is running: this broker runs standalone")
+    if target != [STANDALONE_BROKER_ID]:
+        raise InvalidReplicationFactorError(
+            f"replicas {target}: this broker runs standalone, as broker "
+            f"{STANDALONE_BROKER_ID}, the only replica of every partition"
+        )
+
+
 def _as_proto(topics: TopicAnswers) -> pb.FetchResponse:
     """The FetchResponse message of `topics`."""
     # Built in place: passing finished messages to a constructor deep-copies them, and
@@ -303,12 +314,6 @@ class LogStoreServicer(GroupHandlers, pb_grpc.LogStoreServicer):
         if is_internal_topic(name):
             raise InvalidRequestError(f"cannot {action} internal topic {name!r}")
 
-    def _refuse_in_cluster(self, what: str) -> None:
-        if self.cluster is not None:
-            raise InvalidRequestError(
-                f"{what} is not yet supported in cluster mode: recreate the topic instead"
-            )
-
     def _check_message_limit(self, overrides: dict[str, str]) -> None:
         """Refuse a max.message.bytes that no produce request could carry."""
         config = self.manager.default_config.with_overrides(overrides)
@@ -369,7 +374,6 @@ class LogStoreServicer(GroupHandlers, pb_grpc.LogStoreServicer):
         self, request: pb.AlterTopicConfigRequest, context: Any
     ) -> pb.AlterTopicConfigResponse:
         self._refuse_internal(request.name, "alter")
-        self._refuse_in_cluster("altering a topic's config")
         changes: dict[str, str | None] = dict(request.set)
         changes.update({key: None for key in request.delete})
         overrides = dict(self.manager.topic(request.name).config_overrides)
@@ -377,6 +381,10 @@ class LogStoreServicer(GroupHandlers, pb_grpc.LogStoreServicer):
         for key in request.delete:
             overrides.pop(key, None)
         self._check_message_limit(overrides)
+        if self.cluster is not None:
+            self.cluster.alter_topic_config(request.name, overrides)
+            topic = self.manager.topic(request.name)
+            return pb.AlterTopicConfigResponse(topic=self._describe(topic))
         topic = self.manager.alter_config(request.name, changes)
         return pb.AlterTopicConfigResponse(topic=self._describe(topic))
 
@@ -385,7 +393,10 @@ class LogStoreServicer(GroupHandlers, pb_grpc.LogStoreServicer):
         self, request: pb.AddPartitionsRequest, context: Any
     ) -> pb.AddPartitionsResponse:
         self._refuse_internal(request.name, "add partitions to")
-        self._refuse_in_cluster("adding partitions")
+        if self.cluster is not None:
+            self.cluster.add_partitions(request.name, request.total_count)
+            topic = self.manager.topic(request.name)
+            return pb.AddPartitionsResponse(topic=self._describe(topic))
         topic = self.manager.add_partitions(request.name, request.total_count)
         return pb.AddPartitionsResponse(topic=self._describe(topic))
 
@@ -897,3 +908,52 @@ class LogStoreServicer(GroupHandlers, pb_grpc.LogStoreServicer):
                 total += len(fetched.data)
                 remaining = max(0, remaining - len(fetched.data))
         return response, total
+
+    @handles_errors
+    def AlterPartitionReassignments(
+        self, request: pb.AlterPartitionReassignmentsRequest, context: Any
+    ) -> pb.AlterPartitionReassignmentsResponse:
+        topics = []
+        for topic in request.topics:
+            results = []
+            for wanted in topic.partitions:
+                result = pb.ReassignablePartitionResult(partition=wanted.partition)
+                try:
+                    self._refuse_internal(topic.topic, "reassign")
+                    self.manager.partition(topic.topic, wanted.partition)
+                    target = list(wanted.replicas) or None
+                    if self.cluster is None:
+                        _check_standalone_target(target)
+                    else:
+                        self.cluster.reassign(topic.topic, wanted.partition, target)
+                except LogStoreError as exc:
+                    result.error.CopyFrom(error_message(exc))
+                results.append(result)
+            topics.append(pb.ReassignableTopicResult(topic=topic.topic, partitions=results))
+        return pb.AlterPartitionReassignmentsResponse(topics=topics)
+
+    @handles_errors
+    def ListPartitionReassignments(
+        self, request: pb.ListPartitionReassignmentsRequest, context: Any
+    ) -> pb.ListPartitionReassignmentsResponse:
+        if self.cluster is None:
+            return pb.ListPartitionReassignmentsResponse()
+        wanted = {(t.topic, p) for t in request.topics for p in t.partitions} or None
+        wanted_topics = {t.topic for t in request.topics if not t.partitions}
+        by_topic: dict[str, list[pb.OngoingPartitionReassignment]] = {}
+        for (topic, partition), state in sorted(self.cluster.reassignments().items()):
+            if (wanted is not None or wanted_topics) and not (
+                (wanted is not None and (topic, partition) in wanted) or topic in wanted_topics
+            ):
+                continue
+            by_topic.setdefault(topic, []).append(
+                pb.OngoingPartitionReassignment(
+                    partition=partition,
+                    replicas=list(state.replicas),
+                    adding_replicas=list(state.adding),
+                    removing_replicas=list(state.removing),
+                )
+            )
+        return pb.ListPartitionReassignmentsResponse(
+            topics=[pb.OngoingTopicReassignment(topic=t, partitions=p) for t, p in by_topic.items()]
+        )

@@ -56,8 +56,13 @@ log = logging.getLogger(__name__)
 _CONTROL_INTERVAL_S = 1.0
 #: ISR maintenance runs this often (s)
 _MAINTENANCE_INTERVAL_S = 0.25
+#: high watermarks are written to replication-offset-checkpoint this often (s; Kafka's
+#: replica.high.watermark.checkpoint.interval.ms is 5 s)
+_HW_CHECKPOINT_INTERVAL_S = 5.0
 #: how long a create or delete waits for the local logs to follow etcd (s)
 _APPLY_TIMEOUT_S = 10.0
+#: compare-and-swap attempts before a request gives up on a record that keeps changing
+_CAS_ATTEMPTS = 10
 #: producer ids are reserved from etcd in blocks of this many
 PRODUCER_ID_BLOCK = 1000
 
@@ -399,9 +404,13 @@ class ClusterNode:
         self._known_topics.discard(name)
 
     def _maintenance_loop(self) -> None:
+        last_checkpoint = time.monotonic()
         while not self._stopping.wait(_MAINTENANCE_INTERVAL_S):
             try:
                 self.replicas.maintain()
+                if time.monotonic() - last_checkpoint >= _HW_CHECKPOINT_INTERVAL_S:
+                    last_checkpoint = time.monotonic()
+                    self.manager.checkpoint_high_watermarks()
             except Exception:  # keep the broker serving; the next pass retries
                 log.exception("ISR maintenance failed")
 
@@ -451,6 +460,96 @@ class ClusterNode:
                 )
             self._wake.set()
             time.sleep(0.02)
+
+    def alter_topic_config(self, name: str, overrides: Mapping[str, str]) -> None:
+        """Replace the topic's config overrides in etcd; every broker applies them."""
+        self.manager.default_config.with_overrides(overrides)  # InvalidConfigError first
+        for _ in range(_CAS_ATTEMPTS):
+            current = self._topic_record(name)
+            if self.store.update_topic_config(name, overrides, current.mod_revision):
+                break
+        else:
+            raise ClusterMetadataUnavailableError(f"topic {name} kept changing; try again")
+        self._wake.set()
+        self._await(
+            lambda: self.manager.topic(name).config_overrides == dict(overrides),
+            f"the config of {name} to apply",
+        )
+
+    def add_partitions(self, name: str, total: int) -> None:
+        """Grow a topic to `total` partitions, placed like a new topic's with the same
+        replication factor (that of partition 0)."""
+        for _ in range(_CAS_ATTEMPTS):
+            current = self._topic_record(name)
+            record: TopicRecord = current.value
+            first = self.store.partition_state(name, 0)
+            replication_factor = len(first.value.replicas) if first is not None else 1
+            live = sorted(self.store.live_brokers())
+            placed = placement.assign_replicas(
+                total - record.partitions,
+                replication_factor,
+                live,
+                first_partition=record.partitions,
+            )
+            states = {
+                record.partitions + i: election.initial_state(replicas, set(live))
+                for i, replicas in enumerate(placed)
+            }
+            if self.store.add_partitions(name, total, states, current.mod_revision):
+                break
+        else:
+            raise ClusterMetadataUnavailableError(f"topic {name} kept changing; try again")
+        self._wake.set()
+        self._await(
+            lambda: len(self.manager.topic(name).partitions) >= total,
+            f"{name} to have {total} partitions",
+        )
+
+    def _topic_record(self, name: str) -> Versioned:
+        found = self.store.topics().get(name)
+        if found is None:
+            raise UnknownTopicOrPartitionError(f"topic {name!r} does not exist")
+        return found
+
+    def reassign(self, topic: str, partition: int, target: list[int] | None) -> None:
+        """Start moving a partition to `target` (None: cancel a running move). The
+        controller completes it once the new replicas are in sync (KIP-455)."""
+        live = set(self.store.live_brokers())
+        if target is not None:
+            unknown = sorted(set(target) - live)
+            if unknown:
+                raise InvalidRequestError(
+                    f"{topic}-{partition}: brokers {unknown} are not live cluster members"
+                )
+        for _ in range(_CAS_ATTEMPTS):
+            found = self.store.partition_state(topic, partition)
+            if found is None:
+                raise UnknownTopicOrPartitionError(f"{topic}-{partition} does not exist")
+            state: PartitionState = found.value
+            if target is None:
+                if not election.reassignment_in_progress(state):
+                    raise InvalidRequestError(f"{topic}-{partition}: no reassignment is running")
+                original = [b for b in state.replicas if b not in state.adding]
+                new = election.start_reassignment(state, original)
+            else:
+                new = election.start_reassignment(state, target)
+            # Written by whichever broker took the request, fenced by its own registration;
+            # the compare on the partition's revision orders it with the controller's writes.
+            revision = self.store.update_partition_as_leader(
+                topic, partition, new, found.mod_revision, self.broker_id, self.broker_epoch
+            )
+            if revision is not None:
+                self._wake.set()
+                return
+        raise ClusterMetadataUnavailableError(f"{topic}-{partition} kept changing; try again")
+
+    def reassignments(self) -> dict[tuple[str, int], PartitionState]:
+        """The partitions being reassigned now, with their states."""
+        return {
+            key: versioned.value
+            for key, versioned in self.store.partition_states().items()
+            if election.reassignment_in_progress(versioned.value)
+        }
 
     def next_producer_id_block(self) -> int:
         return self.store.allocate_producer_ids(PRODUCER_ID_BLOCK)

@@ -112,6 +112,8 @@ RULES: dict[str, Callable[[Any], list[Need]]] = {
     # principal allowed to alter the cluster (the brokers, or a super user) may call them.
     "ReplicaFetch": _cluster("alter"),
     "OffsetForLeaderEpoch": _cluster("alter"),
+    "AlterPartitionReassignments": _cluster("alter"),
+    "ListPartitionReassignments": _cluster("describe"),
 }
 
 

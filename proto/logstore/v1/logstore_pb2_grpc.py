@@ -174,6 +174,16 @@ class LogStoreStub:
                 request_serializer=logstore_dot_v1_dot_logstore__pb2.OffsetForLeaderEpochRequest.SerializeToString,
                 response_deserializer=logstore_dot_v1_dot_logstore__pb2.OffsetForLeaderEpochResponse.FromString,
                 _registered_method=True)
+        self.AlterPartitionReassignments = channel.unary_unary(
+                '/logstore.v1.LogStore/AlterPartitionReassignments',
+                request_serializer=logstore_dot_v1_dot_logstore__pb2.AlterPartitionReassignmentsRequest.SerializeToString,
+                response_deserializer=logstore_dot_v1_dot_logstore__pb2.AlterPartitionReassignmentsResponse.FromString,
+                _registered_method=True)
+        self.ListPartitionReassignments = channel.unary_unary(
+                '/logstore.v1.LogStore/ListPartitionReassignments',
+                request_serializer=logstore_dot_v1_dot_logstore__pb2.ListPartitionReassignmentsRequest.SerializeToString,
+                response_deserializer=logstore_dot_v1_dot_logstore__pb2.ListPartitionReassignmentsResponse.FromString,
+                _registered_method=True)
 
 
 class LogStoreServicer:
@@ -376,6 +386,21 @@ class LogStoreServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AlterPartitionReassignments(self, request, context):
+        """Kafka's AlterPartitionReassignments (KIP-455): move each partition's replicas to the
+        brokers given (the preferred leader first). The new replicas catch up as followers;
+        once all are in the ISR the old ones leave. Empty replicas cancel a reassignment.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPartitionReassignments(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LogStoreServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -518,6 +543,16 @@ def add_LogStoreServicer_to_server(servicer, server):
                     servicer.OffsetForLeaderEpoch,
                     request_deserializer=logstore_dot_v1_dot_logstore__pb2.OffsetForLeaderEpochRequest.FromString,
                     response_serializer=logstore_dot_v1_dot_logstore__pb2.OffsetForLeaderEpochResponse.SerializeToString,
+            ),
+            'AlterPartitionReassignments': grpc.unary_unary_rpc_method_handler(
+                    servicer.AlterPartitionReassignments,
+                    request_deserializer=logstore_dot_v1_dot_logstore__pb2.AlterPartitionReassignmentsRequest.FromString,
+                    response_serializer=logstore_dot_v1_dot_logstore__pb2.AlterPartitionReassignmentsResponse.SerializeToString,
+            ),
+            'ListPartitionReassignments': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPartitionReassignments,
+                    request_deserializer=logstore_dot_v1_dot_logstore__pb2.ListPartitionReassignmentsRequest.FromString,
+                    response_serializer=logstore_dot_v1_dot_logstore__pb2.ListPartitionReassignmentsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1276,6 +1311,60 @@ class LogStore:
             '/logstore.v1.LogStore/OffsetForLeaderEpoch',
             logstore_dot_v1_dot_logstore__pb2.OffsetForLeaderEpochRequest.SerializeToString,
             logstore_dot_v1_dot_logstore__pb2.OffsetForLeaderEpochResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AlterPartitionReassignments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/logstore.v1.LogStore/AlterPartitionReassignments',
+            logstore_dot_v1_dot_logstore__pb2.AlterPartitionReassignmentsRequest.SerializeToString,
+            logstore_dot_v1_dot_logstore__pb2.AlterPartitionReassignmentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPartitionReassignments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/logstore.v1.LogStore/ListPartitionReassignments',
+            logstore_dot_v1_dot_logstore__pb2.ListPartitionReassignmentsRequest.SerializeToString,
+            logstore_dot_v1_dot_logstore__pb2.ListPartitionReassignmentsResponse.FromString,
             options,
             channel_credentials,
             insecure,
