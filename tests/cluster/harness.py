@@ -3,10 +3,19 @@
 Brokers listen on 127.0.0.1 with ports chosen at their first start and kept across
 restarts; each has its own data directory. Short session and lag timeouts keep failovers
 within a few seconds.
+
+Faults: a broker can be stopped (SIGTERM), killed (SIGKILL), paused (SIGSTOP) and resumed
+(SIGCONT), or restarted with an empty data directory; etcd can be killed and started
+again (`tests/cluster/etcd.py`). `heal()` undoes every fault at once. Calls from the tests
+never go to a paused broker (they would hang until their deadline), and every call has a
+deadline, so no test waits on a broker for longer than it asked.
 """
 
 from __future__ import annotations
 
+import shutil
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,15 +32,36 @@ from tests.server.conftest import BrokerProcess
 SESSION_TIMEOUT_MS = 2000
 #: a follower that has not caught up for this long leaves the ISR (ms)
 REPLICA_LAG_TIME_MAX_MS = 3000
+#: deadline of a call from a test to a broker unless the caller gives one (s)
+CALL_TIMEOUT_S = 10.0
+#: gRPC's reconnect back-off grows to 120 s by default; a broker restarted by a test is
+#: back within seconds, and the test's next call must reach it then
+_CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 500),
+]
+
+
+class UnknownPartitionError(LookupError):
+    """No reachable broker could say anything about the partition (yet)."""
 
 
 class ClusterHarness:
-    """etcd plus brokers 1..N, each a real process (see the module docstring)."""
+    """etcd plus brokers 1..N, each a real process (see the module docstring).
+
+    Thread-safe for calls (`call`, `partition`, `leader_of`...) from several test threads
+    while the main thread injects faults.
+    """
 
     def __init__(self, base: Path, brokers: int = 3, extra_args: list[str] | None = None) -> None:
         self.base = base
         self.etcd = EtcdServer(base / "etcd")
         self.brokers: dict[int, BrokerProcess] = {}
+        #: brokers stopped with SIGSTOP and not resumed yet
+        self.paused: set[int] = set()
+        self._lock = threading.Lock()
+        self._channels: dict[str, tuple[grpc.Channel, pb_grpc.LogStoreStub]] = {}
         for broker_id in range(1, brokers + 1):
             directory = base / f"broker-{broker_id}"
             directory.mkdir(parents=True)
@@ -62,8 +92,14 @@ class ClusterHarness:
         )
 
     def close(self) -> None:
+        """Kill every broker (SIGKILL ends a paused process too) and etcd."""
         for process in self.brokers.values():
             process.close()
+        self.paused.clear()
+        with self._lock:
+            channels, self._channels = list(self._channels.values()), {}
+        for channel, _ in channels:
+            channel.close()
         self.etcd.close()
 
     @property
@@ -73,28 +109,115 @@ class ClusterHarness:
     def live(self) -> list[BrokerProcess]:
         return [p for p in self.brokers.values() if p.proc is not None]
 
+    def running(self, broker_id: int) -> bool:
+        return self.brokers[broker_id].proc is not None
+
+    def reachable(self) -> list[int]:
+        """Ids of the brokers that run and are not paused: they answer calls."""
+        with self._lock:
+            paused = set(self.paused)
+        return [b for b, p in self.brokers.items() if p.proc is not None and b not in paused]
+
+    # --- calls -------------------------------------------------------------------------------
+
     def stub(self, broker_id: int | None = None) -> Iterator[pb_grpc.LogStoreStub]:
-        """A stub to `broker_id`, or to any live broker."""
-        process = self.brokers[broker_id] if broker_id is not None else self.live()[0]
-        with grpc.insecure_channel(process.address) as channel:
-            yield pb_grpc.LogStoreStub(channel)
+        """A stub to `broker_id`, or to any reachable broker (one shared channel each)."""
+        yield self._stub(self._target(broker_id))
 
-    def call(self, method: str, request: object, broker_id: int | None = None) -> object:
-        for stub in self.stub(broker_id):
-            return getattr(stub, method)(request, timeout=10)
-        raise AssertionError("unreachable")
+    def _target(self, broker_id: int | None) -> int:
+        if broker_id is not None:
+            return broker_id
+        reachable = self.reachable()
+        if not reachable:
+            raise AssertionError("no broker is reachable")
+        return reachable[0]
 
-    def describe_cluster(self, broker_id: int | None = None) -> pb.DescribeClusterResponse:
-        answer = self.call("DescribeCluster", pb.DescribeClusterRequest(), broker_id)
+    def _stub(self, broker_id: int) -> pb_grpc.LogStoreStub:
+        address = self.brokers[broker_id].address
+        with self._lock:
+            found = self._channels.get(address)
+            if found is None:
+                channel = grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
+                found = (channel, pb_grpc.LogStoreStub(channel))
+                self._channels[address] = found
+        return found[1]
+
+    def call(
+        self,
+        method: str,
+        request: object,
+        broker_id: int | None = None,
+        timeout_s: float = CALL_TIMEOUT_S,
+    ) -> object:
+        """One unary call to `broker_id` (or any reachable broker), with a deadline."""
+        return getattr(self._stub(self._target(broker_id)), method)(request, timeout=timeout_s)
+
+    def describe_cluster(
+        self, broker_id: int | None = None, timeout_s: float = CALL_TIMEOUT_S
+    ) -> pb.DescribeClusterResponse:
+        answer = self.call("DescribeCluster", pb.DescribeClusterRequest(), broker_id, timeout_s)
         assert isinstance(answer, pb.DescribeClusterResponse)
         return answer
 
-    def partition(
-        self, topic: str, partition: int = 0, broker_id: int | None = None
+    def describe_topic(
+        self, topic: str, broker_id: int, timeout_s: float = CALL_TIMEOUT_S
+    ) -> pb.TopicDescription:
+        """The topic as `broker_id`'s own logs hold it (log end offset, high watermark)."""
+        answer = self.call(
+            "DescribeTopic", pb.DescribeTopicRequest(name=topic), broker_id, timeout_s
+        )
+        assert isinstance(answer, pb.DescribeTopicResponse)
+        return answer.topic
+
+    def metadata(
+        self, topic: str, partition: int, broker_id: int, timeout_s: float = CALL_TIMEOUT_S
     ) -> pb.PartitionMetadata:
-        answer = self.call("Metadata", pb.MetadataRequest(topics=[topic]), broker_id)
+        """The partition's leader, epoch and ISR as `broker_id` knows them."""
+        answer = self.call("Metadata", pb.MetadataRequest(topics=[topic]), broker_id, timeout_s)
         assert isinstance(answer, pb.MetadataResponse)
-        return answer.topics[0].partitions[partition]
+        found = answer.topics[0] if answer.topics else None
+        if found is None or found.error.code or len(found.partitions) <= partition:
+            # A broker that has only just started may not know the topic yet.
+            why = found.error.message if found is not None else "no topic in the answer"
+            raise UnknownPartitionError(f"broker {broker_id}: {topic}-{partition}: {why}")
+        return found.partitions[partition]
+
+    def partition(
+        self,
+        topic: str,
+        partition: int = 0,
+        broker_id: int | None = None,
+        timeout_s: float = CALL_TIMEOUT_S,
+    ) -> pb.PartitionMetadata:
+        """The partition's metadata from `broker_id`, or else the newest any reachable broker
+        has: the largest leader epoch, as its leader tells it when it answers (the leader
+        writes the ISR, so its view of the ISR is the freshest)."""
+        if broker_id is not None:
+            return self.metadata(topic, partition, broker_id, timeout_s)
+        answers: dict[int, pb.PartitionMetadata] = {}
+        failure: grpc.RpcError | None = None
+        for candidate in self.reachable():
+            try:
+                answers[candidate] = self.metadata(topic, partition, candidate, timeout_s)
+            except (grpc.RpcError, UnknownPartitionError) as exc:
+                failure = exc
+        if not answers:
+            if failure is not None:
+                raise failure
+            raise UnknownPartitionError("no broker is reachable")
+        newest = max(answers.values(), key=lambda m: m.leader_epoch)
+        return answers.get(newest.leader, newest)
+
+    def leader_of(
+        self, topic: str, partition: int = 0, timeout_s: float = 2.0
+    ) -> tuple[int, int] | None:
+        """(leader, leader_epoch) as the reachable brokers know it, or None while there is
+        none or no broker answers."""
+        try:
+            found = self.partition(topic, partition, timeout_s=timeout_s)
+        except (grpc.RpcError, UnknownPartitionError):
+            return None
+        return None if found.leader < 0 else (found.leader, found.leader_epoch)
 
     def wait_for_leader(
         self, topic: str, partition: int = 0, *, not_on: int | None = None, timeout_s: float = 20
@@ -103,13 +226,10 @@ class ClusterHarness:
         found: list[int] = []
 
         def elected() -> bool:
-            try:
-                leader = self.partition(topic, partition).leader
-            except grpc.RpcError:
+            current = self.leader_of(topic, partition)
+            if current is None or current[0] == not_on:
                 return False
-            if leader < 0 or leader == not_on:
-                return False
-            found[:] = [leader]
+            found[:] = [current[0]]
             return True
 
         wait_until(elected, f"a leader for {topic}-{partition}", timeout_s=timeout_s)
@@ -122,13 +242,65 @@ class ClusterHarness:
 
         def full() -> bool:
             try:
-                isr[:] = list(self.partition(topic, partition).isr)
-            except grpc.RpcError:
+                isr[:] = list(self.partition(topic, partition, timeout_s=2.0).isr)
+            except (grpc.RpcError, UnknownPartitionError):
                 return False
             return len(isr) == size
 
         wait_until(full, f"an ISR of {size} for {topic}-{partition}", timeout_s=timeout_s)
         return isr
+
+    # --- faults ------------------------------------------------------------------------------
+
+    def pause(self, broker_id: int) -> None:
+        """SIGSTOP: the broker keeps its sockets open and answers nothing, renews no lease."""
+        process = self.brokers[broker_id]
+        assert process.proc is not None, f"broker {broker_id} is not running"
+        with self._lock:
+            self.paused.add(broker_id)
+        process.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self, broker_id: int) -> None:
+        """SIGCONT after `pause`."""
+        process = self.brokers[broker_id]
+        assert process.proc is not None, f"broker {broker_id} is not running"
+        process.proc.send_signal(signal.SIGCONT)
+        with self._lock:
+            self.paused.discard(broker_id)
+
+    def kill9(self, broker_id: int) -> None:
+        with self._lock:
+            self.paused.discard(broker_id)
+        self.brokers[broker_id].kill9()
+
+    def stop(self, broker_id: int) -> None:
+        """SIGTERM, after resuming a paused broker (a stopped process ignores it)."""
+        if broker_id in self.paused:
+            self.resume(broker_id)
+        self.brokers[broker_id].stop()
+
+    def wipe(self, broker_id: int) -> None:
+        """Delete the data directory of a broker that is not running (a replaced disk)."""
+        process = self.brokers[broker_id]
+        assert process.proc is None, f"broker {broker_id} is running"
+        shutil.rmtree(process.data_dir, ignore_errors=True)
+
+    def heal(self) -> None:
+        """Undo every fault: start etcd if it is down, resume paused brokers, start stopped
+        ones (etcd first: a broker does not start without it)."""
+        if self.etcd.proc is None:
+            self.etcd.start()
+        for broker_id in sorted(self.paused):
+            self.resume(broker_id)
+        for process in self.brokers.values():
+            if process.proc is None:
+                process.start()
+
+    def stop_all(self) -> None:
+        """Stop every running broker cleanly, so its files are complete and closed."""
+        for broker_id, process in self.brokers.items():
+            if process.proc is not None:
+                self.stop(broker_id)
 
 
 def settle(seconds: float) -> None:
