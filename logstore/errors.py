@@ -184,3 +184,8 @@ class ClusterMetadataUnavailableError(LogStoreError):
 
 class InvalidReplicationFactorError(InvalidRequestError):
     """The replication factor asked for is below 1 or above the number of live brokers."""
+
+
+class NotCoordinatorError(LogStoreError):
+    """The broker asked does not coordinate the group (it does not lead the group's
+    partition of __consumer_offsets): find the coordinator again and retry there."""

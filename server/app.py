@@ -31,7 +31,7 @@ from logstore.server.broker import (
 )
 from logstore.server.cluster.settings import ClusterSettings
 from logstore.server.groups.coordinator import GroupCoordinator
-from logstore.server.groups.offsets_store import OffsetStore
+from logstore.server.groups.offsets_store import OFFSETS_TOPIC, OffsetStore
 from logstore.server.metrics import BrokerMetrics
 from logstore.server.producer_ids import BlockProducerIds, ProducerIdManager
 from logstore.server.security import BrokerSecurity, SecuritySettings
@@ -146,8 +146,15 @@ class Broker:
             settings=settings.manager,
             replicated=settings.cluster is not None,
         )
-        self.offsets = OffsetStore(self.manager)
         self.cluster: ClusterNode | None = None
+        replicated_append = None
+        if settings.cluster is not None:
+
+            def replicated_append(partition: int, batch: bytes) -> None:
+                assert self.cluster is not None
+                self.cluster.append_offsets(partition, batch)
+
+        self.offsets = OffsetStore(self.manager, replicated_append=replicated_append)
         self.producer_ids: ProducerIdManager | BlockProducerIds = ProducerIdManager(
             self.manager.data_dir / PRODUCER_ID_FILE
         )
@@ -222,12 +229,25 @@ class Broker:
 
         advertised = cluster.advertised_listen or self.address
         self.cluster = ClusterNode(
-            cluster, self.manager, advertised, on_topic_deleted=self.offsets.delete_topic
+            cluster,
+            self.manager,
+            advertised,
+            on_topic_deleted=self.offsets.delete_topic,
+            on_leadership=self._leadership_changed,
         )
         # Producer ids must be unique across the cluster: blocks come from etcd.
         self.producer_ids = BlockProducerIds(self.cluster.next_producer_id_block, PRODUCER_ID_BLOCK)
         self.servicer.cluster = self.cluster
         self.servicer.producer_ids = self.producer_ids
+
+    def _leadership_changed(self, topic: str, partition: int, leads: bool) -> None:
+        """The coordinator of a group is the leader of its offsets partition."""
+        if topic != OFFSETS_TOPIC:
+            return
+        if leads:
+            self.offsets.load_partition(partition)
+        else:
+            self.offsets.unload_partition(partition)
 
     def _partition_count(self, topic: str) -> int | None:
         try:

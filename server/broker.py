@@ -273,9 +273,8 @@ class LogStoreServicer(GroupHandlers, pb_grpc.LogStoreServicer):
 
     def _leadership(self, topic: str, partition: int) -> tuple[int, list[int], list[int], int]:
         """(leader, replicas, isr, leader_epoch) of a partition; standalone: broker 0 alone."""
-        if self.cluster is None or is_internal_topic(topic):
-            # Internal topics stay local to each broker for now (see the README).
-            own = STANDALONE_BROKER_ID if self.cluster is None else self.cluster.broker_id
+        if self.cluster is None:
+            own = STANDALONE_BROKER_ID
             return own, [own], [own], 0
         state = self.cluster.partition_state(topic, partition)
         if state is None:
@@ -558,7 +557,7 @@ class LogStoreServicer(GroupHandlers, pb_grpc.LogStoreServicer):
                     if fp.skip_bytes > 0:
                         offset = part.offset_after_read(offset, fp.skip_bytes)
                     max_offset = None
-                    if self.cluster is not None and not is_internal_topic(fetch_topic.topic):
+                    if self.cluster is not None:
                         self.cluster.replicas.leader(fetch_topic.topic, fp.partition)
                         max_offset = part.high_watermark
                     # Over budget (limit 0): no bytes, but still the offsets and range check.
@@ -717,6 +716,7 @@ class LogStoreServicer(GroupHandlers, pb_grpc.LogStoreServicer):
                     result.error.CopyFrom(error_message(exc))
                 results.append(result)
             topics.append(pb.CommitTopicResult(topic=ct.topic, partitions=results))
+        self.check_coordinator(request.group_id)
         if offsets:
             member_id = request.member_id
             epoch = request.generation_id if member_id else -1
@@ -736,6 +736,7 @@ class LogStoreServicer(GroupHandlers, pb_grpc.LogStoreServicer):
                 if not partitions:
                     partitions = list(range(len(self.manager.topic(tp.topic).partitions)))
                 wanted.extend((tp.topic, p) for p in partitions)
+        self.check_coordinator(request.group_id)
         committed = self.offsets.fetch(request.group_id, wanted)
         keys = wanted if wanted is not None else sorted(committed)
         entries = []
@@ -956,4 +957,21 @@ class LogStoreServicer(GroupHandlers, pb_grpc.LogStoreServicer):
             )
         return pb.ListPartitionReassignmentsResponse(
             topics=[pb.OngoingTopicReassignment(topic=t, partitions=p) for t, p in by_topic.items()]
+        )
+
+    @handles_errors
+    def FindCoordinator(
+        self, request: pb.FindCoordinatorRequest, context: Any
+    ) -> pb.FindCoordinatorResponse:
+        if not request.group_id:
+            raise InvalidRequestError("group_id must not be empty")
+        if self.cluster is None:
+            return pb.FindCoordinatorResponse(
+                coordinator=pb.BrokerDescription(broker_id=STANDALONE_BROKER_ID)
+            )
+        found = self.cluster.group_coordinator(request.group_id)
+        return pb.FindCoordinatorResponse(
+            coordinator=pb.BrokerDescription(
+                broker_id=found.broker_id, host=found.host, port=found.port
+            )
         )

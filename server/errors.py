@@ -44,6 +44,7 @@ _STATUS_BY_CLASS: list[tuple[type[Exception], grpc.StatusCode]] = [
     (errors.UnknownLeaderEpochError, grpc.StatusCode.UNAVAILABLE),
     (errors.BrokerNotRegisteredError, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.ClusterMetadataUnavailableError, grpc.StatusCode.UNAVAILABLE),
+    (errors.NotCoordinatorError, grpc.StatusCode.UNAVAILABLE),
 ]
 
 

@@ -48,7 +48,6 @@ from logstore.storage.fileutil import fsync_directory, write_file_atomically
 from logstore.storage.log_config import (
     LogConfig,
     config_field_for,
-    is_internal_topic,
     validate_partition_count,
     validate_topic_name,
 )
@@ -245,9 +244,7 @@ class LogManager:
             clock=self._clock,
             recovery_point=recovery_point,
             clean_shutdown=self.clean_shutdown or new,
-            # Internal topics (committed offsets) are not replicated yet: each broker keeps
-            # its own, so their high watermark is their log end, as standalone.
-            replicated=self.replicated and not is_internal_topic(topic),
+            replicated=self.replicated,
             high_watermark=high_watermark,
         )
         part.on_append = self.appends.notify

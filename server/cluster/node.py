@@ -29,10 +29,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from logstore.clock import SYSTEM_CLOCK, Clock
+from logstore.codec import record_batch as rb
+from logstore.codec.partitioner import partition_for_key
 from logstore.errors import (
     ClusterMetadataUnavailableError,
     InvalidRequestError,
     LogStoreError,
+    NotCoordinatorError,
+    NotLeaderOrFollowerError,
+    TopicExistsError,
     UnknownTopicOrPartitionError,
 )
 from logstore.server.cluster import election, placement
@@ -47,6 +52,7 @@ from logstore.server.cluster.state import (
     TopicRecord,
     Versioned,
 )
+from logstore.server.groups.offsets_store import OFFSETS_TOPIC, OFFSETS_TOPIC_CONFIG
 from logstore.storage.log_config import is_internal_topic
 from logstore.storage.log_manager import LogManager
 
@@ -63,6 +69,11 @@ _HW_CHECKPOINT_INTERVAL_S = 5.0
 _APPLY_TIMEOUT_S = 10.0
 #: compare-and-swap attempts before a request gives up on a record that keeps changing
 _CAS_ATTEMPTS = 10
+#: partitions of __consumer_offsets in a cluster (Kafka's offsets.topic.num.partitions is
+#: 50; fewer keep its creation one small etcd transaction)
+OFFSETS_TOPIC_PARTITIONS = 10
+#: Kafka's offsets.topic.replication.factor (fewer when fewer brokers are live)
+OFFSETS_TOPIC_REPLICATION_FACTOR = 3
 #: producer ids are reserved from etcd in blocks of this many
 PRODUCER_ID_BLOCK = 1000
 
@@ -92,6 +103,7 @@ class ClusterNode:
         advertised: str,
         *,
         on_topic_deleted: Callable[[str], None] = lambda name: None,
+        on_leadership: Callable[[str, int, bool], None] = lambda topic, partition, leads: None,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.settings = settings
@@ -99,6 +111,9 @@ class ClusterNode:
         self.manager = manager
         self.advertised = advertised
         self._on_topic_deleted = on_topic_deleted
+        #: told (topic, partition, True) when this broker starts leading a partition and
+        #: (..., False) when it stops (the offsets store loads and unloads groups)
+        self._on_leadership = on_leadership
         self._clock = clock
         self.store = ClusterMetadataStore(settings.etcd_endpoints, settings.etcd_prefix)
         self.view = ClusterView()
@@ -345,6 +360,7 @@ class ClusterNode:
             replica = self.replicas.replica(topic, partition)
             if change is not None:
                 role, changed = change
+                self._on_leadership(topic, partition, role == "leader")
                 if role in ("leader", "none"):
                     self.fetchers.unfollow(changed.key)
                     continue
@@ -444,7 +460,7 @@ class ClusterNode:
         self._await(lambda: name in self.manager.topic_names(), f"topic {name} to be created")
 
     def delete_topic(self, name: str) -> None:
-        if is_internal_topic(name):
+        if is_internal_topic(name):  # the servicer refuses it too; this guards other callers
             raise InvalidRequestError(f"cannot delete internal topic {name!r}")
         self.store.delete_topic(name)
         self._wake.set()
@@ -550,6 +566,42 @@ class ClusterNode:
             for key, versioned in self.store.partition_states().items()
             if election.reassignment_in_progress(versioned.value)
         }
+
+    def append_offsets(self, partition: int, batch: bytes) -> None:
+        """Append a batch of committed offsets as the leader of that partition of
+        __consumer_offsets; return once the ISR has it (a coordinator failover keeps it)."""
+        try:
+            replica = self.replicas.leader(OFFSETS_TOPIC, partition)
+        except NotLeaderOrFollowerError as exc:
+            raise NotCoordinatorError(f"no longer the group coordinator: {exc}") from exc
+        headers = rb.split_batches(batch, replica.log.config.max_message_bytes)
+        result = self.replicas.append(replica, batch, headers)
+        self.replicas.wait_for_replication(replica, result.last_offset + 1)
+
+    def group_coordinator(self, group: str) -> BrokerRegistration:
+        """The broker leading `group`'s partition of __consumer_offsets, which is created
+        on first use (as Kafka does) with up to 3 replicas."""
+        if OFFSETS_TOPIC not in self.view.topics:
+            live = self.store.live_brokers()
+            with contextlib.suppress(TopicExistsError):
+                self.create_topic(
+                    OFFSETS_TOPIC,
+                    OFFSETS_TOPIC_PARTITIONS,
+                    min(OFFSETS_TOPIC_REPLICATION_FACTOR, len(live)),
+                    OFFSETS_TOPIC_CONFIG,
+                )
+            self._await(lambda: OFFSETS_TOPIC in self.view.topics, f"{OFFSETS_TOPIC} to exist")
+        record: TopicRecord = self.view.topics[OFFSETS_TOPIC].value
+        partition = partition_for_key(group.encode(), record.partitions)
+        state = self.view.state(OFFSETS_TOPIC, partition)
+        leader = state.leader if state is not None else NO_LEADER
+        registration = self.view.brokers.get(leader)
+        if registration is None:
+            raise NotCoordinatorError(
+                f"group {group!r}: partition {partition} of {OFFSETS_TOPIC} has no live "
+                "leader yet; try again"
+            )
+        return registration
 
     def next_producer_id_block(self) -> int:
         return self.store.allocate_producer_ids(PRODUCER_ID_BLOCK)

@@ -21,6 +21,12 @@ OffsetCommitValue v3 (record value; a null value is a tombstone that deletes the
         14 |  2+n | metadata         int16 length + UTF-8
          … |    8 | commit_timestamp int64   ms since the epoch
 
+In cluster mode `__consumer_offsets` is a replicated topic recorded in etcd. A broker holds
+the commits of the groups whose partition it leads (it coordinates them): it replays a
+partition when it becomes its leader and forgets it when it stops leading, and every
+commit is appended through the leader's replication (the `replicated_append` hook) and
+acknowledged only once the ISR has it, so a coordinator failover keeps it.
+
 Growth stays bounded by "snapshot and truncate": when a partition of the topic holds much
 more than its live entries, the live entries are re-appended in a fresh segment and every
 older segment is deleted. A crash at any point leaves a log whose replay gives the same
@@ -39,7 +45,12 @@ from dataclasses import dataclass
 from logstore.clock import SYSTEM_CLOCK, Clock
 from logstore.codec import record_batch as rb
 from logstore.codec.partitioner import partition_for_key
-from logstore.errors import CorruptRecordError, InvalidRequestError, LogStoreError
+from logstore.errors import (
+    CorruptRecordError,
+    InvalidRequestError,
+    LogStoreError,
+    NotCoordinatorError,
+)
 from logstore.storage.log_manager import LogManager
 from logstore.storage.partition_log import PartitionLog
 
@@ -147,7 +158,12 @@ class OffsetStore:
         num_partitions: int = 1,
         clock: Clock = SYSTEM_CLOCK,
         rewrite_min_bytes: int = 8 * 1024 * 1024,
+        replicated_append: Callable[[int, bytes], None] | None = None,
     ) -> None:
+        """Standalone (`replicated_append` None): create the topic if needed and load every
+        partition. Cluster mode: the topic comes from etcd; partitions are loaded by
+        `load_partition` as this broker becomes their leader, and appends go through
+        `replicated_append(partition, batch)`, which returns once the ISR has the batch."""
         self._manager = manager
         self._clock = clock
         self._lock = threading.Lock()
@@ -155,11 +171,66 @@ class OffsetStore:
         self._table: dict[str, dict[TopicPartition, CommittedOffset]] = {}
         #: partition name -> log size (bytes) at which to consider the next rewrite
         self._next_check_bytes: dict[str, int] = {}
+        self._replicated_append = replicated_append
+        #: the partitions of the topic whose groups this store holds
+        self._loaded: set[int] = set()
+        if replicated_append is not None:
+            return
         if OFFSETS_TOPIC not in manager.topic_names():
             manager.create_topic(OFFSETS_TOPIC, num_partitions, OFFSETS_TOPIC_CONFIG)
-        self._partitions = manager.topic(OFFSETS_TOPIC).partitions
-        for part in self._partitions:
+        for index, part in enumerate(self._partitions()):
             self._replay(part)
+            self._loaded.add(index)
+
+    def _partitions(self) -> list[PartitionLog]:
+        return self._manager.topic(OFFSETS_TOPIC).partitions
+
+    @property
+    def replicated(self) -> bool:
+        return self._replicated_append is not None
+
+    def partition_of(self, group: str) -> int:
+        """The partition of the topic that holds `group`'s commits."""
+        # All of one group's commits go to one partition, so they stay in order (as Kafka).
+        return partition_for_key(group.encode(), len(self._partitions()))
+
+    def holds(self, group: str) -> bool:
+        """Whether this store holds (coordinates) `group`'s commits now."""
+        try:
+            return self.partition_of(group) in self._loaded
+        except LogStoreError:
+            return False
+
+    def load_partition(self, index: int) -> None:
+        """Take over the groups of partition `index` (this broker now leads it)."""
+        with self._lock:
+            if index in self._loaded:
+                return
+            self._forget(index)
+            self._replay(self._partitions()[index])
+            self._loaded.add(index)
+        log.info("%s-%d: loaded the committed offsets it holds", OFFSETS_TOPIC, index)
+
+    def unload_partition(self, index: int) -> None:
+        """Hand over partition `index`'s groups (this broker no longer leads it)."""
+        with self._lock:
+            if index not in self._loaded:
+                return
+            self._loaded.discard(index)
+            self._forget(index)
+
+    def _forget(self, index: int) -> None:
+        for group in [g for g in self._table if self.partition_of(g) == index]:
+            del self._table[group]
+
+    def _require_holds(self, group: str) -> int:
+        index = self.partition_of(group)
+        if index not in self._loaded:
+            raise NotCoordinatorError(
+                f"this broker does not coordinate group {group!r} (partition {index} of "
+                f"{OFFSETS_TOPIC} is led elsewhere): find its coordinator"
+            )
+        return index
 
     # --- loading -----------------------------------------------------------------------------
 
@@ -214,10 +285,6 @@ class OffsetStore:
 
     # --- updates -----------------------------------------------------------------------------
 
-    def _partition_for(self, group: str) -> PartitionLog:
-        # All of one group's commits go to one partition, so they stay in order (as Kafka).
-        return self._partitions[partition_for_key(group.encode(), len(self._partitions))]
-
     def commit(self, group: str, offsets: Mapping[TopicPartition, tuple[int, str]]) -> None:
         """Durably record `offsets` ((topic, partition) -> (offset, metadata)) for `group`."""
         if not group:
@@ -240,10 +307,13 @@ class OffsetStore:
         if not entries:
             return
         with self._lock:
-            self._append(self._partition_for(group), entries, now)
+            index = self._require_holds(group)
+            self._append(index, entries, now)
             self._table.setdefault(group, {}).update(updates)
+        if self.replicated:
+            return  # compaction bounds the replicated topic; a rewrite would be leader-only
         try:
-            self._maybe_rewrite(self._partition_for(group))
+            self._maybe_rewrite(self._partitions()[index])
         except (LogStoreError, OSError):
             # The commit is durable already; a failed clean-up must not report it failed.
             log.exception("rewriting %s failed; will retry on a later commit", OFFSETS_TOPIC)
@@ -255,7 +325,7 @@ class OffsetStore:
             if not table:
                 return 0
             entries = [(encode_key(group, t, p), None) for t, p in table]
-            self._append(self._partition_for(group), entries, self._clock.now_ms())
+            self._append(self._require_holds(group), entries, self._clock.now_ms())
             del self._table[group]
             return len(entries)
 
@@ -285,27 +355,34 @@ class OffsetStore:
                 if not doomed:
                     continue
                 entries = [(encode_key(group, t, p), None) for t, p in doomed]
-                self._append(self._partition_for(group), entries, self._clock.now_ms())
+                self._append(self.partition_of(group), entries, self._clock.now_ms())
                 for tp in doomed:
                     del table[tp]
                 if not table:
                     del self._table[group]
 
-    @staticmethod
-    def _append(part: PartitionLog, entries: list[tuple[bytes, bytes | None]], now_ms: int) -> None:
-        """Append entries in batches that stay well under the topic's max.message.bytes."""
+    def _append(self, index: int, entries: list[tuple[bytes, bytes | None]], now_ms: int) -> None:
+        """Append entries to partition `index` in batches that stay well under the topic's
+        max.message.bytes (through replication in cluster mode)."""
+        part = self._partitions()[index]
         limit = min(_REWRITE_BATCH_BYTES, part.config.max_message_bytes // 2)
         chunk: list[tuple[bytes | None, bytes | None, None, int]] = []
         size = 0
         for key, value in entries:
             entry_size = len(key) + len(value or b"") + 32
             if chunk and size + entry_size > limit:
-                part.append(rb.encode_batch(chunk))
+                self._append_batch(index, part, rb.encode_batch(chunk))
                 chunk, size = [], 0
             chunk.append((key, value, None, now_ms))
             size += entry_size
         if chunk:
-            part.append(rb.encode_batch(chunk))
+            self._append_batch(index, part, rb.encode_batch(chunk))
+
+    def _append_batch(self, index: int, part: PartitionLog, batch: bytes) -> None:
+        if self._replicated_append is None:
+            part.append(batch)
+        else:
+            self._replicated_append(index, batch)
 
     # --- bounded growth ----------------------------------------------------------------------
 
@@ -313,7 +390,7 @@ class OffsetStore:
         return [
             (encode_key(group, topic, partition), encode_value(committed))
             for group, table in self._table.items()
-            if self._partition_for(group) is part
+            if self._partitions()[self.partition_of(group)] is part
             for (topic, partition), committed in table.items()
         ]
 
@@ -335,7 +412,8 @@ class OffsetStore:
             part.roll()
             start = part.log_end_offset
             if live:
-                self._append(part, live, self._clock.now_ms())
+                index = self._partitions().index(part)
+                self._append(index, live, self._clock.now_ms())
             part.flush()
             deleted = part.delete_segments_before(start)
             self._next_check_bytes[part.name] = max(self._rewrite_min_bytes, 4 * live_bytes)
@@ -345,5 +423,5 @@ class OffsetStore:
 
     def rewrite_all(self) -> None:
         """Force snapshot-and-truncate of every partition (tests, maintenance)."""
-        for part in self._partitions:
+        for part in self._partitions():
             self._maybe_rewrite(part, force=True)

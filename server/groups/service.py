@@ -13,6 +13,7 @@ from logstore.clock import SYSTEM_CLOCK
 from logstore.errors import (
     GroupNotEmptyError,
     InvalidRequestError,
+    NotCoordinatorError,
     UnknownGroupError,
     UnknownTopicOrPartitionError,
 )
@@ -55,6 +56,14 @@ class GroupHandlers:
     offsets: OffsetStore
     coordinator: GroupCoordinator
 
+    def check_coordinator(self, group: str) -> None:
+        """In cluster mode, refuse a group this broker does not coordinate (the client finds
+        the coordinator again); a standalone broker coordinates every group."""
+        if self.offsets.replicated and not self.offsets.holds(group):
+            raise NotCoordinatorError(
+                f"this broker does not coordinate group {group!r}: ask FindCoordinator"
+            )
+
     # --- membership --------------------------------------------------------------------------
 
     def _heartbeat(
@@ -62,6 +71,7 @@ class GroupHandlers:
     ) -> pb.GroupHeartbeatResponse:
         if not request.group_id:
             raise InvalidRequestError("group_id must not be empty")
+        self.check_coordinator(request.group_id)
         peer = context.peer() if context is not None else ""
         response = self.coordinator.heartbeat(
             HeartbeatRequest(
@@ -108,7 +118,11 @@ class GroupHandlers:
 
     @handles_errors
     def ListGroups(self, request: pb.ListGroupsRequest, context: Any) -> pb.ListGroupsResponse:
-        listed = {g: (state, n) for g, state, n in self.coordinator.list_groups()}
+        listed = {
+            g: (state, n)
+            for g, state, n in self.coordinator.list_groups()
+            if not self.offsets.replicated or self.offsets.holds(g)
+        }
         for group in self.offsets.groups():
             listed.setdefault(group, ("Empty", 0))
         return pb.ListGroupsResponse(
@@ -122,6 +136,7 @@ class GroupHandlers:
     def DescribeGroup(
         self, request: pb.DescribeGroupRequest, context: Any
     ) -> pb.DescribeGroupResponse:
+        self.check_coordinator(request.group_id)
         desc = self.coordinator.describe(request.group_id)
         owners: dict[TopicPartition, Any] = {}
         members = []
@@ -189,6 +204,7 @@ class GroupHandlers:
         group = request.group_id
         if not group:
             raise InvalidRequestError("group_id must not be empty")
+        self.check_coordinator(group)
         self._require_inactive(group, "delete it")
         remembered = self.coordinator.delete_group(group)
         deleted_offsets = self.offsets.delete_group(group)
@@ -219,6 +235,7 @@ class GroupHandlers:
                 "by_duration_ms or shift_by"
             )
         spec = offset_reset.ResetSpec(_SPEC_KINDS[which], int(getattr(request, which)))
+        self.check_coordinator(request.group_id)
         if not request.dry_run:
             self._require_inactive(request.group_id, "reset its offsets")
         partitions = offset_reset.resolve_targets(

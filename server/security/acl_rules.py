@@ -114,6 +114,7 @@ RULES: dict[str, Callable[[Any], list[Need]]] = {
     "OffsetForLeaderEpoch": _cluster("alter"),
     "AlterPartitionReassignments": _cluster("alter"),
     "ListPartitionReassignments": _cluster("describe"),
+    "FindCoordinator": _group("describe"),
 }
 
 

@@ -925,3 +925,17 @@ class ListPartitionReassignmentsResponse(_message.Message):
     TOPICS_FIELD_NUMBER: _ClassVar[int]
     topics: _containers.RepeatedCompositeFieldContainer[OngoingTopicReassignment]
     def __init__(self, topics: _Optional[_Iterable[_Union[OngoingTopicReassignment, _Mapping]]] = ...) -> None: ...
+
+class FindCoordinatorRequest(_message.Message):
+    __slots__ = ("group_id",)
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    group_id: str
+    def __init__(self, group_id: _Optional[str] = ...) -> None: ...
+
+class FindCoordinatorResponse(_message.Message):
+    __slots__ = ("error", "coordinator")
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    COORDINATOR_FIELD_NUMBER: _ClassVar[int]
+    error: Error
+    coordinator: BrokerDescription
+    def __init__(self, error: _Optional[_Union[Error, _Mapping]] = ..., coordinator: _Optional[_Union[BrokerDescription, _Mapping]] = ...) -> None: ...

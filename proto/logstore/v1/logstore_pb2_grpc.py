@@ -184,6 +184,11 @@ class LogStoreStub:
                 request_serializer=logstore_dot_v1_dot_logstore__pb2.ListPartitionReassignmentsRequest.SerializeToString,
                 response_deserializer=logstore_dot_v1_dot_logstore__pb2.ListPartitionReassignmentsResponse.FromString,
                 _registered_method=True)
+        self.FindCoordinator = channel.unary_unary(
+                '/logstore.v1.LogStore/FindCoordinator',
+                request_serializer=logstore_dot_v1_dot_logstore__pb2.FindCoordinatorRequest.SerializeToString,
+                response_deserializer=logstore_dot_v1_dot_logstore__pb2.FindCoordinatorResponse.FromString,
+                _registered_method=True)
 
 
 class LogStoreServicer:
@@ -401,6 +406,15 @@ class LogStoreServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FindCoordinator(self, request, context):
+        """The broker that coordinates a consumer group: the leader of the group's partition of
+        __consumer_offsets. Group membership, commits and committed-offset reads go there; any
+        other broker answers them with NotCoordinatorError. A standalone broker is broker 0.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LogStoreServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -553,6 +567,11 @@ def add_LogStoreServicer_to_server(servicer, server):
                     servicer.ListPartitionReassignments,
                     request_deserializer=logstore_dot_v1_dot_logstore__pb2.ListPartitionReassignmentsRequest.FromString,
                     response_serializer=logstore_dot_v1_dot_logstore__pb2.ListPartitionReassignmentsResponse.SerializeToString,
+            ),
+            'FindCoordinator': grpc.unary_unary_rpc_method_handler(
+                    servicer.FindCoordinator,
+                    request_deserializer=logstore_dot_v1_dot_logstore__pb2.FindCoordinatorRequest.FromString,
+                    response_serializer=logstore_dot_v1_dot_logstore__pb2.FindCoordinatorResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1365,6 +1384,33 @@ class LogStore:
             '/logstore.v1.LogStore/ListPartitionReassignments',
             logstore_dot_v1_dot_logstore__pb2.ListPartitionReassignmentsRequest.SerializeToString,
             logstore_dot_v1_dot_logstore__pb2.ListPartitionReassignmentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FindCoordinator(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/logstore.v1.LogStore/FindCoordinator',
+            logstore_dot_v1_dot_logstore__pb2.FindCoordinatorRequest.SerializeToString,
+            logstore_dot_v1_dot_logstore__pb2.FindCoordinatorResponse.FromString,
             options,
             channel_credentials,
             insecure,
