@@ -10,16 +10,19 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
 
+from logstore.acls import AclBinding
 from logstore.client.admin import Admin
 from logstore.client.producer import BatchMetadata, Producer, accumulator, futures
 from logstore.codec import format as fmt
 from logstore.codec import record_batch as rb
 from logstore.codec.partitioner import partition_for_key
 from logstore.errors import (
+    AuthorizationError,
     BrokerUnavailableError,
     BufferExhaustedError,
     ClientClosedError,
@@ -446,6 +449,26 @@ def test_a_bad_bootstrap_entry_is_refused_by_name() -> None:
         Producer("127.0.0.1:9092,nope")
     with pytest.raises(InvalidRequestError, match="empty entry"):
         Producer("127.0.0.1:9092,")
+
+
+def test_a_topic_the_principal_may_not_describe_fails_as_not_authorized(tmp_path: Path) -> None:
+    """The cluster metadata leaves such a topic out; the send says why, as the broker does."""
+    tokens = tmp_path / "tokens.toml"
+    tokens.write_text('[tokens]\n"admin-s3cret" = "User:admin"\n"alice-s3cret" = "User:alice"\n')
+    args = ["--auth-tokens", str(tokens), "--acls-enabled", "--super-users", "User:admin"]
+    acl_broker = BrokerProcess(tmp_path / "data", args)
+    acl_broker.start()
+    try:
+        with Admin(acl_broker.address, token="admin-s3cret") as admin:
+            admin.create_topic("open")
+            admin.create_topic("secret")
+            admin.create_acls([AclBinding("User:alice", "topic", "open", "produce")])
+        with Producer(acl_broker.address, token="alice-s3cret", linger_ms=0) as producer:
+            assert producer.send("open", b"x").result(WAIT_S).offset == 0
+            with pytest.raises(AuthorizationError, match="secret"):
+                producer.send("secret", b"x").result(WAIT_S)
+    finally:
+        acl_broker.close()
 
 
 # --- errors --------------------------------------------------------------------------------------

@@ -672,9 +672,17 @@ class Producer:
         with channels.lock:
             partitions = self._metadata.partitions_for(name)
             missing = self._metadata.missing(name)
-        if partitions is None:
-            raise errors.UnknownTopicOrPartitionError(missing or f"topic {name!r} does not exist")
-        return len(partitions)
+        if partitions is not None:
+            return len(partitions)
+        if missing is None:
+            # Left out without a word: the broker hides topics the principal may not
+            # describe. DescribeTopic says which error it is (e.g. AuthorizationError).
+            request = pb.DescribeTopicRequest(name=name)
+            self._stub.DescribeTopic(request, timeout=timeout_s)
+            raise errors.ClusterMetadataUnavailableError(
+                f"topic {name!r} is not in the cluster metadata yet"
+            )
+        raise errors.UnknownTopicOrPartitionError(missing)
 
     def _init_producer_id(self, budget_s: float) -> tuple[int, int]:
         """A new (producer id, epoch) from the broker, retrying for up to `budget_s` s."""
