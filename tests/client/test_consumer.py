@@ -7,6 +7,7 @@ be checked for order, loss and duplication.
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +19,12 @@ import pytest
 
 from logstore.client.consumer import Consumer, ConsumerRebalanceListener
 from logstore.codec import record_batch as rb
-from logstore.errors import ClientClosedError, InvalidRequestError, NoOffsetForPartitionError
+from logstore.errors import (
+    BrokerUnavailableError,
+    ClientClosedError,
+    InvalidRequestError,
+    NoOffsetForPartitionError,
+)
 from logstore.types import (
     ConsumerRecord,
     OffsetAndMetadata,
@@ -100,6 +106,69 @@ def committed_offset(consumer: Consumer, tp: TopicPartition) -> int | None:
 def check_values(records: list[ConsumerRecord]) -> None:
     for r in records:
         assert r.value == f"p{r.partition}-{r.offset}".encode()
+
+
+@pytest.fixture
+def closed_port() -> str:
+    """An address on 127.0.0.1 where nothing listens (a port just bound, then freed)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{sock.getsockname()[1]}"
+
+
+# --- bootstrap lists -----------------------------------------------------------------------
+
+
+def test_a_bootstrap_list_starting_with_a_dead_broker_still_reads_and_commits(
+    broker: BrokerProcess, stub: pb_grpc.LogStoreStub, closed_port: str
+) -> None:
+    create(stub, "listed", partitions=2)
+    for partition in (0, 1):
+        produce(stub, "listed", partition, 0, 60, batch_size=20)
+    consumer = Consumer(
+        f"{closed_port},{broker.address}",
+        group_id="listed-readers",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    with consumer:
+        consumer.subscribe(["listed"])
+        records = poll_until(consumer, 120)
+        consumer.commit()
+        assert committed_offset(consumer, ("listed", 0)) == 60
+        assert consumer.end_offsets([("listed", 1)]) == {("listed", 1): 60}
+        assert consumer.stalled() is None
+    check_values(records)
+    assert by_partition(records) == {0: list(range(60)), 1: list(range(60))}
+
+
+def test_an_assigned_consumer_takes_its_bootstrap_list_from_the_environment(
+    broker: BrokerProcess,
+    stub: pb_grpc.LogStoreStub,
+    closed_port: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    create(stub, "from-env")
+    produce(stub, "from-env", 0, 0, 10)
+    monkeypatch.setenv("LOGSTORE_BOOTSTRAP", f"{closed_port}, {broker.address}")
+    with Consumer(auto_offset_reset="earliest") as consumer:
+        consumer.assign([("from-env", 0)])
+        records = poll_until(consumer, 10)
+        assert consumer.position(("from-env", 0)) == 10
+    assert by_partition(records) == {0: list(range(10))}
+
+
+def test_a_bootstrap_list_of_dead_brokers_is_reported_and_bad_entries_refused(
+    closed_port: str,
+) -> None:
+    dead = f"{closed_port},127.0.0.1:1"
+    with Consumer(dead, retry_backoff_ms=10, request_timeout_ms=2000) as consumer:
+        with pytest.raises(BrokerUnavailableError, match=closed_port):
+            consumer.end_offsets([("t", 0)])
+        stall = consumer.stalled()
+        assert stall is not None and stall.reason == "broker_unreachable" and stall.broker == dead
+    with pytest.raises(InvalidRequestError, match="'nope' is not HOST:PORT"):
+        Consumer("127.0.0.1:9092,nope")
 
 
 # --- reading -------------------------------------------------------------------------------

@@ -4,12 +4,19 @@ Threads and what they own:
 
 - the application thread calls every public method (a consumer is not thread-safe, as in
   Kafka); it resolves starting positions, drains the record buffer and commits;
-- one fetcher thread (`fetcher`) keeps fetches in flight for the assigned partitions,
-  decodes the answers into `ConsumerRecord`s and appends them to a bounded buffer;
+- one routing thread (`routing`) keeps each assigned partition's leader as the cluster
+  metadata says, and one fetcher thread per leader broker;
+- each fetcher thread (`fetcher`) keeps fetches in flight for the assigned partitions its
+  broker leads, decodes the answers into `ConsumerRecord`s and appends them to a bounded
+  buffer (with a standalone broker: one fetcher, for everything);
 - one commit thread (started on first use) runs `commit_async` requests in order;
 - with subscribe(), one heartbeat thread (`group_member`) keeps the consumer a member of
   its group: it only talks to the coordinator and records the newest assignment, which
   the application thread applies inside poll(), as Kafka does.
+
+Group requests (join, heartbeat, commit, committed offsets) and topic descriptions go to
+the first broker that answered (`BrokerChannels.home`), and to another live broker when it
+stops answering; fetches and offset lookups go to each partition's leader.
 
 The decisions are made by I/O-free state: `fetch_positions` (positions, what a seek, a
 reset or an answer changes), `record_buffer` (what poll() hands out), `member_state`
@@ -31,11 +38,11 @@ import grpc
 
 from logstore import errors
 from logstore.client._connection import (
+    METADATA_STALE_KINDS,
+    BrokerChannels,
     SecurityOptions,
     client_security,
     is_retriable,
-    make_stub,
-    open_channel,
     partition_error,
     resolve_bootstrap,
     translate,
@@ -53,8 +60,15 @@ from logstore.client.consumer.group_member import (
     Rebalance,
 )
 from logstore.client.consumer.member_state import REJOIN_ERRORS
-from logstore.client.consumer.options import COMMITTED, Backoff, ConsumerOptions
+from logstore.client.consumer.options import (
+    COMMITTED,
+    MAX_RETRY_BACKOFF_S,
+    Backoff,
+    ConsumerOptions,
+)
 from logstore.client.consumer.progress import ConsumerStall, ProgressMonitor
+from logstore.client.consumer.routing import FetchRouter
+from logstore.client.metadata import DEFAULT_MAX_AGE_MS, ClusterMetadata
 from logstore.codec.wire import EARLIEST_TIMESTAMP, LATEST_TIMESTAMP
 from logstore.types import (
     ConsumerRecord,
@@ -93,6 +107,10 @@ class Consumer:
     ...     for record in consumer.poll(timeout=1.0):
     ...         print(record.offset, record.value)
     ...     consumer.commit()
+
+    `bootstrap` is "HOST:PORT[,HOST:PORT...]" (default $LOGSTORE_BOOTSTRAP, else
+    127.0.0.1:9092): any live broker of the list is enough to find the partition leaders,
+    which are then fetched from.
 
     A consumer is used from one thread. poll() returns records from a buffer that a
     background thread keeps filled; `position()` is the offset after the last record poll()
@@ -176,8 +194,22 @@ class Consumer:
         self._value_deserializer = value_deserializer
         self.address = resolve_bootstrap(bootstrap)
         self._timeout_s = request_timeout_ms / 1000
-        self._channel = open_channel(self.address, client_security("Consumer", security))
-        self._stub = make_stub(self._channel)
+        # Leaders move rarely and fetch errors say when: Kafka's metadata age, not the
+        # topic check's `metadata_max_age_ms`.
+        self._metadata = ClusterMetadata(
+            max_age_ms=DEFAULT_MAX_AGE_MS,
+            backoff_ms=retry_backoff_ms,
+            backoff_max_ms=MAX_RETRY_BACKOFF_S * 1000,
+        )
+        self._channels = BrokerChannels(
+            self.address,
+            client_security("Consumer", security),
+            self._metadata,
+            request_timeout_s=self._timeout_s,
+        )
+        #: group and topic requests go to the home broker (see the module docstring)
+        self._stub = self._channels.home_stub()
+        self._fetch_stream = fetch_stream
         # Room for two fetches per partition: one answer is drained while the next arrives.
         self._shared = SharedFetchState(
             FetchPositions(
@@ -213,21 +245,20 @@ class Consumer:
         self._described: frozenset[str] = frozenset()
         #: when the missing partitions' topics are next described (monotonic s)
         self._describe_at = 0.0
-        self._fetcher: Fetcher
-        if fetch_stream:
-            self._fetcher = StreamFetcher(
-                self._shared,
-                self._stub,
-                self._options,
-                self.address,
-                self._progress,
-                self._channel,
+        self._router = FetchRouter(
+            self._shared, self._channels, self._options, self._progress, self._new_fetcher
+        )
+        self._router.start()
+
+    def _new_fetcher(self, address: str, on_stale: Callable[[str | None], None]) -> Fetcher:
+        """The fetcher of the partitions the broker at `address` leads (not started)."""
+        stub = self._channels.stub(address)
+        if self._fetch_stream:
+            channel = self._channels.channel(address)
+            return StreamFetcher(
+                self._shared, stub, self._options, address, self._progress, channel, on_stale
             )
-        else:
-            self._fetcher = Fetcher(
-                self._shared, self._stub, self._options, self.address, self._progress
-            )
-        self._fetcher.start()
+        return Fetcher(self._shared, stub, self._options, address, self._progress, on_stale)
 
     # --- assignment --------------------------------------------------------------------------
 
@@ -394,6 +425,7 @@ class Consumer:
         strategy = COMMITTED if self._options.group_id else self._options.reset_policy
         with self._shared.lock:
             self._shared.positions.set_assignment(wanted, strategy)
+            self._router.assignment_changed()
             self._shared.wake_fetcher()
         self._resolve_at = 0.0  # new partitions resolve at once
 
@@ -707,28 +739,52 @@ class Consumer:
     ) -> tuple[
         dict[TopicPartition, OffsetAndTimestamp], dict[TopicPartition, errors.LogStoreError]
     ]:
-        """ListOffsets for (tp -> -2 | -1 | timestamp ms): results and per-partition errors."""
+        """ListOffsets for (tp -> -2 | -1 | timestamp ms): results and per-partition errors.
+
+        Asked of each partition's leader; a partition whose leader is not known yet is
+        asked of the home broker, which says whether it exists."""
         if not specs:
             return {}, {}
-        request = pb.ListOffsetsRequest(
-            topics=[
-                pb.ListOffsetsTopic(
-                    topic=topic,
-                    partitions=[pb.ListOffsetsPartition(partition=p, timestamp=ts) for p, ts in ps],
-                )
-                for topic, ps in _by_topic(specs.items()).items()
-            ]
-        )
+        by_leader: dict[str | None, dict[TopicPartition, int]] = {}
+        for tp, leader in self._leaders(specs).items():
+            by_leader.setdefault(leader, {})[tp] = specs[tp]
         listed: dict[TopicPartition, OffsetAndTimestamp] = {}
         failed: dict[TopicPartition, errors.LogStoreError] = {}
-        for topic in self._call("ListOffsets", request).topics:
-            for p in topic.partitions:
-                error = partition_error(p.error)
-                if error is not None:
-                    failed[(topic.topic, p.partition)] = error
-                else:
-                    listed[(topic.topic, p.partition)] = OffsetAndTimestamp(p.offset, p.timestamp)
+        for leader, asked in by_leader.items():
+            request = pb.ListOffsetsRequest(
+                topics=[
+                    pb.ListOffsetsTopic(
+                        topic=topic,
+                        partitions=[
+                            pb.ListOffsetsPartition(partition=p, timestamp=ts) for p, ts in ps
+                        ],
+                    )
+                    for topic, ps in _by_topic(asked.items()).items()
+                ]
+            )
+            for topic in self._call("ListOffsets", request, leader).topics:
+                for p in topic.partitions:
+                    tp = (topic.topic, p.partition)
+                    error = partition_error(p.error)
+                    if error is None:
+                        listed[tp] = OffsetAndTimestamp(p.offset, p.timestamp)
+                        continue
+                    failed[tp] = error
+                    if type(error).__name__ in METADATA_STALE_KINDS:
+                        self._router.stale(topic.topic)
         return listed, failed
+
+    def _leaders(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, str | None]:
+        """Each partition's leader address (None: not known), learning the cluster first if
+        need be; a broker that cannot be reached is reported as `_call` reports it."""
+        tps = list(tps)
+        if not self._channels.bootstrapped:
+            try:
+                self._channels.bootstrap(self._timeout_s, sorted({t for t, _ in tps}))
+            except errors.BrokerUnavailableError as exc:
+                self._progress.broker_failed(str(exc))
+                raise
+        return self._channels.leaders(tps)
 
     def committed(self, tp: TopicPartition) -> OffsetAndMetadata | None:
         """What the group has committed for `tp` (the next offset it will read), or None."""
@@ -936,13 +992,17 @@ class Consumer:
 
     # --- plumbing and lifecycle --------------------------------------------------------------
 
-    def _call(self, method: str, request: Any) -> Any:
+    def _call(self, method: str, request: Any, address: str | None = None) -> Any:
+        """`method` at `address` (None: the home broker), failures as LogStore errors."""
+        stub = self._stub if address is None else self._channels.stub(address)
         try:
-            response = getattr(self._stub, method)(request, timeout=self._timeout_s)
+            response = getattr(stub, method)(request, timeout=self._timeout_s)
         except grpc.RpcError as exc:
-            error = translate(exc, self.address)
+            error = translate(exc, address or self.address)
             if isinstance(error, errors.BrokerUnavailableError):
                 self._progress.broker_failed(str(error))
+                if address is not None:
+                    self._router.stale(None)  # a leader gone: where are its partitions?
             raise error from None
         self._progress.broker_answered()
         return response
@@ -965,7 +1025,7 @@ class Consumer:
         # Closed only at the end, so a listener may still commit in on_partitions_revoked.
         self._closing = True
         limit_s = self._timeout_s if timeout is None else max(timeout, 0.0)
-        self._fetcher.stop(min(CLOSE_JOIN_S, limit_s + 1.0))
+        self._router.stop(min(CLOSE_JOIN_S, limit_s + 1.0))
         try:
             if self._auto_commit_enabled():
                 self._commit_quietly(self._consumed(), limit_s)
@@ -981,7 +1041,7 @@ class Consumer:
         self._await_pending_commits(min(CLOSE_JOIN_S, limit_s))
         if self._committer is not None:
             self._committer.shutdown(wait=False, cancel_futures=True)
-        self._channel.close()
+        self._channels.close()
 
     def __enter__(self) -> Consumer:
         return self

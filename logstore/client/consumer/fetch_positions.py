@@ -36,7 +36,10 @@ class PartitionState:
     across the positions, so this holds across a revoke and re-assign too. `buffered`
     counts the fetched bytes of this partition not yet drained. A `halted` partition is not
     fetched until the error chunk in the buffer has been raised to the application.
-    `missing`: the broker last said the topic or partition does not exist.
+    `missing`: the broker last said the topic or partition does not exist. `leader` is the
+    address of the broker the partition is fetched from (None: not known now, so it is not
+    fetched); moving it keeps every position, so the next fetch, from the new leader,
+    starts where the last accepted answer ended.
 
     Fetching ahead: while a partition has a backlog (`ahead`: at least one more answer's
     worth of records waited behind the last answer), a second fetch is sent before the
@@ -56,6 +59,7 @@ class PartitionState:
         "halted",
         "high_watermark",
         "inflight",
+        "leader",
         "missing",
         "paused",
         "position",
@@ -80,6 +84,7 @@ class PartitionState:
         self.inflight = 0
         self.ahead = False
         self.high_watermark = -1
+        self.leader: str | None = None
 
     def renew(self, epoch: int) -> None:
         """Start a new epoch: fetches sent before it no longer count for this partition."""
@@ -229,13 +234,16 @@ class FetchPositions:
 
     # --- planning fetches -----------------------------------------------------------------
 
-    def plan(self, now: float, ahead: bool = False) -> tuple[list[Planned], float | None]:
+    def plan(
+        self, now: float, ahead: bool = False, leader: str | None = None
+    ) -> tuple[list[Planned], float | None]:
         """(tp, fetch offset, epoch) of each partition to fetch now, and the earliest time a
         backed-off partition becomes fetchable (None if none waits). Counts the fetches as
         sent. `ahead`: only partitions with one fetch in flight and a backlog behind it,
         from where that fetch is expected to end; otherwise only those with none in flight.
+        `leader`: only the partitions that broker leads (None: every partition).
         """
-        candidates, retry_at = self.candidates(now, self.records.partition_limit)
+        candidates, retry_at = self.candidates(now, self.records.partition_limit, leader)
         ready: list[Planned] = []
         for tp, state in candidates:
             if not fetchable(state, ahead):
@@ -249,17 +257,20 @@ class FetchPositions:
         return ready, retry_at
 
     def candidates(
-        self, now: float, partition_limit: int
+        self, now: float, partition_limit: int, leader: str | None = None
     ) -> tuple[list[tuple[TopicPartition, PartitionState]], float | None]:
         """The partitions that may be fetched now (positioned, not halted, paused or backed
         off, under `partition_limit` buffered bytes), whatever is in flight; and the earliest
-        time a backed-off partition becomes fetchable (None if none waits)."""
+        time a backed-off partition becomes fetchable (None if none waits). `leader`: only
+        the partitions that broker leads (None: every partition)."""
         if self.records.buffered >= self.records.limit:
             return [], None
         ready: list[tuple[TopicPartition, PartitionState]] = []
         retry_at: float | None = None
         for tp, state in self.states.items():
             if state.fetch_position is None or state.halted or state.paused:
+                continue
+            if leader is not None and state.leader != leader:
                 continue
             if state.buffered >= partition_limit:
                 continue

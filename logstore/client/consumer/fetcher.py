@@ -2,7 +2,9 @@
 
 Thin I/O around `fetch_positions.FetchPositions`: which partitions to fetch, what an answer
 advances and which answers to drop are decided there; here requests are sent, answers
-read and decoded. Times are seconds unless a name ends in `_ms`.
+read and decoded. One fetcher per leader broker (see `routing`), each fetching the
+partitions whose `PartitionState.leader` is its address. Times are seconds unless a name
+ends in `_ms`.
 """
 
 from __future__ import annotations
@@ -15,12 +17,18 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import grpc
 
 from logstore import errors
-from logstore.client._connection import is_retriable, partition_error, translate
+from logstore.client._connection import (
+    METADATA_STALE_KINDS,
+    is_retriable,
+    partition_error,
+    translate,
+)
 from logstore.client.consumer.fetch_positions import Arrival, FetchPositions, Planned
 from logstore.client.consumer.options import Backoff, ConsumerOptions
 from logstore.client.consumer.progress import ProgressMonitor
@@ -85,15 +93,23 @@ class _InFlight(NamedTuple):
     ahead: bool
 
 
+def _ignore_stale(topic: str | None) -> None:
+    """The default `on_stale`: a single broker leads everything, nothing to look up."""
+
+
 class Fetcher(threading.Thread):
-    """Keeps a Fetch in flight for every fetchable partition and buffers the records.
+    """Keeps a Fetch in flight for every fetchable partition `address` leads and buffers
+    the records.
 
     Positions advance only when an answer is accepted, so a failed or cancelled fetch loses
-    nothing: the same offsets are asked for again after a backoff. The next fetch is sent
-    before the current answer is decoded, so network and broker time overlap decoding;
-    partitions with a backlog also get a fetch ahead (see `PartitionState`), so one
-    answer travels while the next is read, up to MAX_FETCHES_IN_FLIGHT. Answers are taken
-    in the order the fetches were sent.
+    nothing: the same offsets are asked for again after a backoff (from the partition's
+    leader then). The next fetch is sent before the current answer is decoded, so network
+    and broker time overlap decoding; partitions with a backlog also get a fetch ahead (see
+    `PartitionState`), so one answer travels while the next is read, up to
+    MAX_FETCHES_IN_FLIGHT. Answers are taken in the order the fetches were sent.
+    `on_stale(topic)` is told (shared lock possibly held) when the broker says it does not
+    lead a partition of `topic` (the partition is then unrouted until the metadata says
+    where it went), or (None) when the broker cannot be reached.
     """
 
     def __init__(
@@ -103,26 +119,42 @@ class Fetcher(threading.Thread):
         options: ConsumerOptions,
         address: str,
         progress: ProgressMonitor,
+        on_stale: Callable[[str | None], None] = _ignore_stale,
     ) -> None:
         name = options.client_id or options.group_id or "standalone"
         super().__init__(name=f"logstore-consumer-fetcher[{name}]", daemon=True)
         self._shared = shared
         self._stub = stub
         self._options = options
-        self._address = address
+        #: the broker fetched from
+        self.address = address
         self._progress = progress
+        self._on_stale = on_stale
         self._backoff = Backoff(options.retry_backoff_ms / 1000)
         self._rpc_timeout_s = (options.fetch_max_wait_ms + options.request_timeout_ms) / 1000
+        #: set by retire(): this broker leads nothing any more (guarded by the shared lock)
+        self._retired = False
+
+    @property
+    def _stopping(self) -> bool:
+        return self._shared.closed or self._retired
 
     def stop(self, timeout_s: float) -> None:
+        """Stop every fetcher of the consumer (closing), and wait for this one."""
         with self._shared.lock:
             self._shared.closed = True
             self._shared.fetcher_wake.notify_all()
         self.join(timeout_s)
 
+    def retire(self) -> None:
+        """End this fetcher only (its broker is gone); returns at once. Caller holds no lock."""
+        with self._shared.lock:
+            self._retired = True
+            self._shared.fetcher_wake.notify_all()
+
     def run(self) -> None:
         pending: deque[_InFlight] = deque()
-        while not self._shared.closed:
+        while not self._stopping:
             try:
                 if not pending:
                     self._send_into(pending, block=True)
@@ -152,10 +184,14 @@ class Fetcher(threading.Thread):
             return
         for inflight in pending:
             inflight.future.cancel()
-        pending.clear()
         with self._shared.lock:
-            for state in self._shared.positions.states.values():
-                state.forget_fetches()
+            states = self._shared.positions.states
+            for inflight in pending:
+                for tp, (_, epoch) in inflight.sent.items():
+                    state = states.get(tp)
+                    if state is not None and state.epoch == epoch:
+                        state.forget_fetches()
+        pending.clear()
 
     # --- sending ------------------------------------------------------------------------
 
@@ -199,8 +235,8 @@ class Fetcher(threading.Thread):
     def _plan(self, block: bool, ahead: bool) -> list[Planned]:
         shared = self._shared
         with shared.lock:
-            while not shared.closed:
-                plan, retry_at = shared.positions.plan(time.monotonic(), ahead)
+            while not self._stopping:
+                plan, retry_at = shared.positions.plan(time.monotonic(), ahead, self.address)
                 if not ahead:
                     # This plan reflects every change so far. (Not a plan ahead: a change
                     # since the last plan must still cancel the fetches it made.)
@@ -222,7 +258,7 @@ class Fetcher(threading.Thread):
         shared = self._shared
         future = inflight.future
         with shared.lock:
-            while not future.done() and not shared.positions.interrupt and not shared.closed:
+            while not future.done() and not shared.positions.interrupt and not self._stopping:
                 shared.fetcher_wake.wait(1.0)
             shared.positions.interrupt = False
         if not future.done() and future.cancel():
@@ -232,7 +268,7 @@ class Fetcher(threading.Thread):
         except grpc.FutureCancelledError:
             return None
         except grpc.RpcError as exc:
-            self._request_failed(translate(exc, self._address))
+            self._request_failed(translate(exc, self.address))
             return None
         self._answered()
         return response
@@ -242,10 +278,11 @@ class Fetcher(threading.Thread):
         self._progress.broker_answered()
 
     def _request_failed(self, exc: errors.LogStoreError) -> None:
-        if self._shared.closed:
+        if self._stopping:
             return
         if isinstance(exc, errors.BrokerUnavailableError):
             self._progress.broker_failed(str(exc))
+            self._on_stale(None)  # is it still the leader, and alive?
         if is_retriable(exc):
             log.debug("fetch failed, retrying: %s", exc)
         else:
@@ -262,7 +299,7 @@ class Fetcher(threading.Thread):
         """Wait `seconds`, or less if the consumer closes."""
         deadline = time.monotonic() + seconds
         with self._shared.lock:
-            while not self._shared.closed:
+            while not self._stopping:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return
@@ -305,6 +342,10 @@ class Fetcher(threading.Thread):
         shared = self._shared
         state = shared.positions.states[tp]
         error = partition_error(result.error) if result.error.code else None
+        if error is not None and type(error).__name__ in METADATA_STALE_KINDS:
+            # fetched again, from the same position, once the metadata names the leader
+            state.leader = None
+            self._on_stale(tp[0])
         arrival = shared.positions.accept(
             tp, state, offset, error, result.records, result.high_watermark, now, ahead
         )
@@ -379,8 +420,9 @@ class StreamFetcher(Fetcher):
         address: str,
         progress: ProgressMonitor,
         channel: grpc.Channel,
+        on_stale: Callable[[str | None], None] = _ignore_stale,
     ) -> None:
-        super().__init__(shared, stub, options, address, progress)
+        super().__init__(shared, stub, options, address, progress, on_stale)
         # Answers are decoded by hand so that records stay views of the received bytes.
         self._fetch_stream = channel.stream_stream(
             FETCH_STREAM_METHOD,
@@ -389,7 +431,7 @@ class StreamFetcher(Fetcher):
         )
 
     def run(self) -> None:
-        while not self._shared.closed:
+        while not self._stopping:
             try:
                 stream = self._open()
                 self._pump(stream)
@@ -430,7 +472,7 @@ class StreamFetcher(Fetcher):
         """Wait until a fetch is due and record it as in flight; None when the stream ends."""
         shared = self._shared
         with shared.lock:
-            while not shared.closed and stream.failed is None:
+            while not self._stopping and stream.failed is None:
                 now = time.monotonic()
                 if stream.pending and now - stream.pending[0][1] > self._rpc_timeout_s:
                     stream.failed = errors.RequestTimedOutError("fetch stream: answer overdue")
@@ -452,7 +494,7 @@ class StreamFetcher(Fetcher):
         fetch_bytes = self._options.max_partition_fetch_bytes
         positions = self._shared.positions
         budget = max(positions.records.partition_limit, STREAM_DEPTH * fetch_bytes)
-        ready, retry_at = positions.candidates(now, budget)
+        ready, retry_at = positions.candidates(now, budget, self.address)
         if retry_at is not None:
             wait = min(wait, max(retry_at - now, 0.0))
         sent: _StreamSent = {}
@@ -511,7 +553,7 @@ class StreamFetcher(Fetcher):
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
                 stream.unimplemented = True
-            failure = translate(exc, self._address)
+            failure = translate(exc, self.address)
         with self._shared.lock:
             if stream.failed is None:
                 stream.failed = failure

@@ -273,3 +273,60 @@ def test_every_record_is_handed_out_once_in_order_and_positions_move_back_only_b
         assert positions.records.buffered == state.buffered >= 0
     rest = offsets(positions.drain(10_000))
     assert rest == list(range(expected_next, expected_next + len(rest)))
+
+
+# --- leaders ---------------------------------------------------------------------------
+
+
+def test_a_fetcher_plans_only_the_partitions_its_broker_leads() -> None:
+    first, second = ("t", 0), ("t", 1)
+    positions = positioned(0, first, second)
+    positions.states[first].leader = "broker-1:9092"
+    positions.states[second].leader = "broker-2:9092"
+    plan, _ = positions.plan(0.0, leader="broker-1:9092")
+    assert [tp for tp, _, _ in plan] == [first]
+    ready, _ = positions.candidates(0.0, 10**9, "broker-2:9092")
+    assert [tp for tp, _ in ready] == [second]
+    positions.states[second].leader = None  # a broker said it no longer leads it
+    assert positions.plan(0.0, leader="broker-2:9092") == ([], None)
+    assert positions.states[second].position == 0  # its position waits for the new leader
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    start=st.integers(0, LOG_END - 1),
+    ops=st.lists(
+        st.one_of(
+            st.tuples(st.just("send"), st.integers(1, 3)),
+            st.tuples(st.just("answer"), st.integers(0, 7)),
+            st.tuples(st.just("drain"), st.integers(1, 40)),
+        ),
+        max_size=40,
+    ),
+)
+def test_answers_from_an_old_and_a_new_leader_in_any_order_skip_and_repeat_nothing(
+    start: int, ops: list[tuple[str, int]]
+) -> None:
+    """A partition that moves keeps its positions: the new leader is asked from
+    fetch_position while fetches sent to the old one may still be answered, late and in
+    any order. Whatever arrives, poll() sees every record once, in offset order."""
+    positions = positioned(start)
+    state = positions.states[TP]
+    sent: list[tuple[int, int]] = []  # (offset asked, batches answered), not yet answered
+    expected_next = start
+    for name, arg in ops:
+        if name == "send":  # to whichever broker leads now: from the current fetch position
+            assert state.fetch_position is not None
+            sent.append((state.fetch_position, arg))
+        elif name == "answer" and sent:
+            offset, count = sent.pop(arg % len(sent))
+            data = batches(offset, count) if offset < LOG_END else b""
+            arrival = positions.accept(TP, state, offset, None, data, LOG_END, 0.0, False)
+            if arrival is not None:
+                positions.deliver(arrival, *decode(arrival)[:2], None, arrival.next_offset)
+        elif name == "drain":
+            got = offsets(positions.drain(arg))
+            assert got == list(range(expected_next, expected_next + len(got)))
+            expected_next += len(got)
+    rest = offsets(positions.drain(10_000))
+    assert rest == list(range(expected_next, expected_next + len(rest)))
