@@ -1053,8 +1053,9 @@ def measure_catchup(cluster: Cluster, args: argparse.Namespace) -> dict[str, Any
         "consumer_replica_size_fetch_mb_per_s": summary(
             [r["consumer_replica_size_fetch_mb_per_s"] for r in runs]
         ),
-        "ratio_to_consumer_large": {"runs": per_rep, **summary(per_rep)},
+        # the fetch size the follower uses (replica.fetch.max.bytes), then the large one
         "ratio_to_consumer_replica_size": {"runs": per_rep_small, **summary(per_rep_small)},
+        "ratio_to_consumer_large": {"runs": per_rep, **summary(per_rep)},
         "copy_only_mb_per_s": summary(
             [r["copy_only_mb_per_s"] for r in runs if r["copy_only_mb_per_s"] is not None]
         ),
@@ -1165,22 +1166,30 @@ def table(raw: dict[str, Any]) -> str:
             lines.append(f"2. failover, session timeout {run['session_timeout_ms']} ms: none")
     catchup = raw.get("catchup")
     if catchup is not None:
-        c, f, s = (
-            catchup["catchup_mb_per_s"],
-            catchup["consumer_large_fetch_mb_per_s"],
-            catchup["consumer_replica_size_fetch_mb_per_s"],
-        )
-        ratio = catchup["ratio_to_consumer_large"]
-        lines.append(
-            f"3. catch-up of {catchup['megabytes']} MB, {c['n']} reps: follower "
-            f"{c['median']:,.1f} MB/s [{c['min']:,.1f}-{c['max']:,.1f}]; consumer Fetch "
-            f"{LARGE_FETCH_BYTES // MIB} MiB {f['median']:,.1f} MB/s, "
-            f"{REPLICA_FETCH_BYTES // MIB} MiB {s['median']:,.1f} MB/s; follower / consumer "
-            f"{ratio['median']:.0%} [{ratio['min']:.0%}-{ratio['max']:.0%}]"
-        )
+        lines += catchup_lines(catchup)
     for row in raw.get("targets", []):
         lines.append(f"target: {row['target']:55} {row['measured']:>8}  {row['result']}")
     return "\n".join(lines)
+
+
+def catchup_lines(catchup: dict[str, Any]) -> list[str]:
+    """Measurement 3's lines: the follower's rate and each consumer baseline's."""
+    c = catchup["catchup_mb_per_s"]
+    copy = catchup["copy_only_mb_per_s"]
+    lines = [
+        f"3. catch-up of {catchup['megabytes']} MB, {c['n']} reps: follower, serving to "
+        f"caught up, {c['median']:,.1f} MB/s [{c['min']:,.1f}-{c['max']:,.1f}] "
+        f"(copy alone {copy['median'] or 0:,.1f} MB/s)"
+    ]
+    for key, size in (("replica_size", REPLICA_FETCH_BYTES), ("large", LARGE_FETCH_BYTES)):
+        rate = catchup[f"consumer_{key}_fetch_mb_per_s"]
+        ratio = catchup[f"ratio_to_consumer_{key}"]
+        lines.append(
+            f"   consumer Fetch of {size // MIB} MiB: {rate['median']:,.1f} MB/s "
+            f"[{rate['min']:,.1f}-{rate['max']:,.1f}]; follower / it {ratio['median']:.0%} "
+            f"[{ratio['min']:.0%}-{ratio['max']:.0%}]"
+        )
+    return lines
 
 
 def out_path(out_dir: str, date: str) -> str:
