@@ -29,8 +29,11 @@ Replication (`replicated=True`; Kafka's design, KIP-101/279):
   its whole log; a crash in the middle of either leaves a log that opens as a valid log.
 
 Thread safety: appends, rolls, flushes and deletions take `_lock`; reads take no lock and
-work on a snapshot of the segment list and of each segment's size, so a read never waits
-for an fsync.
+work on a snapshot of the segment list and of the active segment's `end` (its size in
+bytes and next offset, published as one value), so a read never waits for an fsync and
+never returns a batch at or past the log end offset it reports. Only the active segment
+grows: a segment in the list behind it is sealed, and truncation replaces rather than
+shrinks one.
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ from logstore.storage.leader_epoch_checkpoint import LEADER_EPOCH_CHECKPOINT_FIL
 from logstore.storage.log_config import LogConfig
 from logstore.storage.offset_index import CorruptIndexError
 from logstore.storage.producer_state import ProducerStateManager
-from logstore.storage.segment import LogSegment
+from logstore.storage.segment import LogSegment, SegmentEnd
 
 log = logging.getLogger(__name__)
 
@@ -780,12 +783,12 @@ class PartitionLog:
         found, log_end, log_start = self._locate(offset, max_bytes > 0, max_offset)
         data = b""
         if found is not None:
-            segment, position = found
+            segment, position, seen = found
             if max_offset is None:
-                data = segment.read_batches(position, max_bytes)
+                data = segment.read_batches(position, max_bytes, seen)
             else:
-                end = self._end_below(segment, position, max_bytes, max_offset)
-                data = segment.read_bytes(position, end - position)
+                end = self._end_below(segment, position, max_bytes, max_offset, seen)
+                data = segment.read_bytes(position, end - position, seen)
         high_watermark = self._high_watermark if self.replicated else log_end
         return FetchResult(data, high_watermark, log_start)
 
@@ -802,63 +805,73 @@ class PartitionLog:
         found, _, _ = self._locate(offset, max_bytes > 0, max_offset)
         if found is None:
             return offset
-        segment, position = found
+        segment, position, seen = found
         if max_offset is None:
-            end = segment.end_of_read(position, max_bytes)
+            end = segment.end_of_read(position, max_bytes, seen)
         else:
-            end = self._end_below(segment, position, max_bytes, max_offset)
+            end = self._end_below(segment, position, max_bytes, max_offset, seen)
             if end == position:  # the batch holding `offset` reaches max_offset
                 return offset
-        return self._offset_at(segment, end)
+        return self._offset_at(segment, end, seen)
 
     @staticmethod
-    def _end_below(segment: LogSegment, position: int, max_bytes: int, max_offset: int) -> int:
+    def _end_below(
+        segment: LogSegment, position: int, max_bytes: int, max_offset: int, seen: SegmentEnd
+    ) -> int:
         """Where (bytes) a read from the batch at `position` of `segment` ends when it may
         return only batches whose last offset is below `max_offset`: as `end_of_read`,
         but never past the start of the batch holding `max_offset`.
 
-        Lock-free: the bound is a batch boundary the segment held when looked at. When
-        `max_offset` lay past the segment's end then, the bound is that end, so a batch
-        appended meanwhile is left for the next read rather than checked.
+        Lock-free: the bound is a batch boundary within `seen`, the segment's end taken with
+        the log end offset. When `max_offset` is at or past that end, the bound is the end
+        itself (no header walk), so a batch appended meanwhile is left for the next read.
         """
-        seen_end = segment.next_offset
-        if max_offset < seen_end:
-            holder = segment.find_batch(max_offset)
+        size, next_offset = seen
+        if max_offset < next_offset:
+            holder = segment.find_batch(max_offset, seen)
             bound = position if holder is None else holder[0]
         else:
-            last = segment.find_batch(seen_end - 1)
-            bound = position if last is None else last[0] + last[1].size
+            bound = size
         if bound <= position:
             return position
-        return segment.end_of_read(position, min(max_bytes, bound - position))
+        return segment.end_of_read(position, min(max_bytes, bound - position), seen)
 
     def _locate(
         self, offset: int, find: bool = True, max_offset: int | None = None
-    ) -> tuple[tuple[LogSegment, int] | None, int, int]:
-        """((segment, position) of the batch holding `offset`, or None at the end of the log,
-        at or past `max_offset`, or when not `find`; log end offset; log start offset).
-        Raises OffsetOutOfRangeError outside the log."""
+    ) -> tuple[tuple[LogSegment, int, SegmentEnd] | None, int, int]:
+        """((segment, position of the batch holding `offset`, the segment's end to read up
+        to), or None at the end of the log, at or past `max_offset`, or when not `find`;
+        log end offset; log start offset). Raises OffsetOutOfRangeError outside the log.
+
+        The log end offset and the active segment's readable bytes come from one `end`
+        value, so whatever the caller reads within that end holds only offsets below the
+        log end offset returned.
+        """
         segments, base_offsets = self._view
+        active = segments[-1]
+        active_end = active.end
         log_start = segments[0].base_offset
-        log_end = segments[-1].next_offset
+        log_end = active_end[1]
         if offset < log_start or offset > log_end:
             raise OffsetOutOfRangeError(self.name, offset, log_start, log_end)
         limit = log_end if max_offset is None else min(max_offset, log_end)
         if find and offset < limit:
             index = max(bisect.bisect_right(base_offsets, offset) - 1, 0)
             for segment in segments[index:]:
-                found = segment.find_batch(offset)
+                seen = active_end if segment is active else segment.end
+                found = segment.find_batch(offset, seen)
                 if found is not None:
-                    return (segment, found[0]), log_end, log_start
+                    return (segment, found[0], seen), log_end, log_start
         return None, log_end, log_start
 
     @staticmethod
-    def _offset_at(segment: LogSegment, position: int) -> int:
-        """The base offset of the batch at `position` of `segment` (a batch boundary), or the
-        segment's end offset when `position` is its end."""
-        head = segment.read_bytes(position, fmt.BATCH_HEADER_SIZE)
-        if len(head) < fmt.BATCH_HEADER_SIZE:
-            return segment.next_offset
+    def _offset_at(segment: LogSegment, position: int, seen: SegmentEnd) -> int:
+        """The base offset of the batch at `position` of `segment` (a batch boundary), or
+        the next offset in `seen` when `position` is the size in `seen`."""
+        size, next_offset = seen
+        if position >= size:
+            return next_offset
+        head = segment.read_bytes(position, fmt.BATCH_HEADER_SIZE, seen)
         return rb.read_header(head, 0).base_offset
 
     def find_offset_by_timestamp(self, timestamp_ms: int) -> tuple[int, int] | None:

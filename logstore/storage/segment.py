@@ -8,10 +8,15 @@ Invariants:
   whenever more than `index_interval_bytes` bytes were appended since the previous entry,
   so finding an offset scans at most about that many bytes of batch headers.
 - The time index holds (largest timestamp so far, offset that has it), strictly rising.
+- `end` (a `SegmentEnd`: size in bytes, next offset) is published as one tuple, replaced
+  whole: its size is a batch boundary, and the whole batches before it hold exactly the
+  offsets below its next offset.
 
 Appends are serialised by the owning partition log. Reads use positional I/O (`pread`) and
-never move a shared file position, so any number may run while one append is in progress;
-a reader caps what it reads at the `size` it saw, so it never sees a half-written batch.
+never move a shared file position, so any number may run while one append is in progress.
+A lock-free reader takes `end` once and passes it as `seen` to each read method it calls:
+the offsets it finds and the bytes it reads then belong to one state of the segment, never
+to a half-published append, and never reach past the log end offset it was told.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TypeAlias
 
 from logstore.codec import format as fmt
 from logstore.codec import record_batch as rb
@@ -34,6 +40,12 @@ log = logging.getLogger(__name__)
 _SCAN_CHUNK_BYTES = 8 * 1024 * 1024
 #: bytes read per pread when hopping from one batch header to the next
 _HEADER_READ_BYTES = 4096
+
+
+#: Where a segment's batches end: (size in bytes, next offset). The whole batches in the
+#: first `size` bytes hold exactly the offsets below `next_offset`. A plain tuple, not a
+#: NamedTuple: one is built per append, and a NamedTuple costs far more to build.
+SegmentEnd: TypeAlias = tuple[int, int]
 
 
 class LogSegment:
@@ -56,19 +68,34 @@ class LogSegment:
         self.index_interval_bytes = index_interval_bytes
         self.log_path = directory / fmt.offset_file_name(base_offset, fmt.LOG_SUFFIX)
         self._fd = os.open(self.log_path, os.O_RDWR | os.O_CREAT, 0o644)
-        #: bytes of whole batches in the .log file
-        self.size = os.fstat(self._fd).st_size
+        #: replaced whole, never mutated (see the module docstring); for a segment opened
+        #: on an existing file, the file size and base offset until `recover` or
+        #: `load_state_from_indexes` has read the batches
+        self._end: SegmentEnd = (os.fstat(self._fd).st_size, base_offset)
         self._max_index_bytes = max_index_bytes
         self.offset_index, self.time_index = self._open_indexes(writable)
         self._bytes_since_last_index_entry = 0
-        #: offset after the last batch in this segment (== base_offset when empty)
-        self.next_offset = base_offset
         #: largest record timestamp in the segment (ms), -1 if none
         self.max_timestamp = fmt.NO_TIMESTAMP
         self._offset_of_max_timestamp = base_offset
         #: when this segment started, for segment.ms rolling (ms since epoch)
         self.created_ms = created_ms
         self._closed = False
+
+    @property
+    def end(self) -> SegmentEnd:
+        """The published (size in bytes, next offset): a lock-free reader takes it once."""
+        return self._end
+
+    @property
+    def size(self) -> int:
+        """Bytes of whole batches in the .log file."""
+        return self._end[0]
+
+    @property
+    def next_offset(self) -> int:
+        """The offset after the last batch in this segment (== base_offset when empty)."""
+        return self._end[1]
 
     def _index_paths(self) -> tuple[Path, Path]:
         return (
@@ -102,7 +129,7 @@ class LogSegment:
         `buffers` are written back to back with one system call (scatter-gather), and
         `headers` describe the batches they form, in order.
         """
-        position = self.size
+        position, next_offset = self._end
         total = sum(len(b) for b in buffers)
         # Disk blocks for the index entries first: on a full disk this fails cleanly
         # (ENOSPC) before the log changes, instead of faulting on the mapping afterwards.
@@ -117,11 +144,12 @@ class LogSegment:
         for header in headers:
             self._index_batch(header, batch_position)
             batch_position += header.size
-        # Publish the new size before the new end offset: a reader that sees an offset as
-        # written must also see the bytes that hold it.
-        self.size = position + total
+        # One store publishes the new bytes and the offsets they hold together: a lock-free
+        # reader sees the append whole or not at all, so it never returns batches past the
+        # log end offset it reports (as separate size and offset stores would let it).
         if headers:
-            self.next_offset = headers[-1].next_offset
+            next_offset = headers[-1].next_offset
+        self._end = (position + total, next_offset)
         return position
 
     def _index_batch(self, header: BatchHeader, position: int) -> None:
@@ -147,9 +175,10 @@ class LogSegment:
 
     # --- reading -----------------------------------------------------------------------------
 
-    def read_bytes(self, position: int, length: int) -> bytes:
-        """Up to `length` bytes from `position`, never past the current end of batches."""
-        length = min(length, self.size - position)
+    def read_bytes(self, position: int, length: int, seen: SegmentEnd | None = None) -> bytes:
+        """Up to `length` bytes from `position`, never past the size in `seen` (the end the
+        caller took; None takes the current one)."""
+        length = min(length, (self._end if seen is None else seen)[0] - position)
         if length <= 0:
             return b""
         return os.pread(self._fd, length, position)
@@ -174,39 +203,48 @@ class LogSegment:
                 consumed = header.size
             position += consumed
 
-    def find_batch(self, offset: int) -> tuple[int, BatchHeader] | None:
-        """Position and header of the batch holding `offset`, or None if past this segment.
+    def find_batch(
+        self, offset: int, seen: SegmentEnd | None = None
+    ) -> tuple[int, BatchHeader] | None:
+        """Position and header of the batch holding `offset`, or None if past this segment
+        as of `seen` (the end the caller took; None takes the current one).
 
         One binary search in the offset index, then a forward walk over batch headers of at
-        most about `index_interval_bytes`.
+        most about `index_interval_bytes`, never past the size in `seen`.
         """
-        if offset >= self.next_offset:
+        size, next_offset = self._end if seen is None else seen
+        if offset >= next_offset:
             return None
+        # An index entry of a batch appended after `seen` has a larger offset: not chosen.
         _, start = self.offset_index.lookup(offset)
-        for position, header in self.iter_headers(start):
+        for position, header in self.iter_headers(start, size):
             if header.last_offset >= offset:
                 return position, header
         return None
 
-    def read_batches(self, position: int, max_bytes: int) -> bytes:
-        """Whole batches starting at `position`, as many as fit in `max_bytes`.
+    def read_batches(self, position: int, max_bytes: int, seen: SegmentEnd | None = None) -> bytes:
+        """Whole batches starting at `position`, as many as fit in `max_bytes`, none past
+        `seen` (the end the caller took; None takes the current one).
 
         The first batch is returned whole even when larger than `max_bytes`, so a consumer
         always makes progress (Kafka's KIP-74 rule).
         """
-        return self.read_bytes(position, self.end_of_read(position, max_bytes) - position)
+        seen = self._end if seen is None else seen
+        return self.read_bytes(position, self.end_of_read(position, max_bytes, seen) - position)
 
-    def end_of_read(self, position: int, max_bytes: int) -> int:
-        """The position (bytes) where `read_batches(position, max_bytes)` ends: a batch
-        boundary, or `position` itself when no whole batch is there."""
-        size = self.size
+    def end_of_read(self, position: int, max_bytes: int, seen: SegmentEnd | None = None) -> int:
+        """The position (bytes) where `read_batches(position, max_bytes, seen)` ends: a batch
+        boundary at or before the size in `seen`, or `position` itself when no whole batch
+        is there. None for `seen` takes the current end."""
+        seen = self._end if seen is None else seen
+        size = seen[0]
         limit = position + max(max_bytes, fmt.BATCH_HEADER_SIZE)
         if limit >= size:
             # up to the end of the log: that end is a batch boundary, nothing to cut
             return max(size, position)
         end = self._end_of_whole_batches(position, limit, size)
         if end == position:
-            head = self.read_bytes(position, fmt.BATCH_HEADER_SIZE)
+            head = self.read_bytes(position, fmt.BATCH_HEADER_SIZE, seen)
             if len(head) < fmt.BATCH_HEADER_SIZE:
                 return position
             return min(position + rb.read_header(head, 0).size, size)
@@ -237,7 +275,8 @@ class LogSegment:
             return None
         _, indexed_offset = self.time_index.lookup(timestamp_ms)
         _, start = self.offset_index.lookup(indexed_offset)
-        for position, header in self.iter_headers(start):
+        # One end for the whole walk: the answer is an offset the segment held when asked.
+        for position, header in self.iter_headers(start, self.size):
             if header.max_timestamp >= timestamp_ms:
                 batch = rb.decode_batch(self.read_bytes(position, header.size))
                 for record in batch.records:
@@ -264,7 +303,7 @@ class LogSegment:
         self.offset_index.resize(self._max_index_bytes)
         self.time_index.resize(self._max_index_bytes)
         self._bytes_since_last_index_entry = 0
-        self.next_offset = self.base_offset
+        self._end = (0, self.base_offset)
         self.max_timestamp = fmt.NO_TIMESTAMP
         self._offset_of_max_timestamp = self.base_offset
         file_size = os.fstat(self._fd).st_size
@@ -272,7 +311,8 @@ class LogSegment:
         if valid_end < file_size:
             os.ftruncate(self._fd, valid_end)
             os.fsync(self._fd)
-        self.size = valid_end
+        # `end` is already (valid_end, offset after the last valid batch): each valid batch
+        # moved it past itself.
         return file_size - valid_end
 
     def _validate_from(
@@ -341,7 +381,7 @@ class LogSegment:
                 )
                 return pos
             self._index_batch(header, position + pos)
-            self.next_offset = header.next_offset
+            self._end = (position + pos + header.size, header.next_offset)
             if on_batch is not None:
                 on_batch(header)
             pos += header.size
@@ -358,26 +398,27 @@ class LogSegment:
         if start > self.size:
             raise CorruptIndexError(f"{self.offset_index.path}: entry points past the log end")
         self.max_timestamp, self._offset_of_max_timestamp = self.time_index.last_entry()
-        self.next_offset = self.base_offset
+        next_offset = self.base_offset
         end = start
         indexed = self.offset_index.entries > 0
         for position, header in self.iter_headers(start):
             if position != start:
-                expected = self.next_offset  # dense: each batch follows the previous one
+                expected = next_offset  # dense: each batch follows the previous one
             elif indexed:
                 expected = last_offset - header.last_offset_delta  # it ends at the entry
             else:
                 expected = self.base_offset
             if header.base_offset != expected:
                 raise CorruptRecordError(f"{self.log_path}: offsets are not dense at {position}")
-            self.next_offset = header.next_offset
+            next_offset = header.next_offset
             if header.max_timestamp > self.max_timestamp:
                 self.max_timestamp = header.max_timestamp
                 self._offset_of_max_timestamp = header.last_offset
             end = position + header.size
         if end != self.size:
             raise CorruptRecordError(f"{self.log_path}: {self.size - end} stray bytes at the end")
-        self._bytes_since_last_index_entry = self.size - start
+        self._end = (end, next_offset)
+        self._bytes_since_last_index_entry = end - start
 
     # --- lifecycle ---------------------------------------------------------------------------
 
