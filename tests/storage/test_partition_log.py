@@ -10,7 +10,7 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,9 +38,11 @@ from logstore.errors import (
     RecordTooLargeError,
     UnsupportedCompressionError,
 )
+from logstore.storage import partition_log
 from logstore.storage.log_config import LogConfig
 from logstore.storage.partition_log import PartitionLog
 from logstore.storage.producer_state import list_snapshot_offsets
+from logstore.storage.segment import LogSegment
 from tests.helpers import (
     LogModel,
     Row,
@@ -1324,6 +1326,125 @@ def test_reads_of_the_newest_record_while_segments_roll(tmp_path: Path) -> None:
         sys.setswitchinterval(switch_interval)
     assert not thread.is_alive()
     assert not errors, errors[0]
+    log.close()
+
+
+class _PausedAppend(Exception):
+    """What a probe read found wrong, raised in the appending thread at the store it ran after."""
+
+
+def _probed_segment_class(probe: Callable[[], None]) -> type[LogSegment]:
+    """A real LogSegment that calls `probe` after each store to one of its attributes: a
+    reader that runs at every point between the steps of an append, roll or open."""
+
+    class ProbedSegment(LogSegment):
+        def __setattr__(self, name: str, value: object) -> None:
+            super().__setattr__(name, value)
+            probe()
+
+    return ProbedSegment
+
+
+def _check_reads_stay_below_the_log_end(log: PartitionLog, offset: int, max_bytes: int) -> None:
+    """What a consumer at `offset` does, with the log frozen mid-append: every read returns
+    only batches below the log end offset it reports, and reading on from them never finds
+    an offset out of range."""
+    fetch = log.read(offset, max_bytes)
+    batches = scan_bytes(fetch.data)
+    after = batches[-1][1].next_offset if batches else offset
+    if after > fetch.high_watermark:
+        raise _PausedAppend(
+            f"read({offset}, {max_bytes}) returned offsets up to {after - 1} but reported "
+            f"the log end {fetch.high_watermark}"
+        )
+    assert log.offset_after_read(offset, max_bytes) == after
+    log.read(after, max_bytes)  # OffsetOutOfRangeError if `after` is past the log end
+    consumer = log.read(offset, max_bytes, max_offset=fetch.high_watermark)
+    assert consumer.data == fetch.data
+
+
+@PROPERTY
+@given(
+    appends=st.lists(st.lists(st.integers(1, 4), min_size=1, max_size=3), min_size=1, max_size=12),
+    max_bytes=st.integers(0, 1_500),
+    roll_every=st.integers(1, 6),
+)
+def test_a_read_during_any_step_of_an_append_stays_below_the_log_end_it_reports(
+    appends: list[list[int]], max_bytes: int, roll_every: int
+) -> None:
+    """A lock-free read that runs between any two stores of an append (or a roll) gets
+    whole batches below the log end offset it reports, so the consumer's next read is in
+    range. The segment's size and next offset were once stored one after the other, and a
+    read between the two returned batches past the log end it reported; the next read then
+    failed with OffsetOutOfRangeError (a consumer resets its position on that)."""
+    log: PartitionLog | None = None
+    armed = False  # from the first append until close (a closed log is not read)
+    cursor = 0
+
+    def probe() -> None:
+        nonlocal armed
+        if log is None or not armed:
+            return
+        armed = False  # the probe's own reads are not probed
+        try:
+            newest = max(log.log_start_offset, log.log_end_offset - 1)
+            for offset in sorted({log.log_start_offset, cursor, newest}):
+                for limit in (max_bytes, 1 << 20):
+                    _check_reads_stay_below_the_log_end(log, offset, limit)
+        finally:
+            armed = True
+
+    with tempfile.TemporaryDirectory() as tmp, pytest.MonkeyPatch.context() as patch:
+        patch.setattr(partition_log, "LogSegment", _probed_segment_class(probe))
+        log = open_log(Path(tmp), {"segment.bytes": 1024, "index.interval.bytes": 64})
+        assert type(log.segments()[0]).__name__ == "ProbedSegment"
+        armed = True
+        for i, counts in enumerate(appends):
+            data = b"".join(
+                encode_batch(make_records(f"a{i}.{j}", n)) for j, n in enumerate(counts)
+            )
+            log.append(data)
+            if i % roll_every == roll_every - 1:
+                log.roll()
+            cursor = log.offset_after_read(cursor, max_bytes)
+        armed = False
+        assert log.log_end_offset == sum(map(sum, appends))
+        log.close()
+
+
+def test_reads_between_the_stores_of_an_append_were_caught(tmp_path: Path) -> None:
+    """The probe above can fail: a segment that publishes its size before its next offset
+    (as LogSegment once did) lets a read return batches past the log end it reports."""
+
+    class SizeFirstSegment(LogSegment):
+        def append(
+            self, buffers: Sequence[bytes | memoryview], headers: Sequence[BatchHeader]
+        ) -> int:
+            _, old_next_offset = self.end
+            position = super().append(buffers, headers)
+            new = self.end
+            self._end = (new[0], old_next_offset)  # the size first ...
+            probe()
+            self._end = new  # ... then the offsets
+            return position
+
+    log: PartitionLog | None = None
+    found: list[str] = []
+
+    def probe() -> None:
+        assert log is not None
+        try:
+            _check_reads_stay_below_the_log_end(log, 0, 1 << 20)
+        except _PausedAppend as exc:
+            found.append(str(exc))
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(partition_log, "LogSegment", SizeFirstSegment)
+        log = open_log(tmp_path)
+        log.append(encode_batch(make_records("a", 2)))
+        log.append(encode_batch(make_records("b", 3)))
+    # the first append: nothing below the old log end 0 to read, so nothing past it either
+    assert found == ["read(0, 1048576) returned offsets up to 4 but reported the log end 2"]
     log.close()
 
 

@@ -182,6 +182,118 @@ def test_an_offset_is_published_only_after_the_bytes_that_hold_it(tmp_path: Path
     segment.close()
 
 
+def _check_the_end_is_whole(segment: LogSegment) -> None:
+    """`segment.end` names exactly the batches a reader bounded by it gets: `size` bytes of
+    whole batches holding the offsets from the base offset up to `next_offset`."""
+    seen = segment.end
+    size, next_offset = seen
+    data = segment.read_batches(0, 1 << 30, seen)
+    assert len(data) == size, seen
+    expected = segment.base_offset
+    for _, header in scan_bytes(data):
+        assert header.base_offset == expected  # dense, from the base offset
+        expected = header.next_offset
+    assert expected == next_offset, seen
+    if next_offset > segment.base_offset:
+        found = segment.find_batch(next_offset - 1, seen)
+        assert found is not None and found[0] + found[1].size == size
+    assert segment.find_batch(next_offset, seen) is None
+
+
+@PROPERTY
+@given(
+    interval=st.integers(0, 512),
+    appends=st.lists(st.lists(batch_shapes, min_size=1, max_size=4), min_size=1, max_size=8),
+)
+def test_the_end_is_whole_at_every_store_of_an_append_and_of_recovery(
+    interval: int, appends: list[list[tuple[int, int, list[int]]]]
+) -> None:
+    """A lock-free reader may run between any two stores of an append: the end it takes
+    always pairs a size with exactly the offsets those bytes hold. (Separate size and
+    offset stores once let a reader see a new size with the old next offset and read
+    batches past the log end offset it reported.) Recovery, which publishes the end batch
+    by batch, keeps the same pairing at each of its stores."""
+    stores = 0
+
+    class ProbedSegment(LogSegment):
+        def __setattr__(self, name: str, value: object) -> None:
+            nonlocal stores
+            super().__setattr__(name, value)
+            if "_closed" in self.__dict__:  # set last when the segment is opened
+                stores += 1
+                _check_the_end_is_whole(self)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        segment = ProbedSegment(
+            Path(tmp),
+            0,
+            index_interval_bytes=interval,
+            max_index_bytes=MAX_INDEX_BYTES,
+            created_ms=0,
+        )
+        for i, shapes in enumerate(appends):
+            append_batches(
+                segment,
+                [
+                    make_records(f"a{i}.{j}", n, value_size=v, timestamps=t)
+                    for j, (n, v, t) in enumerate(shapes)
+                ],
+            )
+        assert stores > 0
+        end = segment.end
+        assert end == (segment.size, sum(n for shapes in appends for n, _, _ in shapes))
+        stores = 0
+        assert segment.recover() == 0
+        assert stores > 0 and segment.end == end
+        segment.close()
+
+
+@PROPERTY
+@given(
+    interval=st.integers(0, 512),
+    shapes=st.lists(batch_shapes, min_size=1, max_size=20),
+    later=st.lists(batch_shapes, min_size=1, max_size=10),
+    limits=st.lists(st.integers(0, 3_000), min_size=1, max_size=5),
+)
+def test_reads_bounded_by_an_earlier_end_ignore_everything_appended_after_it(
+    interval: int,
+    shapes: list[tuple[int, int, list[int]]],
+    later: list[tuple[int, int, list[int]]],
+    limits: list[int],
+) -> None:
+    """What a reader reads with the end it took is what it would have read then, however
+    much the segment has grown since: no offset, header walk or byte past that end."""
+    with tempfile.TemporaryDirectory() as tmp:
+        segment, layout, _ = build(Path(tmp), 0, interval, shapes)
+        seen = segment.end
+        size, next_offset = seen
+        offsets = range(next_offset + 3)
+        found = [segment.find_batch(offset) for offset in offsets]
+        reads = {
+            (position, limit): (
+                segment.end_of_read(position, limit),
+                segment.read_batches(position, limit),
+            )
+            for position, _ in layout
+            for limit in limits
+        }
+        content = segment.read_bytes(0, 1 << 30)
+        for i, (count, value_size, timestamps) in enumerate(later):
+            append_batches(
+                segment,
+                [make_records(f"later{i}", count, value_size=value_size, timestamps=timestamps)],
+            )
+        assert segment.next_offset > next_offset and segment.size > size
+        assert [segment.find_batch(offset, seen) for offset in offsets] == found
+        for (position, limit), (end, data) in reads.items():
+            assert segment.end_of_read(position, limit, seen) == end
+            assert segment.read_batches(position, limit, seen) == data
+        assert segment.read_bytes(0, 1 << 30, seen) == content
+        assert segment.read_batches(size, 1 << 30, seen) == b""
+        assert segment.end_of_read(size, 1 << 30, seen) == size
+        segment.close()
+
+
 # --- indexes -------------------------------------------------------------------------------
 
 
