@@ -10,7 +10,8 @@ identical.
 `test_random_fault_schedule` draws its faults from LOGSTORE_FAULT_SEED (random when unset)
 for LOGSTORE_FAULT_CYCLES cycles (3 unless set); its output names the seed, so a failing
 schedule can be replayed: LOGSTORE_FAULT_SEED=<seed> LOGSTORE_FAULT_CYCLES=<n> pytest -s -k
-random tests/cluster/test_faults.py.
+random tests/cluster/test_faults.py. LOGSTORE_FAULTS=kill9_leader,pause_follower,... draws
+from those faults only (all of `Schedule.FAULTS` unless set).
 """
 
 from __future__ import annotations
@@ -20,89 +21,13 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
-import pytest
 
-from tests.cluster.harness import (
-    REPLICA_LAG_TIME_MAX_MS,
-    SESSION_TIMEOUT_MS,
-    ClusterHarness,
-    UnknownPartitionError,
-)
-from tests.cluster.history import (
-    ACKS_ALL,
-    ACKS_LEADER,
-    TOPIC,
-    ConsumerThread,
-    FinalLogs,
-    History,
-    ProducerThread,
-    check_healed,
-    create_topic,
-    produce,
-    refusal,
-)
+from tests.cluster.harness import SESSION_TIMEOUT_MS, ClusterHarness, UnknownPartitionError
+from tests.cluster.history import TOPIC
+from tests.cluster.workload import LONG_PAUSE_S, Workload, probe_woken_leader
 from tests.helpers import wait_until
-
-#: how long a test probes a paused leader after waking it (s)
-ZOMBIE_PROBE_S = 2.0
-#: probe threads per acks setting: enough that produces are always queued at the broker,
-#: so one is handled in any instant it would wrongly accept
-ZOMBIE_PROBE_THREADS = 8
-#: deadline of one probe produce (s): the first ones wait for the paused broker to wake
-ZOMBIE_RPC_TIMEOUT_S = 3.0
-#: a pause past both the session timeout and the lag time, with room for etcd and the
-#: controller to act on it (s)
-LONG_PAUSE_S = max(SESSION_TIMEOUT_MS, REPLICA_LAG_TIME_MAX_MS) / 1000 + 1.5
-
-
-@dataclass
-class Workload:
-    """A cluster with a topic of three in-sync replicas, a producer and a consumer."""
-
-    cluster: ClusterHarness
-    history: History
-    producer: ProducerThread
-    consumer: ConsumerThread
-
-    def heal_and_check(self) -> FinalLogs:
-        """Undo every fault, let the producer go on a little, stop both threads, check."""
-        self.cluster.heal()
-        self.producer.wait_for_progress(5, "after healing", timeout_s=60)
-        self.producer.finish()
-        self.consumer.finish()
-        assert not self.producer.failures, self.producer.failures
-        final = check_healed(self.cluster, self.history)
-        assert self.consumer.position > 0, "the consumer read nothing"
-        return final
-
-
-@pytest.fixture
-def workload(tmp_path: Path) -> Iterator[Workload]:
-    cluster = ClusterHarness(tmp_path, brokers=3)
-    history = History()
-    producer = ProducerThread(cluster, history)
-    consumer = ConsumerThread(cluster, history)
-    try:
-        cluster.start()
-        create_topic(cluster)
-        cluster.wait_for_leader(TOPIC)
-        cluster.wait_for_isr(TOPIC, 3)
-        producer.start()
-        consumer.start()
-        producer.wait_for_progress(10, "before any fault")
-        yield Workload(cluster, history, producer, consumer)
-    finally:
-        producer.stopping.set()
-        consumer.stopping.set()
-        cluster.close()
-        for thread in (producer, consumer):
-            if thread.is_alive():
-                thread.join(timeout=15)
 
 
 def current_leader(cluster: ClusterHarness) -> int:
@@ -118,88 +43,6 @@ def isr_of(cluster: ClusterHarness) -> list[int]:
         return list(cluster.partition(TOPIC, timeout_s=2.0).isr)
     except (grpc.RpcError, UnknownPartitionError):
         return []
-
-
-# --- probing a woken leader ----------------------------------------------------------------
-
-
-@dataclass
-class ProbeResult:
-    """What a woken old leader answered to produces sent straight to it."""
-
-    outcomes: Counter[str]
-    #: (acks, base offset) of every produce it acknowledged
-    acknowledged: list[tuple[int, int]]
-    #: (s after the wake, answer) whenever a probe thread's answer changed: when the broker
-    #: stopped refusing for one reason and started refusing for another
-    changes: list[tuple[float, str]]
-
-
-def probe_woken_leader(
-    cluster: ClusterHarness, history: History, broker_id: int, wake: Callable[[], None]
-) -> ProbeResult:
-    """Send acks=1 and acks=all produces straight to paused `broker_id` from
-    ZOMBIE_PROBE_THREADS threads each in a tight loop, call `wake()`, and keep sending for
-    ZOMBIE_PROBE_S. The first produces reach the broker the moment it wakes. Whatever it
-    acknowledges goes into the history: the final checks then demand it in the final log,
-    at the offset acknowledged."""
-    outcomes: Counter[str] = Counter()
-    acknowledged: list[tuple[int, int]] = []
-    changes: list[tuple[float, str]] = []
-    lock = threading.Lock()
-    woken_at: list[float] = []
-    started = time.monotonic()
-
-    def over() -> bool:
-        now = time.monotonic()
-        if woken_at:
-            return now > woken_at[0] + ZOMBIE_PROBE_S
-        return now > started + 30  # the main thread failed before waking it
-
-    def send(acks: int, thread: int) -> None:
-        last = ""
-        for i in range(100_000):
-            if over():
-                return
-            values = [f"zombie-acks{acks}-{thread}-{i}".encode()]
-            try:
-                result = produce(
-                    cluster, broker_id, values, acks=acks, timeout_s=ZOMBIE_RPC_TIMEOUT_S
-                )
-            except grpc.RpcError as exc:
-                outcome = f"acks={acks} {refusal(exc)}"
-                detail = f"{outcome}: {exc.details() if hasattr(exc, 'details') else exc}"
-            else:
-                if result.error.code:
-                    outcome = f"acks={acks} {result.error.kind}"
-                    detail = f"{outcome}: {result.error.message}"
-                else:
-                    outcome = f"acks={acks} acknowledged"
-                    detail = f"{outcome} at {result.base_offset}"
-                    history.acknowledge(values, result.base_offset)
-                    with lock:
-                        acknowledged.append((acks, result.base_offset))
-            with lock:
-                outcomes[outcome] += 1
-                if detail != last:
-                    at = time.monotonic() - woken_at[0] if woken_at else -1.0
-                    changes.append((round(at, 3), f"thread {thread}: {detail}"))
-            last = detail
-
-    threads = [
-        threading.Thread(target=send, args=(acks, n), daemon=True)
-        for acks in (ACKS_LEADER, ACKS_ALL)
-        for n in range(ZOMBIE_PROBE_THREADS)
-    ]
-    for thread in threads:
-        thread.start()
-    time.sleep(0.2)  # the first produces are on their way to the paused broker
-    wake()
-    woken_at.append(time.monotonic())
-    for thread in threads:
-        thread.join(timeout=ZOMBIE_PROBE_S + ZOMBIE_RPC_TIMEOUT_S + 5)
-        assert not thread.is_alive(), "a probe thread did not stop"
-    return ProbeResult(outcomes, acknowledged, sorted(changes))
 
 
 # --- the faults, one test each -------------------------------------------------------------
@@ -362,7 +205,10 @@ class Schedule:
         "kill_etcd",
     )
 
-    def __init__(self, workload: Workload, seed: int) -> None:
+    def __init__(self, workload: Workload, seed: int, faults: tuple[str, ...] = FAULTS) -> None:
+        unknown = set(faults) - set(self.FAULTS)
+        assert faults and not unknown, f"unknown faults {sorted(unknown)}; known: {self.FAULTS}"
+        self.faults = faults
         self.workload = workload
         self.cluster = workload.cluster
         self.rng = random.Random(seed)
@@ -370,7 +216,7 @@ class Schedule:
         self.probes: Counter[str] = Counter()
 
     def cycle(self, number: int) -> None:
-        fault = self.rng.choice(self.FAULTS)
+        fault = self.rng.choice(self.faults)
         leader = current_leader(self.cluster)
         print(f"cycle {number}: {fault} (leader {leader})", flush=True)
         getattr(self, fault)(leader)
@@ -409,9 +255,26 @@ class Schedule:
 
     def restart_follower_empty(self, leader: int) -> None:
         follower = self.rng.choice([b for b in self.cluster.brokers if b != leader])
-        self.cluster.stop(follower)
+        # A crash keeps the old registration alive until its lease runs out; the new
+        # incarnation then registers with a new broker epoch (KIP-903).
+        crash = self.rng.random() < 0.5
+        if crash:
+            self.cluster.kill9(follower)
+        else:
+            self.cluster.stop(follower)
         self.cluster.wipe(follower)
         self.cluster.brokers[follower].start()
+        if self.rng.random() < 0.5:
+            # The leader dies while the empty follower catches up: the other follower must
+            # take over, never the empty one (the final checks would miss records).
+            print(
+                f"  broker {follower} {'crashed' if crash else 'stopped'}, wiped, "
+                f"restarted; leader {leader} killed while it catches up",
+                flush=True,
+            )
+            self.cluster.kill9(leader)
+            self.cluster.wait_for_leader(TOPIC, not_on=leader)
+            self.workload.producer.wait_for_progress(5, "after the leader was killed")
 
     def kill_etcd(self, leader: int) -> None:
         self.cluster.etcd.kill()
@@ -422,8 +285,14 @@ class Schedule:
 def test_random_fault_schedule(workload: Workload) -> None:
     seed = int(os.environ.get("LOGSTORE_FAULT_SEED") or random.SystemRandom().randrange(2**32))
     cycles = int(os.environ.get("LOGSTORE_FAULT_CYCLES") or 3)
-    print(f"LOGSTORE_FAULT_SEED={seed} LOGSTORE_FAULT_CYCLES={cycles}", flush=True)
-    schedule = Schedule(workload, seed)
+    chosen = os.environ.get("LOGSTORE_FAULTS", "")
+    faults = tuple(f.strip() for f in chosen.split(",") if f.strip()) or Schedule.FAULTS
+    print(
+        f"LOGSTORE_FAULT_SEED={seed} LOGSTORE_FAULT_CYCLES={cycles} "
+        f"LOGSTORE_FAULTS={','.join(faults)}",
+        flush=True,
+    )
+    schedule = Schedule(workload, seed, faults)
     started = time.monotonic()
     for number in range(1, cycles + 1):
         schedule.cycle(number)
