@@ -51,7 +51,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 
@@ -308,6 +308,14 @@ class Channels:
             self._channels.clear()
 
 
+class MetadataAnswer(NamedTuple):
+    """Partition 0's metadata, the controller's id, and the broker that answered."""
+
+    partition: pb.PartitionMetadata
+    controller: int
+    answered_by: int
+
+
 class Cluster:
     """etcd and brokers 1..n in cluster mode under `root`; a context manager that stops
     every process it started (brokers first, so they leave etcd, then etcd)."""
@@ -359,9 +367,9 @@ class Cluster:
             return False
         return len(answer.brokers) == len(self.brokers)
 
-    def metadata(self, topic: str) -> tuple[pb.PartitionMetadata, int] | None:
-        """Partition 0 of `topic` and the controller id, from the first live broker that
-        answers; None when none does."""
+    def metadata(self, topic: str) -> MetadataAnswer | None:
+        """Partition 0 of `topic` as the first live broker that answers sees it; None when
+        none does."""
         for broker_id in self.live():
             try:
                 answer = self.stub(broker_id).Metadata(
@@ -370,7 +378,9 @@ class Cluster:
             except grpc.RpcError:
                 continue
             if answer.topics and not answer.topics[0].error.code and answer.topics[0].partitions:
-                return answer.topics[0].partitions[0], answer.controller_id
+                return MetadataAnswer(
+                    answer.topics[0].partitions[0], answer.controller_id, broker_id
+                )
         return None
 
     def wait_for_isr(self, topic: str, size: int) -> pb.PartitionMetadata:
@@ -381,7 +391,7 @@ class Cluster:
             answer = self.metadata(topic)
             if answer is None:
                 return False
-            part = answer[0]
+            part = answer.partition
             if part.leader not in self.live() or len(part.isr) != size:
                 return False
             found[:] = [part]
@@ -725,8 +735,9 @@ class FailoverLoad:
     """A thread producing acks=all to the partition's leader, one request at a time; after
     a failure it re-reads Metadata every METADATA_RETRY_S until a live leader answers.
 
-    It records (time, broker) of every acknowledgement and the first time Metadata named
-    each leader, on `time.monotonic()`.
+    It records (time, broker) of every acknowledgement, the first time Metadata named
+    each leader, and a timeline of what it saw (each Metadata answer that differs from the
+    one before, each failure), on `time.monotonic()`.
     """
 
     def __init__(self, cluster: Cluster, topic: str) -> None:
@@ -737,6 +748,8 @@ class FailoverLoad:
         self.acks: list[tuple[float, int]] = []
         self.leaders_seen: list[tuple[float, int]] = []
         self.errors: list[str] = []
+        self.events: list[tuple[float, str]] = []
+        self.last_said: dict[str, str] = {}
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="failover-load", daemon=True)
 
@@ -748,15 +761,31 @@ class FailoverLoad:
         self.stop.set()
         self.thread.join(RPC_TIMEOUT_S * 2)
 
+    def _event(self, source: str, what: str) -> None:
+        """Add `what` to the timeline unless it repeats what `source` (Metadata, or a
+        produce to one broker) last said: a retry loop says the same thing every 50 ms."""
+        with self.lock:
+            if self.last_said.get(source) != what:
+                self.last_said[source] = what
+                self.events.append((time.monotonic(), what))
+
     def _leader(self) -> int | None:
         answer = self.cluster.metadata(self.topic)
-        if answer is None or answer[0].leader < 0:
+        if answer is None:
+            self._event("metadata", "metadata: no broker answered")
             return None
-        leader = answer[0].leader
+        part = answer.partition
+        self._event(
+            "metadata",
+            f"metadata from broker {answer.answered_by}: leader {part.leader} epoch "
+            f"{part.leader_epoch} isr {list(part.isr)}",
+        )
+        if part.leader < 0:
+            return None
         with self.lock:
-            if not self.leaders_seen or self.leaders_seen[-1][1] != leader:
-                self.leaders_seen.append((time.monotonic(), leader))
-        return leader
+            if not self.leaders_seen or self.leaders_seen[-1][1] != part.leader:
+                self.leaders_seen.append((time.monotonic(), part.leader))
+        return part.leader
 
     def _run(self) -> None:
         leader: int | None = None
@@ -774,9 +803,12 @@ class FailoverLoad:
             if error is None:
                 with self.lock:
                     self.acks.append((time.monotonic(), leader))
+                    # the next failure of this broker is news again
+                    self.last_said.pop(f"produce {leader}", None)
                 continue
             with self.lock:
                 self.errors.append(error)
+            self._event(f"produce {leader}", f"produce to broker {leader}: {error}"[:300])
             leader = None
             self.stop.wait(METADATA_RETRY_S)
 
@@ -796,6 +828,17 @@ class FailoverLoad:
         with self.lock:
             return self.acks[-1][1] if self.acks else None
 
+    def forget_last_said(self) -> None:
+        """Start the timeline afresh (at a kill), so it opens with the client's view."""
+        with self.lock:
+            self.last_said.clear()
+
+    def timeline(self, t0: float, t1: float) -> list[tuple[float, str]]:
+        """What the client saw from `t0` to `t1` (s), at ms after `t0`; at most 100 entries."""
+        with self.lock:
+            seen = [(round((t - t0) * 1000), e) for t, e in self.events if t0 <= t <= t1]
+        return seen[:100]
+
 
 def kill_leader(cluster: Cluster, load: FailoverLoad, topic: str) -> tuple[int, int, int, float]:
     """Once the ISR is full and the load's latest acks come from the leader, SIGKILL it:
@@ -810,10 +853,11 @@ def kill_leader(cluster: Cluster, load: FailoverLoad, topic: str) -> tuple[int, 
         t_ready = time.monotonic()
         wait_for(lambda: load.acks_since(t_ready) >= 3, "acks=all load to flow", SETTLE_TIMEOUT_S)
         victim, epoch = part.leader, part.leader_epoch
-        controller = answer[1] if answer is not None else -1
+        controller = answer.controller if answer is not None else -1
         return load.last_acked_by() == victim
 
     wait_for(leader_acks, f"{topic}: acks from a steady leader", SETTLE_TIMEOUT_S)
+    load.forget_last_said()
     t_kill = time.monotonic()
     cluster.brokers[victim].kill9()
     return victim, epoch, controller, t_kill
@@ -833,6 +877,7 @@ def one_failover(cluster: Cluster, load: FailoverLoad, topic: str) -> dict[str, 
     with contextlib.suppress(BenchError):
         wait_for(back, "an acknowledged produce after the kill", FAILOVER_TIMEOUT_S)
     elected = load.first_leader_after(t_kill, victim)
+    timeline = load.timeline(t_kill, acked[0] if acked else time.monotonic())
     t_restart = time.monotonic()
     cluster.brokers[victim].start()
     t_serving = time.monotonic()
@@ -842,10 +887,15 @@ def one_failover(cluster: Cluster, load: FailoverLoad, topic: str) -> dict[str, 
         "killed": victim,
         "killed_was_controller": victim == controller,
         "leader_epoch_before": epoch,
+        # the first Metadata answer naming another leader; a preferred-leader election that
+        # falls into the window shows here first, while acks=all still waits for the dead
+        # broker to leave the ISR
         "new_leader_seen_ms": None if elected is None else (elected - t_kill) * 1000,
         "first_ack_ms": (acked[0] - t_kill) * 1000 if acked else None,
         "restart_to_serving_ms": (t_serving - t_restart) * 1000,
         "serving_to_full_isr_ms": (t_isr - t_serving) * 1000,
+        # (ms after the kill, what the client saw) up to the first acknowledgement
+        "timeline": timeline,
     }
 
 
@@ -991,14 +1041,22 @@ def one_catchup(cluster: Cluster, rep: int, nbytes: int) -> dict[str, Any]:
     leader = cluster.create_topic(topic, BROKERS)
     answer = cluster.metadata(topic)
     assert answer is not None
-    follower = pick_follower(answer[0], answer[1])
+    follower = pick_follower(answer.partition, answer.controller)
     cluster.brokers[follower].stop()
     cluster.wait_for_isr(topic, BROKERS - 1)
     batch = encode_batch(BATCH_BYTES)
     settle()
     produce_stream(cluster.stub(leader), topic, batch, max(1, nbytes // len(batch)), 1)
-    leader_copy = describe_partition(cluster.stub(leader), topic)
-    end, size = leader_copy.log_end_offset, leader_copy.size_bytes
+    copies: list[pb.PartitionDescription] = []
+
+    def replicated() -> bool:
+        # Consumers read below the high watermark only, and the follower still running
+        # must be done copying before anything is timed.
+        copies[:] = [describe_partition(cluster.stub(leader), topic)]
+        return copies[0].high_watermark >= copies[0].log_end_offset
+
+    wait_for(replicated, f"{topic}: the running follower to catch up", SETTLE_TIMEOUT_S)
+    end, size = copies[0].log_end_offset, copies[0].size_bytes
     consumer = consumer_rates(cluster.stub(leader), topic, end)
     settle()
     t = time_catchup(cluster, topic, follower, end)
