@@ -219,15 +219,41 @@ class ClusterHarness:
             return None
         return None if found.leader < 0 else (found.leader, found.leader_epoch)
 
+    def leads(self, topic: str, partition: int, broker_id: int, timeout_s: float = 2.0) -> bool:
+        """Whether `broker_id` serves the partition as its leader now: it answers a consumer's
+        fetch (which only a leader does). Metadata may name a leader before the leader
+        itself has taken up the role."""
+        request = pb.FetchRequest(
+            topics=[
+                pb.FetchTopic(
+                    topic=topic,
+                    partitions=[pb.FetchPartition(partition=partition, fetch_offset=0)],
+                )
+            ],
+            max_wait_ms=0,
+            max_bytes=1,
+        )
+        try:
+            answer = self.call("Fetch", request, broker_id, timeout_s)
+        except grpc.RpcError:
+            return False
+        assert isinstance(answer, pb.FetchResponse)
+        error = answer.topics[0].partitions[0].error
+        # Out of range is answered after the leadership check passed.
+        return not error.code or error.kind == "OffsetOutOfRangeError"
+
     def wait_for_leader(
         self, topic: str, partition: int = 0, *, not_on: int | None = None, timeout_s: float = 20
     ) -> int:
-        """The partition's leader once it has one (other than `not_on`), as live brokers see it."""
+        """The partition's leader once it has one (other than `not_on`), as live brokers see
+        it, and once that broker serves as leader."""
         found: list[int] = []
 
         def elected() -> bool:
             current = self.leader_of(topic, partition)
             if current is None or current[0] == not_on:
+                return False
+            if current[0] not in self.reachable() or not self.leads(topic, partition, current[0]):
                 return False
             found[:] = [current[0]]
             return True
