@@ -232,9 +232,13 @@ def check_history(acknowledged: dict[bytes, int], records: list[rb.Record]) -> N
     for record in records:
         assert record.value is not None
         seen.setdefault(record.value, []).append(record.offset)
-    for value, offset in acknowledged.items():
-        found = seen.get(value)
-        assert found == [offset], f"{value!r} acknowledged at {offset}, found at {found}"
+    wrong = sorted(
+        (offset, value, seen.get(value))
+        for value, offset in acknowledged.items()
+        if seen.get(value) != [offset]
+    )
+    details = "; ".join(f"{v!r} acknowledged at {o}, found at {f}" for o, v, f in wrong[:10])
+    assert not wrong, f"{len(wrong)} of {len(acknowledged)} acknowledged records lost: {details}"
 
 
 def check_unique_values(records: list[rb.Record]) -> None:
