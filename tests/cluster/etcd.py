@@ -11,6 +11,7 @@ it fails with one line naming the package, never skips (CONTRACT.md, section 10)
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import signal
 import socket
@@ -48,11 +49,35 @@ def etcd_binary() -> str:
     return path
 
 
+#: where the kernel picks source ports of outgoing connections when it cannot read
+#: /proc/sys/net/ipv4/ip_local_port_range (Linux's default)
+DEFAULT_EPHEMERAL_PORTS = (32768, 60999)
+#: the lowest port `free_port` hands out
+LOWEST_PORT = 10000
+
+
+def _ephemeral_ports() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return DEFAULT_EPHEMERAL_PORTS
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port on 127.0.0.1 that nothing listens on now, outside the kernel's range of
+    source ports: a server restarted on the same port must find it free, and a port of
+    that range may meanwhile be taken by any outgoing connection on the machine."""
+    low, high = _ephemeral_ports()
+    candidates = [p for p in range(LOWEST_PORT, 65536) if not low <= p <= high]
+    for port in random.sample(candidates, 50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port among 50 tried from {LOWEST_PORT} outside {low}-{high}")
 
 
 class EtcdServer:

@@ -24,7 +24,7 @@ import grpc
 
 from logstore.v1 import logstore_pb2 as pb
 from logstore.v1 import logstore_pb2_grpc as pb_grpc
-from tests.cluster.etcd import EtcdServer
+from tests.cluster.etcd import EtcdServer, free_port
 from tests.helpers import wait_until
 from tests.server.conftest import BrokerProcess
 
@@ -79,6 +79,8 @@ class ClusterHarness:
                     *(extra_args or []),
                 ],
             )
+            # A port of our own, kept across restarts (see `free_port`).
+            self.brokers[broker_id].port = free_port()
 
     def start(self) -> None:
         self.etcd.start()

@@ -225,7 +225,8 @@ def records_of(batches: list[bytes]) -> list[rb.Record]:
 
 
 def check_history(acknowledged: dict[bytes, int], records: list[rb.Record]) -> None:
-    """Offsets dense from 0; each acknowledged value exactly once, at its offset."""
+    """Offsets dense from 0; each acknowledged value exactly once, at its offset (a record
+    missing, moved or stored twice is misplaced)."""
     offsets = [r.offset for r in records]
     assert offsets == list(range(len(offsets))), "offsets are dense from 0"
     seen: dict[bytes, list[int]] = {}
@@ -238,7 +239,9 @@ def check_history(acknowledged: dict[bytes, int], records: list[rb.Record]) -> N
         if seen.get(value) != [offset]
     )
     details = "; ".join(f"{v!r} acknowledged at {o}, found at {f}" for o, v, f in wrong[:10])
-    assert not wrong, f"{len(wrong)} of {len(acknowledged)} acknowledged records lost: {details}"
+    assert not wrong, (
+        f"{len(wrong)} of {len(acknowledged)} acknowledged records misplaced: {details}"
+    )
 
 
 def check_unique_values(records: list[rb.Record]) -> None:
