@@ -119,6 +119,12 @@ class _Session:
     stop: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
     lost: bool = False
+    #: time.monotonic() when the first refresh of the current etcd outage was sent, and
+    #: when the latest failed one was (s); None while etcd answers
+    outage_started: float | None = None
+    last_failed: float | None = None
+    #: time.monotonic() when the latest refresh, failed or not, was sent (s)
+    last_attempt: float | None = None
 
 
 class ClusterMetadataStore:
@@ -350,12 +356,35 @@ class ClusterMetadataStore:
         now = time.monotonic() if now is None else now
         return now - session.last_renewed < session.ttl_s
 
+    def leadership_valid(self, now: float | None = None) -> bool:
+        """Whether this broker may still act as a leader (`now` is time.monotonic(), s).
+
+        True while the lease is surely alive (`lease_valid`). Also true while etcd itself
+        is unreachable, if the lease was alive when the outage began and a refresh failed
+        less than the TTL ago: etcd renews every lease when it comes back, so no other
+        broker can have been elected in between. A broker that was paused (SIGSTOP, a
+        long GC) past both has to hear from etcd again first.
+        """
+        with self._lock:
+            session = self._session
+        if session is None or session.lost:
+            return False
+        now = time.monotonic() if now is None else now
+        if now - session.last_renewed < session.ttl_s:
+            return True
+        started, failed = session.outage_started, session.last_failed
+        if started is None or failed is None:
+            return False
+        alive_when_it_began = started - session.last_renewed < session.ttl_s
+        return alive_when_it_began and now - failed < session.ttl_s
+
     def _keepalive(self, session: _Session) -> None:
         interval = session.ttl_s / 3
         wait = interval
         failing = False  # warn once per outage, not once per retry
         while not session.stop.wait(wait):
             sent_at = time.monotonic()
+            previous_attempt, session.last_attempt = session.last_attempt, sent_at
             try:
                 responses = self._call(
                     "refresh lease",
@@ -374,12 +403,20 @@ class ClusterMetadataStore:
             except ClusterMetadataUnavailableError as exc:
                 if not failing:
                     log.warning("broker %d: lease refresh failed: %s", session.broker_id, exc)
+                # An outage is one unbroken run of failed refreshes: after a gap (the broker
+                # was paused) a failure starts a new one, which began with the lease already
+                # lapsed, so it does not let the broker lead (see leadership_valid).
+                gap = previous_attempt is None or sent_at - previous_attempt >= session.ttl_s
+                if session.outage_started is None or gap:
+                    session.outage_started = sent_at
+                session.last_failed = sent_at
                 failing = True
                 wait = min(interval, REFRESH_RETRY_S)
                 continue
             if failing:
                 log.info("broker %d: lease refreshed again", session.broker_id)
                 failing = False
+                session.outage_started = session.last_failed = None
             if kv is None or kv[1].create_revision != session.epoch:
                 self._lose_session(session, "its registration key was deleted")
                 return

@@ -43,7 +43,7 @@ from logstore.errors import (
 from logstore.server.cluster import election, placement
 from logstore.server.cluster.metadata_store import ClusterMetadataStore
 from logstore.server.cluster.replica_fetcher import ReplicaFetchers
-from logstore.server.cluster.replica_manager import Leadership, Replica, ReplicaManager
+from logstore.server.cluster.replica_manager import Replica, ReplicaManager
 from logstore.server.cluster.settings import ClusterSettings
 from logstore.server.cluster.state import (
     NO_LEADER,
@@ -131,7 +131,7 @@ class ClusterNode:
         self.replicas = ReplicaManager(
             self.broker_id,
             settings,
-            Leadership(self._session_valid, lambda: not self.etcd_healthy),
+            self._leadership_valid,
             self._write_isr,
             self._registered_epoch,
             manager.appends.notify,
@@ -208,10 +208,13 @@ class ClusterNode:
             self.broker_id,
         )
         self._session_lost.set()
+        # Until the cluster is read again under a new registration, lead nothing: a new
+        # leader may have been elected meanwhile.
+        self.replicas.demote_all()
         self._wake.set()
 
-    def _session_valid(self) -> bool:
-        return not self._session_lost.is_set() and self.store.lease_valid()
+    def _leadership_valid(self) -> bool:
+        return not self._session_lost.is_set() and self.store.leadership_valid()
 
     # --- reading the cluster -----------------------------------------------------------------
 

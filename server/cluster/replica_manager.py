@@ -2,8 +2,8 @@
 
 Invariants:
 - A broker appends to a partition as leader only while the partition's state (read from
-  etcd) names it leader, at the epoch it stamps into the batches, and while its own
-  registration in etcd is valid (`Leadership.valid`): a broker that was paused past its
+  etcd) names it leader, at the epoch it stamps into the batches, and while it may act as
+  leader (`ClusterMetadataStore.leadership_valid`): a broker that was paused past its
   session, or whose session lapsed, acknowledges nothing until it has re-read the cluster.
 - The high watermark a leader publishes is the minimum log end offset over the ISR and
   never goes back while the broker leads at one epoch. Consumers read below it only.
@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from logstore.clock import SYSTEM_CLOCK, Clock
 from logstore.codec.record_batch import BatchHeader
@@ -35,7 +35,7 @@ from logstore.errors import (
 )
 from logstore.server.cluster.isr import FollowerTracker
 from logstore.server.cluster.settings import ClusterSettings
-from logstore.server.cluster.state import PartitionState
+from logstore.server.cluster.state import NO_LEADER, PartitionState
 from logstore.storage.partition_log import AppendResult, PartitionLog
 
 log = logging.getLogger(__name__)
@@ -68,24 +68,6 @@ class Replica:
         return f"{self.topic}-{self.partition}"
 
 
-class Leadership:
-    """Whether this broker may act as a leader now: its etcd session is valid.
-
-    `session_valid()` is the store's view (the lease was renewed within the session
-    timeout); `etcd_down()` is true when the last attempt to reach etcd failed to connect.
-    While etcd is down for everyone no other broker can be elected either, so a leader
-    keeps serving with its current ISR (acks=all stays safe: the ISR cannot shrink without
-    etcd). A broker whose session lapsed while etcd was up (paused, partitioned) must not.
-    """
-
-    def __init__(self, session_valid: Callable[[], bool], etcd_down: Callable[[], bool]) -> None:
-        self._session_valid = session_valid
-        self._etcd_down = etcd_down
-
-    def valid(self) -> bool:
-        return self._session_valid() or self._etcd_down()
-
-
 class ReplicaManager:
     """The replicas this broker holds, their roles, and the leader's replication duties."""
 
@@ -93,7 +75,7 @@ class ReplicaManager:
         self,
         broker_id: int,
         settings: ClusterSettings,
-        leadership: Leadership,
+        leadership_valid: Callable[[], bool],
         write_isr: Callable[[str, int, PartitionState, int], int | None],
         registered_epoch: Callable[[int], int | None],
         on_high_watermark: Callable[[], None],
@@ -101,7 +83,9 @@ class ReplicaManager:
     ) -> None:
         self.broker_id = broker_id
         self.settings = settings
-        self._leadership = leadership
+        #: whether this broker may act as a leader now (see
+        #: `ClusterMetadataStore.leadership_valid`)
+        self._leadership_valid = leadership_valid
         self._write_isr = write_isr
         self._registered_epoch = registered_epoch
         self._on_high_watermark = on_high_watermark
@@ -174,6 +158,17 @@ class ReplicaManager:
         )
         self._advance_high_watermark(replica)
 
+    def demote_all(self) -> None:
+        """Stop leading everything (the broker's session lapsed): the next state read
+        from etcd decides again. acks=all waiters fail at once."""
+        for replica in self.replicas():
+            with replica.lock:
+                if replica.state.leader == self.broker_id:
+                    replica.state = replace(replica.state, leader=NO_LEADER)
+                    replica.tracker = None
+        with self._hw_changed:
+            self._hw_changed.notify_all()
+
     def forget(self, topic: str) -> None:
         """Drop every replica of a deleted topic."""
         with self._lock:
@@ -191,7 +186,7 @@ class ReplicaManager:
                 f"{topic}-{partition}: broker {self.broker_id} is not its leader"
                 + (f" (broker {leader} is)" if leader >= 0 else "")
             )
-        if not self._leadership.valid():
+        if not self._leadership_valid():
             raise NotLeaderOrFollowerError(
                 f"{topic}-{partition}: broker {self.broker_id}'s cluster session lapsed; "
                 "it leads nothing until it has re-registered"
