@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
@@ -17,6 +18,7 @@ import grpc
 from logstore import errors
 from logstore.addresses import parse_host_port
 from logstore.allocator import keep_freed_memory
+from logstore.client.coordinators import HOME, CoordinatorAnswer, CoordinatorCache
 from logstore.client.metadata import ClusterMetadata
 from logstore.types import TopicPartition
 from logstore.v1 import logstore_pb2 as pb
@@ -63,6 +65,7 @@ RETRIABLE_KINDS = frozenset(
         "FencedLeaderEpochError",
         "UnknownLeaderEpochError",
         "ClusterMetadataUnavailableError",
+        "NotCoordinatorError",
     }
 )
 #: kinds after which a client refreshes its metadata before retrying: leadership moved
@@ -600,3 +603,130 @@ class HomeStub:
                 raise
 
         return call
+
+
+# --- group coordinators ----------------------------------------------------------------------
+
+
+def coordinator_of(answer: pb.FindCoordinatorResponse | None) -> CoordinatorAnswer | None:
+    """The broker a FindCoordinator answer names (None: there was no answer, the broker
+    predates the RPC and coordinates every group itself); raises the answer's error."""
+    if answer is None:
+        return None
+    error = partition_error(answer.error)
+    if error is not None:
+        raise error
+    coordinator: CoordinatorAnswer = answer.coordinator
+    return coordinator
+
+
+class CoordinatorRouter:
+    """Sends each consumer group's requests to the group's coordinator, found with
+    FindCoordinator and kept in a `CoordinatorCache`, whose rules say when a failed request
+    is sent again (after finding the coordinator again).
+
+    `find(group, timeout_s)` asks the broker the client sends untargeted requests to (None:
+    it has no FindCoordinator RPC) and raises LogStore errors; `stub(address)` is the stub
+    for a coordinator address (`HOME`: that same broker); `describe(address)` names an
+    address in error messages. Invariant: a call, its lookups and the waits between its
+    attempts all end within the call's `timeout_s` (s); the deadline is kept on the
+    cache's clock (ms).
+    """
+
+    def __init__(
+        self,
+        cache: CoordinatorCache,
+        find: Callable[[str, float], CoordinatorAnswer | None],
+        stub: Callable[[str], Any],
+        describe: Callable[[str], str],
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.cache = cache
+        self._find = find
+        self._stub = stub
+        self._describe = describe
+        self._sleep = sleep
+
+    def call(self, group: str, method: str, request: Any, timeout_s: float) -> Any:
+        """`method(request)` at `group`'s coordinator; raises the LogStore error of the
+        last attempt when none succeeded within `timeout_s`."""
+        cache = self.cache
+        deadline_ms = cache.clock.monotonic_ms() + timeout_s * 1000
+        for failures in itertools.count(1):
+            address: str | None = None
+            try:
+                address = self.coordinator(group, deadline_ms)
+                return self._attempt(address, method, request, deadline_ms)
+            except errors.LogStoreError as exc:
+                kind = type(exc).__name__
+                again = (
+                    cache.lookup_failed(kind)
+                    if address is None
+                    else cache.failed(group, address, kind)
+                )
+                delay_ms = cache.next_attempt_ms(failures, deadline_ms) if again else None
+                if delay_ms is None:
+                    raise
+                where = "finding the coordinator" if address is None else self._describe(address)
+                log.debug("group %s: %s failed at %s, retrying: %s", group, method, where, exc)
+            self._sleep(delay_ms / 1000)
+        raise AssertionError("unreachable: the loop above returns or raises")
+
+    def coordinator(self, group: str, deadline_ms: float) -> str:
+        """The group's coordinator, looked up (once) when it is not known."""
+        known = self.cache.get(group)
+        if known is not None:
+            return known
+        answer = self._find(group, self._remaining_s(deadline_ms, "FindCoordinator"))
+        address = self.cache.found(group, answer)
+        log.debug("group %s: coordinator %s", group, self._describe(address))
+        return address
+
+    def _attempt(self, address: str, method: str, request: Any, deadline_ms: float) -> Any:
+        timeout_s = self._remaining_s(deadline_ms, method)
+        try:
+            return getattr(self._stub(address), method)(request, timeout=timeout_s)
+        except grpc.RpcError as exc:
+            raise translate(exc, self._describe(address)) from None
+        except ValueError as exc:  # the channel was closed under us
+            raise errors.ClientClosedError(f"the client is closed: {exc}") from None
+
+    def _remaining_s(self, deadline_ms: float, method: str) -> float:
+        remaining_ms = deadline_ms - self.cache.clock.monotonic_ms()
+        if remaining_ms <= 0:
+            raise errors.RequestTimedOutError(f"request timed out before {method} was sent")
+        return remaining_ms / 1000
+
+
+def home_coordinators(channels: BrokerChannels, cache: CoordinatorCache) -> CoordinatorRouter:
+    """The coordinator router of a producer's or consumer's `channels`: lookups go to the
+    home broker, and a `HOME` coordinator is reached through `HomeStub`, as every group
+    request was before coordinators were looked up."""
+    home = channels.home_stub()
+
+    def find(group: str, timeout_s: float) -> CoordinatorAnswer | None:
+        """Ask home; while it cannot be reached, each other live broker once (home moves
+        on to it), as long as `timeout_s` lasts."""
+        request = pb.FindCoordinatorRequest(group_id=group)
+        deadline = time.monotonic() + timeout_s
+        asked: set[str] = set()
+        while True:
+            asked.add(channels.home)
+            remaining = max(deadline - time.monotonic(), 0.001)
+            try:
+                return coordinator_of(home.FindCoordinator(request, timeout=remaining))
+            except grpc.RpcError as exc:
+                if rpc_code(exc) == grpc.StatusCode.UNIMPLEMENTED:
+                    return None  # a broker from before cluster mode: it coordinates every group
+                error = translate(exc, channels.display)
+                fresh = channels.home not in asked and time.monotonic() < deadline
+                if not isinstance(error, errors.BrokerUnavailableError) or not fresh:
+                    raise error from None
+
+    def stub(address: str) -> Any:
+        return home if address == HOME else channels.stub(address)
+
+    def describe(address: str) -> str:
+        return channels.display if address == HOME else address
+
+    return CoordinatorRouter(cache, find, stub, describe)

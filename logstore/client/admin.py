@@ -2,12 +2,17 @@
 
 `Admin` talks to one broker of its bootstrap list at a time and moves to the next only
 when the current one cannot be reached: whatever a broker answers, an error included, is
-the answer.
+the answer. A consumer group's requests go to the group's coordinator instead (found with
+FindCoordinator, and found again while it refuses with NotCoordinatorError or cannot be
+reached; with a standalone broker, the current broker), and `list_groups` asks every live
+broker, as each lists only the groups it coordinates.
 """
 
 from __future__ import annotations
 
+import itertools
 import threading
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Unpack
 
@@ -16,15 +21,20 @@ import grpc
 from logstore.acls import AclBinding, AclFilter
 from logstore.addresses import parse_host_port
 from logstore.client._connection import (
+    CoordinatorRouter,
     SecurityOptions,
     client_security,
+    coordinator_of,
     make_stub,
     open_channel,
     parse_bootstrap,
     partition_error,
     resolve_bootstrap,
+    rpc_code,
     translate,
 )
+from logstore.client.coordinators import HOME, CoordinatorAnswer, CoordinatorCache
+from logstore.client.metadata import format_address
 from logstore.codec.wire import EARLIEST_TIMESTAMP, LATEST_TIMESTAMP
 from logstore.errors import (
     BrokerUnavailableError,
@@ -113,6 +123,9 @@ def offset_spec(spec: str | int) -> int:
     raise InvalidRequestError(f"offset spec {spec!r}: use 'earliest', 'latest' or a ms timestamp")
 
 
+#: the topic whose partitions' leaders coordinate the groups (asking Metadata about it
+#: alone is the cheapest way to learn the live brokers)
+OFFSETS_TOPIC = "__consumer_offsets"
 #: the most partitions a topic may have: the broker's limit (DEFAULT_MAX_PARTITIONS in
 #: logstore.storage.log_config, which the client may not import; a test keeps them equal)
 MAX_PARTITIONS = 10_000
@@ -160,7 +173,8 @@ class Admin:
 
     `bootstrap` is one HOST:PORT or a comma-separated list; requests go to one broker at a
     time, starting with the first, and move along the list (once round) only when the
-    current broker cannot be reached. `address` is the broker in use.
+    current broker cannot be reached. `address` is the broker in use. A group's requests
+    go to its coordinator, found through the broker in use.
 
     Security: the keyword arguments of `SecurityOptions` (`ssl_cafile`, `ssl_certfile`,
     `ssl_keyfile`, `token`), each falling back to its environment variable.
@@ -183,22 +197,39 @@ class Admin:
         self._channel = open_channel(self.address, self._security)
         self._stub = make_stub(self._channel)
         self._closed = False
+        #: channels to the brokers named by address (coordinators, brokers listing groups)
+        self._others: dict[str, tuple[Any, Any]] = {}
+        self._coordinators = CoordinatorRouter(
+            CoordinatorCache(), self._find_coordinator, self._stub_at, self._describe
+        )
 
     def _call(self, method: str, request: Any) -> Any:
         return self._call_at(method, request)[0]
 
-    def _call_at(self, method: str, request: Any) -> tuple[Any, str]:
+    def _call_at(
+        self,
+        method: str,
+        request: Any,
+        *,
+        timeout_s: float | None = None,
+        missing_ok: bool = False,
+    ) -> tuple[Any, str]:
         """`method` at the current broker, then at each other one in turn while the broker
         asked cannot be reached; returns the answer and the address that gave it. Only
         unreachable brokers are skipped: any answer, an error included, is the cluster's
-        answer (a request that timed out may have been carried out: it is not sent again)."""
+        answer (a request that timed out may have been carried out: it is not sent again).
+        Each attempt may take `timeout_s` (None: request_timeout_ms); with `missing_ok`, a
+        broker without the RPC answers None."""
         for attempt in range(len(self.bootstrap_servers)):
             if self._closed:
                 raise ClientClosedError("the admin client is closed")
             stub, address = self._stub, self.address
             try:
-                return getattr(stub, method)(request, timeout=self._timeout_s), address
+                answer = getattr(stub, method)(request, timeout=timeout_s or self._timeout_s)
+                return answer, address
             except grpc.RpcError as exc:
+                if missing_ok and rpc_code(exc) == grpc.StatusCode.UNIMPLEMENTED:
+                    return None, address
                 error = translate(exc, address)
                 if not isinstance(error, BrokerUnavailableError):
                     raise error from None
@@ -217,6 +248,46 @@ class Admin:
             old, self._channel = self._channel, open_channel(self.address, self._security)
             self._stub = make_stub(self._channel)
         old.close()
+
+    # --- brokers named by address ------------------------------------------------------------
+
+    def _stub_at(self, address: str) -> Any:
+        """The stub of the broker at `address` (`HOME`: the current broker, moving along the
+        bootstrap list as every other request does)."""
+        if address == HOME:
+            return _CurrentBroker(self)
+        with self._lock:
+            if self._closed:
+                raise ClientClosedError("the admin client is closed")
+            found = self._others.get(address)
+            if found is None:
+                channel = open_channel(address, self._security)
+                found = self._others[address] = (channel, make_stub(channel))
+        return found[1]
+
+    def _describe(self, address: str) -> str:
+        return self.address if address == HOME else address
+
+    def _find_coordinator(self, group: str, timeout_s: float) -> CoordinatorAnswer | None:
+        request = pb.FindCoordinatorRequest(group_id=group)
+        answer, _ = self._call_at("FindCoordinator", request, timeout_s=timeout_s, missing_ok=True)
+        return coordinator_of(answer)
+
+    def _group_call(self, group: str, method: str, request: Any) -> Any:
+        """`method` at `group`'s coordinator (see the module docstring)."""
+        if self._closed:
+            raise ClientClosedError("the admin client is closed")
+        return self._coordinators.call(group, method, request, self._timeout_s)
+
+    def _live_brokers(self, timeout_s: float) -> list[str]:
+        """The addresses of the live brokers as the current broker knows them; [`HOME`] for
+        a standalone broker (it lists itself without a host) or one without Metadata."""
+        request = pb.MetadataRequest(topics=[OFFSETS_TOPIC])
+        answer, _ = self._call_at("Metadata", request, timeout_s=timeout_s, missing_ok=True)
+        if answer is None:
+            return [HOME]
+        brokers = sorted(answer.brokers, key=lambda b: b.broker_id)
+        return [format_address(b.host, b.port) if b.host else HOME for b in brokers] or [HOME]
 
     # --- topics ------------------------------------------------------------------------------
 
@@ -360,7 +431,7 @@ class Admin:
         )
         return {
             (o.topic, o.partition): OffsetAndMetadata(o.offset, o.metadata, o.commit_timestamp)
-            for o in self._call("FetchCommittedOffsets", request).offsets
+            for o in self._group_call(group, "FetchCommittedOffsets", request).offsets
             if o.offset >= 0
         }
 
@@ -379,7 +450,7 @@ class Admin:
             generation_id=-1,
             topics=[pb.CommitTopic(topic=t, partitions=ps) for t, ps in by_topic.items()],
         )
-        for topic in self._call("CommitOffsets", request).topics:
+        for topic in self._group_call(group, "CommitOffsets", request).topics:
             for p in topic.partitions:
                 error = partition_error(p.error)
                 if error is not None:
@@ -388,12 +459,56 @@ class Admin:
     # --- consumer groups ---------------------------------------------------------------------
 
     def list_groups(self) -> list[GroupListing]:
-        response = self._call("ListGroups", pb.ListGroupsRequest())
-        return [GroupListing(g.group_id, g.state, g.members) for g in response.groups]
+        """Every group, by group id. Each broker lists the groups it coordinates, so every
+        live broker is asked, as Kafka's admin does, and the answers are merged (a group
+        two brokers list while its coordinator moves is listed once). While some broker
+        cannot be reached, every live broker is asked again (a dead one leaves the list
+        once its session lapses, and its groups move to new coordinators) until all of one
+        round answered; after request_timeout_ms, BrokerUnavailableError names the
+        brokers that did not answer."""
+        deadline = time.monotonic() + self._timeout_s
+        for round_no in itertools.count(1):
+            brokers = self._live_brokers(_left(deadline))
+            listed, failed = self._list_groups_once(brokers, deadline)
+            if not failed:
+                return sorted(listed.values(), key=lambda g: g.group_id)
+            delay = self._coordinators.cache.delay_ms(round_no) / 1000
+            if time.monotonic() + delay >= deadline:
+                raise BrokerUnavailableError(
+                    "cannot list every group: "
+                    + "; ".join(f"{self._describe(a)}: {e}" for a, e in failed.items())
+                )
+            time.sleep(delay)
+        raise AssertionError("unreachable: the loop above returns or raises")
+
+    def _list_groups_once(
+        self, brokers: list[str], deadline: float
+    ) -> tuple[dict[str, GroupListing], dict[str, BrokerUnavailableError]]:
+        """ListGroups at each of `brokers`, each answering before `deadline` (monotonic
+        s): the groups listed, and the brokers that could not be reached."""
+        listed: dict[str, GroupListing] = {}
+        failed: dict[str, BrokerUnavailableError] = {}
+        for address in brokers:
+            try:
+                response = self._stub_at(address).ListGroups(
+                    pb.ListGroupsRequest(), timeout=_left(deadline)
+                )
+            except grpc.RpcError as exc:
+                error = translate(exc, self._describe(address))
+                if not isinstance(error, BrokerUnavailableError):
+                    raise error from None
+                failed[address] = error
+                continue
+            except BrokerUnavailableError as exc:  # the current broker and every other one
+                failed[address] = exc
+                continue
+            for g in response.groups:
+                listed.setdefault(g.group_id, GroupListing(g.group_id, g.state, g.members))
+        return listed, failed
 
     def describe_group(self, group: str) -> GroupDescription:
         """State, assignor, members and, per partition, committed offset, log end and lag."""
-        r = self._call("DescribeGroup", pb.DescribeGroupRequest(group_id=group))
+        r = self._group_call(group, "DescribeGroup", pb.DescribeGroupRequest(group_id=group))
         members = [
             MemberInfo(
                 m.member_id,
@@ -424,7 +539,8 @@ class Admin:
         """Delete a group with no active members and its committed offsets; return how many
         offsets went. Raises UnknownGroupError for a group with neither members nor
         commits, GroupNotEmptyError while it has active members."""
-        return self._call("DeleteGroup", pb.DeleteGroupRequest(group_id=group)).deleted_offsets
+        request = pb.DeleteGroupRequest(group_id=group)
+        return self._group_call(group, "DeleteGroup", request).deleted_offsets
 
     def reset_offsets(
         self,
@@ -452,7 +568,7 @@ class Admin:
             request.targets.append(pb.TopicPartitions(topic=topic, partitions=partitions or []))
         chosen = _reset_spec(to_earliest, to_latest, to_offset, to_datetime, by_duration, shift_by)
         setattr(request, *chosen)
-        response = self._call("ResetOffsets", request)
+        response = self._group_call(group, "ResetOffsets", request)
         return [
             OffsetResetEntry(e.topic, e.partition, e.current_offset, e.new_offset)
             for e in response.plan
@@ -482,14 +598,38 @@ class Admin:
             if self._closed:
                 return
             self._closed = True
-            channel = self._channel
-        channel.close()
+            channels = [self._channel, *(channel for channel, _ in self._others.values())]
+            self._others.clear()
+        for channel in channels:
+            channel.close()
 
     def __enter__(self) -> Admin:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _left(deadline: float) -> float:
+    """Seconds until `deadline` (monotonic s); a call past it still gets a moment, so it
+    fails as a timeout rather than not being made."""
+    return max(deadline - time.monotonic(), 0.001)
+
+
+class _CurrentBroker:
+    """A stub whose calls go to the `Admin`'s current broker, moving along the bootstrap
+    list while it cannot be reached (`Admin._call_at`); failures are LogStore errors."""
+
+    __slots__ = ("_admin",)
+
+    def __init__(self, admin: Admin) -> None:
+        self._admin = admin
+
+    def __getattr__(self, method: str) -> Any:
+        def call(request: Any, timeout: float) -> Any:
+            return self._admin._call_at(method, request, timeout_s=timeout)[0]
+
+        return call
 
 
 def _require_rpc(method: str) -> None:

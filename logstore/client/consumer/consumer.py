@@ -14,9 +14,12 @@ Threads and what they own:
   its group: it only talks to the coordinator and records the newest assignment, which
   the application thread applies inside poll(), as Kafka does.
 
-Group requests (join, heartbeat, commit, committed offsets) and topic descriptions go to
-the first broker that answered (`BrokerChannels.home`), and to another live broker when it
-stops answering; fetches and offset lookups go to each partition's leader.
+Group requests (join, heartbeat, leave, commit, committed offsets) go to the group's
+coordinator (`CoordinatorRouter`: found with FindCoordinator, found again when it refuses
+with NotCoordinatorError or stops answering; with a standalone broker, that broker). Topic
+descriptions go to the first broker that answered (`BrokerChannels.home`), and to another
+live broker when it stops answering; fetches and offset lookups go to each partition's
+leader.
 
 The decisions are made by I/O-free state: `fetch_positions` (positions, what a seek, a
 reset or an answer changes), `record_buffer` (what poll() hands out), `member_state`
@@ -42,6 +45,7 @@ from logstore.client._connection import (
     BrokerChannels,
     SecurityOptions,
     client_security,
+    home_coordinators,
     is_retriable,
     partition_error,
     resolve_bootstrap,
@@ -68,6 +72,7 @@ from logstore.client.consumer.options import (
 )
 from logstore.client.consumer.progress import ConsumerStall, ProgressMonitor
 from logstore.client.consumer.routing import FetchRouter
+from logstore.client.coordinators import CoordinatorCache
 from logstore.client.metadata import DEFAULT_MAX_AGE_MS, ClusterMetadata
 from logstore.codec.wire import EARLIEST_TIMESTAMP, LATEST_TIMESTAMP
 from logstore.types import (
@@ -207,8 +212,14 @@ class Consumer:
             self._metadata,
             request_timeout_s=self._timeout_s,
         )
-        #: group and topic requests go to the home broker (see the module docstring)
+        #: topic requests go to the home broker, group requests to the group's coordinator
         self._stub = self._channels.home_stub()
+        self._coordinators = home_coordinators(
+            self._channels,
+            CoordinatorCache(
+                backoff_ms=retry_backoff_ms, backoff_max_ms=MAX_RETRY_BACKOFF_S * 1000
+            ),
+        )
         self._fetch_stream = fetch_stream
         # Room for two fetches per partition: one answer is drained while the next arrives.
         self._shared = SharedFetchState(
@@ -227,7 +238,12 @@ class Consumer:
                 self._revoke_partitions, self._lose_partitions, self._add_partitions
             )
             self._membership = GroupMember(
-                self._stub, self._options, self.address, rebalance, self._wake_poll, self._progress
+                self._stub,
+                self._coordinators,
+                self._options,
+                rebalance,
+                self._wake_poll,
+                self._progress,
             )
         #: "assign", "subscribe" or None: the two ways to own partitions exclude each other
         self._mode: str | None = None
@@ -805,7 +821,7 @@ class Consumer:
         )
         return {
             (o.topic, o.partition): OffsetAndMetadata(o.offset, o.metadata, o.commit_timestamp)
-            for o in self._call("FetchCommittedOffsets", request).offsets
+            for o in self._group_call("FetchCommittedOffsets", request).offsets
             if o.offset >= 0
         }
 
@@ -908,7 +924,9 @@ class Consumer:
             ],
         )
         try:
-            response = self._call("CommitOffsets", request)
+            # A coordinator that refused it (NotCoordinatorError) did not store it: it is
+            # sent to the new coordinator within the request timeout.
+            response = self._group_call("CommitOffsets", request)
         except REJOIN_ERRORS as exc:
             if self._membership is not None and member_id:
                 self._membership.commit_refused(member_id, epoch, str(exc))
@@ -1004,6 +1022,18 @@ class Consumer:
                 if address is not None:
                     self._router.stale(None)  # a leader gone: where are its partitions?
             raise error from None
+        self._progress.broker_answered()
+        return response
+
+    def _group_call(self, method: str, request: Any) -> Any:
+        """`method` at the group's coordinator, found again (within request_timeout_ms)
+        while it refuses the group or cannot be reached; failures as LogStore errors."""
+        group = self._require_group(method)
+        try:
+            response = self._coordinators.call(group, method, request, self._timeout_s)
+        except errors.BrokerUnavailableError as exc:
+            self._progress.broker_failed(str(exc))
+            raise
         self._progress.broker_answered()
         return response
 

@@ -1,8 +1,9 @@
 """The heartbeat thread: a consumer's membership of its group, over gRPC.
 
-The decisions live in `member_state.MemberState`; this module sends what it says is due,
-feeds the answers back, and applies assignment changes on the application thread (inside
-poll()) through the consumer's `Rebalance` callbacks.
+The decisions live in `member_state.MemberState`; this module sends what it says is due
+to the group's coordinator (through a `CoordinatorRouter`, which finds it again when it
+moves), feeds the answers back, and applies assignment changes on the application thread
+(inside poll()) through the consumer's `Rebalance` callbacks.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any, NamedTuple
 import grpc
 
 from logstore import errors
-from logstore.client._connection import is_retriable, translate
+from logstore.client._connection import CoordinatorRouter, is_retriable
 from logstore.client.consumer.member_state import JOIN_EPOCH, LEAVE_EPOCH, MemberState
 from logstore.client.consumer.options import ConsumerOptions
 from logstore.client.consumer.progress import ProgressMonitor
@@ -84,20 +85,22 @@ class GroupMember:
     def __init__(
         self,
         stub: Any,
+        coordinators: CoordinatorRouter,
         options: ConsumerOptions,
-        address: str,
         rebalance: Rebalance,
         wake: Callable[[], None],
         progress: ProgressMonitor,
     ) -> None:
         assert options.group_id is not None
         self._group = options.group_id
+        #: topic listings go here (any broker answers them)
         self._stub = stub
+        self._coordinators = coordinators
         self._options = options
-        self._address = address
         self._rebalance = rebalance
         self._progress = progress
-        # A heartbeat answered after the session would have lapsed is of no use.
+        # A heartbeat answered after the session would have lapsed is of no use; the bound
+        # covers finding a moved coordinator again and the retries there.
         self._rpc_timeout_s = min(options.request_timeout_ms, options.session_timeout_ms) / 1000
         self._cond = threading.Condition()
         self._state = MemberState(
@@ -287,9 +290,9 @@ class GroupMember:
     def _exchange(self, request: pb.GroupHeartbeatRequest) -> None:
         method = _GROUP_RPC.get(request.member_epoch, "Heartbeat")
         try:
-            response = getattr(self._stub, method)(request, timeout=self._rpc_timeout_s)
-        except grpc.RpcError as exc:
-            self._on_failure(request, translate(exc, self._address))
+            response = self._coordinators.call(self._group, method, request, self._rpc_timeout_s)
+        except errors.LogStoreError as exc:
+            self._on_failure(request, exc)
         except Exception as exc:  # a fault here must not end the membership
             log.exception("group %s: %s failed", self._group, method)
             self._on_failure(request, errors.BrokerUnavailableError(f"{method} failed: {exc!r}"))

@@ -17,9 +17,11 @@ from typing import Any
 import grpc
 import pytest
 
+from logstore.client._connection import CoordinatorRouter
 from logstore.client.consumer.group_member import GroupMember, Rebalance
 from logstore.client.consumer.options import ConsumerOptions
 from logstore.client.consumer.progress import ProgressMonitor
+from logstore.client.coordinators import CoordinatorCache
 from logstore.types import TopicPartition
 from logstore.v1 import logstore_pb2 as pb
 from logstore.v1 import logstore_pb2_grpc as pb_grpc
@@ -94,7 +96,11 @@ def make_member(
         group_remote_assignor=None,
     )
     rebalance = Rebalance(_ignore, _ignore, _ignore)
-    return GroupMember(stub, options, broker.address, rebalance, lambda: None, progress)
+    # a broker without FindCoordinator: every group request goes to the held stub
+    coordinators = CoordinatorRouter(
+        CoordinatorCache(), lambda group, timeout_s: None, lambda address: stub, lambda a: a
+    )
+    return GroupMember(stub, coordinators, options, rebalance, lambda: None, progress)
 
 
 def test_a_topic_check_answered_after_unsubscribe_reports_nothing(
