@@ -91,7 +91,7 @@ _OPTIONS: tuple[tuple[str, str, tuple[str, ...], str | None, Any, str], ...] = (
         "MS",
         click.IntRange(min=1),
         "A broker whose etcd lease is not renewed for this long counts as dead and loses "
-        "its leaderships (broker.session.timeout.ms) [default: 6000].",
+        "its leaderships (broker.session.timeout.ms) [default: 4000].",
     ),
     (
         "replica_lag_time_max_ms",
