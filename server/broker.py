@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import queue
 import threading
 import time
 from collections import deque
@@ -67,11 +68,16 @@ MAX_WAIT_CAP_MS = 30_000
 DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
 #: room in a produce request for everything but the batch: topic name, field tags (bytes)
 _REQUEST_FRAMING_BYTES = 4096
+#: requests a cluster-mode produce stream appends ahead of the answer it is waiting on
+_PIPELINE_DEPTH = 8
 #: FetchPartition.fetch_offset on a FetchStream: where the stream's last answer ended
 CONTINUE_OFFSET = -1
 
 #: (topic, partition)
 _Key = tuple[str, int]
+#: an acks=all batch appended, not yet durable: (its log, the offset after it, its replica
+#: in cluster mode, the result to answer with)
+_AwaitingAck = tuple[PartitionLog, int, "Replica | None", pb.ProducePartitionResult]
 #: the offset a fetch of (topic, partition, requested offset) reads from
 _Resolver = Callable[[str, int, int], int]
 
@@ -446,13 +452,22 @@ class LogStoreServicer(GroupHandlers, pb_grpc.LogStoreServicer):
         return (topic, data.partition, part, records, headers, replica)
 
     def _produce(self, request: pb.ProduceRequest, strict: bool = True) -> pb.ProduceResponse:
+        response, waiting = self._append_request(request, strict)
+        self._await_acks(waiting)
+        return response
+
+    def _append_request(
+        self, request: pb.ProduceRequest, strict: bool
+    ) -> tuple[pb.ProduceResponse, list[_AwaitingAck]]:
+        """Append a produce request's batches; return its response and, for acks=all, what
+        must still be durable (fsynced, or held by the ISR) before the response is sent."""
         work, rejected = self._validate_produce(request, strict)
         by_topic: dict[str, list[pb.ProducePartitionResult]] = {}
         for topic, partition, exc in rejected:
             result = pb.ProducePartitionResult(partition=partition, base_offset=-1)
             result.error.CopyFrom(error_message(exc))
             by_topic.setdefault(topic, []).append(result)
-        appended: list[tuple[PartitionLog, int, Replica | None, pb.ProducePartitionResult]] = []
+        appended: list[_AwaitingAck] = []
         acks_all = request.acks == ACKS_ALL
         for topic, partition, part, records, headers, replica in work:
             result = pb.ProducePartitionResult(partition=partition)
@@ -474,22 +489,26 @@ class LogStoreServicer(GroupHandlers, pb_grpc.LogStoreServicer):
                 appended.append((part, appended_result.last_offset + 1, replica, result))
             result.log_start_offset = part.log_start_offset
             by_topic.setdefault(topic, []).append(result)
-        if acks_all:
-            for part, end, replica, result in appended:
-                if replica is None:
-                    part.flush_up_to(end)
-                    continue
-                assert self.cluster is not None
-                try:
-                    # The flush policy still applies to each copy: the ISR holds the batch
-                    # in every replica's log, fsynced as its topic's flush settings say.
-                    self.cluster.replicas.wait_for_replication(replica, end)
-                except LogStoreError as exc:
-                    result.error.CopyFrom(error_message(exc))
-        return pb.ProduceResponse(
+        response = pb.ProduceResponse(
             topics=[pb.ProduceTopicResult(topic=t, partitions=r) for t, r in by_topic.items()],
             correlation_id=request.correlation_id,
         )
+        return response, appended if acks_all else []
+
+    def _await_acks(self, waiting: list[_AwaitingAck]) -> None:
+        """Block until each acks=all batch is durable: fsynced (standalone) or held by
+        every in-sync replica (cluster); a batch that is not gets its partition's error."""
+        for part, end, replica, result in waiting:
+            if replica is None:
+                part.flush_up_to(end)
+                continue
+            assert self.cluster is not None
+            try:
+                # The flush policy still applies to each copy: the ISR holds the batch
+                # in every replica's log, fsynced as its topic's flush settings say.
+                self.cluster.replicas.wait_for_replication(replica, end)
+            except LogStoreError as exc:
+                result.error.CopyFrom(error_message(exc))
 
     @handles_errors
     def Produce(self, request: pb.ProduceRequest, context: Any) -> pb.ProduceResponse:
@@ -502,6 +521,13 @@ class LogStoreServicer(GroupHandlers, pb_grpc.LogStoreServicer):
         request that is wrong as a whole (e.g. bad acks) ends the stream with a status."""
         with self._streams_lock:
             self._streams.add(context)
+        if self.cluster is not None:
+            try:
+                yield from self._pipelined_produce(request_iterator, context)
+            finally:
+                with self._streams_lock:
+                    self._streams.discard(context)
+            return
         try:
             for request in request_iterator:
                 try:
@@ -512,6 +538,58 @@ class LogStoreServicer(GroupHandlers, pb_grpc.LogStoreServicer):
         finally:
             with self._streams_lock:
                 self._streams.discard(context)
+
+    def _pipelined_produce(
+        self, request_iterator: Iterator[pb.ProduceRequest], context: grpc.ServicerContext
+    ) -> Iterator[pb.ProduceResponse]:
+        """ProduceStream in cluster mode: a reader thread appends each request as it
+        arrives while the answers wait, in order, for the ISR; so an acks=all request does
+        not hold back the append of the ones behind it (replication of several requests
+        overlaps). Answers and errors keep the order of the requests."""
+        appended: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=_PIPELINE_DEPTH)
+        done = threading.Event()
+
+        def put(item: tuple[str, Any]) -> bool:
+            while not done.is_set():
+                try:
+                    appended.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def pump() -> None:
+            try:
+                for request in request_iterator:
+                    try:
+                        item = self._append_request(request, strict=False)
+                    except (LogStoreError, OSError) as exc:
+                        exc.args = (f"request {request.correlation_id}: {exc}",)
+                        put(("refused", exc))
+                        return
+                    if not put(("appended", item)):
+                        return
+            except BaseException as exc:  # the stream failed: raised by the handler
+                put(("failed", exc))
+                return
+            put(("ended", None))
+
+        reader = threading.Thread(target=pump, name="logstore-produce-stream", daemon=True)
+        reader.start()
+        try:
+            while True:
+                kind, item = appended.get()
+                if kind == "ended":
+                    return
+                if kind == "refused":
+                    abort(context, item)
+                if kind == "failed":
+                    raise item
+                response, waiting = item
+                self._await_acks(waiting)
+                yield response
+        finally:
+            done.set()
 
     def begin_shutdown(self) -> None:
         """Wake long polls and end open produce streams, so a graceful stop does not wait
