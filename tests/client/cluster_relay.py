@@ -12,6 +12,14 @@ duplicates only if the client's idempotence fails, exactly as in a real cluster.
 Streaming requests are passed on one at a time (the next waits for the previous answer),
 so a refusal is answered in its place; each relay records which partitions it was sent.
 Produce requests with acks=0 are not relayed (the broker does not answer them).
+
+Groups: while `RelayCluster.coordinator` is None, FindCoordinator is passed on (a
+standalone broker names itself without a host: the relay asked). Once a test names a
+coordinator relay, every relay answers FindCoordinator with its address, and the others
+refuse group requests with NotCoordinatorError as a cluster broker does, passing nothing
+on; `refusals` more group requests are refused by the coordinator itself too (one just
+elected that has not taken up the role yet). Methods in `missing` are answered
+UNIMPLEMENTED, as by a broker that predates them.
 """
 
 from __future__ import annotations
@@ -28,6 +36,22 @@ from logstore.types import TopicPartition
 from logstore.v1 import logstore_pb2 as pb
 
 METADATA = "/logstore.v1.LogStore/Metadata"
+FIND_COORDINATOR = "/logstore.v1.LogStore/FindCoordinator"
+#: the requests only a group's coordinator answers (ListGroups: any broker, its own groups)
+GROUP_METHODS = frozenset(
+    f"/logstore.v1.LogStore/{name}"
+    for name in (
+        "JoinGroup",
+        "Heartbeat",
+        "LeaveGroup",
+        "CommitOffsets",
+        "FetchCommittedOffsets",
+        "DescribeGroup",
+        "DeleteGroup",
+        "ResetOffsets",
+    )
+)
+ERROR_KIND_KEY = "logstore-error-kind"
 PRODUCE_STREAM = "/logstore.v1.LogStore/ProduceStream"
 FETCH_STREAM = "/logstore.v1.LogStore/FetchStream"
 #: what a relay allows a forwarded call when the caller set no deadline (s)
@@ -61,6 +85,12 @@ class RelayCluster:
         self.standalone = standalone
         self.lock = threading.Lock()
         self.leaders: dict[TopicPartition, tuple[int, int]] = {}
+        #: the relay coordinating every group (None: ask the broker behind)
+        self.coordinator: int | None = None
+        #: group requests the coordinator still refuses before answering
+        self.refusals = 0
+        #: methods answered UNIMPLEMENTED
+        self.missing: set[str] = set()
         #: the channel to the real broker
         self.upstream = grpc.insecure_channel(target)
         self.relays = [Relay(self, broker_id) for broker_id in range(1, count + 1)]
@@ -77,6 +107,35 @@ class RelayCluster:
         with self.lock:
             epoch = self.leaders.get(tp, (1, 0))[1]
             self.leaders[tp] = (broker_id, epoch + 1)
+
+    def move_coordinator(self, broker_id: int, refusals: int = 0) -> None:
+        """Make `broker_id` every group's coordinator; it refuses `refusals` group requests
+        first."""
+        with self.lock:
+            self.coordinator = broker_id
+            self.refusals = refusals
+
+    def refuses_group(self, broker_id: int) -> bool:
+        """Whether relay `broker_id` refuses the group request it was just sent (counting
+        the coordinator's refusals down)."""
+        with self.lock:
+            if self.coordinator is None:
+                return False
+            if self.coordinator != broker_id:
+                return True
+            if self.refusals > 0:
+                self.refusals -= 1
+                return True
+            return False
+
+    def find_coordinator(self) -> pb.FindCoordinatorResponse:
+        with self.lock:
+            coordinator = self.coordinator
+        assert coordinator is not None
+        host, _, port = self.address(coordinator).rpartition(":")
+        return pb.FindCoordinatorResponse(
+            coordinator=pb.BrokerDescription(broker_id=coordinator, host=host, port=int(port))
+        )
 
     def metadata(self, request: pb.MetadataRequest) -> pb.MetadataResponse:
         """The answer of any live relay: the live relays, and the topics asked about as
@@ -132,6 +191,8 @@ class Relay(grpc.GenericRpcHandler):
         self.fetched: set[TopicPartition] = set()
         #: partitions of requests this relay refused
         self.refused: set[TopicPartition] = set()
+        #: group requests refused with NotCoordinatorError, by method
+        self.not_coordinator: collections.Counter[str] = collections.Counter()
         self._lock = threading.Lock()
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
         self._server.add_generic_rpc_handlers((self,))
@@ -152,6 +213,18 @@ class Relay(grpc.GenericRpcHandler):
     def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         method: str = details.method  # type: ignore[attr-defined]
         self._count(method)
+        if method in self.cluster.missing:
+            return None
+        if method == FIND_COORDINATOR and self.cluster.coordinator is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                lambda request, context: self.cluster.find_coordinator(),
+                pb.FindCoordinatorRequest.FromString,
+                pb.FindCoordinatorResponse.SerializeToString,
+            )
+        if method in GROUP_METHODS and self.cluster.refuses_group(self.broker_id):
+            with self._lock:
+                self.not_coordinator[method] += 1
+            return grpc.unary_unary_rpc_method_handler(self._not_coordinator, _raw, _raw)
         if method == METADATA and not self.cluster.standalone:
             return grpc.unary_unary_rpc_method_handler(
                 lambda request, context: self.cluster.metadata(request),
@@ -171,6 +244,14 @@ class Relay(grpc.GenericRpcHandler):
         return grpc.unary_unary_rpc_method_handler(self._unary(method), _raw, _raw)
 
     # --- unary calls ------------------------------------------------------------------------
+
+    def _not_coordinator(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        context.set_trailing_metadata(((ERROR_KIND_KEY, "NotCoordinatorError"),))
+        context.abort(
+            grpc.StatusCode.UNAVAILABLE,
+            f"broker {self.broker_id} does not coordinate this group: ask FindCoordinator",
+        )
+        raise AssertionError("unreachable: abort raises")
 
     def _unary(self, method: str) -> Callable[[bytes, grpc.ServicerContext], bytes]:
         forward = self.cluster.upstream.unary_unary(method, _raw, _raw)
