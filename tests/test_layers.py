@@ -108,6 +108,8 @@ PURE_SERVER_MODULES = (
 #: The clients' I/O-free cores: tested without a broker, so they must not reach for gRPC
 #: or the connection code; the threads around them do the I/O.
 PURE_CLIENT_MODULES = (
+    "logstore.client.coordinators",
+    "logstore.client.metadata",
     "logstore.client.producer.accumulator",
     "logstore.client.producer.futures",
     "logstore.client.producer.retry",
