@@ -23,7 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from logstore.addresses import parse_host_port
 from logstore.allocator import TRIM_THRESHOLD_BYTES, keep_freed_memory
 from logstore.clock import SYSTEM_CLOCK
-from logstore.errors import LogStoreError, UnknownTopicOrPartitionError
+from logstore.errors import InvalidConfigError, LogStoreError, UnknownTopicOrPartitionError
 from logstore.server.broker import (
     DEFAULT_MAX_FETCH_BYTES,
     LogStoreServicer,
@@ -114,6 +114,19 @@ def check_can_listen(address: str) -> None:
                     raise OSError(f"{address}: permission denied") from None
 
 
+def check_cluster_security(settings: BrokerSettings) -> None:
+    """Refuse cluster mode together with TLS or authentication: brokers replicate to each
+    other over plain gRPC without credentials, so the combination would either leak
+    records or fail to replicate. One clear refusal until inter-broker security exists."""
+    security = settings.security
+    secured = security.tls_cert or security.auth_tokens or security.acls_enabled
+    if settings.cluster is not None and secured:
+        raise InvalidConfigError(
+            "cluster mode cannot be combined with TLS, tokens or ACLs yet: brokers "
+            "replicate over plain gRPC; run the cluster on a private network without them"
+        )
+
+
 def metrics_failure(reason: object) -> OSError:
     """The one wording of a metrics listener that cannot serve; `reason` names the address."""
     return OSError(f"cannot serve metrics: {reason}")
@@ -139,6 +152,7 @@ class Broker:
         # busy metrics port, must change nothing on disk. This is the only place it runs.
         check_listeners(settings)
         # Before anything opens: a misconfigured broker must fail, never start unprotected.
+        check_cluster_security(settings)
         self.security = BrokerSecurity(settings.security, data_dir)
         self.manager = LogManager(
             data_dir,
