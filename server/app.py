@@ -239,6 +239,7 @@ class Broker:
 
     def _join_cluster(self, cluster: ClusterSettings) -> None:
         """Set up cluster mode (etcd is first contacted in `start`, once we serve)."""
+        from logstore.server.cluster.leader_offsets import LeaderOffsets
         from logstore.server.cluster.node import PRODUCER_ID_BLOCK, ClusterNode
 
         advertised = cluster.advertised_listen or self.address
@@ -253,6 +254,8 @@ class Broker:
         self.producer_ids = BlockProducerIds(self.cluster.next_producer_id_block, PRODUCER_ID_BLOCK)
         self.servicer.cluster = self.cluster
         self.servicer.producer_ids = self.producer_ids
+        self.leader_offsets = LeaderOffsets(self.cluster)
+        self.servicer.partition_offsets = self.leader_offsets
 
     def _leadership_changed(self, topic: str, partition: int, leads: bool) -> None:
         """The coordinator of a group is the leader of its offsets partition."""
@@ -312,6 +315,7 @@ class Broker:
         self.server.stop(self.settings.shutdown_grace_s).wait()
         if self.cluster is not None:
             self.cluster.stop()
+            self.leader_offsets.close()
         self._stopping.set()
         if self._maintenance.is_alive():
             self._maintenance.join(timeout=10)

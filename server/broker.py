@@ -41,6 +41,7 @@ from logstore.errors import (
 )
 from logstore.server.errors import abort, error_message, handles_errors
 from logstore.server.groups.coordinator import GroupCoordinator
+from logstore.server.groups.offset_reset import LocalOffsets, PartitionOffsets
 from logstore.server.groups.offsets_store import OffsetStore
 from logstore.server.groups.service import GroupHandlers
 from logstore.server.producer_ids import ProducerIdManager
@@ -264,6 +265,8 @@ class LogStoreServicer(GroupHandlers, pb_grpc.LogStoreServicer):
         self.manager = manager
         #: None for a standalone broker
         self.cluster = cluster
+        #: partition offset ranges for group lag and offset resets: the leaders' in a cluster
+        self.partition_offsets: PartitionOffsets = LocalOffsets(manager)
         self.offsets = offsets
         self.producer_ids = producer_ids
         self.coordinator = coordinator

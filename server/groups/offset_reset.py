@@ -10,13 +10,41 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from typing import Protocol
 
 from logstore.errors import InvalidRequestError, UnknownTopicOrPartitionError
 from logstore.server.groups.offsets_store import OffsetStore
 from logstore.storage.log_manager import LogManager
-from logstore.storage.partition_log import PartitionLog
 
 TopicPartition = tuple[str, int]
+
+
+class PartitionOffsets(Protocol):
+    """Where a partition's readable records start and end, and where a time falls in it,
+    as its leader knows them (a cluster's coordinator may hold no replica of it)."""
+
+    def offset_range(self, topic: str, partition: int) -> tuple[int, int]:
+        """(log start offset, high watermark)."""
+        ...
+
+    def offset_for_time(self, topic: str, partition: int, timestamp_ms: int) -> int | None:
+        """The first offset with a timestamp >= `timestamp_ms`, None if there is none."""
+        ...
+
+
+class LocalOffsets:
+    """`PartitionOffsets` of a standalone broker: its own logs."""
+
+    def __init__(self, manager: LogManager) -> None:
+        self._manager = manager
+
+    def offset_range(self, topic: str, partition: int) -> tuple[int, int]:
+        log = self._manager.partition(topic, partition)
+        return log.log_start_offset, log.high_watermark
+
+    def offset_for_time(self, topic: str, partition: int, timestamp_ms: int) -> int | None:
+        found = self._manager.partition(topic, partition).find_offset_by_timestamp(timestamp_ms)
+        return None if found is None else found[0]
 
 
 class ResetKind(Enum):
@@ -75,7 +103,7 @@ def resolve_targets(
 
 
 def plan_reset(
-    manager: LogManager,
+    lookup: PartitionOffsets,
     offsets: OffsetStore,
     group: str,
     partitions: Iterable[TopicPartition],
@@ -86,16 +114,21 @@ def plan_reset(
     committed = offsets.fetch(group)
     plan = []
     for topic, partition in partitions:
-        log = manager.partition(topic, partition)
-        start, end = log.log_start_offset, log.log_end_offset
+        start, end = lookup.offset_range(topic, partition)
         current = committed[(topic, partition)].offset if (topic, partition) in committed else -1
-        target = _target(spec, log, current, start, end, now_ms)
+        target = _target(spec, lookup, (topic, partition), current, start, end, now_ms)
         plan.append(PlanEntry(topic, partition, current, min(max(target, start), end)))
     return plan
 
 
 def _target(
-    spec: ResetSpec, log: PartitionLog, current: int, start: int, end: int, now_ms: int
+    spec: ResetSpec,
+    lookup: PartitionOffsets,
+    tp: TopicPartition,
+    current: int,
+    start: int,
+    end: int,
+    now_ms: int,
 ) -> int:
     kind = spec.kind
     if kind is ResetKind.EARLIEST:
@@ -108,9 +141,9 @@ def _target(
         # With nothing committed there is no position to shift: start from the earliest.
         return (current if current >= 0 else start) + spec.value
     timestamp = spec.value if kind is ResetKind.DATETIME else now_ms - spec.value
-    found = log.find_offset_by_timestamp(timestamp)
+    found = lookup.offset_for_time(tp[0], tp[1], timestamp)
     # No record that new: like Kafka, the group goes to the end and reads only new records.
-    return found[0] if found is not None else end
+    return found if found is not None else end
 
 
 def execute_plan(offsets: OffsetStore, group: str, plan: Sequence[PlanEntry]) -> None:

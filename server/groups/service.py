@@ -13,9 +13,9 @@ from logstore.clock import SYSTEM_CLOCK
 from logstore.errors import (
     GroupNotEmptyError,
     InvalidRequestError,
+    LogStoreError,
     NotCoordinatorError,
     UnknownGroupError,
-    UnknownTopicOrPartitionError,
 )
 from logstore.server.errors import handles_errors
 from logstore.server.groups import offset_reset
@@ -55,6 +55,8 @@ class GroupHandlers:
     manager: LogManager
     offsets: OffsetStore
     coordinator: GroupCoordinator
+    #: log start and high watermark of partitions, from their leaders
+    partition_offsets: offset_reset.PartitionOffsets
 
     def check_coordinator(self, group: str) -> None:
         """In cluster mode, refuse a group this broker does not coordinate (the client finds
@@ -179,8 +181,8 @@ class GroupHandlers:
     ) -> pb.GroupPartitionOffset:
         topic, partition = tp
         try:
-            end = self.manager.partition(topic, partition).log_end_offset
-        except UnknownTopicOrPartitionError:
+            end = self.partition_offsets.offset_range(topic, partition)[1]
+        except LogStoreError:
             end = -1
         c = committed.get(tp)
         owner = owners.get(tp)
@@ -245,7 +247,12 @@ class GroupHandlers:
             [(t.topic, list(t.partitions)) for t in request.targets],
         )
         plan = offset_reset.plan_reset(
-            self.manager, self.offsets, request.group_id, partitions, spec, SYSTEM_CLOCK.now_ms()
+            self.partition_offsets,
+            self.offsets,
+            request.group_id,
+            partitions,
+            spec,
+            SYSTEM_CLOCK.now_ms(),
         )
         if not request.dry_run:
             offset_reset.execute_plan(self.offsets, request.group_id, plan)

@@ -3,12 +3,14 @@ __consumer_offsets, and an acknowledged commit survives the coordinator's death.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 
+from logstore.codec import record_batch as rb
 from logstore.codec.partitioner import partition_for_key
 from logstore.server.cluster.node import OFFSETS_TOPIC_PARTITIONS
 from logstore.v1 import logstore_pb2 as pb
@@ -130,3 +132,48 @@ def test_commits_survive_the_coordinator_being_killed(cluster: ClusterHarness) -
         timeout_s=30,
     )
     assert committed_at_coordinator(cluster) == 30
+
+
+def test_lag_and_resets_use_the_leaders_offsets(cluster: ClusterHarness) -> None:
+    """With one replica per partition, the coordinator holds no copy of most partitions:
+    lag and reset positions must come from their leaders."""
+    cluster.call(
+        "CreateTopic", pb.CreateTopicRequest(name="spread", partitions=3, replication_factor=1)
+    )
+    leaders = {p: cluster.wait_for_leader("spread", p) for p in range(3)}
+    for partition, leader in leaders.items():
+        batch = rb.encode_values([b"x"] * (partition + 5), int(time.time() * 1000))
+        request = pb.ProduceRequest(
+            acks=-1,
+            topics=[
+                pb.ProduceTopicData(
+                    topic="spread",
+                    partitions=[pb.ProducePartitionData(partition=partition, records=batch)],
+                )
+            ],
+        )
+        answer = cluster.call("Produce", request, leader)
+        assert isinstance(answer, pb.ProduceResponse)
+        assert not answer.topics[0].partitions[0].error.code
+    commits = pb.CommitOffsetsRequest(
+        group_id=GROUP,
+        topics=[
+            pb.CommitTopic(
+                topic="spread",
+                partitions=[pb.CommitPartition(partition=p, offset=1) for p in range(3)],
+            )
+        ],
+    )
+    wait_until(
+        lambda: committed_or_none(cluster, coordinator(cluster)) is not None, "a coordinator"
+    )
+    where = coordinator(cluster)
+    cluster.call("CommitOffsets", commits, where)
+    described = cluster.call("DescribeGroup", pb.DescribeGroupRequest(group_id=GROUP), where)
+    assert isinstance(described, pb.DescribeGroupResponse)
+    lags = {o.partition: (o.log_end_offset, o.lag) for o in described.offsets}
+    assert lags == {p: (p + 5, p + 4) for p in range(3)}
+    reset = pb.ResetOffsetsRequest(group_id=GROUP, to_latest=True, dry_run=True)
+    planned = cluster.call("ResetOffsets", reset, where)
+    assert isinstance(planned, pb.ResetOffsetsResponse)
+    assert {e.partition: e.new_offset for e in planned.plan} == {p: p + 5 for p in range(3)}
