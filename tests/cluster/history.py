@@ -121,6 +121,7 @@ def send_until_acknowledged(
     timeout_s: float = SEND_DEADLINE_S,
     stop: threading.Event | None = None,
     refusals: Counter[str] | None = None,
+    rpc_timeout_s: float = PRODUCE_RPC_TIMEOUT_S,
 ) -> Acknowledged | None:
     """Send `make_values(attempt)` acks=all to whichever broker leads until one attempt is
     acknowledged; None when `timeout_s` passed or `stop` was set first. Each attempt sends
@@ -138,7 +139,7 @@ def send_until_acknowledged(
         attempt += 1
         why = ""
         try:
-            result = produce(cluster, leader, values, topic=topic)
+            result = produce(cluster, leader, values, topic=topic, timeout_s=rpc_timeout_s)
         except grpc.RpcError as exc:
             why = refusal(exc)
         else:
@@ -331,8 +332,10 @@ class ProducerThread(threading.Thread):
         name: str = "p",
         batch_size: int = 3,
         topic: str = TOPIC,
+        rpc_timeout_s: float = PRODUCE_RPC_TIMEOUT_S,
     ) -> None:
         super().__init__(name=f"producer-{name}", daemon=True)
+        self.rpc_timeout_s = rpc_timeout_s
         self.cluster = cluster
         self.history = history
         self.prefix = name
@@ -344,7 +347,7 @@ class ProducerThread(threading.Thread):
         self.refusals: Counter[str] = Counter()
         self.leaders: list[tuple[int, int]] = []
         self.sends = 0
-        self._last_offset = -1
+        self._last: Acknowledged | None = None
 
     @property
     def failovers(self) -> int:
@@ -369,6 +372,7 @@ class ProducerThread(threading.Thread):
                 topic=self.topic,
                 stop=self.stopping,
                 refusals=self.refusals,
+                rpc_timeout_s=self.rpc_timeout_s,
             )
             if sent is None:
                 if not self.stopping.is_set():
@@ -378,12 +382,17 @@ class ProducerThread(threading.Thread):
             self._record(sent)
 
     def _record(self, sent: Acknowledged) -> None:
-        if sent.base_offset <= self._last_offset:
+        last = self._last
+        if last is not None and sent.base_offset < last.base_offset + len(last.values):
+            # The earlier records were truncated and their offsets given to these.
             self.history.violate(
                 f"{self.name}: acknowledged at {sent.base_offset} by broker {sent.leader} "
-                f"(epoch {sent.leader_epoch}) after an acknowledgement at {self._last_offset}"
+                f"(leader epoch {sent.leader_epoch} when sent) after offsets "
+                f"{last.base_offset}..{last.base_offset + len(last.values) - 1} were "
+                f"acknowledged by broker {last.leader} (leader epoch {last.leader_epoch} "
+                "when sent)"
             )
-        self._last_offset = sent.base_offset + len(sent.values) - 1
+        self._last = sent
         self.history.acknowledge(sent.values, sent.base_offset)
         self.sends += 1
         who = (sent.leader, sent.leader_epoch)
@@ -406,7 +415,7 @@ class ProducerThread(threading.Thread):
 
     def finish(self) -> None:
         self.stopping.set()
-        self.join(timeout=PRODUCE_RPC_TIMEOUT_S + 5)
+        self.join(timeout=self.rpc_timeout_s + 5)
         assert not self.is_alive(), "the producer did not stop"
 
 
