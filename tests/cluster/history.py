@@ -22,7 +22,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -348,6 +348,9 @@ class ProducerThread(threading.Thread):
         self.leaders: list[tuple[int, int]] = []
         self.sends = 0
         self._last: Acknowledged | None = None
+        #: (time.monotonic() when answered, the send) of the latest acknowledgements, so a
+        #: failure can be placed on the timeline of the faults
+        self.recent: deque[tuple[float, Acknowledged]] = deque(maxlen=200)
 
     @property
     def failovers(self) -> int:
@@ -393,6 +396,7 @@ class ProducerThread(threading.Thread):
                 "when sent)"
             )
         self._last = sent
+        self.recent.append((time.monotonic(), sent))
         self.history.acknowledge(sent.values, sent.base_offset)
         self.sends += 1
         who = (sent.leader, sent.leader_epoch)

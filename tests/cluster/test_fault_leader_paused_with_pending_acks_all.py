@@ -3,13 +3,14 @@
 One follower stops fetching for a moment (SIGSTOP), so the high watermark stalls at its log
 end and every producer's acks=all produce waits at the leader with batches beyond it. Then
 the leader and the other follower are paused past their sessions, the lagging follower is
-resumed, and it is elected: it is in the ISR, it has every record below the high
-watermark, and nothing above it. When the old leader wakes it becomes a follower,
-truncates the batches the new leader never had and copies the new leader's log in their
-place, so its high watermark passes their offsets with other records there. The produces
-still waiting for those batches must then fail (NotLeaderOrFollowerError or
-NotEnoughReplicasAfterAppendError), never be acknowledged: every acknowledgement goes into
-the history, and the final checks find any that was not kept.
+resumed, and it is elected: it is in the ISR and has every record below the high
+watermark, but not the latest batches. When the old leader wakes, its session has lapsed
+and it becomes a follower: it truncates the batches the new leader never had and copies
+the new leader's log in their place, so its high watermark passes their offsets with other
+records there. The produces still waiting for those batches must fail
+(NotEnoughReplicasAfterAppendError or NotLeaderOrFollowerError), never be acknowledged:
+every acknowledgement goes into the history, and the final checks find any that was not
+kept. The output places each producer's acknowledgements around the wake.
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ def test_acks_all_waiting_at_a_replaced_leader_is_never_acknowledged_for_lost_re
     assert time.monotonic() - paused_at < WAITING_RPC_TIMEOUT_S / 2, "the election took long"
     cluster.resume(other)
     cluster.resume(old_leader)
+    woken_at = time.monotonic()
     # The produces waiting at the old leader are answered within its wait for the ISR.
     for producer in extra:
         producer.wait_for_progress(3, f"after broker {old_leader} woke", timeout_s=60)
@@ -93,4 +95,11 @@ def test_acks_all_waiting_at_a_replaced_leader_is_never_acknowledged_for_lost_re
         assert not producer.failures, producer.failures
         refusals.update(producer.refusals)
     print(f"the producers' refused attempts: {dict(refusals)}")
+    for producer in extra:
+        around = [
+            f"{at - woken_at:+.3f} s: {sent.base_offset} by {sent.leader}"
+            for at, sent in producer.recent
+            if -1 < at - woken_at < 2
+        ]
+        print(f"{producer.name} acknowledged, s after the wake: {around}")
     workload.heal_and_check()
