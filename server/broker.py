@@ -77,8 +77,10 @@ CONTINUE_OFFSET = -1
 #: (topic, partition)
 _Key = tuple[str, int]
 #: an acks=all batch appended, not yet durable: (its log, the offset after it, its replica
-#: in cluster mode, the result to answer with)
-_AwaitingAck = tuple[PartitionLog, int, "Replica | None", pb.ProducePartitionResult]
+#: in cluster mode and the leader epoch it was appended at, the result to answer with)
+_AwaitingAck = tuple[PartitionLog, int, "Replica | None", int, pb.ProducePartitionResult]
+#: a produce request appended: each topic's partition results, and its acks=all batches
+_Appended = tuple[dict[str, list[pb.ProducePartitionResult]], list[_AwaitingAck]]
 #: the offset a fetch of (topic, partition, requested offset) reads from
 _Resolver = Callable[[str, int, int], int]
 
@@ -455,15 +457,23 @@ class LogStoreServicer(GroupHandlers, pb_grpc.LogStoreServicer):
         return (topic, data.partition, part, records, headers, replica)
 
     def _produce(self, request: pb.ProduceRequest, strict: bool = True) -> pb.ProduceResponse:
-        response, waiting = self._append_request(request, strict)
-        self._await_acks(waiting)
-        return response
+        return self._answer(request, self._append_request(request, strict))
 
-    def _append_request(
-        self, request: pb.ProduceRequest, strict: bool
-    ) -> tuple[pb.ProduceResponse, list[_AwaitingAck]]:
-        """Append a produce request's batches; return its response and, for acks=all, what
-        must still be durable (fsynced, or held by the ISR) before the response is sent."""
+    def _answer(self, request: pb.ProduceRequest, appended: _Appended) -> pb.ProduceResponse:
+        """Wait until the acks=all batches are durable, then build the response. Built only
+        now: a message constructor copies the results, so an error set on a result after
+        the response exists would never reach the client."""
+        by_topic, waiting = appended
+        self._await_acks(waiting)
+        return pb.ProduceResponse(
+            topics=[pb.ProduceTopicResult(topic=t, partitions=r) for t, r in by_topic.items()],
+            correlation_id=request.correlation_id,
+        )
+
+    def _append_request(self, request: pb.ProduceRequest, strict: bool) -> _Appended:
+        """Append a produce request's batches; return each partition's result and, for
+        acks=all, what must still be durable (fsynced, or held by the ISR) before the
+        response is sent."""
         work, rejected = self._validate_produce(request, strict)
         by_topic: dict[str, list[pb.ProducePartitionResult]] = {}
         for topic, partition, exc in rejected:
@@ -474,6 +484,7 @@ class LogStoreServicer(GroupHandlers, pb_grpc.LogStoreServicer):
         acks_all = request.acks == ACKS_ALL
         for topic, partition, part, records, headers, replica in work:
             result = pb.ProducePartitionResult(partition=partition)
+            epoch = -1
             try:
                 if replica is None:
                     appended_result = part.append(records, validated_headers=headers)
@@ -481,7 +492,7 @@ class LogStoreServicer(GroupHandlers, pb_grpc.LogStoreServicer):
                     assert self.cluster is not None
                     if acks_all:
                         self.cluster.replicas.check_min_isr(replica)
-                    appended_result = self.cluster.replicas.append(replica, records, headers)
+                    appended_result, epoch = self.cluster.replicas.append(replica, records, headers)
             except (LogStoreError, OSError) as exc:
                 result.error.CopyFrom(error_message(exc))
                 result.base_offset = -1
@@ -489,19 +500,16 @@ class LogStoreServicer(GroupHandlers, pb_grpc.LogStoreServicer):
                 result.base_offset = appended_result.base_offset
                 result.log_append_time = appended_result.log_append_time
                 result.duplicate = appended_result.duplicate
-                appended.append((part, appended_result.last_offset + 1, replica, result))
+                end = appended_result.last_offset + 1
+                appended.append((part, end, replica, epoch, result))
             result.log_start_offset = part.log_start_offset
             by_topic.setdefault(topic, []).append(result)
-        response = pb.ProduceResponse(
-            topics=[pb.ProduceTopicResult(topic=t, partitions=r) for t, r in by_topic.items()],
-            correlation_id=request.correlation_id,
-        )
-        return response, appended if acks_all else []
+        return by_topic, appended if acks_all else []
 
     def _await_acks(self, waiting: list[_AwaitingAck]) -> None:
         """Block until each acks=all batch is durable: fsynced (standalone) or held by
         every in-sync replica (cluster); a batch that is not gets its partition's error."""
-        for part, end, replica, result in waiting:
+        for part, end, replica, epoch, result in waiting:
             if replica is None:
                 part.flush_up_to(end)
                 continue
@@ -509,9 +517,10 @@ class LogStoreServicer(GroupHandlers, pb_grpc.LogStoreServicer):
             try:
                 # The flush policy still applies to each copy: the ISR holds the batch
                 # in every replica's log, fsynced as its topic's flush settings say.
-                self.cluster.replicas.wait_for_replication(replica, end)
+                self.cluster.replicas.wait_for_replication(replica, end, epoch)
             except LogStoreError as exc:
                 result.error.CopyFrom(error_message(exc))
+                result.base_offset = -1
 
     @handles_errors
     def Produce(self, request: pb.ProduceRequest, context: Any) -> pb.ProduceResponse:
@@ -565,7 +574,7 @@ class LogStoreServicer(GroupHandlers, pb_grpc.LogStoreServicer):
             try:
                 for request in request_iterator:
                     try:
-                        item = self._append_request(request, strict=False)
+                        item = (request, self._append_request(request, strict=False))
                     except (LogStoreError, OSError) as exc:
                         exc.args = (f"request {request.correlation_id}: {exc}",)
                         put(("refused", exc))
@@ -588,9 +597,8 @@ class LogStoreServicer(GroupHandlers, pb_grpc.LogStoreServicer):
                     abort(context, item)
                 if kind == "failed":
                     raise item
-                response, waiting = item
-                self._await_acks(waiting)
-                yield response
+                request, appended_request = item
+                yield self._answer(request, appended_request)
         finally:
             done.set()
 
@@ -635,12 +643,14 @@ class LogStoreServicer(GroupHandlers, pb_grpc.LogStoreServicer):
                     offset = fp.fetch_offset
                     if resolve is not None:
                         offset = resolve(fetch_topic.topic, fp.partition, offset)
-                    if fp.skip_bytes > 0:
-                        offset = part.offset_after_read(offset, fp.skip_bytes)
                     max_offset = None
                     if self.cluster is not None:
                         self.cluster.replicas.leader(fetch_topic.topic, fp.partition)
                         max_offset = part.high_watermark
+                    if fp.skip_bytes > 0:
+                        offset = part.offset_after_read(
+                            offset, fp.skip_bytes, max_offset=max_offset
+                        )
                     # Over budget (limit 0): no bytes, but still the offsets and range check.
                     fetched = part.read(offset, limit, max_offset=max_offset)
                     if total > 0 and len(fetched.data) > limit:
@@ -757,6 +767,9 @@ class LogStoreServicer(GroupHandlers, pb_grpc.LogStoreServicer):
                 result = pb.ListOffsetsPartitionResult(partition=lp.partition, timestamp=-1)
                 try:
                     part = self.manager.partition(lt.topic, lp.partition)
+                    if self.cluster is not None:
+                        # Only the leader knows the high watermark consumers read to.
+                        self.cluster.replicas.leader(lt.topic, lp.partition)
                     if lp.timestamp == EARLIEST_TIMESTAMP:
                         result.offset = part.log_start_offset
                     elif lp.timestamp == LATEST_TIMESTAMP:
@@ -767,6 +780,8 @@ class LogStoreServicer(GroupHandlers, pb_grpc.LogStoreServicer):
                         )
                     else:
                         found = part.find_offset_by_timestamp(lp.timestamp)
+                        if found is not None and found[0] >= part.high_watermark:
+                            found = None  # not yet readable: as if no record were that new
                         result.offset, result.timestamp = found if found else (-1, -1)
                 except LogStoreError as exc:
                     result.error.CopyFrom(error_message(exc))

@@ -211,6 +211,9 @@ class ClusterNode:
         # Until the cluster is read again under a new registration, lead nothing: a new
         # leader may have been elected meanwhile.
         self.replicas.demote_all()
+        for replica in self.replicas.replicas():
+            if replica.topic == OFFSETS_TOPIC:
+                self._on_leadership(OFFSETS_TOPIC, replica.partition, False)
         self._wake.set()
 
     def _leadership_valid(self) -> bool:
@@ -307,8 +310,10 @@ class ClusterNode:
             for b, r in view.brokers.items()
             if b in self._seen_broker_epochs and self._seen_broker_epochs[b] != r.epoch
         }
+        previous = self._seen_broker_epochs
         self._seen_broker_epochs = {b: r.epoch for b, r in view.brokers.items()}
         live = set(view.brokers) - restarted
+        refused = False
         preferred_due = (
             time.monotonic() - self._last_preferred_check
             >= self.settings.leader_imbalance_check_interval_ms / 1000
@@ -330,7 +335,9 @@ class ClusterNode:
             revision = self.store.update_partition_as_controller(
                 topic, partition, new, versioned.mod_revision, controller_epoch
             )
-            if revision is not None:
+            if revision is None:
+                refused = True
+            else:
                 wrote = True
                 log.info(
                     "%s-%d: leader %d -> %d (epoch %d), ISR %s",
@@ -343,6 +350,11 @@ class ClusterNode:
                 )
         if restarted:
             log.info("brokers restarted since the last pass: %s", sorted(restarted))
+            if refused:
+                # Some write lost a race: treat them as restarted again next pass, so none
+                # stays in an ISR it has not caught up to (KIP-903).
+                for broker in restarted:
+                    self._seen_broker_epochs[broker] = previous[broker]
         return wrote
 
     # --- following etcd locally --------------------------------------------------------------
@@ -575,11 +587,11 @@ class ClusterNode:
         __consumer_offsets; return once the ISR has it (a coordinator failover keeps it)."""
         try:
             replica = self.replicas.leader(OFFSETS_TOPIC, partition)
+            headers = rb.split_batches(batch, replica.log.config.max_message_bytes)
+            result, epoch = self.replicas.append(replica, batch, headers)
+            self.replicas.wait_for_replication(replica, result.last_offset + 1, epoch)
         except NotLeaderOrFollowerError as exc:
             raise NotCoordinatorError(f"no longer the group coordinator: {exc}") from exc
-        headers = rb.split_batches(batch, replica.log.config.max_message_bytes)
-        result = self.replicas.append(replica, batch, headers)
-        self.replicas.wait_for_replication(replica, result.last_offset + 1)
 
     def group_coordinator(self, group: str) -> BrokerRegistration:
         """The broker leading `group`'s partition of __consumer_offsets, which is created

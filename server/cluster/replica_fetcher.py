@@ -176,11 +176,12 @@ class LeaderFetcher:
             and current.leader_epoch == state.leader_epoch
         )
 
-    @staticmethod
-    def _truncate_one(state: _FetchState, leader_epoch: int, end_offset: int) -> None:
+    def _truncate_one(self, state: _FetchState, leader_epoch: int, end_offset: int) -> None:
         replica = state.replica
         part = replica.log
         with replica.lock:
+            if not self._still_following(state):
+                return  # a late answer: this broker may lead now, its log must stay
             local_end = part.log_end_offset
             if end_offset < 0:
                 # The leader knows no epoch at or below ours: all we can trust is what was
@@ -239,6 +240,8 @@ class LeaderFetcher:
             kind = result.error.kind
             if kind == "OffsetOutOfRangeError":
                 with replica.lock:
+                    if not self._still_following(state):
+                        return False
                     if part.log_end_offset < result.log_start_offset:
                         log.info(
                             "%s: behind the leader's log start %d; starting over there",

@@ -57,6 +57,8 @@ class Replica:
     tracker: FollowerTracker | None = None
     #: the log end offset at which this broker's current leader epoch began
     epoch_start_offset: int = 0
+    #: the ISR being written to etcd by this leader, until the write settles
+    pending_isr: tuple[int, ...] = ()
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -126,20 +128,29 @@ class ReplicaManager:
             else:
                 was_leader = current.state.leader == self.broker_id
                 old_epoch = current.state.leader_epoch
-            if rev < current.mod_revision:
-                return None  # an older read than one already applied
             now_leader = state.leader == self.broker_id
-            epoch_changed = state.leader_epoch != old_epoch
             with current.lock:
+                if rev < current.mod_revision:
+                    return None  # an older read than one already applied
+                epoch_changed = state.leader_epoch != old_epoch
+                isr_changed = state.isr != current.state.isr
                 current.state = state
                 current.mod_revision = rev
                 if now_leader and (not was_leader or epoch_changed):
                     self._become_leader(current)
-                    return ("leader", current)
-                if not now_leader and (was_leader or epoch_changed or current.tracker is None):
+                    change: tuple[str, Replica] | None = ("leader", current)
+                elif not now_leader and (was_leader or epoch_changed or current.tracker is None):
                     current.tracker = None
-                    return ("follower", current)
-            return None
+                    change = ("follower", current)
+                else:
+                    change = None
+        if change is not None or isr_changed:
+            # A smaller ISR may let the high watermark advance; a lost leadership must
+            # fail the acks=all requests waiting on it now, not at their timeout.
+            self._advance_high_watermark(current)
+            with self._hw_changed:
+                self._hw_changed.notify_all()
+        return change
 
     def _become_leader(self, replica: Replica) -> None:
         """Start leading at `replica.state.leader_epoch` (called with the replica's lock)."""
@@ -215,23 +226,42 @@ class ReplicaManager:
 
     def append(
         self, replica: Replica, records: bytes | memoryview, headers: list[BatchHeader]
-    ) -> AppendResult:
-        """Append as leader, stamping the leader epoch into every batch."""
-        result = replica.log.append(
-            records, validated_headers=headers, leader_epoch=replica.state.leader_epoch
-        )
-        if len(replica.state.isr) <= 1:
+    ) -> tuple[AppendResult, int]:
+        """Append as leader, stamping the leader epoch into every batch; return the result
+        and that epoch (what `wait_for_replication` must still see). Under the replica's
+        lock, so a switch to follower cannot slip between the check and the append."""
+        with replica.lock:
+            state = replica.state
+            if state.leader != self.broker_id:
+                raise NotLeaderOrFollowerError(
+                    f"{replica.name}: broker {self.broker_id} is no longer its leader"
+                )
+            result = replica.log.append(
+                records, validated_headers=headers, leader_epoch=state.leader_epoch
+            )
+        if len(state.isr) <= 1:
             self._advance_high_watermark(replica)
-        return result
+        return result, state.leader_epoch
 
-    def wait_for_replication(self, replica: Replica, end_offset: int) -> None:
-        """Block until the high watermark reaches `end_offset` (acks=all)."""
+    def wait_for_replication(self, replica: Replica, end_offset: int, leader_epoch: int) -> None:
+        """Block until the high watermark reaches `end_offset` while this broker leads at
+        `leader_epoch` (acks=all). Leadership is read before and after the high watermark:
+        epochs only grow, so the same epoch on both sides means the high watermark was
+        raised by this leadership, over records this broker appended."""
         timeout_s = self.settings.replica_ack_timeout_ms / 1000
         deadline = time.monotonic() + timeout_s
         with self._hw_changed:
-            while replica.log.high_watermark < end_offset:
+            while True:
+                if not self._leads_at(replica, leader_epoch):
+                    raise NotLeaderOrFollowerError(
+                        f"{replica.name}: leadership moved before the in-sync replicas "
+                        f"confirmed offset {end_offset - 1}; the batch may be lost"
+                    )
+                reached = replica.log.high_watermark >= end_offset
+                if reached and self._leads_at(replica, leader_epoch):
+                    return
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or replica.state.leader != self.broker_id:
+                if remaining <= 0:
                     raise NotEnoughReplicasAfterAppendError(
                         f"{replica.name}: the in-sync replicas {list(replica.state.isr)} did "
                         f"not confirm offset {end_offset - 1} within "
@@ -239,6 +269,10 @@ class ReplicaManager:
                         f"{replica.log.high_watermark})"
                     )
                 self._hw_changed.wait(min(remaining, 0.5))
+
+    def _leads_at(self, replica: Replica, leader_epoch: int) -> bool:
+        state = replica.state
+        return state.leader == self.broker_id and state.leader_epoch == leader_epoch
 
     def record_follower_fetch(
         self, replica: Replica, follower_id: int, broker_epoch: int, fetch_offset: int
@@ -272,7 +306,10 @@ class ReplicaManager:
         if tracker is None:
             return
         part = replica.log
-        candidate = tracker.high_watermark(replica.state.isr, part.log_end_offset)
+        # While an ISR change is being written, count both ISRs (Kafka's "maximal ISR"):
+        # a replica etcd may already list must hold everything below the high watermark.
+        isr = tuple(dict.fromkeys(replica.state.isr + replica.pending_isr))
+        candidate = tracker.high_watermark(isr, part.log_end_offset)
         if candidate > part.high_watermark and part.update_high_watermark(candidate):
             with self._hw_changed:
                 self._hw_changed.notify_all()
@@ -295,9 +332,12 @@ class ReplicaManager:
                 return
 
     def _maintain_isr(self, replica: Replica, now_ms: int) -> None:
-        tracker = replica.tracker
-        assert tracker is not None
-        state = replica.state
+        with replica.lock:
+            # One consistent (state, revision): the write must not carry an older state
+            # (leader, epoch) under a newer revision.
+            state, revision_seen, tracker = replica.state, replica.mod_revision, replica.tracker
+        if tracker is None or state.leader != self.broker_id:
+            return
         lagging = tracker.out_of_sync(state.isr, now_ms)
         joining = tracker.caught_up(
             tuple(state.replicas) + tuple(b for b in state.adding if b not in state.replicas),
@@ -312,15 +352,20 @@ class ReplicaManager:
         if self.broker_id not in isr:
             return
         new_state = state.with_isr(isr)
-        revision = self._write_isr(
-            replica.topic, replica.partition, new_state, replica.mod_revision
-        )
+        replica.pending_isr = isr
+        try:
+            revision = self._write_isr(replica.topic, replica.partition, new_state, revision_seen)
+        except BaseException:
+            replica.pending_isr = ()
+            raise
         if revision is None:
+            replica.pending_isr = ()
             return
         with replica.lock:
-            if replica.mod_revision < revision:
+            if replica.mod_revision == revision_seen:
                 replica.state = new_state
                 replica.mod_revision = revision
+            replica.pending_isr = ()
         log.info(
             "%s: ISR %s -> %s%s%s",
             replica.name,

@@ -174,6 +174,8 @@ class OffsetStore:
         self._replicated_append = replicated_append
         #: the partitions of the topic whose groups this store holds
         self._loaded: set[int] = set()
+        #: cluster mode: one commit at a time per partition while it waits for the ISR
+        self._append_locks: dict[int, threading.Lock] = {}
         if replicated_append is not None:
             return
         if OFFSETS_TOPIC not in manager.topic_names():
@@ -306,17 +308,37 @@ class OffsetStore:
             entries.append((encode_key(group, topic, partition), encode_value(committed)))
         if not entries:
             return
+        if self.replicated:
+            self._commit_replicated(group, entries, updates, now)
+            return  # compaction bounds the replicated topic; a rewrite would be leader-only
         with self._lock:
             index = self._require_holds(group)
             self._append(index, entries, now)
             self._table.setdefault(group, {}).update(updates)
-        if self.replicated:
-            return  # compaction bounds the replicated topic; a rewrite would be leader-only
         try:
             self._maybe_rewrite(self._partitions()[index])
         except (LogStoreError, OSError):
             # The commit is durable already; a failed clean-up must not report it failed.
             log.exception("rewriting %s failed; will retry on a later commit", OFFSETS_TOPIC)
+
+    def _commit_replicated(
+        self,
+        group: str,
+        entries: list[tuple[bytes, bytes | None]],
+        updates: Mapping[TopicPartition, CommittedOffset],
+        now_ms: int,
+    ) -> None:
+        """A commit that waits for the ISR: under its partition's append lock (commits to
+        one partition stay in log order), not the table lock, so reads and leadership
+        changes never wait for replication."""
+        with self._lock:
+            index = self._require_holds(group)
+            append_lock = self._append_locks.setdefault(index, threading.Lock())
+        with append_lock:
+            self._append(index, entries, now_ms)
+            with self._lock:
+                if index in self._loaded:
+                    self._table.setdefault(group, {}).update(updates)
 
     def delete_group(self, group: str) -> int:
         """Remove every committed offset of `group` (tombstones); return how many."""
