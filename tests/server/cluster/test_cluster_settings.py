@@ -30,4 +30,3 @@ def test_cluster_mode_with_security_is_refused(security: SecuritySettings) -> No
 def test_either_alone_is_accepted() -> None:
     check_cluster_security(BrokerSettings(cluster=CLUSTER))
     check_cluster_security(BrokerSettings(security=SecuritySettings(acls_enabled=True)))
-
