@@ -673,11 +673,17 @@ class CoordinatorRouter:
         raise AssertionError("unreachable: the loop above returns or raises")
 
     def coordinator(self, group: str, deadline_ms: float) -> str:
-        """The group's coordinator, looked up (once) when it is not known."""
+        """The group's coordinator, looked up (once) when it is not known; `HOME` for this
+        request when the lookup was refused for want of rights."""
         known = self.cache.get(group)
         if known is not None:
             return known
-        answer = self._find(group, self._remaining_s(deadline_ms, "FindCoordinator"))
+        try:
+            answer = self._find(group, self._remaining_s(deadline_ms, "FindCoordinator"))
+        except errors.LogStoreError as exc:
+            if not self.cache.ask_home_instead(type(exc).__name__):
+                raise
+            return HOME  # its refusal of the request itself names what was missing
         address = self.cache.found(group, answer)
         log.debug("group %s: coordinator %s", group, self._describe(address))
         return address
@@ -699,9 +705,9 @@ class CoordinatorRouter:
 
 
 def home_coordinators(channels: BrokerChannels, cache: CoordinatorCache) -> CoordinatorRouter:
-    """The coordinator router of a producer's or consumer's `channels`: lookups go to the
-    home broker, and a `HOME` coordinator is reached through `HomeStub`, as every group
-    request was before coordinators were looked up."""
+    """The coordinator router of a client's `channels`: lookups go to the home broker, and
+    a `HOME` coordinator is reached through `HomeStub`, as every group request was before
+    coordinators were looked up."""
     home = channels.home_stub()
 
     def find(group: str, timeout_s: float) -> CoordinatorAnswer | None:

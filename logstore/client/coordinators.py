@@ -25,6 +25,9 @@ Rules:
   for any other request to that broker (the home broker itself moves on). So is a lookup
   no broker answered; a lookup answered NotCoordinatorError (the group's offsets
   partition has no live leader yet) is asked again.
+- A lookup refused for want of rights on the group (FindCoordinator needs describe) sends
+  that one request to `HOME`, without remembering it: the broker checks the request's own
+  rights first, so its refusal names what the request needed (read, delete...).
 - Delays between attempts double from `backoff_ms` to `backoff_max_ms`, as Kafka's
   retry.backoff.ms: a coordinator that has just been elected may refuse for a moment.
 """
@@ -45,6 +48,8 @@ REFIND_KINDS = frozenset({"NotCoordinatorError", "BrokerUnavailableError"})
 #: has no live leader yet, or the cluster metadata is away for a moment. A lookup no broker
 #: answered is the caller's failure, as any request to an unreachable broker is.
 LOOKUP_RETRY_KINDS = frozenset({"NotCoordinatorError", "ClusterMetadataUnavailableError"})
+#: error kinds of a lookup after which the request goes to the broker asked instead
+ASK_HOME_KINDS = frozenset({"AuthorizationError"})
 DEFAULT_BACKOFF_MS = 100
 DEFAULT_BACKOFF_MAX_MS = 1_000
 _UNREACHABLE_KIND = "BrokerUnavailableError"
@@ -117,6 +122,11 @@ class CoordinatorCache:
     def lookup_failed(kind: str) -> bool:
         """Whether a FindCoordinator that failed with `kind` is worth asking again."""
         return kind in LOOKUP_RETRY_KINDS
+
+    @staticmethod
+    def ask_home_instead(kind: str) -> bool:
+        """Whether a request whose lookup failed with `kind` goes to `HOME` instead."""
+        return kind in ASK_HOME_KINDS
 
     def delay_ms(self, failures: int) -> float:
         """How long to wait before the attempt after `failures` (>= 1) failed ones."""

@@ -122,6 +122,19 @@ def test_which_lookup_failures_are_asked_again(kind: str, again: bool) -> None:
     assert CoordinatorCache.lookup_failed(kind) is again
 
 
+@pytest.mark.parametrize(
+    ("kind", "home"),
+    [
+        ("AuthorizationError", True),  # the broker asked names what the request itself needs
+        ("NotCoordinatorError", False),
+        ("BrokerUnavailableError", False),
+        ("InvalidRequestError", False),
+    ],
+)
+def test_a_lookup_refused_for_want_of_rights_sends_the_request_home(kind: str, home: bool) -> None:
+    assert CoordinatorCache.ask_home_instead(kind) is home
+
+
 def test_delays_double_from_the_backoff_to_the_cap() -> None:
     cache = CoordinatorCache(backoff_ms=100, backoff_max_ms=1000)
     assert [cache.delay_ms(n) for n in range(1, 7)] == [100, 200, 400, 800, 1000, 1000]

@@ -850,8 +850,10 @@ class Consumer:
         offsets: Mapping[TopicPartition, int | OffsetAndMetadata] | None = None,
         callback: CommitCallback | None = None,
     ) -> Future[None]:
-        """Commit in the background (one attempt, in call order), then call
-        `callback(offsets, exception or None)` from the commit thread.
+        """Commit in the background (one attempt, in call order; a coordinator that refuses
+        the group or has died is found again and the commit sent there, within
+        request_timeout_ms), then call `callback(offsets, exception or None)` from the
+        commit thread.
 
         The offsets are taken now (default: current positions). Returns a Future that
         completes with the commit (its result() raises the commit's error).
