@@ -43,6 +43,7 @@ from logstore.errors import (
     InvalidReplicationFactorError,
     InvalidRequestError,
     LogStoreError,
+    NotLeaderOrFollowerError,
 )
 from logstore.timeparse import parse_datetime_ms, parse_duration_ms
 from logstore.types import (
@@ -61,6 +62,9 @@ from logstore.types import (
     TopicPartition,
 )
 from logstore.v1 import logstore_pb2 as pb
+
+#: tries of list_offsets while leadership moves
+_LIST_OFFSETS_ATTEMPTS = 5
 
 
 def describe_from_proto(topic: pb.TopicDescription) -> TopicDescription:
@@ -404,18 +408,62 @@ class Admin:
         if partitions is None:
             partitions = range(len(self.describe_topic(topic).partitions))
         ts = offset_spec(spec)
+        wanted = list(partitions)
+        result: dict[int, OffsetAndTimestamp] = {}
+        # In a cluster only each partition's leader knows its high watermark: ask the
+        # leaders (again after a leadership change), as Kafka's admin client does.
+        for attempt in range(_LIST_OFFSETS_ATTEMPTS):
+            try:
+                for address, chosen in self._leaders_of(topic, wanted).items():
+                    result.update(self._list_offsets_at(address, topic, chosen, ts))
+                return result
+            except NotLeaderOrFollowerError:
+                if attempt == _LIST_OFFSETS_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.1 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    def _leaders_of(self, topic: str, partitions: list[int]) -> dict[str, list[int]]:
+        """Leader address -> its partitions of `topic` (`HOME` for a standalone broker,
+        one without Metadata, or a partition without a leader now)."""
+        request = pb.MetadataRequest(topics=[topic])
+        answer, _ = self._call_at("Metadata", request, missing_ok=True)
+        addresses: dict[int, str] = {}
+        if answer is not None:
+            brokers = {b.broker_id: b for b in answer.brokers}
+            for t in answer.topics:
+                for p in t.partitions:
+                    leader = brokers.get(p.leader)
+                    if leader is not None and leader.host:
+                        addresses[p.partition] = format_address(leader.host, leader.port)
+        by_leader: dict[str, list[int]] = {}
+        for partition in partitions:
+            by_leader.setdefault(addresses.get(partition, HOME), []).append(partition)
+        return by_leader
+
+    def _list_offsets_at(
+        self, address: str, topic: str, partitions: list[int], timestamp: int
+    ) -> dict[int, OffsetAndTimestamp]:
         request = pb.ListOffsetsRequest(
             topics=[
                 pb.ListOffsetsTopic(
                     topic=topic,
                     partitions=[
-                        pb.ListOffsetsPartition(partition=p, timestamp=ts) for p in partitions
+                        pb.ListOffsetsPartition(partition=p, timestamp=timestamp)
+                        for p in partitions
                     ],
                 )
             ]
         )
+        if address == HOME:
+            answer = self._call("ListOffsets", request)
+        else:
+            try:
+                answer = self._stub_at(address).ListOffsets(request, timeout=self._timeout_s)
+            except grpc.RpcError as exc:
+                raise translate(exc, address) from None
         result: dict[int, OffsetAndTimestamp] = {}
-        for p in self._call("ListOffsets", request).topics[0].partitions:
+        for p in answer.topics[0].partitions:
             error = partition_error(p.error)
             if error is not None:
                 raise error

@@ -100,3 +100,31 @@ def test_config_changes_and_new_partitions_reach_every_broker(cluster: ClusterHa
         assert describe(cluster, "grown", broker_id).config["retention.ms"] == "3600000"
     for partition in range(4):
         assert len(cluster.partition("grown", partition).replicas) == 3
+
+
+def test_list_offsets_asks_each_partitions_leader(cluster: ClusterHarness) -> None:
+    """Whichever broker the admin client reaches, offsets come from the leaders: a broker
+    holding no replica (or a trailing one) refuses, it does not answer from its own log."""
+    with Admin(cluster.bootstrap) as admin:
+        admin.create_topic("spread", partitions=3, replication_factor=1)
+    for partition in range(3):
+        leader = cluster.wait_for_leader("spread", partition)
+        batch = rb.encode_values([b"x"] * (partition + 2), int(time.time() * 1000))
+        request = pb.ProduceRequest(
+            acks=-1,
+            topics=[
+                pb.ProduceTopicData(
+                    topic="spread",
+                    partitions=[pb.ProducePartitionData(partition=partition, records=batch)],
+                )
+            ],
+        )
+        answer = cluster.call("Produce", request, leader)
+        assert isinstance(answer, pb.ProduceResponse)
+        assert not answer.topics[0].partitions[0].error.code
+    for process in cluster.brokers.values():
+        with Admin(process.address) as admin:
+            latest = admin.list_offsets("spread", "latest")
+            assert {p: o.offset for p, o in latest.items()} == {0: 2, 1: 3, 2: 4}
+            earliest = admin.list_offsets("spread", "earliest")
+            assert {p: o.offset for p, o in earliest.items()} == {0: 0, 1: 0, 2: 0}
