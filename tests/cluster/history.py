@@ -85,16 +85,18 @@ def produce(
     *,
     acks: int = ACKS_ALL,
     topic: str = TOPIC,
+    partition: int = 0,
     timeout_s: float = PRODUCE_RPC_TIMEOUT_S,
 ) -> pb.ProducePartitionResult:
-    """One batch of `values` to partition 0 of `topic` on `broker_id`; raises grpc.RpcError
-    when the call fails as a whole."""
+    """One batch of `values` to `partition` of `topic` on `broker_id`; raises
+    grpc.RpcError when the call fails as a whole."""
     batch = rb.encode_values(list(values), int(time.time() * 1000))
     request = pb.ProduceRequest(
         acks=acks,
         topics=[
             pb.ProduceTopicData(
-                topic=topic, partitions=[pb.ProducePartitionData(partition=0, records=batch)]
+                topic=topic,
+                partitions=[pb.ProducePartitionData(partition=partition, records=batch)],
             )
         ],
     )

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from logstore import Admin
-from logstore.codec import record_batch as rb
 from logstore.v1 import logstore_pb2 as pb
 from tests.cluster.harness import ClusterHarness
+from tests.cluster.history import produce
 from tests.helpers import wait_until
 
 
@@ -26,19 +25,7 @@ def cluster(tmp_path: Path) -> Iterator[ClusterHarness]:
 
 
 def produce_acks_all(cluster: ClusterHarness, topic: str, values: list[bytes]) -> int:
-    leader = cluster.wait_for_leader(topic)
-    batch = rb.encode_values(values, int(time.time() * 1000))
-    request = pb.ProduceRequest(
-        acks=-1,
-        topics=[
-            pb.ProduceTopicData(
-                topic=topic, partitions=[pb.ProducePartitionData(partition=0, records=batch)]
-            )
-        ],
-    )
-    answer = cluster.call("Produce", request, leader)
-    assert isinstance(answer, pb.ProduceResponse)
-    result = answer.topics[0].partitions[0]
+    result = produce(cluster, cluster.wait_for_leader(topic), values, topic=topic)
     assert not result.error.code, result.error.message
     return result.base_offset
 
@@ -109,19 +96,10 @@ def test_list_offsets_asks_each_partitions_leader(cluster: ClusterHarness) -> No
         admin.create_topic("spread", partitions=3, replication_factor=1)
     for partition in range(3):
         leader = cluster.wait_for_leader("spread", partition)
-        batch = rb.encode_values([b"x"] * (partition + 2), int(time.time() * 1000))
-        request = pb.ProduceRequest(
-            acks=-1,
-            topics=[
-                pb.ProduceTopicData(
-                    topic="spread",
-                    partitions=[pb.ProducePartitionData(partition=partition, records=batch)],
-                )
-            ],
+        result = produce(
+            cluster, leader, [b"x"] * (partition + 2), topic="spread", partition=partition
         )
-        answer = cluster.call("Produce", request, leader)
-        assert isinstance(answer, pb.ProduceResponse)
-        assert not answer.topics[0].partitions[0].error.code
+        assert not result.error.code, result.error.message
     for process in cluster.brokers.values():
         with Admin(process.address) as admin:
             latest = admin.list_offsets("spread", "latest")

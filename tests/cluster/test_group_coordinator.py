@@ -3,18 +3,17 @@ __consumer_offsets, and an acknowledged commit survives the coordinator's death.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 
-from logstore.codec import record_batch as rb
 from logstore.codec.partitioner import partition_for_key
 from logstore.server.cluster.node import OFFSETS_TOPIC_PARTITIONS
 from logstore.v1 import logstore_pb2 as pb
 from tests.cluster.harness import ClusterHarness
+from tests.cluster.history import produce
 from tests.helpers import wait_until
 
 GROUP = "billing"
@@ -142,19 +141,10 @@ def test_lag_and_resets_use_the_leaders_offsets(cluster: ClusterHarness) -> None
     )
     leaders = {p: cluster.wait_for_leader("spread", p) for p in range(3)}
     for partition, leader in leaders.items():
-        batch = rb.encode_values([b"x"] * (partition + 5), int(time.time() * 1000))
-        request = pb.ProduceRequest(
-            acks=-1,
-            topics=[
-                pb.ProduceTopicData(
-                    topic="spread",
-                    partitions=[pb.ProducePartitionData(partition=partition, records=batch)],
-                )
-            ],
+        result = produce(
+            cluster, leader, [b"x"] * (partition + 5), topic="spread", partition=partition
         )
-        answer = cluster.call("Produce", request, leader)
-        assert isinstance(answer, pb.ProduceResponse)
-        assert not answer.topics[0].partitions[0].error.code
+        assert not result.error.code, result.error.message
     commits = pb.CommitOffsetsRequest(
         group_id=GROUP,
         topics=[
