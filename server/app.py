@@ -241,6 +241,7 @@ class Broker:
         """Set up cluster mode (etcd is first contacted in `start`, once we serve)."""
         from logstore.server.cluster.leader_offsets import LeaderOffsets
         from logstore.server.cluster.node import PRODUCER_ID_BLOCK, ClusterNode
+        from logstore.server.cluster.peer_channels import PeerChannels
 
         advertised = cluster.advertised_listen or self.address
         self.cluster = ClusterNode(
@@ -249,6 +250,7 @@ class Broker:
             advertised,
             on_topic_deleted=self.offsets.delete_topic,
             on_leadership=self._leadership_changed,
+            peers=PeerChannels(),
         )
         # Producer ids must be unique across the cluster: blocks come from etcd.
         self.producer_ids = BlockProducerIds(self.cluster.next_producer_id_block, PRODUCER_ID_BLOCK)

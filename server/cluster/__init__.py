@@ -9,4 +9,5 @@ Pure modules (no gRPC, no etcd, no threads; tested with an injected clock):
 Adapters:
 - `metadata_store`: those records in etcd, written only with compare-and-swap.
 - `node`, `replica_manager`, `replica_fetcher`: a broker's part in the cluster.
+- `peer_channels`: the one place inter-broker channels (and their credentials) are made.
 """

@@ -74,7 +74,7 @@ class LeaderOffsets:
         with self._lock:
             stub = self._stubs.get(address)
             if stub is None:
-                channel = grpc.insecure_channel(address)
+                channel = self._node.peers.open(address)
                 self._channels.append(channel)
                 stub = self._stubs[address] = pb_grpc.LogStoreStub(channel)
             return stub

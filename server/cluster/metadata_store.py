@@ -742,6 +742,30 @@ class ClusterMetadataStore:
             "allocate producer ids", f"still contended after {PRODUCER_ID_ATTEMPTS} attempts"
         )
 
+    # -- ACLs --------------------------------------------------------------------------
+
+    @property
+    def _acls_key(self) -> str:
+        return f"{self.prefix}acls"
+
+    def acl_document(self) -> tuple[bytes, int] | None:
+        """The cluster's ACL document (the JSON a standalone broker keeps in its
+        ``__acls.json``) and its etcd mod revision; None if no ACL was ever written."""
+        kv = self._get(self._acls_key)
+        return None if kv is None else (kv[0], int(kv[1].mod_revision))
+
+    def replace_acl_document(self, document: bytes, expected_mod_revision: int) -> bool:
+        """Write the ACL document if it is still at `expected_mod_revision` (0: only if
+        absent). False if another broker changed it first: re-read and try again."""
+        key = self._acls_key
+        compare = (
+            self._tx.create(key) == 0
+            if expected_mod_revision == 0
+            else self._tx.mod(key) == expected_mod_revision
+        )
+        succeeded, _ = self._txn("write ACLs", [compare], [self._tx.put(key, document)])
+        return bool(succeeded)
+
     # -- watch -------------------------------------------------------------------------
 
     def watch(self, callback: Callable[[], None]) -> None:

@@ -42,6 +42,7 @@ from logstore.errors import (
 )
 from logstore.server.cluster import election, placement
 from logstore.server.cluster.metadata_store import ClusterMetadataStore
+from logstore.server.cluster.peer_channels import PeerChannels
 from logstore.server.cluster.replica_fetcher import ReplicaFetchers
 from logstore.server.cluster.replica_manager import Replica, ReplicaManager
 from logstore.server.cluster.settings import ClusterSettings
@@ -105,8 +106,11 @@ class ClusterNode:
         on_topic_deleted: Callable[[str], None] = lambda name: None,
         on_leadership: Callable[[str, int, bool], None] = lambda topic, partition, leads: None,
         clock: Clock = SYSTEM_CLOCK,
+        peers: PeerChannels | None = None,
     ) -> None:
         self.settings = settings
+        #: how this broker reaches the others (transport and credentials)
+        self.peers = peers if peers is not None else PeerChannels()
         self.broker_id = settings.broker_id
         self.manager = manager
         self.advertised = advertised
@@ -143,6 +147,7 @@ class ClusterNode:
             settings.replica_fetch_wait_max_ms,
             settings.replica_fetch_max_bytes,
             manager.appends.notify,
+            self.peers,
         )
         self._threads = [
             threading.Thread(target=self._control_loop, name="logstore-cluster", daemon=True),

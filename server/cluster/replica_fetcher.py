@@ -21,6 +21,7 @@ import grpc
 
 from logstore.codec import record_batch as rb
 from logstore.errors import LogStoreError
+from logstore.server.cluster.peer_channels import PeerChannels
 from logstore.server.cluster.replica_manager import Key, Replica
 from logstore.v1 import logstore_pb2 as pb
 from logstore.v1 import logstore_pb2_grpc as pb_grpc
@@ -54,6 +55,7 @@ class LeaderFetcher:
         max_wait_ms: int,
         max_bytes: int,
         on_high_watermark: Callable[[], None],
+        peers: PeerChannels,
     ) -> None:
         self.leader_id = leader_id
         self.address = address
@@ -65,7 +67,7 @@ class LeaderFetcher:
         self._partitions: dict[Key, _FetchState] = {}
         self._lock = threading.Lock()
         self._stopped = threading.Event()
-        self._channel = grpc.insecure_channel(
+        self._channel = peers.open(
             address,
             options=[
                 ("grpc.max_receive_message_length", 256 * 1024 * 1024),
@@ -297,8 +299,10 @@ class ReplicaFetchers:
         max_wait_ms: int,
         max_bytes: int,
         on_high_watermark: Callable[[], None],
+        peers: PeerChannels,
     ) -> None:
         self._broker_id = broker_id
+        self._peers = peers
         self._broker_epoch = broker_epoch
         self._max_wait_ms = max_wait_ms
         self._max_bytes = max_bytes
@@ -323,6 +327,7 @@ class ReplicaFetchers:
                     self._max_wait_ms,
                     self._max_bytes,
                     self._on_high_watermark,
+                    self._peers,
                 )
                 self._fetchers[(leader_id, address)] = fetcher
                 fetcher.start()

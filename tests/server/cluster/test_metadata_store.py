@@ -427,6 +427,25 @@ def test_topic_config_and_partition_count_change_by_compare_and_swap(
         store.update_topic_config("nope", {}, 1)
 
 
+# -- ACLs --------------------------------------------------------------------------------
+
+
+def test_the_acl_document_is_replaced_only_from_the_revision_read(
+    make_store: StoreFactory,
+) -> None:
+    first, second = make_store(), make_store()
+    assert first.acl_document() is None
+    assert first.replace_acl_document(b'{"acls": []}', 0)
+    assert not second.replace_acl_document(b'{"acls": [1]}', 0)  # no longer absent
+    document, revision = second.acl_document() or (b"", 0)
+    assert document == b'{"acls": []}'
+    assert second.replace_acl_document(b'{"acls": [2]}', revision)
+    # The first store's revision is stale now: its write is refused, the newer one kept.
+    assert not first.replace_acl_document(b'{"acls": [3]}', revision)
+    assert first.acl_document() is not None
+    assert (first.acl_document() or (b"", 0))[0] == b'{"acls": [2]}'
+
+
 # -- producer ids ----------------------------------------------------------------------
 
 
