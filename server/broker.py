@@ -953,8 +953,15 @@ class LogStoreServicer(GroupHandlers, pb_grpc.LogStoreServicer):
 
     @handles_errors
     def ReplicaFetch(self, request: pb.ReplicaFetchRequest, context: Any) -> pb.FetchResponse:
-        """A follower's fetch: no high-watermark cap; the fetch offset is the follower's log
-        end, recorded before reading so the high watermark advances as soon as it can."""
+        return self.replica_fetch(request, context.is_active)
+
+    def replica_fetch(
+        self, request: pb.ReplicaFetchRequest, is_active: Callable[[], bool]
+    ) -> pb.FetchResponse:
+        """A follower's fetch (over gRPC or the replication stream): no high-watermark cap;
+        the fetch offset is the follower's log end, recorded before reading so the high
+        watermark advances as soon as it can. Long-polls up to `max_wait_ms` while
+        `is_active()` (the caller is still there)."""
         cluster = self._require_cluster()
         max_bytes = min(request.max_bytes or self.max_fetch_bytes, self.max_fetch_bytes)
         wait_ms = min(max(request.max_wait_ms, 0), MAX_WAIT_CAP_MS)
@@ -968,7 +975,7 @@ class LogStoreServicer(GroupHandlers, pb_grpc.LogStoreServicer):
             errors = any(r.error.code for t in response.topics for r in t.partitions)
             if total >= max(request.min_bytes, 1) or remaining_s <= 0 or errors:
                 return response
-            if self.stopping or not context.is_active():
+            if self.stopping or not is_active():
                 return response
             self.manager.appends.wait_for_change(version, remaining_s)
 
