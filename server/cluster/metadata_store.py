@@ -8,6 +8,8 @@ Key layout under the cluster's prefix (`ClusterSettings.etcd_prefix`, `/logstore
     topics/<name>                     JSON TopicRecord
     partitions/<topic>/<partition>    JSON PartitionState
     producer-id-block                 the next free producer id, decimal
+    acls                              the ACL document (JSON)
+    replication-throttle              JSON {"bytes_per_s": N}: the reassignment throttle
 
 Epochs are etcd revisions. A broker's epoch is the create revision of `brokers/<id>`, the
 controller epoch that of `controller`. Both keys live on the broker's lease, so etcd
@@ -24,8 +26,16 @@ Fencing invariants:
   late it arrives and whatever the writer still believes.
 - Every partition state write is also a compare-and-swap on the key's mod revision, so two
   writers never silently overwrite each other: the loser re-reads and decides again.
-- A topic and all its partition states are created in one transaction, and deleted in one:
-  no reader ever sees a topic without its partitions, or partitions of no topic.
+- A topic's record is created (create-if-absent) before its partition states, which are
+  written in chunks that each fit one transaction, and the record is grown before the
+  states of added partitions: the record's partition count is the truth, and a reader may
+  see a partition with no state yet (not available yet: no leader), never a state of a
+  partition the record does not count. Each chunk writes only keys that are absent and
+  only while the topic is the incarnation it was written for (its create revision), so a
+  retried, concurrent or late writer never overwrites a state, nor revives a deleted
+  topic. The controller writes the states a crashed writer left missing.
+- A topic and all its partition states are deleted in one transaction (a prefix delete is
+  one operation).
 - `lease_valid()` measures the lease from the moment the last successful refresh was sent,
   which is before etcd received it: a broker considers itself fenced no later than etcd
   expires its lease, even when it wakes from a pause (SIGSTOP, a long GC) past its TTL
@@ -36,14 +46,14 @@ Failures: every etcd failure (refused, timed out, no leader) raises
 `timeout_s` per endpoint tried. Reads try the next endpoint; writes are never retried here,
 because a write whose answer was lost may have been applied (the caller re-reads).
 
-etcd refuses a transaction of more than `--max-txn-ops` operations (128 by default); a
-topic's creation writes one key per partition in its one transaction, so it is refused
-beforehand with InvalidPartitionsError when it would need more (`max_txn_ops`).
+etcd refuses a transaction of more than `--max-txn-ops` compares or operations (128 by
+default, `max_txn_ops` here): partition states are written in chunks of `chunk_size`.
 """
 
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import logging
 import random
@@ -65,6 +75,7 @@ from logstore.errors import (
     ClusterMetadataUnavailableError,
     InvalidPartitionsError,
     InvalidRequestError,
+    LogStoreError,
     TopicExistsError,
     UnknownTopicOrPartitionError,
 )
@@ -96,6 +107,10 @@ _WATCH_KEEPALIVE_MS = 10_000
 
 class BrokerIdInUseError(InvalidRequestError):
     """Another live broker holds the broker id this broker tried to register."""
+
+
+class NotControllerError(LogStoreError):
+    """A write made as controller was refused: another broker is controller now."""
 
 
 class _Endpoint(etcd3.Endpoint):
@@ -513,34 +528,111 @@ class ClusterMetadataStore:
 
     # -- topics ------------------------------------------------------------------------
 
-    def _check_txn_size(self, what: str, ops: int) -> None:
-        if ops > self.max_txn_ops:
-            raise InvalidPartitionsError(
-                f"{what} needs {ops} etcd operations in one transaction, more than etcd's "
-                f"--max-txn-ops ({self.max_txn_ops}): at most {self.max_txn_ops - 1} "
-                f"partitions per creation or addition"
-            )
+    @property
+    def chunk_size(self) -> int:
+        """Most partition states one transaction writes: each needs a compare (absent) and
+        a put, and the compares also hold the topic's and perhaps the controller's fence."""
+        return max(1, self.max_txn_ops - 2)
 
-    def create_topic(self, topic: TopicRecord, states: Mapping[int, PartitionState]) -> None:
-        """Create the topic and all its partition states in one transaction, only if the
-        topic is absent (TopicExistsError otherwise). `states` holds partitions
-        0..topic.partitions-1 exactly."""
+    def create_topic(self, topic: TopicRecord, states: Mapping[int, PartitionState]) -> int:
+        """Create the topic, only if the name is free (TopicExistsError otherwise), then
+        write its partition states (`write_missing_partition_states`); returns the topic's
+        create revision. `states` holds partitions 0..topic.partitions-1 exactly.
+
+        The record goes first and alone: it says how many partitions exist, so if this
+        broker dies before every state is written, the controller writes the rest.
+        UnknownTopicOrPartitionError if the topic is deleted while its states are written.
+        """
         if set(states) != set(range(topic.partitions)):
             raise ValueError(f"states of partitions 0..{topic.partitions - 1} are needed")
-        self._check_txn_size(f"creating topic {topic.name}", 1 + len(states))
         key = self._topic_key(topic.name)
-        puts = [self._tx.put(key, topic.to_json())]
-        puts += [
-            self._tx.put(self._partition_key(topic.name, p), state.to_json())
-            for p, state in sorted(states.items())
-        ]
-        succeeded, _ = self._txn(f"create topic {topic.name}", [self._tx.create(key) == 0], puts)
+        succeeded, responses = self._txn(
+            f"create topic {topic.name}",
+            [self._tx.create(key) == 0],
+            [self._tx.put(key, topic.to_json()), self._tx.get(key)],
+        )
         if not succeeded:
             raise TopicExistsError(f"topic {topic.name!r} already exists")
+        kv = self._first_kv(responses, 1)
+        if kv is None:  # deleted between the put and the get of one transaction: impossible
+            raise self._unavailable(f"create topic {topic.name}", "the key vanished")
+        revision = int(kv[1].create_revision)
+        self.write_missing_partition_states(topic.name, revision, states)
+        return revision
+
+    def write_missing_partition_states(
+        self,
+        name: str,
+        topic_revision: int,
+        states: Mapping[int, PartitionState],
+        *,
+        controller_epoch: int | None = None,
+    ) -> int:
+        """Write those of `states` whose partition has no state yet; returns how many
+        this call wrote.
+
+        Chunks of at most `chunk_size` partitions, each one transaction that writes only if
+        every one of its keys is absent (a state that exists was written by someone else
+        and may have moved on since: it is never overwritten), the topic is still the one
+        created at `topic_revision` (a late writer cannot give states to a topic deleted
+        or created again meanwhile) and, with `controller_epoch`, the writer is still the
+        controller. A chunk refused because some of its keys exist is written again without
+        them. UnknownTopicOrPartitionError when the topic is gone, NotControllerError when
+        `controller_epoch` is no longer the controller's.
+        """
+        key = self._topic_key(name)
+        pending = dict(sorted(states.items()))
+        written = 0
+        # Each refusal that is not a raise finds at least one more key present.
+        for _ in range(2 * (len(pending) // self.chunk_size + 1) + len(pending)):
+            if not pending:
+                return written
+            chunk = dict(itertools.islice(pending.items(), self.chunk_size))
+            compare = [self._tx.create(key) == topic_revision]
+            if controller_epoch is not None:
+                compare.append(self._tx.create(self._controller_key) == controller_epoch)
+            compare += [self._tx.create(self._partition_key(name, p)) == 0 for p in chunk]
+            puts = [
+                self._tx.put(self._partition_key(name, p), state.to_json())
+                for p, state in chunk.items()
+            ]
+            succeeded, _ = self._txn(
+                f"write states of {name} partitions {min(chunk)}..{max(chunk)}", compare, puts
+            )
+            if succeeded:
+                written += len(chunk)
+                for p in chunk:
+                    del pending[p]
+                continue
+            self._check_topic_revision(name, topic_revision)
+            if controller_epoch is not None:
+                self._check_controller_epoch(controller_epoch)
+            present = {p for (_, p) in self.partition_states(name)}
+            for p in present:
+                pending.pop(p, None)
+        if pending:
+            raise self._unavailable(f"write states of {name}", "its partition states kept changing")
+        return written
+
+    def _check_topic_revision(self, name: str, topic_revision: int) -> None:
+        kv = self._get(self._topic_key(name))
+        if kv is None or int(kv[1].create_revision) != topic_revision:
+            raise UnknownTopicOrPartitionError(
+                f"topic {name!r} was deleted while its partition states were written"
+            )
+
+    def _check_controller_epoch(self, controller_epoch: int) -> None:
+        found = self.controller()
+        if found is None or found[1] != controller_epoch:
+            raise NotControllerError(
+                f"controller epoch {controller_epoch} is over"
+                + (f" (broker {found[0]} is controller at epoch {found[1]})" if found else "")
+            )
 
     def delete_topic(self, name: str) -> None:
-        """Delete the topic and all its partition states in one transaction
-        (UnknownTopicOrPartitionError if it does not exist)."""
+        """Delete the topic and all its partition states in one transaction (a prefix
+        delete is one operation, whatever the partition count); UnknownTopicOrPartitionError
+        if it does not exist."""
         key = self._topic_key(name)
         partitions = self._partitions_prefix(name)
         succeeded, _ = self._txn(
@@ -554,22 +646,26 @@ class ClusterMetadataStore:
         if not succeeded:
             raise UnknownTopicOrPartitionError(f"topic {name!r} does not exist")
 
-    def _topic_at(self, name: str) -> tuple[TopicRecord, int]:
+    def topic(self, name: str) -> Versioned:
+        """The topic's record with its mod and create revisions (UnknownTopicOrPartitionError
+        if it does not exist)."""
         kv = self._get(self._topic_key(name))
         if kv is None:
             raise UnknownTopicOrPartitionError(f"topic {name!r} does not exist")
-        return TopicRecord.from_json(kv[0]), int(kv[1].mod_revision)
+        return Versioned(
+            TopicRecord.from_json(kv[0]), int(kv[1].mod_revision), int(kv[1].create_revision)
+        )
 
     def update_topic_config(
         self, name: str, config: Mapping[str, str], expected_mod_revision: int
     ) -> bool:
         """Replace the topic's config overrides if the topic is still at
         `expected_mod_revision`; False when it changed meanwhile."""
-        record, mod_revision = self._topic_at(name)
-        if mod_revision != expected_mod_revision:
+        current = self.topic(name)
+        if current.mod_revision != expected_mod_revision:
             return False
         key = self._topic_key(name)
-        updated = replace(record, config=dict(config))
+        updated = replace(current.value, config=dict(config))
         succeeded, _ = self._txn(
             f"update config of topic {name}",
             [self._tx.mod(key) == expected_mod_revision],
@@ -584,11 +680,15 @@ class ClusterMetadataStore:
         new_states: Mapping[int, PartitionState],
         expected_topic_mod_revision: int,
     ) -> bool:
-        """Grow the topic to `new_total` partitions, writing the new partitions' states in
-        the same transaction, if the topic is still at `expected_topic_mod_revision`;
-        False when it changed meanwhile."""
-        record, mod_revision = self._topic_at(name)
-        if mod_revision != expected_topic_mod_revision:
+        """Grow the topic to `new_total` partitions if it is still at
+        `expected_topic_mod_revision` (False when it changed meanwhile), then write the new
+        partitions' states (`write_missing_partition_states`).
+
+        As at creation the record goes first: if this broker dies before every new state
+        is written, the controller writes the rest."""
+        current = self.topic(name)
+        record: TopicRecord = current.value
+        if current.mod_revision != expected_topic_mod_revision:
             return False
         if new_total <= record.partitions:
             raise InvalidPartitionsError(
@@ -596,24 +696,23 @@ class ClusterMetadataStore:
             )
         if set(new_states) != set(range(record.partitions, new_total)):
             raise ValueError(f"states of partitions {record.partitions}..{new_total - 1} needed")
-        self._check_txn_size(f"adding partitions to {name}", 1 + len(new_states))
         key = self._topic_key(name)
-        puts = [self._tx.put(key, replace(record, partitions=new_total).to_json())]
-        puts += [
-            self._tx.put(self._partition_key(name, p), state.to_json())
-            for p, state in sorted(new_states.items())
-        ]
         succeeded, _ = self._txn(
-            f"add partitions to {name}", [self._tx.mod(key) == expected_topic_mod_revision], puts
+            f"add partitions to {name}",
+            [self._tx.mod(key) == expected_topic_mod_revision],
+            [self._tx.put(key, replace(record, partitions=new_total).to_json())],
         )
-        return bool(succeeded)
+        if not succeeded:
+            return False
+        self.write_missing_partition_states(name, current.create_revision, new_states)
+        return True
 
     def topics(self) -> dict[str, Versioned]:
-        """Every topic: name -> Versioned(TopicRecord, mod revision)."""
+        """Every topic: name -> Versioned(TopicRecord, mod revision, create revision)."""
         out: dict[str, Versioned] = {}
         for value, meta in self._get_prefix(f"{self.prefix}topics/"):
             record = TopicRecord.from_json(value)
-            out[record.name] = Versioned(record, int(meta.mod_revision))
+            out[record.name] = Versioned(record, int(meta.mod_revision), int(meta.create_revision))
         return out
 
     # -- partitions --------------------------------------------------------------------
@@ -765,6 +864,42 @@ class ClusterMetadataStore:
         )
         succeeded, _ = self._txn("write ACLs", [compare], [self._tx.put(key, document)])
         return bool(succeeded)
+
+    # -- replication throttle ----------------------------------------------------------
+
+    @property
+    def _throttle_key(self) -> str:
+        return f"{self.prefix}replication-throttle"
+
+    def replication_throttle(self) -> int:
+        """The reassignment throttle (bytes/s) every broker applies to the fetches of the
+        replicas a reassignment is adding; 0 when there is none. A value that is not the
+        JSON this store writes counts as none (and is logged), so a hand-edited key cannot
+        stop a broker's control loop."""
+        kv = self._get(self._throttle_key)
+        if kv is None:
+            return 0
+        try:
+            rate = int(json.loads(kv[0])["bytes_per_s"])
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning(
+                'ignoring %s: %r is not {"bytes_per_s": N} (%s)', self._throttle_key, kv[0], exc
+            )
+            return 0
+        return max(0, rate)
+
+    def set_replication_throttle(self, bytes_per_s: int) -> None:
+        """Set the reassignment throttle to `bytes_per_s` (> 0), or remove it (0). Not a
+        compare-and-swap: the rate is an operator's setting, and the latest one wins (as
+        Kafka's throttle configs do)."""
+        if bytes_per_s < 0:
+            raise InvalidRequestError(f"a throttle is a rate >= 0 bytes/s, not {bytes_per_s}")
+        key = self._throttle_key
+        if bytes_per_s == 0:
+            op = self._tx.delete(key)
+        else:
+            op = self._tx.put(key, json.dumps({"bytes_per_s": bytes_per_s}))
+        self._txn(f"set the replication throttle to {bytes_per_s} B/s", [], [op])
 
     # -- watch -------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ new partitions until it has caught up with the others.
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from logstore.errors import (
     InvalidPartitionsError,
@@ -77,6 +77,27 @@ def assign_replicas(
         _kafka_replicas(p, replication_factor, brokers, start, shift)
         for p in range(first_partition, first_partition + partitions)
     ]
+
+
+def assign_partitions(
+    partitions: Iterable[int],
+    replication_factor: int,
+    broker_ids: Sequence[int],
+    start_index: int,
+) -> dict[int, Replicas]:
+    """The replicas of the partitions numbered `partitions` (any numbers, in any order),
+    each exactly as `assign_replicas(..., start_index=start_index)` over the same brokers
+    places it: Kafka's placement of a partition depends on its number alone. The
+    controller places the partitions whose states a crashed creator never wrote with the
+    topic's recorded start index, so they land where the creator would have put them
+    (given the same live brokers).
+
+    Raises as `assign_replicas` does, and InvalidPartitionsError for a negative number.
+    """
+    numbers = sorted(set(partitions))
+    brokers = _check(0, replication_factor, broker_ids, numbers[0] if numbers else 0)
+    start = start_index % len(brokers)
+    return {p: _kafka_replicas(p, replication_factor, brokers, start, start) for p in numbers}
 
 
 def _check(

@@ -99,22 +99,36 @@ class PartitionState:
 
 @dataclass(frozen=True)
 class TopicRecord:
-    """A topic as the cluster knows it: id, partition count and config overrides."""
+    """A topic as the cluster knows it: id, partition count and config overrides.
+
+    `partitions` is the single source of truth for how many partitions exist: the states
+    of partitions 0..partitions-1 are written after the record, so a reader may find some
+    not written yet (the topic is being created or grown) and must treat those partitions
+    as having no leader yet, never as absent. `replication_factor` and `placement_start`
+    (the round-robin start index of `placement.assign_replicas`) let the controller place
+    a missing partition as its creator would have; 0 and -1 in records written before they
+    existed.
+    """
 
     name: str
     topic_id: str
     partitions: int
     config: dict[str, str] = field(default_factory=dict)
+    replication_factor: int = 0
+    placement_start: int = -1
 
     def to_json(self) -> str:
-        return json.dumps(
-            {
-                "name": self.name,
-                "topic_id": self.topic_id,
-                "partitions": self.partitions,
-                "config": self.config,
-            }
-        )
+        out: dict[str, Any] = {
+            "name": self.name,
+            "topic_id": self.topic_id,
+            "partitions": self.partitions,
+            "config": self.config,
+        }
+        if self.replication_factor > 0:
+            out["replication_factor"] = self.replication_factor
+        if self.placement_start >= 0:
+            out["placement_start"] = self.placement_start
+        return json.dumps(out)
 
     @classmethod
     def from_json(cls, data: str | bytes) -> TopicRecord:
@@ -124,12 +138,17 @@ class TopicRecord:
             topic_id=str(value["topic_id"]),
             partitions=int(value["partitions"]),
             config={str(k): str(v) for k, v in value.get("config", {}).items()},
+            replication_factor=int(value.get("replication_factor", 0)),
+            placement_start=int(value.get("placement_start", -1)),
         )
 
 
 @dataclass(frozen=True)
 class Versioned:
-    """A value read from etcd with the mod revision a compare-and-swap must name."""
+    """A value read from etcd with the mod revision a compare-and-swap must name, and the
+    create revision of its key (which names one incarnation of a topic: a topic deleted
+    and created again under the same name gets a larger one)."""
 
     value: Any
     mod_revision: int
+    create_revision: int = 0

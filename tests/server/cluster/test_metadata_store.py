@@ -27,6 +27,7 @@ from logstore.server.cluster.metadata_store import (
     DEFAULT_MAX_TXN_OPS,
     BrokerIdInUseError,
     ClusterMetadataStore,
+    NotControllerError,
 )
 from logstore.server.cluster.state import BrokerRegistration, PartitionState, TopicRecord
 from tests.cluster.etcd import EtcdServer, free_port
@@ -335,8 +336,8 @@ def test_create_topic_writes_the_topic_and_its_partitions_together(
     assert {k: v.value for k, v in found.items()} == {
         ("orders", p): s for p, s in states(3).items()
     }
-    # One transaction: the topic and every partition share one mod revision.
-    assert {v.mod_revision for v in found.values()} == {topics["orders"].mod_revision}
+    # The record first, then the states (three fit one chunk).
+    assert {v.mod_revision for v in found.values()} == {topics["orders"].mod_revision + 1}
 
     with pytest.raises(TopicExistsError):
         store.create_topic(topic("orders", 5), states(5, replicas=(3,)))
@@ -374,14 +375,133 @@ def test_concurrent_creations_of_one_topic_leave_one_whole_winner(
     }
 
 
-def test_a_topic_too_big_for_one_transaction_is_refused_whole(make_store: StoreFactory) -> None:
+def test_a_thousand_partitions_fit_etcds_default_transaction_limit_in_chunks(
+    make_store: StoreFactory, raw: etcd3.MultiEndpointEtcd3Client
+) -> None:
+    """etcd runs with its default --max-txn-ops (128): the states go in chunks of 126."""
     store = make_store()
-    biggest = DEFAULT_MAX_TXN_OPS - 1
-    store.create_topic(topic("big", biggest), states(biggest))
-    assert len(store.partition_states("big")) == biggest
-    with pytest.raises(InvalidPartitionsError, match="--max-txn-ops"):
-        store.create_topic(topic("bigger", biggest + 1), states(biggest + 1))
-    assert "bigger" not in store.topics() and store.partition_states("bigger") == {}
+    assert store.max_txn_ops == DEFAULT_MAX_TXN_OPS and store.chunk_size == 126
+    revision = store.create_topic(topic("big", 1000), states(1000))
+    assert store.topics()["big"].create_revision == revision
+    found = store.partition_states("big")
+    assert {k: v.value for k, v in found.items()} == {
+        ("big", p): s for p, s in states(1000).items()
+    }
+    # One transaction per chunk, after the record's.
+    chunks = sorted({v.mod_revision for v in found.values()})
+    assert chunks == list(range(revision + 1, revision + 1 + 8))
+
+    # Growing it is chunked too, and a deletion removes every key in one transaction.
+    grown = store.topics()["big"]
+    new = {p: PartitionState((2,), 2, 0, (2,)) for p in range(1000, 1300)}
+    assert store.add_partitions("big", 1300, new, grown.mod_revision)
+    assert store.topics()["big"].value.partitions == 1300
+    assert len(store.partition_states("big")) == 1300
+    last = max(v.mod_revision for v in store.partition_states("big").values())
+    store.delete_topic("big")
+    assert store.topics() == {} and store.partition_states() == {}
+    assert list(raw.get_prefix(PREFIX + "partitions/")) == []
+    raw.put(PREFIX + "sentinel", "after")
+    _, meta = raw.get(PREFIX + "sentinel")
+    assert meta is not None and meta.mod_revision == last + 2  # the delete took one revision
+
+
+def write_half_finished_creation(
+    raw: etcd3.MultiEndpointEtcd3Client, record: TopicRecord, written: dict[int, PartitionState]
+) -> None:
+    """What a broker that died creating `record` leaves in etcd: the record, and the
+    states of the chunks it wrote before it died."""
+    raw.put(f"{PREFIX}topics/{record.name}", record.to_json())
+    for p, state in written.items():
+        raw.put(f"{PREFIX}partitions/{record.name}/{p}", state.to_json())
+
+
+def test_missing_states_are_written_without_touching_the_ones_present(
+    make_store: StoreFactory, raw: etcd3.MultiEndpointEtcd3Client
+) -> None:
+    store = make_store()
+    first_chunk = states(126)
+    write_half_finished_creation(raw, topic("t", 300), first_chunk)
+    before = store.partition_states("t")
+    assert len(before) == 126
+
+    # The controller's path: only the missing ones, fenced by the controller epoch.
+    store.register_broker(reg(1), ttl_s=30)
+    epoch = store.campaign_controller(1)
+    assert epoch is not None
+    other = {p: PartitionState((3,), 3, 0, (3,)) for p in range(300)}
+    current = store.topics()["t"]
+    assert (
+        store.write_missing_partition_states(
+            "t", current.create_revision, other, controller_epoch=epoch
+        )
+        == 300 - 126
+    )
+    after = store.partition_states("t")
+    assert len(after) == 300
+    assert {k: after[k] for k in before} == before  # the same values and revisions
+    assert all(after[("t", p)].value == other[p] for p in range(126, 300))
+    # Writing again writes nothing.
+    assert store.write_missing_partition_states("t", current.create_revision, other) == 0
+
+
+def test_concurrent_writers_of_missing_states_never_overwrite_each_other(
+    make_store: StoreFactory, raw: etcd3.MultiEndpointEtcd3Client
+) -> None:
+    """A creator still writing while the controller completes the topic: each state is
+    written once, by one of them (every key at version 1), all of them in the end."""
+    write_half_finished_creation(raw, topic("t", 600), {})
+    revision = make_store().topics()["t"].create_revision
+    writers = [make_store(max_txn_ops=8) for _ in range(3)]
+    barrier = threading.Barrier(len(writers))
+    counts: dict[int, int] = {}
+
+    def write(i: int) -> None:
+        barrier.wait(timeout=10)
+        mine = {p: PartitionState((i,), i, 0, (i,)) for p in random.sample(range(600), 600)}
+        counts[i] = writers[i].write_missing_partition_states("t", revision, mine)
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(len(writers))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(counts) == len(writers) and sum(counts.values()) == 600
+    for value, meta in raw.get_prefix(PREFIX + "partitions/t/"):
+        assert meta.version == 1, meta.key
+        assert PartitionState.from_json(value).leader in counts
+
+
+def test_states_are_never_written_for_a_topic_deleted_or_created_again(
+    make_store: StoreFactory, raw: etcd3.MultiEndpointEtcd3Client
+) -> None:
+    store = make_store()
+    old = store.create_topic(topic("t", 1), states(1))
+    store.delete_topic("t")
+    with pytest.raises(UnknownTopicOrPartitionError, match="was deleted"):
+        store.write_missing_partition_states("t", old, states(3))
+    assert store.partition_states("t") == {}
+    write_half_finished_creation(raw, topic("t", 3), {})
+    with pytest.raises(UnknownTopicOrPartitionError, match="was deleted"):
+        store.write_missing_partition_states("t", old, states(3))
+    assert store.partition_states("t") == {}
+
+
+def test_a_deposed_controller_writes_no_missing_state(
+    make_store: StoreFactory, raw: etcd3.MultiEndpointEtcd3Client
+) -> None:
+    old, new = make_store(), make_store()
+    old.register_broker(reg(1), ttl_s=30)
+    old_epoch = old.campaign_controller(1)
+    assert old_epoch is not None
+    old.close()
+    new.register_broker(reg(2), ttl_s=30)
+    assert new.campaign_controller(2) is not None
+    write_half_finished_creation(raw, topic("t", 2), {})
+    revision = new.topics()["t"].create_revision
+    with pytest.raises(NotControllerError, match=f"epoch {old_epoch} is over"):
+        new.write_missing_partition_states("t", revision, states(2), controller_epoch=old_epoch)
+    assert new.partition_states("t") == {}
 
 
 def test_delete_topic_removes_only_that_topic(make_store: StoreFactory) -> None:
@@ -524,11 +644,14 @@ def test_watch_fires_on_changes_and_again_after_etcd_restarts(
     established = calls.count
 
     outsider.create_topic(topic("x", 1), states(1))  # another cluster: not ours
+    time.sleep(0.3)
+    assert calls.count == established
     writer.create_topic(topic("t", 1), states(1))
     wait_until(lambda: calls.count > established, "a callback for the new topic")
     time.sleep(0.3)
-    # The other cluster's write did not fire; the creation (one transaction) fired once.
-    assert calls.count == established + 1
+    # The creation is two transactions (the record, then its one chunk of states): two
+    # revisions, which etcd may send in one watch response.
+    assert established + 1 <= calls.count <= established + 2
 
     etcd_server.kill()
     before_restart = calls.count

@@ -14,7 +14,7 @@ from logstore.errors import (
     InvalidReplicationFactorError,
     InvalidRequestError,
 )
-from logstore.server.cluster.placement import assign_replicas
+from logstore.server.cluster.placement import assign_partitions, assign_replicas
 
 brokers_st = st.lists(st.integers(0, 50), min_size=1, max_size=9, unique=True)
 
@@ -190,3 +190,25 @@ def test_even_load_stays_balanced(layout: tuple[list[int], int, int, int]) -> No
     if rf == len(brokers) or rf == 1:
         led = Counter(r[0] for r in got)
         assert max(led[b] for b in brokers) - min(led[b] for b in brokers) <= 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(layouts(), st.data())
+def test_any_partitions_are_placed_as_creating_them_all_at_once_would(
+    layout: tuple[list[int], int, int, int], data: st.DataObject
+) -> None:
+    """The controller places the partitions a crashed creator left without a state one by
+    one, in any order: each lands where the creator's own call would have put it."""
+    brokers, rf, partitions, start = layout
+    whole = assign_replicas(partitions, rf, brokers, start_index=start)
+    some = data.draw(st.lists(st.integers(0, max(0, partitions - 1)), max_size=partitions))
+    some = [p for p in some if p < partitions]
+    assert assign_partitions(some, rf, brokers, start) == {p: whole[p] for p in some}
+
+
+def test_assign_partitions_checks_like_assign_replicas() -> None:
+    assert assign_partitions([], 1, [1], 0) == {}
+    with pytest.raises(InvalidReplicationFactorError):
+        assign_partitions([0], 3, [1, 2], 0)
+    with pytest.raises(InvalidPartitionsError):
+        assign_partitions([-1, 2], 1, [1, 2], 0)
