@@ -1,4 +1,5 @@
-"""The ACL management RPCs (CreateAcls, DeleteAcls, DescribeAcls) over an `AclStore`."""
+"""The ACL management RPCs (CreateAcls, DeleteAcls, DescribeAcls) over the broker's
+ACL bindings: its own file, or in cluster mode the cluster's in etcd."""
 
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ from logstore.acls import (
     AclFilter,
     InvalidAclError,
 )
+from logstore.errors import ClusterMetadataUnavailableError
 from logstore.server.broker import lenient_parser, rejecting_malformed
 from logstore.server.errors import abort
-from logstore.server.security.acl_store import AclStore
+from logstore.server.security.acl_store import AclBindings
 from logstore.v1 import logstore_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -51,10 +53,14 @@ def filter_from_proto(message: pb.AclFilter) -> AclFilter:
     )
 
 
-class AclService:
-    """CreateAcls / DeleteAcls / DescribeAcls over the broker's `AclStore`."""
+#: what a change can fail with: a bad binding, the file, or etcd (cluster mode: retriable)
+_CHANGE_ERRORS = (InvalidAclError, ClusterMetadataUnavailableError, OSError)
 
-    def __init__(self, store: AclStore, enabled: bool) -> None:
+
+class AclService:
+    """CreateAcls / DeleteAcls / DescribeAcls over the broker's `AclBindings`."""
+
+    def __init__(self, store: AclBindings, enabled: bool) -> None:
         self.store = store
         self.enabled = enabled
 
@@ -72,7 +78,7 @@ class AclService:
         try:
             bindings = [binding_from_proto(b) for b in request.acls]
             created = self.store.add(bindings)
-        except (InvalidAclError, OSError) as exc:
+        except _CHANGE_ERRORS as exc:
             abort(context, exc)
         for binding in created:
             log.info("ACL added: %s", binding)
@@ -84,7 +90,7 @@ class AclService:
         self._require_enabled(context)
         try:
             deleted = self.store.remove(filter_from_proto(request.filter))
-        except (InvalidAclError, OSError) as exc:
+        except _CHANGE_ERRORS as exc:
             abort(context, exc)
         for binding in deleted:
             log.info("ACL removed: %s", binding)

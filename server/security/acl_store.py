@@ -1,9 +1,10 @@
 """The broker's ACL bindings and the decisions made from them.
 
 `AclStore` keeps the bindings in ``<data_dir>/__acls.json`` (replaced atomically and
-fsynced on every change, so a crash keeps either the old or the new set). `Authorizer`
-decides: deny by default, a matching deny beats any allow, super users bypass the check.
-Pure: no gRPC.
+fsynced on every change, so a crash keeps either the old or the new set); in cluster mode
+`cluster_acl_store.ClusterAclStore` keeps them in etcd instead, as the same document.
+`Authorizer` decides from either (`AclBindings`): deny by default, a matching deny beats
+any allow, super users bypass the check. Pure: no gRPC.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 import threading
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from logstore.acls import DENY, AclBinding, AclFilter, validate_principal
 from logstore.errors import InvalidAclError
@@ -20,6 +21,43 @@ from logstore.storage.fileutil import write_file_atomically
 
 ACL_FILE = "__acls.json"
 _FILE_VERSION = 1
+
+
+class AclBindings(Protocol):
+    """Where a broker's ACL bindings live: its own file, or the cluster's etcd.
+
+    Invariant: `version` grows whenever what `bindings` answers changes, so callers that
+    cache decisions drop them.
+    """
+
+    version: int
+
+    def bindings(self) -> list[AclBinding]: ...
+
+    def describe(self, selector: AclFilter | None = None) -> list[AclBinding]: ...
+
+    def add(self, bindings: Iterable[AclBinding]) -> list[AclBinding]: ...
+
+    def remove(self, selector: AclFilter) -> list[AclBinding]: ...
+
+
+def encode_acls(bindings: Iterable[AclBinding]) -> bytes:
+    """The ACL document (JSON, sorted bindings): the contents of ``__acls.json``."""
+    document: dict[str, Any] = {
+        "version": _FILE_VERSION,
+        "acls": [b.to_dict() for b in sorted(bindings)],
+    }
+    return json.dumps(document, indent=1).encode() + b"\n"
+
+
+def decode_acls(raw: bytes, source: str) -> list[AclBinding]:
+    """The bindings of an ACL document; InvalidAclError naming `source` when it is not one
+    (starting with no ACLs would silently change who may do what)."""
+    try:
+        document = json.loads(raw)
+        return [AclBinding(**entry) for entry in document["acls"]]
+    except (ValueError, KeyError, TypeError, InvalidAclError) as exc:
+        raise InvalidAclError(f"cannot read ACLs from {source}: {exc}") from exc
 
 
 class AclStore:
@@ -39,19 +77,10 @@ class AclStore:
             raw = self.path.read_bytes()
         except FileNotFoundError:
             return []
-        try:
-            document = json.loads(raw)
-            return [AclBinding(**entry) for entry in document["acls"]]
-        except (ValueError, KeyError, TypeError, InvalidAclError) as exc:
-            # Starting with no ACLs would silently change who may do what: refuse instead.
-            raise InvalidAclError(f"cannot read ACLs from {self.path}: {exc}") from exc
+        return decode_acls(raw, str(self.path))
 
     def _save(self) -> None:
-        document: dict[str, Any] = {
-            "version": _FILE_VERSION,
-            "acls": [b.to_dict() for b in sorted(self._bindings)],
-        }
-        write_file_atomically(self.path, json.dumps(document, indent=1).encode() + b"\n")
+        write_file_atomically(self.path, encode_acls(self._bindings))
 
     def bindings(self) -> list[AclBinding]:
         with self._lock:
@@ -96,9 +125,9 @@ class AclStore:
 
 
 class Authorizer:
-    """Decides requests from an `AclStore`: deny by default, deny beats allow."""
+    """Decides requests from `AclBindings`: deny by default, deny beats allow."""
 
-    def __init__(self, store: AclStore, super_users: Iterable[str] = ()) -> None:
+    def __init__(self, store: AclBindings, super_users: Iterable[str] = ()) -> None:
         self.store = store
         self.super_users = frozenset(validate_principal(p) for p in super_users)
         self._cache: dict[tuple[str, str, str, str], bool] = {}
