@@ -81,6 +81,12 @@ class ConsumerOptions:
     def reset_policy(self) -> str:
         return "error" if self.auto_offset_reset == "none" else self.auto_offset_reset
 
+    def require_group(self, what: str) -> str:
+        """The group id; raises InvalidRequestError, naming `what`, when there is none."""
+        if self.group_id is None:
+            raise errors.InvalidRequestError(f"{what} needs a consumer created with a group_id")
+        return self.group_id
+
 
 class Backoff:
     """Exponential retry delay in seconds: base, 2 x base, ... capped at MAX_RETRY_BACKOFF_S."""

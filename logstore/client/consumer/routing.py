@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from logstore import errors
 from logstore.client._connection import BrokerChannels
-from logstore.client.consumer.fetcher import Fetcher, SharedFetchState
+from logstore.client.consumer.fetcher import Fetcher, SharedFetchState, StreamFetcher
 from logstore.client.consumer.options import Backoff, ConsumerOptions
 from logstore.client.consumer.progress import ProgressMonitor
 from logstore.types import TopicPartition
@@ -26,6 +26,26 @@ log = logging.getLogger("logstore.client.consumer")
 
 #: makes the fetcher of one leader broker: (address, on_stale) -> a fetcher, not started
 FetcherFactory = Callable[[str, Callable[[str | None], None]], Fetcher]
+
+
+def fetcher_factory(
+    shared: SharedFetchState,
+    channels: BrokerChannels,
+    options: ConsumerOptions,
+    progress: ProgressMonitor,
+    stream: bool,
+) -> FetcherFactory:
+    """Makes the fetcher of the partitions the broker at an address leads (not started): a
+    `StreamFetcher` over its fetch stream when `stream`, else a unary `Fetcher`."""
+
+    def make(address: str, on_stale: Callable[[str | None], None]) -> Fetcher:
+        stub = channels.stub(address)
+        if stream:
+            channel = channels.channel(address)
+            return StreamFetcher(shared, stub, options, address, progress, channel, on_stale)
+        return Fetcher(shared, stub, options, address, progress, on_stale)
+
+    return make
 
 
 class FetchRouter:
