@@ -110,6 +110,10 @@ RULES: dict[str, Callable[[Any], list[Need]]] = {
     "DescribeCluster": _nothing,
     # Broker to broker: replication reads every record and reveals log layout, so only a
     # principal allowed to alter the cluster (the brokers, or a super user) may call them.
+    # Kafka asks ClusterAction on the cluster here; LogStore's cluster resource has no such
+    # operation, and alter is the one only brokers and administrators hold. A broker's
+    # ListOffsets to a partition's leader is the client RPC (describe on the topic), which
+    # the broker principal passes as a super user.
     "ReplicaFetch": _cluster("alter"),
     "OffsetForLeaderEpoch": _cluster("alter"),
     "AlterPartitionReassignments": _cluster("alter"),
@@ -150,11 +154,21 @@ RESPONSE_FILTERS: dict[str, Callable[[Any, Allowed], None]] = {
 }
 
 _VERB = {"produce": "produce to", "consume": "consume from"}
+#: what a refused request on the cluster resource was for, by RPC (default: by operation)
+_CLUSTER_ACTS = {
+    "ReplicaFetch": "fetch as a replica",
+    "OffsetForLeaderEpoch": "fetch as a replica",
+    "AlterPartitionReassignments": "reassign partitions",
+    "ListPartitionReassignments": "list partition reassignments",
+}
 
 
-def denial(principal: str, resource_type: str, name: str, operation: str) -> str:
-    """The PERMISSION_DENIED message: who may not do what to which resource."""
+def denial(principal: str, resource_type: str, name: str, operation: str, rpc: str = "") -> str:
+    """The PERMISSION_DENIED message: who may not do what to which resource (`rpc`, the
+    request's RPC name, says what a cluster operation was for)."""
     if resource_type == CLUSTER:
-        what = "create topics" if operation == "create" else f"{operation} ACLs"
+        what = _CLUSTER_ACTS.get(rpc) or (
+            "create topics" if operation == "create" else f"{operation} ACLs"
+        )
         return f"{principal} may not {what} ({operation} on the cluster)"
     return f"{principal} may not {_VERB.get(operation, operation)} {resource_type} {name}"

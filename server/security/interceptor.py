@@ -24,6 +24,8 @@ DescribeAcls) from the `AclStore`, so the servicer in broker.py knows nothing of
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -44,6 +46,36 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["LogStore"].full_name
 
+#: the same refusal of the same caller host is logged at most this often (s)
+REFUSAL_LOG_INTERVAL_S = 60.0
+
+
+class _RefusalLog:
+    """Says which refusals to log: at most one per REFUSAL_LOG_INTERVAL_S for the same
+    (caller host, reason), counting the ones left out. A misconfigured broker or client
+    retrying every few hundred ms must not flood the log, yet its first refusal is told."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        #: (host, reason) -> (time.monotonic() last logged (s), refusals left out since)
+        self._seen: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def due(self, peer: str, reason: str) -> str | None:
+        """None to leave this refusal out; else a suffix for its log line, naming how
+        many were left out since the last one logged ("" when none was)."""
+        host = peer.rpartition(":")[0] or peer  # "ipv4:127.0.0.1:53412": not the port
+        key = (host, reason)
+        now = time.monotonic()
+        with self._lock:
+            last, skipped = self._seen.get(key, (None, 0))
+            if last is not None and now - last < REFUSAL_LOG_INTERVAL_S:
+                self._seen[key] = (last, skipped + 1)
+                return None
+            if len(self._seen) > 10_000:  # unbounded callers must not grow memory forever
+                self._seen.clear()
+            self._seen[key] = (now, 0)
+        return f" ({skipped} more like it since)" if skipped else ""
+
 
 class SecurityInterceptor(grpc.ServerInterceptor):
     """Authenticates and authorizes LogStore RPCs; serves the ACL management RPCs."""
@@ -62,6 +94,7 @@ class SecurityInterceptor(grpc.ServerInterceptor):
         #: whether any call needs more than passing through
         self.active = tokens is not None or authorizer is not None
         self._prefix = f"/{SERVICE_NAME}/"
+        self._refusals = _RefusalLog()
 
     def intercept_service(
         self,
@@ -106,9 +139,11 @@ class SecurityInterceptor(grpc.ServerInterceptor):
             self._refuse(context, "missing bearer token (send 'authorization: Bearer <token>')")
         return ANONYMOUS
 
-    @staticmethod
-    def _refuse(context: grpc.ServicerContext, why: str) -> None:
-        log.info("refused a call from %s: %s", context.peer(), why)
+    def _refuse(self, context: grpc.ServicerContext, why: str) -> None:
+        peer = context.peer()
+        more = self._refusals.due(peer, why)
+        if more is not None:
+            log.info("refused a call from %s: %s%s", peer, why, more)
         context.abort(grpc.StatusCode.UNAUTHENTICATED, why)
 
     # --- what it may do --------------------------------------------------------------------
@@ -122,8 +157,10 @@ class SecurityInterceptor(grpc.ServerInterceptor):
             context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{name} has no access rule")
         for resource_type, resource, operation in rule(request):  # type: ignore[misc]
             if not authorizer.authorize(principal, resource_type, resource, operation):
-                message = denial(principal, resource_type, resource, operation)
-                log.info("denied %s: %s", name, message)
+                message = denial(principal, resource_type, resource, operation, name)
+                more = self._refusals.due(context.peer(), message)
+                if more is not None:
+                    log.info("denied %s: %s%s", name, message, more)
                 context.abort(grpc.StatusCode.PERMISSION_DENIED, message)
 
     def _trim(self, principal: str, name: str, response: Any) -> Any:
