@@ -218,6 +218,25 @@ _SERVE_PATH_OPTIONS = (
         'TOML file whose [tokens] table maps bearer tokens to principals ("t0k3n" = '
         '"User:alice"); calls without a known token (or client certificate) are refused.',
     ),
+    (
+        "--inter-broker-tls-ca",
+        "LOGSTORE_INTER_BROKER_TLS_CA",
+        "Cluster mode with TLS: CA bundle (PEM) the other brokers' certificates must chain "
+        "to when this broker connects to them (Kafka's inter-broker truststore) [default: "
+        "--tls-client-ca, which with mutual TLS already signs every broker's certificate, "
+        "as each broker presents its --tls-cert to the others as its client certificate; "
+        "required with TLS but no --tls-client-ca]. Each broker's certificate must name "
+        "the host it advertises, and with mutual TLS allow client authentication (checked "
+        "at start). SIGHUP re-reads it.",
+    ),
+    (
+        "--inter-broker-token-file",
+        "LOGSTORE_INTER_BROKER_TOKEN_FILE",
+        "Cluster mode: file holding the one bearer token this broker sends to the other "
+        "brokers; required with --auth-tokens, whose table must map it to the broker "
+        "principal (list that principal in --super-users with --acls-enabled). SIGHUP "
+        "re-reads it.",
+    ),
 )
 
 
@@ -234,8 +253,8 @@ def serve_security_options(func: F) -> F:
         metavar="PRINCIPAL,...",
         expose_value=False,
         callback=_remember,
-        help="Principals that bypass ACLs, comma-separated (e.g. User:admin). "
-        "Env: LOGSTORE_SUPER_USERS.",
+        help="Principals that bypass ACLs, comma-separated (e.g. User:admin); in cluster "
+        "mode include the broker principal (Kafka's practice). Env: LOGSTORE_SUPER_USERS.",
     )(func)
     func = click.option(
         "--acls-enabled",
@@ -243,8 +262,8 @@ def serve_security_options(func: F) -> F:
         envvar="LOGSTORE_ACLS_ENABLED",
         expose_value=False,
         callback=_remember,
-        help='Deny every request no ACL allows (config: authorizer = "acl"). '
-        "Env: LOGSTORE_ACLS_ENABLED.",
+        help='Deny every request no ACL allows (config: authorizer = "acl"); in cluster '
+        "mode the ACLs live in etcd, shared by every broker. Env: LOGSTORE_ACLS_ENABLED.",
     )(func)
     for flag, envvar, help_text in reversed(_SERVE_PATH_OPTIONS):
         func = click.option(
@@ -265,8 +284,9 @@ def _path(value: Any) -> Path | None:
 def security_settings(file_conf: dict[str, Any]) -> Any:
     """The broker's `SecuritySettings`: command line (or env) first, then the config file.
 
-    Config file keys: tls_cert, tls_key, tls_client_ca, auth_tokens (paths),
-    authorizer = "acl" (or acls_enabled = true), super_users (list or comma string).
+    Config file keys: tls_cert, tls_key, tls_client_ca, auth_tokens, inter_broker_tls_ca,
+    inter_broker_token_file (paths), authorizer = "acl" (or acls_enabled = true),
+    super_users (list or comma string).
     """
     from logstore.server.security import SecuritySettings
 
@@ -287,6 +307,8 @@ def security_settings(file_conf: dict[str, Any]) -> Any:
         tls_key=_path(pick("tls_key")),
         tls_client_ca=_path(pick("tls_client_ca")),
         auth_tokens=_path(pick("auth_tokens")),
+        inter_broker_tls_ca=_path(pick("inter_broker_tls_ca")),
+        inter_broker_token_file=_path(pick("inter_broker_token_file")),
         acls_enabled=bool(
             given.get("acls_enabled") or file_conf.get("acls_enabled") or authorizer == "acl"
         ),

@@ -14,6 +14,7 @@ from logstore.cli.acls import security_settings, serve_security_options
 from logstore.cli.common import LogStoreGroup, check_listen
 from logstore.cli.serve_cluster import (
     CLUSTER_MODE_HELP,
+    CLUSTER_SECURITY_HELP,
     cluster_settings,
     given_cluster_options,
     serve_cluster_options,
@@ -96,7 +97,7 @@ class LogLevel(click.Choice[str]):
 
 SERVE_HELP = (
     """Run the broker in the foreground until Ctrl-C or SIGTERM (SIGHUP re-reads the
-token and TLS files).
+token and TLS files, the inter-broker ones included).
 
 Every option can also come from its environment variable (named in each option's
 help); XDG_DATA_HOME places the default data dir, and LOGSTORE_MALLOC_DEFAULTS=1
@@ -112,9 +113,16 @@ Examples:
       --acls-enabled --super-users User:admin
   logstore serve --broker-id 1 --etcd-endpoints 10.0.0.5:2379 \\
       --listen 0.0.0.0:9092 --advertised-listen broker1.example.com:9092
+  logstore serve --broker-id 1 --etcd-endpoints 10.0.0.5:2379 \\
+      --advertised-listen broker1.example.com:9092 --listen 0.0.0.0:9092 \\
+      --tls-cert broker1.pem --tls-key broker1.key --tls-client-ca ca.pem \\
+      --auth-tokens tokens.toml --inter-broker-token-file broker.token \\
+      --acls-enabled --super-users User:admin,User:broker
 
 """
     + CLUSTER_MODE_HELP
+    + "\n\n"
+    + CLUSTER_SECURITY_HELP
 )
 
 
@@ -148,7 +156,8 @@ Examples:
     help="TOML file: data_dir, listen, metrics_listen, max_workers, max_request_bytes, "
     "max_fetch_bytes, max_concurrent_rpcs, offsets_retention_minutes, [topic-defaults] "
     "(Kafka topic settings), [log-manager] (retention_check_interval_ms...), tls_cert, "
-    'tls_key, tls_client_ca, auth_tokens, authorizer = "acl", super_users, and the cluster '
+    'tls_key, tls_client_ca, auth_tokens, authorizer = "acl", super_users, '
+    "inter_broker_tls_ca, inter_broker_token_file, and the cluster "
     "options by their names with underscores (broker_id, etcd_endpoints, cluster_name, "
     "advertised_listen, session_timeout_ms, replica_lag_time_max_ms, "
     "unclean_leader_election, default_replication_factor). Options given on the command "

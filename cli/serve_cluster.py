@@ -45,6 +45,18 @@ broker dies, each partition it led gets a new leader from its ISR within about
 the session timeout (--session-timeout-ms); a leader outside the ISR is chosen
 only with --unclean-leader-election, which loses the records it never copied."""
 
+#: how the security options apply in cluster mode, for the help of `serve`
+CLUSTER_SECURITY_HELP = """\
+Security in cluster mode (Kafka's model): brokers reach each other as clients do.
+With --tls-cert they use TLS and check each other's certificates against
+--inter-broker-tls-ca (default --tls-client-ca); with --tls-client-ca each
+presents its own certificate as its client certificate; with --auth-tokens each
+sends the token of --inter-broker-token-file. With --acls-enabled the ACLs live
+in etcd and every broker enforces them; replication needs alter on the cluster,
+so list the broker principal in --super-users. A local __acls.json is imported
+into etcd when etcd has no ACLs yet, accepted when it holds the same ones, and
+refused otherwise. Inconsistent combinations are refused at start."""
+
 #: (name, which is also the config file key; environment variable; flags; metavar; click
 #: type; help) of each option. None of them has a default: not given means "not given",
 #: so the config file or ClusterSettings' own default applies.

@@ -102,6 +102,8 @@ BROKER_KEYS: dict[str, Check] = {
     "tls_key": _string,
     "tls_client_ca": _string,
     "auth_tokens": _string,
+    "inter_broker_tls_ca": _string,
+    "inter_broker_token_file": _string,
     "authorizer": _string,
     "acls_enabled": _boolean,
     "super_users": _principals,

@@ -23,7 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from logstore.addresses import parse_host_port
 from logstore.allocator import TRIM_THRESHOLD_BYTES, keep_freed_memory
 from logstore.clock import SYSTEM_CLOCK
-from logstore.errors import InvalidConfigError, LogStoreError, UnknownTopicOrPartitionError
+from logstore.errors import LogStoreError, UnknownTopicOrPartitionError
 from logstore.server.broker import (
     DEFAULT_MAX_FETCH_BYTES,
     LogStoreServicer,
@@ -114,17 +114,13 @@ def check_can_listen(address: str) -> None:
                     raise OSError(f"{address}: permission denied") from None
 
 
-def check_cluster_security(settings: BrokerSettings) -> None:
-    """Refuse cluster mode together with TLS or authentication: brokers replicate to each
-    other over plain gRPC without credentials, so the combination would either leak
-    records or fail to replicate. One clear refusal until inter-broker security exists."""
-    security = settings.security
-    secured = security.tls_cert or security.auth_tokens or security.acls_enabled
-    if settings.cluster is not None and secured:
-        raise InvalidConfigError(
-            "cluster mode cannot be combined with TLS, tokens or ACLs yet: brokers "
-            "replicate over plain gRPC; run the cluster on a private network without them"
-        )
+def peer_host(settings: BrokerSettings) -> str | None:
+    """The host other brokers dial to reach this one (its advertised host); None when
+    standalone."""
+    if settings.cluster is None:
+        return None
+    address = settings.cluster.advertised_listen or settings.listen
+    return parse_host_port(address, port_zero=True)[0]
 
 
 def metrics_failure(reason: object) -> OSError:
@@ -152,8 +148,9 @@ class Broker:
         # busy metrics port, must change nothing on disk. This is the only place it runs.
         check_listeners(settings)
         # Before anything opens: a misconfigured broker must fail, never start unprotected.
-        check_cluster_security(settings)
-        self.security = BrokerSecurity(settings.security, data_dir)
+        self.security = BrokerSecurity(
+            settings.security, data_dir, settings.cluster, peer_host(settings)
+        )
         self.manager = LogManager(
             data_dir,
             default_config=LogConfig.from_properties(settings.topic_defaults),
@@ -226,7 +223,6 @@ class Broker:
         self.address = f"{host}:{self.port}"
         if settings.cluster is not None:
             self._join_cluster(settings.cluster)
-        log.info("listener security: %s", self.security.describe())
         #: where /metrics is served ("" when it is not)
         self.metrics_address = ""
         if self.metrics is not None and settings.metrics_listen:
@@ -234,6 +230,7 @@ class Broker:
                 self.metrics_address = self.metrics.serve(settings.metrics_listen)
             except (OSError, ValueError) as exc:
                 self.server.stop(None)  # release the gRPC port bound above
+                self.security.close()
                 self.manager.close()
                 raise metrics_failure(f"{settings.metrics_listen}: {exc}") from exc
 
@@ -241,7 +238,6 @@ class Broker:
         """Set up cluster mode (etcd is first contacted in `start`, once we serve)."""
         from logstore.server.cluster.leader_offsets import LeaderOffsets
         from logstore.server.cluster.node import PRODUCER_ID_BLOCK, ClusterNode
-        from logstore.server.cluster.peer_channels import PeerChannels
 
         advertised = cluster.advertised_listen or self.address
         self.cluster = ClusterNode(
@@ -250,7 +246,7 @@ class Broker:
             advertised,
             on_topic_deleted=self.offsets.delete_topic,
             on_leadership=self._leadership_changed,
-            peers=PeerChannels(),
+            peers=self.security.peers,
         )
         # Producer ids must be unique across the cluster: blocks come from etcd.
         self.producer_ids = BlockProducerIds(self.cluster.next_producer_id_block, PRODUCER_ID_BLOCK)
@@ -295,6 +291,16 @@ class Broker:
                 log.exception("group maintenance failed")
 
     def start(self) -> None:
+        try:
+            # Before serving: in cluster mode, no request is decided without the cluster's
+            # ACLs, and a broker that cannot read them does not start.
+            self.security.start()
+        except BaseException:
+            self.server.stop(None)
+            self.security.close()
+            self.manager.close()
+            raise
+        log.info("listener security: %s", self.security.describe())
         self.server.start()
         if self.cluster is not None:
             # After the server starts: other brokers fetch from this one as soon as it is
@@ -303,6 +309,7 @@ class Broker:
                 self.cluster.start()
             except BaseException:
                 self.server.stop(None)
+                self.security.close()
                 self.manager.close()
                 raise
         self._maintenance.start()
@@ -325,6 +332,7 @@ class Broker:
             # After the drain, so the last requests are visible; before close, so no scrape
             # reads a log being closed.
             self.metrics.close()
+        self.security.close()
         self.manager.close()
 
 
@@ -353,8 +361,9 @@ def raise_open_file_limit() -> tuple[int, int]:
 
 
 def reload_security(broker: Broker) -> bool:
-    """Re-read the token and TLS files (on SIGHUP): credentials rotate without a restart.
-    A bad file is logged and changes nothing. Returns whether the reload took effect."""
+    """Re-read the token and TLS files, and in cluster mode the inter-broker token and CA
+    (on SIGHUP): credentials rotate without a restart. A bad file is logged and changes
+    nothing. Returns whether the reload took effect."""
     try:
         what = broker.security.reload()
     except LogStoreError as exc:

@@ -26,6 +26,11 @@ class SecuritySettings:
     acls_enabled: bool = False
     #: principals that bypass ACLs (e.g. "User:admin")
     super_users: tuple[str, ...] = ()
+    #: cluster mode: CA bundle (PEM) the other brokers' certificates must chain to when
+    #: this broker connects to them; None: `tls_client_ca` (see `inter_broker`)
+    inter_broker_tls_ca: Path | None = None
+    #: cluster mode: file holding the one bearer token this broker presents to the others
+    inter_broker_token_file: Path | None = None
 
 
 class SecurityConfigError(LogStoreError):

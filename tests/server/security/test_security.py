@@ -7,15 +7,12 @@ topic and group names.
 
 from __future__ import annotations
 
-import os
 import queue
 import shutil
 import signal
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
 
 import grpc
 import pytest
@@ -35,6 +32,7 @@ from logstore.v1 import logstore_pb2 as pb
 from logstore.v1 import logstore_pb2_grpc as pb_grpc
 from tests.helpers import wait_until
 from tests.server.conftest import BrokerProcess
+from tests.server.security.pki import make_ca, make_leaf, require_openssl
 
 TOKENS = {"admin-s3cret": "User:admin", "alice-s3cret": "User:alice", "bob-s3cret": "User:bob"}
 ADMIN, ALICE, BOB = "admin-s3cret", "alice-s3cret", "bob-s3cret"
@@ -55,57 +53,20 @@ class Pki:
     tokens: Path
 
 
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=30)
-
-
-def _make_ca(d: Path, name: str) -> None:
-    _openssl(
-        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-        "-keyout", f"{name}.key", "-out", f"{name}.pem", "-days", "2", "-subj", f"/CN={name}",
-        "-addext", "basicConstraints=critical,CA:TRUE",
-        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-        cwd=d,
-    )  # fmt: skip
-
-
-def _make_leaf(d: Path, name: str, ca: str, cn: str, extensions: str) -> None:
-    (d / f"{name}.ext").write_text(extensions)
-    _openssl(
-        "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-        "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={cn}",
-        cwd=d,
-    )  # fmt: skip
-    _openssl(
-        "x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
-        "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext",
-        cwd=d,
-    )  # fmt: skip
-
-
-def cannot_run(why: str) -> NoReturn:
-    """Skip the TLS tests, saying why; in CI (the `CI` variable set), where `.ci/run`
-    installs openssl and they must not pass unseen, fail instead."""
-    if os.environ.get("CI"):
-        pytest.fail(f"the TLS tests must run in CI, but {why}", pytrace=False)
-    pytest.skip(f"{why}: the TLS tests make their certificates with the openssl command")
-
-
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    if shutil.which("openssl") is None:
-        cannot_run("the openssl command is not on PATH")
+    require_openssl()
     d = tmp_path_factory.mktemp("pki")
-    _make_ca(d, "ca")
-    _make_ca(d, "other-ca")
-    _make_leaf(
+    make_ca(d, "ca")
+    make_ca(d, "other-ca")
+    make_leaf(
         d,
         "server",
         "ca",
         "logstore-broker",
         "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
     )
-    _make_leaf(d, "alice", "ca", "alice", "extendedKeyUsage=clientAuth\n")
+    make_leaf(d, "alice", "ca", "alice", "extendedKeyUsage=clientAuth\n")
     tokens = d / "tokens.toml"
     tokens.write_text("[tokens]\n" + "".join(f'"{t}" = "{p}"\n' for t, p in TOKENS.items()))
     return Pki(
@@ -585,7 +546,7 @@ def _new_server_leaf(pki: Pki, name: str, ca: str) -> tuple[Path, Path]:
     d = pki.ca.parent
     if not (d / f"{name}.pem").exists():
         extensions = "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n"
-        _make_leaf(d, name, ca, "logstore-broker", extensions)
+        make_leaf(d, name, ca, "logstore-broker", extensions)
     return d / f"{name}.pem", d / f"{name}.key"
 
 
