@@ -4,6 +4,10 @@ Brokers listen on 127.0.0.1 with ports chosen at their first start and kept acro
 restarts; each has its own data directory. Short session and lag timeouts keep failovers
 within a few seconds.
 
+Security: `broker_args` gives each broker flags of its own (its certificate, a token file),
+after the shared `extra_args` (a flag given twice takes the last value); `ClientAuth` is
+how the harness's own calls reach brokers that serve TLS or require a token.
+
 Faults: a broker can be stopped (SIGTERM), killed (SIGKILL), paused (SIGSTOP) and resumed
 (SIGCONT), or restarted with an empty data directory; etcd can be killed and started
 again (`tests/cluster/etcd.py`). `heal()` undoes every fault at once. Calls from the tests
@@ -17,11 +21,13 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
+from logstore.client._connection import _BearerToken
 from logstore.v1 import logstore_pb2 as pb
 from logstore.v1 import logstore_pb2_grpc as pb_grpc
 from tests.cluster.etcd import EtcdServer, free_port
@@ -43,6 +49,28 @@ _CHANNEL_OPTIONS = [
 ]
 
 
+@dataclass(frozen=True)
+class ClientAuth:
+    """How the harness's own calls (and readiness checks) reach secured brokers: TLS
+    credentials (with a client certificate for mutual TLS) and a bearer token."""
+
+    credentials: grpc.ChannelCredentials | None = None
+    token: str | None = None
+
+    def channel(self, address: str) -> grpc.Channel:
+        if self.credentials is None:
+            channel = grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
+            if self.token is None:
+                return channel
+            return grpc.intercept_channel(channel, _BearerToken(self.token))
+        credentials = self.credentials
+        if self.token is not None:
+            credentials = grpc.composite_channel_credentials(
+                credentials, grpc.access_token_call_credentials(self.token)
+            )
+        return grpc.secure_channel(address, credentials, options=_CHANNEL_OPTIONS)
+
+
 class UnknownPartitionError(LookupError):
     """No reachable broker could say anything about the partition (yet)."""
 
@@ -54,8 +82,17 @@ class ClusterHarness:
     while the main thread injects faults.
     """
 
-    def __init__(self, base: Path, brokers: int = 3, extra_args: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        base: Path,
+        brokers: int = 3,
+        extra_args: list[str] | None = None,
+        *,
+        broker_args: Mapping[int, Sequence[str]] | None = None,
+        auth: ClientAuth | None = None,
+    ) -> None:
         self.base = base
+        self.auth = auth or ClientAuth()
         self.etcd = EtcdServer(base / "etcd")
         self.brokers: dict[int, BrokerProcess] = {}
         #: brokers stopped with SIGSTOP and not resumed yet
@@ -77,8 +114,10 @@ class ClusterHarness:
                     "--replica-lag-time-max-ms",
                     str(REPLICA_LAG_TIME_MAX_MS),
                     *(extra_args or []),
+                    *(broker_args or {}).get(broker_id, ()),
                 ],
             )
+            self.brokers[broker_id].channel_credentials = self.auth.credentials
             # A port of our own, kept across restarts (see `free_port`).
             self.brokers[broker_id].port = free_port()
 
@@ -139,7 +178,7 @@ class ClusterHarness:
         with self._lock:
             found = self._channels.get(address)
             if found is None:
-                channel = grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
+                channel = self.auth.channel(address)
                 found = (channel, pb_grpc.LogStoreStub(channel))
                 self._channels[address] = found
         return found[1]
@@ -295,6 +334,12 @@ class ClusterHarness:
         process.proc.send_signal(signal.SIGCONT)
         with self._lock:
             self.paused.discard(broker_id)
+
+    def reload(self, broker_id: int) -> None:
+        """SIGHUP: the broker re-reads its token and TLS files."""
+        process = self.brokers[broker_id]
+        assert process.proc is not None, f"broker {broker_id} is not running"
+        process.proc.send_signal(signal.SIGHUP)
 
     def kill9(self, broker_id: int) -> None:
         with self._lock:
