@@ -75,8 +75,8 @@ class PeerChannels:
 
     def open(self, address: str, options: ChannelOptions = ()) -> grpc.Channel:
         """A new channel to the broker listening at `address` ("host:port")."""
-        channel = _PeerChannel(self, address, list(options))
-        with self._lock:
+        with self._lock:  # made and listed at once, so no `replace` can pass it by
+            channel = _PeerChannel(self, address, list(options))
             self._open.add(channel)
         return channel
 
@@ -225,6 +225,7 @@ class _PeerChannel(grpc.Channel):
         self._current = self._connect()
 
     def _connect(self) -> grpc.Channel:
+        # Reads the credentials without PeerChannels' lock: `open` may hold it.
         credentials = self._peers.credentials.channel_credentials()
         if credentials is None:
             raw = grpc.insecure_channel(self._address, options=self._options)
