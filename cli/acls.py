@@ -101,7 +101,7 @@ def acls() -> None:
 _PRINCIPAL_HELP = "Type:name, e.g. User:alice (User:* for everyone); repeatable."
 _OPERATION_HELP = (
     "topic: produce, consume, describe, alter, delete; group: read, describe, delete; "
-    "cluster: create, alter, describe; or all. Repeatable."
+    "cluster: create, alter, describe, cluster_action (brokers); or all. Repeatable."
 )
 
 

@@ -43,8 +43,11 @@ ANONYMOUS = "User:ANONYMOUS"
 OPERATIONS: dict[str, frozenset[str]] = {
     TOPIC: frozenset({"produce", "consume", "describe", "alter", "delete"}),
     GROUP: frozenset({"read", "describe", "delete"}),
-    #: create = create topics; alter = manage ACLs; describe = list ACLs
-    CLUSTER: frozenset({"create", "alter", "describe"}),
+    #: create = create topics; alter = manage ACLs and reassign partitions; describe =
+    #: list ACLs; cluster_action = act as a broker (fetch as a replica), Kafka's
+    #: ClusterAction, apart from alter so that managing ACLs does not mean reading every
+    #: record
+    CLUSTER: frozenset({"create", "alter", "describe", "cluster_action"}),
 }
 #: operations that let a principal describe the same resource too
 IMPLIES_DESCRIBE: dict[str, frozenset[str]] = {

@@ -114,8 +114,8 @@ RULES: dict[str, Callable[[Any], list[Need]]] = {
     # operation, and alter is the one only brokers and administrators hold. A broker's
     # ListOffsets to a partition's leader is the client RPC (describe on the topic), which
     # the broker principal passes as a super user.
-    "ReplicaFetch": _cluster("alter"),
-    "OffsetForLeaderEpoch": _cluster("alter"),
+    "ReplicaFetch": _cluster("cluster_action"),
+    "OffsetForLeaderEpoch": _cluster("cluster_action"),
     "AlterPartitionReassignments": _cluster("alter"),
     "ListPartitionReassignments": _cluster("describe"),
     "FindCoordinator": _group("describe"),

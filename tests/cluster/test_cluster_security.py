@@ -158,13 +158,14 @@ def test_clients_without_a_token_or_certificate_are_refused(
 
 def test_only_brokers_may_fetch_as_replicas(secure: ClusterHarness, pki: Pki) -> None:
     """A client with a valid token and certificate still may not call the inter-broker
-    RPCs: they need alter on the cluster, which only the brokers (super users) hold."""
+    RPCs: they need cluster_action on the cluster, which only the brokers (super users)
+    hold."""
     with pki.auth(BOB).channel(secure.brokers[1].address) as channel:
         stub = pb_grpc.LogStoreStub(channel)
         with pytest.raises(grpc.RpcError) as refused:
             stub.ReplicaFetch(pb.ReplicaFetchRequest(replica_id=2), timeout=5)
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    assert "User:bob may not fetch as a replica (alter on the cluster)" in str(
+    assert "User:bob may not fetch as a replica (cluster_action on the cluster)" in str(
         refused.value.details()
     )
 

@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from logstore import Admin, Consumer, Producer
 from logstore.acls import (
+    CLUSTER_NAME,
     AclBinding,
     AclFilter,
     AuthenticationError,
@@ -28,6 +29,7 @@ from logstore.acls import (
 from logstore.client._connection import ClientSecurity, open_channel
 from logstore.codec import record_batch as rb
 from logstore.errors import BrokerUnavailableError
+from logstore.server.security.acl_store import AclStore, Authorizer
 from logstore.v1 import logstore_pb2 as pb
 from logstore.v1 import logstore_pb2_grpc as pb_grpc
 from tests.helpers import wait_until
@@ -460,6 +462,28 @@ def test_every_logstore_rpc_has_an_access_rule() -> None:
 
     methods = {m.name for m in pb.DESCRIPTOR.services_by_name["LogStore"].methods}
     assert methods == set(RULES)
+
+
+def test_managing_acls_does_not_let_a_principal_fetch_as_a_replica(tmp_path: Path) -> None:
+    """Kafka's ClusterAction: replica fetches need their own cluster operation, so a
+    principal allowed to manage ACLs (alter) cannot read every record as a replica."""
+    from logstore.server.security.acl_rules import RULES
+
+    store = AclStore(tmp_path)
+    store.add([AclBinding("User:ops", "cluster", CLUSTER_NAME, "alter")])
+    store.add([AclBinding("User:broker", "cluster", CLUSTER_NAME, "cluster_action")])
+    authorizer = Authorizer(store)
+    for rpc, request in (
+        ("ReplicaFetch", pb.ReplicaFetchRequest()),
+        ("OffsetForLeaderEpoch", pb.OffsetForLeaderEpochRequest()),
+    ):
+        needed = RULES[rpc](request)
+        assert needed, rpc
+        assert not all(authorizer.authorize("User:ops", *need) for need in needed), rpc
+        assert all(authorizer.authorize("User:broker", *need) for need in needed), rpc
+    creating_acls = RULES["CreateAcls"](pb.CreateAclsRequest())
+    assert all(authorizer.authorize("User:ops", *need) for need in creating_acls)
+    assert not all(authorizer.authorize("User:broker", *need) for need in creating_acls)
 
 
 # --- rotating credentials without a restart (SIGHUP) --------------------------------------------
