@@ -109,9 +109,8 @@ RULES: dict[str, Callable[[Any], list[Need]]] = {
     "Metadata": _nothing,
     "DescribeCluster": _nothing,
     # Broker to broker: replication reads every record and reveals log layout, so only a
-    # principal allowed to alter the cluster (the brokers, or a super user) may call them.
-    # Kafka asks ClusterAction on the cluster here; LogStore's cluster resource has no such
-    # operation, and alter is the one only brokers and administrators hold. A broker's
+    # principal allowed cluster_action on the cluster (Kafka's ClusterAction: the brokers,
+    # or a super user) may call them; it is apart from alter (managing ACLs). A broker's
     # ListOffsets to a partition's leader is the client RPC (describe on the topic), which
     # the broker principal passes as a super user.
     "ReplicaFetch": _cluster("cluster_action"),

@@ -152,14 +152,12 @@ class ClusterAclStore:
         bindings, revision = self._read()
         return self._apply(bindings, revision)
 
-    def _apply(self, bindings: frozenset[AclBinding], revision: int | None) -> bool:
-        """Answer `bindings` from now on, unless a newer revision was applied already
-        (None: a revision not known, applied whatever was applied before)."""
+    def _apply(self, bindings: frozenset[AclBinding], revision: int) -> bool:
+        """Answer `bindings` from now on, unless a newer revision was applied already."""
         with self._lock:
-            if revision is not None:
-                if revision < self._revision:
-                    return False
-                self._revision = revision
+            if revision < self._revision:
+                return False
+            self._revision = revision
             if bindings == self._bindings:
                 return False
             self._bindings = bindings
@@ -209,7 +207,7 @@ class ClusterAclStore:
                 return []
             wanted = combine(current, frozenset(selected))
             if self._documents.replace_acl_document(encode_acls(wanted), revision):
-                self._written(wanted)
+                self._written(wanted, revision)
                 return selected
             # Spread contending brokers out a little so they stop colliding.
             time.sleep(random.uniform(0, min(0.1, 0.002 * 2**attempt)))
@@ -217,13 +215,15 @@ class ClusterAclStore:
             f"the cluster's ACLs kept changing during {CAS_ATTEMPTS} attempts; try again"
         )
 
-    def _written(self, bindings: frozenset[AclBinding]) -> None:
-        """Enforce what was just written before answering: read it back (its revision
-        orders it with the watch's reads), or apply it as written if etcd went away."""
+    def _written(self, bindings: frozenset[AclBinding], read_revision: int) -> None:
+        """Enforce what was just written from `read_revision` before answering: read it
+        back (its revision orders it with the watch's reads), or, if etcd went away, apply
+        it as written at the least revision it can have, read_revision + 1, so a read of
+        the older document still in flight can no longer put a revoked allow back."""
         try:
             self.refresh()
         except (ClusterMetadataUnavailableError, InvalidAclError):
-            self._apply(bindings, None)
+            self._apply(bindings, read_revision + 1)
 
     # --- a standalone broker's file ------------------------------------------------------
 

@@ -12,7 +12,7 @@ Kafka's model (security.inter.broker.protocol; the broker principal is a super u
   `--tls-key`) as its client certificate, so its principal is ``User:<subject CN>``; with
   `--auth-tokens` it also sends the token of `--inter-broker-token-file` on every call,
   which the peers' token files map to its principal (a token wins over a certificate).
-- Authorization: with ACLs, the inter-broker RPCs need `alter` on the cluster
+- Authorization: with ACLs, the inter-broker RPCs need `cluster_action` on the cluster
   (`acl_rules`); the broker principal should be listed in `--super-users`.
 
 `check_inter_broker_settings` refuses combinations that cannot work, and
@@ -41,7 +41,8 @@ TOKEN_FILE_FLAG = "--inter-broker-token-file"
 
 @dataclass(frozen=True)
 class PeerCredentials:
-    """What one broker uses with its peers: PEM bytes, and its token (never in `repr`).
+    """What one broker uses with its peers: PEM bytes, and its token (the token and the
+    private key never in `repr`).
 
     Invariant: TLS is on exactly when `root_ca` is set; a client certificate
     (`certificate_chain` and `private_key`, both or neither) only with TLS.
@@ -49,7 +50,7 @@ class PeerCredentials:
 
     #: CA bundle the peers' certificates must chain to; None: plaintext
     root_ca: bytes | None = None
-    private_key: bytes | None = None
+    private_key: bytes | None = field(default=None, repr=False)
     certificate_chain: bytes | None = None
     token: str | None = field(default=None, repr=False)
     #: the principal this broker's own token file maps `token` to (for the log)
@@ -259,6 +260,6 @@ def warn_about(credentials: PeerCredentials, settings: SecuritySettings) -> None
     if settings.acls_enabled and principal is not None and principal not in settings.super_users:
         log.warning(
             "the broker principal %s is not in --super-users: replication needs an ACL "
-            "allowing it alter on the cluster on every broker",
+            "allowing it cluster_action on the cluster",
             principal,
         )

@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
@@ -179,6 +180,55 @@ def test_without_etcd_decisions_go_on_and_changes_fail_clearly(
         "the second store to follow etcd again",
         timeout_s=SEEN_WITHIN_S + 5,
     )
+
+
+class _ScriptedReads(ClusterMetadataStore):
+    """The real store, except that its next ACL reads follow `script`: READ_ETCD reads
+    etcd, an exception is raised, a (document, revision) pair is answered as if read.
+    Stands in for a read that fails or lands late, which a real etcd does not do on cue."""
+
+    READ_ETCD = object()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.script: list[Any] = []
+
+    def acl_document(self) -> tuple[bytes, int] | None:
+        if not self.script:
+            return super().acl_document()
+        step = self.script.pop(0)
+        if step is self.READ_ETCD:
+            return super().acl_document()
+        if isinstance(step, BaseException):
+            raise step
+        return cast("tuple[bytes, int]", step)
+
+
+def test_a_revoke_whose_read_back_fails_is_not_undone_by_a_late_older_read(
+    etcd_server: EtcdServer,
+) -> None:
+    documents = _ScriptedReads([etcd_server.endpoint], PREFIX, timeout_s=ETCD_TIMEOUT_S)
+    store = ClusterAclStore(documents, refresh_interval_s=60.0)
+    try:
+        authorizer = Authorizer(store)
+        store.add([alice_may("produce")])
+        assert authorizer.authorize("User:alice", "topic", "orders", "produce")
+        before_revoke = documents.acl_document()  # what a watch read in flight holds
+        assert before_revoke is not None
+        # The revoke is written, then etcd goes away before the store can read it back.
+        documents.script = [
+            _ScriptedReads.READ_ETCD,
+            ClusterMetadataUnavailableError("etcd went away"),
+        ]
+        assert store.remove(AclFilter(principal="User:alice")) == [alice_may("produce")]
+        assert not authorizer.authorize("User:alice", "topic", "orders", "produce")
+        # The older read lands late: the revoked allow must not come back.
+        documents.script = [before_revoke]
+        store.refresh()
+        assert not authorizer.authorize("User:alice", "topic", "orders", "produce")
+        assert store.describe() == []
+    finally:
+        store.close()
 
 
 def test_a_corrupt_document_keeps_the_last_bindings(

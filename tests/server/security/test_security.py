@@ -466,7 +466,7 @@ def test_every_logstore_rpc_has_an_access_rule() -> None:
 
 def test_managing_acls_does_not_let_a_principal_fetch_as_a_replica(tmp_path: Path) -> None:
     """Kafka's ClusterAction: replica fetches need their own cluster operation, so a
-    principal allowed to manage ACLs (alter) cannot read every record as a replica."""
+    principal allowed to manage ACLs (alter) is not, by that alone, a replica."""
     from logstore.server.security.acl_rules import RULES
 
     store = AclStore(tmp_path)
