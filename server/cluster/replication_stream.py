@@ -28,6 +28,11 @@ FetchHandler = Callable[[pb.ReplicaFetchRequest, Callable[[], bool]], pb.FetchRe
 
 #: how long a connection may take to send its handshake (s)
 _HANDSHAKE_TIMEOUT_S = 10.0
+#: a follower asks again within its fetch wait (500 ms by default); one silent for this
+#: long is gone, and its thread is freed (s)
+_IDLE_TIMEOUT_S = 120.0
+#: most connections served at once: a few per follower broker; more are closed at once
+MAX_CONNECTIONS = 256
 #: socket buffers sized for a whole fetch of a few batches, so one answer is a few writes
 _SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
 
@@ -99,7 +104,17 @@ class ReplicationListener:
             except OSError:
                 return  # closed by stop()
             with self._lock:
-                self._connections.add(connection)
+                full = len(self._connections) >= MAX_CONNECTIONS
+                if not full:
+                    self._connections.add(connection)
+            if full:
+                log.warning(
+                    "replication stream from %s refused: %d streams open already",
+                    peer,
+                    MAX_CONNECTIONS,
+                )
+                connection.close()
+                continue
             threading.Thread(
                 target=self._serve,
                 args=(connection, peer),
@@ -114,7 +129,7 @@ class ReplicationListener:
                 connection.settimeout(_HANDSHAKE_TIMEOUT_S)
                 wire.check_handshake(bytes(_recv_exactly(connection, len(wire.HANDSHAKE))))
                 connection.sendall(wire.HANDSHAKE)
-                connection.settimeout(None)
+                connection.settimeout(_IDLE_TIMEOUT_S)
                 while not self._stopped.is_set():
                     self._answer_one(connection)
         except (ConnectionError, TimeoutError):
@@ -129,11 +144,16 @@ class ReplicationListener:
                 self._connections.discard(connection)
 
     def _answer_one(self, connection: socket.socket) -> None:
-        length = wire.decode_length(_recv_exactly(connection, wire.U32_SIZE), "request")
+        head = _recv_exactly(connection, wire.U32_SIZE)
+        length = wire.decode_length(head, "request", wire.MAX_REQUEST_BYTES)
         request = wire.decode_request(bytes(_recv_exactly(connection, length)))
         try:
             response = self._handler(request, lambda: not self._stopped.is_set())
         except LogStoreError as exc:
+            connection.sendall(wire.encode_error(exc))
+            return
+        except Exception as exc:  # a bug must not end the stream without an answer
+            log.exception("replica fetch over the replication stream failed")
             connection.sendall(wire.encode_error(exc))
             return
         pieces = wire.encode_answer(response)

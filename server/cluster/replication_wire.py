@@ -19,9 +19,10 @@ Format (all integers big-endian):
   - STATUS_ERROR: a UTF-8 "ErrorKind: message" of that length (the request as a whole
     failed, like a gRPC status; per-partition errors travel inside the `FetchResponse`).
 
-One request is outstanding per connection at a time. Lengths above MAX_FRAME_BYTES are
-refused as malformed, so a corrupt or hostile peer cannot make the reader allocate
-without bound. Pure: no sockets; `server/cluster/replication_stream.py` is the shell.
+One request is outstanding per connection at a time. A request longer than
+MAX_REQUEST_BYTES, or an answer part longer than MAX_FRAME_BYTES, is refused as
+malformed, so a corrupt or hostile peer cannot make the reader allocate without bound.
+Pure: no sockets; `server/cluster/replication_stream.py` is the shell.
 """
 
 from __future__ import annotations
@@ -39,8 +40,11 @@ HANDSHAKE = MAGIC + struct.pack(">H", VERSION)
 STATUS_OK = 0
 STATUS_ERROR = 1
 
-#: the largest header or records length accepted (bytes)
+#: the largest answer header or records length accepted (bytes)
 MAX_FRAME_BYTES = 512 * 1024 * 1024
+#: the largest request accepted (bytes): a fetch names partitions and offsets, about 20
+#: bytes each, so this is room for a few hundred thousand partitions
+MAX_REQUEST_BYTES = 8 * 1024 * 1024
 
 _U32 = struct.Struct(">I")
 _ANSWER_HEAD = struct.Struct(">BI")
@@ -65,11 +69,11 @@ def encode_request(request: pb.ReplicaFetchRequest) -> bytes:
     return _U32.pack(len(body)) + body
 
 
-def decode_length(data: bytes | memoryview, what: str) -> int:
-    """A u32 length prefix, checked against MAX_FRAME_BYTES."""
+def decode_length(data: bytes | memoryview, what: str, limit: int = MAX_FRAME_BYTES) -> int:
+    """A u32 length prefix, checked against `limit` (bytes)."""
     (length,) = _U32.unpack(data)
-    if length > MAX_FRAME_BYTES:
-        raise ReplicationWireError(f"{what} of {length} bytes is over {MAX_FRAME_BYTES}")
+    if length > limit:
+        raise ReplicationWireError(f"{what} of {length} bytes is over {limit}")
     return length
 
 

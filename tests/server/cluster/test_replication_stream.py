@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from logstore.errors import NotLeaderOrFollowerError
+from logstore.server.cluster import replication_stream
 from logstore.server.cluster import replication_wire as wire
 from logstore.server.cluster.replication_stream import (
     ReplicationClient,
@@ -18,6 +19,7 @@ from logstore.server.cluster.replication_stream import (
     ReplicationStreamError,
 )
 from logstore.v1 import logstore_pb2 as pb
+from tests.helpers import wait_until
 
 
 def _request(offset: int, partitions: int = 1) -> pb.ReplicaFetchRequest:
@@ -136,7 +138,8 @@ def test_a_peer_that_is_not_a_replica_is_turned_away_and_others_are_served(
         stranger.sendall(b"GET / HTTP/1.1\r\n\r\n")
         assert _closed_without_answer(stranger)
     with socket.create_connection(("127.0.0.1", listener.port), timeout=5) as liar:
-        liar.sendall(wire.HANDSHAKE + (wire.MAX_FRAME_BYTES + 1).to_bytes(4, "big"))
+        # a request length far over any fetch's: refused before anything is allocated
+        liar.sendall(wire.HANDSHAKE + (wire.MAX_REQUEST_BYTES + 1).to_bytes(4, "big"))
         assert liar.recv(100) == wire.HANDSHAKE
         assert _closed_without_answer(liar)  # an oversized request closes the stream
     client = ReplicationClient(f"127.0.0.1:{listener.port}")
@@ -160,3 +163,29 @@ def test_stopping_the_listener_fails_open_streams_promptly(
         assert time.monotonic() - started < 5
     finally:
         client.close()
+
+
+def test_streams_over_the_cap_are_closed_and_served_again_once_one_ends(
+    serve: Callable[..., ReplicationListener], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(replication_stream, "MAX_CONNECTIONS", 2)
+    listener = serve()
+    address = f"127.0.0.1:{listener.port}"
+    first, second, third = (ReplicationClient(address) for _ in range(3))
+    try:
+        first.fetch(_request(1), timeout_s=10)
+        second.fetch(_request(2), timeout_s=10)
+        with pytest.raises(ReplicationStreamError):
+            third.fetch(_request(3), timeout_s=10)
+        first.close()
+
+        def third_served() -> bool:
+            try:
+                return third.fetch(_request(3), timeout_s=10) == _echo(_request(3), lambda: True)
+            except ReplicationStreamError:
+                return False
+
+        wait_until(third_served, "a stream to be served once another ended", timeout_s=10)
+    finally:
+        for client in (first, second, third):
+            client.close()
