@@ -27,18 +27,35 @@ class BrokerRegistration:
     host: str
     port: int
     epoch: int = -1
+    #: the port of its replication stream on `host`; 0: it has none (followers fetch
+    #: from it over gRPC)
+    replication_port: int = 0
 
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
+    @property
+    def replication_address(self) -> str:
+        """HOST:PORT of its replication stream, "" when it has none."""
+        return f"{self.host}:{self.replication_port}" if self.replication_port else ""
+
     def to_json(self) -> str:
-        return json.dumps({"broker_id": self.broker_id, "host": self.host, "port": self.port})
+        value = {"broker_id": self.broker_id, "host": self.host, "port": self.port}
+        if self.replication_port:
+            value["replication_port"] = self.replication_port
+        return json.dumps(value)
 
     @classmethod
     def from_json(cls, data: str | bytes, epoch: int = -1) -> BrokerRegistration:
         value = json.loads(data)
-        return cls(int(value["broker_id"]), str(value["host"]), int(value["port"]), epoch)
+        return cls(
+            int(value["broker_id"]),
+            str(value["host"]),
+            int(value["port"]),
+            epoch,
+            int(value.get("replication_port", 0)),
+        )
 
 
 @dataclass(frozen=True)
