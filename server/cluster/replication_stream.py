@@ -213,6 +213,10 @@ class ReplicationClient:
         return response
 
     def close(self) -> None:
+        """Close the connection; a `fetch` blocked on it in another thread fails at once
+        (shutdown wakes a blocked read, where close alone may not)."""
         sock, self._sock = self._sock, None
         if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
             sock.close()
