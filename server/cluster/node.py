@@ -3,8 +3,9 @@
 One control thread re-reads the cluster's records from etcd whenever they change (and
 at least every second), then:
 - as controller (one broker at a time, elected through etcd), replaces dead leaders from
-  the ISR, drops dead brokers from ISRs, completes reassignments and gives leadership
-  back to preferred leaders; every write is fenced by the controller epoch;
+  the ISR, drops dead brokers from ISRs, completes reassignments, gives leadership back
+  to preferred leaders, and writes the partition states a crashed broker left unwritten
+  when it created or grew a topic; every write is fenced by the controller epoch;
 - as a broker, creates and deletes local logs to match the topics, and leads or follows
   each partition it holds as the partition's state says.
 A second thread maintains the ISRs of the partitions this broker leads.
@@ -16,23 +17,31 @@ Invariants:
   up before it rejoins (KIP-903).
 - While etcd is unreachable nothing changes: leaders keep serving with their ISR, and the
   broker says so in its log and in `etcd_healthy`.
+- A topic's new partitions (all of a new topic's) appear locally, and so to clients, once
+  etcd holds all their states, so clients see a partition count and its leaders together.
+  If the writer of the states stalls (it died half way), they appear after
+  _STALLED_CREATION_S anyway: a partition whose state is not written yet has a local log
+  and no leader; it is not available yet, and requests for it fail with retriable errors
+  (Kafka's LEADER_NOT_AVAILABLE), until the controller has written the missing states.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import random
 import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from logstore.clock import SYSTEM_CLOCK, Clock
 from logstore.codec import record_batch as rb
 from logstore.codec.partitioner import partition_for_key
 from logstore.errors import (
     ClusterMetadataUnavailableError,
+    InvalidPartitionsError,
     InvalidRequestError,
     LogStoreError,
     NotCoordinatorError,
@@ -54,7 +63,11 @@ from logstore.server.cluster.state import (
     Versioned,
 )
 from logstore.server.groups.offsets_store import OFFSETS_TOPIC, OFFSETS_TOPIC_CONFIG
-from logstore.storage.log_config import is_internal_topic
+from logstore.storage.log_config import (
+    is_internal_topic,
+    validate_partition_count,
+    validate_topic_name,
+)
 from logstore.storage.log_manager import LogManager
 
 log = logging.getLogger(__name__)
@@ -66,17 +79,33 @@ _MAINTENANCE_INTERVAL_S = 0.25
 #: high watermarks are written to replication-offset-checkpoint this often (s; Kafka's
 #: replica.high.watermark.checkpoint.interval.ms is 5 s)
 _HW_CHECKPOINT_INTERVAL_S = 5.0
-#: how long a create or delete waits for the local logs to follow etcd (s)
+#: how long a create or delete waits for the local logs to follow etcd (s), plus
+#: _APPLY_S_PER_PARTITION for each partition created or deleted (a partition's files and
+#: directory take a few ms to make durable)
 _APPLY_TIMEOUT_S = 10.0
+_APPLY_S_PER_PARTITION = 0.01
+#: the controller writes a topic's missing partition states once their number has not
+#: changed for this long (s): the broker writing them has died or lost etcd. A live writer
+#: makes a chunk of progress every few ms; were both to write, each state is created only
+#: if absent, so nothing is overwritten either way.
+_STALLED_CREATION_S = 3.0
+#: placement start indexes are drawn below this (any number works: it is taken modulo the
+#: broker count, whatever that count is when the partitions are placed)
+_PLACEMENT_STARTS = 1 << 16
 #: compare-and-swap attempts before a request gives up on a record that keeps changing
 _CAS_ATTEMPTS = 10
 #: partitions of __consumer_offsets in a cluster (Kafka's offsets.topic.num.partitions is
-#: 50; fewer keep its creation one small etcd transaction)
+#: 50; fewer keep a new cluster's first group quick to start)
 OFFSETS_TOPIC_PARTITIONS = 10
 #: Kafka's offsets.topic.replication.factor (fewer when fewer brokers are live)
 OFFSETS_TOPIC_REPLICATION_FACTOR = 3
 #: producer ids are reserved from etcd in blocks of this many
 PRODUCER_ID_BLOCK = 1000
+
+
+def _apply_timeout_s(partitions: int) -> float:
+    """How long a broker may take to create or delete `partitions` local partitions (s)."""
+    return _APPLY_TIMEOUT_S + partitions * _APPLY_S_PER_PARTITION
 
 
 @dataclass(frozen=True)
@@ -88,6 +117,13 @@ class ClusterView:
     controller: int = NO_LEADER
     topics: Mapping[str, Versioned] = field(default_factory=dict)
     states: Mapping[tuple[str, int], Versioned] = field(default_factory=dict)
+
+    def missing_states(self, name: str) -> list[int]:
+        """The partitions of topic `name` its record counts and that have no state yet."""
+        found = self.topics.get(name)
+        if found is None:
+            return []
+        return [p for p in range(found.value.partitions) if (name, p) not in self.states]
 
     def state(self, topic: str, partition: int) -> PartitionState | None:
         found = self.states.get((topic, partition))
@@ -149,6 +185,13 @@ class ClusterNode:
             manager.appends.notify,
             self.peers,
         )
+        #: (topic, create revision) of topics with partition states missing -> (how many
+        #: were missing, time.monotonic() when that count was first seen)
+        self._incomplete: dict[tuple[str, int], tuple[int, float]] = {}
+        #: those of them whose writer has made no progress for _STALLED_CREATION_S
+        self._stalled: set[tuple[str, int]] = set()
+        #: the last refusal logged for each of those topics (logged once, not every pass)
+        self._completion_refusals: dict[tuple[str, int], str] = {}
         self._threads = [
             threading.Thread(target=self._control_loop, name="logstore-cluster", daemon=True),
             threading.Thread(target=self._maintenance_loop, name="logstore-isr", daemon=True),
@@ -163,9 +206,7 @@ class ClusterNode:
         self._register()
         self.store.watch(self._wake.set)
         self._refresh_and_apply()
-        self.view = ClusterView(
-            cluster_id, self.view.brokers, self.view.controller, self.view.topics, self.view.states
-        )
+        self.view = replace(self.view, cluster_id=cluster_id)
         for thread in self._threads:
             thread.start()
         log.info(
@@ -228,12 +269,15 @@ class ClusterNode:
 
     def _read_view(self) -> ClusterView:
         controller = self.store.controller()
+        brokers = self.store.live_brokers()
+        topics = self.store.topics()
+        states = self.store.partition_states()
         return ClusterView(
             self.view.cluster_id,
-            self.store.live_brokers(),
+            brokers,
             controller[0] if controller else NO_LEADER,
-            self.store.topics(),
-            self.store.partition_states(),
+            topics,
+            states,
         )
 
     def _control_loop(self) -> None:
@@ -258,10 +302,38 @@ class ClusterNode:
         view = self._read_view()
         self._mark_etcd_up()
         self.view = view
+        self._track_incomplete(view)
         if self._act_as_controller(view):
             view = self._read_view()
             self.view = view
+            self._track_incomplete(view)
         self._apply_locally(view)
+
+    def _track_incomplete(self, view: ClusterView) -> None:
+        """Follow the topics whose record counts partitions without a state (being created
+        or grown, or left so by a writer that died): one whose count of missing states has
+        not changed for _STALLED_CREATION_S is stalled."""
+        now = time.monotonic()
+        incomplete: dict[tuple[str, int], tuple[int, float]] = {}
+        for name, versioned in view.topics.items():
+            missing = len(view.missing_states(name))
+            if not missing:
+                continue
+            key = (name, versioned.create_revision)
+            count, since = self._incomplete.get(key, (-1, now))
+            if count != missing:
+                since = now  # progress (or a first sighting): the writer may be alive
+            incomplete[key] = (missing, since)
+        self._incomplete = incomplete
+        self._stalled = {
+            k for k, (_, since) in incomplete.items() if now - since >= _STALLED_CREATION_S
+        }
+        for key in set(self._completion_refusals) - set(incomplete):
+            del self._completion_refusals[key]
+
+    def _stalled_topic(self, name: str, view: ClusterView) -> bool:
+        found = view.topics.get(name)
+        return found is not None and (name, found.create_revision) in self._stalled
 
     def _mark_etcd_down(self, exc: Exception) -> None:
         if self.etcd_healthy:
@@ -307,7 +379,8 @@ class ClusterNode:
             if self.controller_epoch is None:
                 return False
             self._seen_broker_epochs = {b: r.epoch for b, r in view.brokers.items()}
-        return self._decide(view, self.controller_epoch)
+        wrote = self._decide(view, self.controller_epoch)
+        return self._complete_topics(view, self.controller_epoch) or wrote
 
     def _decide(self, view: ClusterView, controller_epoch: int) -> bool:
         restarted = {
@@ -362,11 +435,74 @@ class ClusterNode:
                     self._seen_broker_epochs[broker] = previous[broker]
         return wrote
 
+    def _complete_topics(self, view: ClusterView, controller_epoch: int) -> bool:
+        """Write the partition states missing from topics whose writer stopped half way
+        (stalled, see `_track_incomplete`); True if anything was written."""
+        wrote = False
+        for name, versioned in view.topics.items():
+            if self._stalled_topic(name, view):
+                missing = view.missing_states(name)
+                wrote |= self._write_missing_states(view, versioned, missing, controller_epoch)
+        return wrote
+
+    def _write_missing_states(
+        self, view: ClusterView, topic: Versioned, missing: list[int], controller_epoch: int
+    ) -> bool:
+        """Place and write the states of the `missing` partitions of `topic` as its creator
+        would have (the recorded replication factor and placement start, the live brokers);
+        True if any was written. A refusal is logged and retried on a later pass."""
+        record: TopicRecord = topic.value
+        live = sorted(view.brokers)
+        replication_factor = self._replication_factor_of(record, view)
+        start = record.placement_start
+        if start < 0:  # a record from before placement starts were recorded
+            start = random.randrange(_PLACEMENT_STARTS)
+        try:
+            placed = placement.assign_partitions(missing, replication_factor, live, start)
+            states = {p: election.initial_state(r, set(live)) for p, r in placed.items()}
+            written = self.store.write_missing_partition_states(
+                record.name, topic.create_revision, states, controller_epoch=controller_epoch
+            )
+        except ClusterMetadataUnavailableError:
+            raise
+        except LogStoreError as exc:  # too few live brokers, topic deleted, deposed
+            key = (record.name, topic.create_revision)
+            if self._completion_refusals.get(key) != str(exc):  # once, not every pass
+                self._completion_refusals[key] = str(exc)
+                log.warning(
+                    "%s: cannot write the states of its %d missing partition(s) yet: %s",
+                    record.name,
+                    len(missing),
+                    exc,
+                )
+            return False
+        log.info(
+            "%s: wrote the states of %d partition(s) its creator left unwritten",
+            record.name,
+            written,
+        )
+        return written > 0
+
+    def _replication_factor_of(self, record: TopicRecord, view: ClusterView) -> int:
+        """The topic's replication factor: recorded, else that of a partition it has (not
+        counting replicas a reassignment is removing), else the broker default."""
+        if record.replication_factor > 0:
+            return record.replication_factor
+        for (topic, _), versioned in view.states.items():
+            if topic == record.name:
+                state: PartitionState = versioned.value
+                return len(state.replicas) - len(state.removing)
+        return self.settings.default_replication_factor
+
     # --- following etcd locally --------------------------------------------------------------
 
     def _apply_locally(self, view: ClusterView) -> None:
-        for versioned in view.topics.values():
-            self._ensure_topic(versioned.value)
+        for name, versioned in view.topics.items():
+            # While a live writer is still writing a topic's states, its new partitions
+            # wait: a client told of partitions before their leaders would find none. A
+            # stalled topic's partitions appear, those without a state as leaderless.
+            grow = not view.missing_states(name) or self._stalled_topic(name, view)
+            self._ensure_topic(versioned.value, grow)
         for name in sorted(self._known_topics - set(view.topics)):
             self._delete_local(name)
         for (topic, partition), versioned in view.states.items():
@@ -401,7 +537,9 @@ class ClusterNode:
         if where != wanted or fetching_epoch != replica.state.leader_epoch:
             self.fetchers.follow(replica, leader, registration.address)
 
-    def _ensure_topic(self, record: TopicRecord) -> None:
+    def _ensure_topic(self, record: TopicRecord, grow: bool) -> None:
+        """Create or update the local copy of a topic; without `grow`, create no partition
+        (a new topic waits, an existing one keeps its partition count)."""
         names = set(self.manager.topic_names())
         if record.name in names:
             local = self.manager.topic(record.name)
@@ -414,7 +552,7 @@ class ClusterNode:
                 )
                 self._delete_local(record.name)
             else:
-                if len(local.partitions) < record.partitions:
+                if grow and len(local.partitions) < record.partitions:
                     self.manager.add_partitions(record.name, record.partitions)
                 if local.config_overrides != record.config:
                     changes: dict[str, str | int | None] = dict(record.config)
@@ -424,6 +562,8 @@ class ClusterNode:
                     self.manager.alter_config(record.name, changes)
                 self._known_topics.add(record.name)
                 return
+        if not grow:
+            return
         self.manager.create_topic(
             record.name, record.partitions, record.config, topic_id=record.topic_id
         )
@@ -465,34 +605,58 @@ class ClusterNode:
     def create_topic(
         self, name: str, partitions: int, replication_factor: int, config: Mapping[str, str]
     ) -> None:
-        """Place and record a new topic in etcd; return once this broker has its logs."""
+        """Place and record a new topic in etcd; return once this broker has its logs.
+
+        The record goes to etcd first, then the partition states in chunks (see
+        `ClusterMetadataStore.create_topic`), so any partition count a standalone broker
+        accepts works; should this broker die half way, the controller writes the rest.
+        """
+        validate_topic_name(name)
+        validate_partition_count(partitions)
         if replication_factor <= 0:
             replication_factor = self.settings.default_replication_factor
         self.manager.default_config.with_overrides(config)  # InvalidConfigError before etcd
         live = sorted(self.store.live_brokers())
-        assignment = placement.assign_replicas(partitions, replication_factor, live)
+        start = random.randrange(_PLACEMENT_STARTS)
+        assignment = placement.assign_replicas(
+            partitions, replication_factor, live, start_index=start
+        )
         states = {
             p: election.initial_state(replicas, set(live)) for p, replicas in enumerate(assignment)
         }
-        record = TopicRecord(name, uuid.uuid4().hex, partitions, dict(config))
+        record = TopicRecord(
+            name, uuid.uuid4().hex, partitions, dict(config), replication_factor, start
+        )
         self.store.create_topic(record, states)
         self._wake.set()
-        self._await(lambda: name in self.manager.topic_names(), f"topic {name} to be created")
+        self._await(
+            lambda: name in self.manager.topic_names(),
+            f"topic {name} to be created",
+            _apply_timeout_s(partitions),
+        )
 
     def delete_topic(self, name: str) -> None:
         if is_internal_topic(name):  # the servicer refuses it too; this guards other callers
             raise InvalidRequestError(f"cannot delete internal topic {name!r}")
+        found = self.view.topics.get(name)
+        partitions = found.value.partitions if found is not None else 0
         self.store.delete_topic(name)
         self._wake.set()
-        self._await(lambda: name not in self.manager.topic_names(), f"topic {name} to be deleted")
+        self._await(
+            lambda: name not in self.manager.topic_names(),
+            f"topic {name} to be deleted",
+            _apply_timeout_s(partitions),
+        )
 
-    def _await(self, condition: Callable[[], bool], what: str) -> None:
-        deadline = time.monotonic() + _APPLY_TIMEOUT_S
+    def _await(
+        self, condition: Callable[[], bool], what: str, timeout_s: float = _APPLY_TIMEOUT_S
+    ) -> None:
+        deadline = time.monotonic() + timeout_s
         while not condition():
             if time.monotonic() > deadline:
                 raise ClusterMetadataUnavailableError(
                     f"etcd recorded the change, but this broker did not apply it within "
-                    f"{_APPLY_TIMEOUT_S:.0f} s (waiting for {what})"
+                    f"{timeout_s:.0f} s (waiting for {what})"
                 )
             self._wake.set()
             time.sleep(0.02)
@@ -513,24 +677,29 @@ class ClusterNode:
         )
 
     def add_partitions(self, name: str, total: int) -> None:
-        """Grow a topic to `total` partitions, placed like a new topic's with the same
-        replication factor (that of partition 0)."""
+        """Grow a topic to `total` partitions, placed as if the topic had been created with
+        them (its recorded placement start and replication factor), the record first and
+        then the new states in chunks, like a creation (crash-safe the same way)."""
+        validate_partition_count(total)
         for _ in range(_CAS_ATTEMPTS):
-            current = self._topic_record(name)
+            current = self.store.topic(name)
             record: TopicRecord = current.value
-            first = self.store.partition_state(name, 0)
-            replication_factor = len(first.value.replicas) if first is not None else 1
+            if total <= record.partitions:
+                raise InvalidPartitionsError(
+                    f"topic {name!r} has {record.partitions} partitions; {total} is not more"
+                )
+            replication_factor = record.replication_factor
+            if replication_factor <= 0:  # a record from before it was recorded
+                first = self.store.partition_state(name, 0)
+                replication_factor = len(first.value.replicas) if first is not None else 1
+            start = record.placement_start
+            if start < 0:
+                start = random.randrange(_PLACEMENT_STARTS)
             live = sorted(self.store.live_brokers())
-            placed = placement.assign_replicas(
-                total - record.partitions,
-                replication_factor,
-                live,
-                first_partition=record.partitions,
+            placed = placement.assign_partitions(
+                range(record.partitions, total), replication_factor, live, start
             )
-            states = {
-                record.partitions + i: election.initial_state(replicas, set(live))
-                for i, replicas in enumerate(placed)
-            }
+            states = {p: election.initial_state(r, set(live)) for p, r in placed.items()}
             if self.store.add_partitions(name, total, states, current.mod_revision):
                 break
         else:
@@ -539,13 +708,11 @@ class ClusterNode:
         self._await(
             lambda: len(self.manager.topic(name).partitions) >= total,
             f"{name} to have {total} partitions",
+            _apply_timeout_s(total - record.partitions),
         )
 
     def _topic_record(self, name: str) -> Versioned:
-        found = self.store.topics().get(name)
-        if found is None:
-            raise UnknownTopicOrPartitionError(f"topic {name!r} does not exist")
-        return found
+        return self.store.topic(name)
 
     def reassign(self, topic: str, partition: int, target: list[int] | None) -> None:
         """Start moving a partition to `target` (None: cancel a running move). The
@@ -560,6 +727,11 @@ class ClusterNode:
         for _ in range(_CAS_ATTEMPTS):
             found = self.store.partition_state(topic, partition)
             if found is None:
+                if partition < self.store.topic(topic).value.partitions:
+                    raise NotLeaderOrFollowerError(
+                        f"{topic}-{partition} is not available yet: its state is still being "
+                        "written; try again"
+                    )
                 raise UnknownTopicOrPartitionError(f"{topic}-{partition} does not exist")
             state: PartitionState = found.value
             if target is None:
