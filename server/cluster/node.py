@@ -117,6 +117,8 @@ class ClusterView:
     controller: int = NO_LEADER
     topics: Mapping[str, Versioned] = field(default_factory=dict)
     states: Mapping[tuple[str, int], Versioned] = field(default_factory=dict)
+    #: the reassignment throttle (bytes/s) of replicas being added; 0: none
+    throttle_bytes_per_s: int = 0
 
     def missing_states(self, name: str) -> list[int]:
         """The partitions of topic `name` its record counts and that have no state yet."""
@@ -184,6 +186,7 @@ class ClusterNode:
             settings.replica_fetch_max_bytes,
             manager.appends.notify,
             self.peers,
+            clock,
         )
         #: (topic, create revision) of topics with partition states missing -> (how many
         #: were missing, time.monotonic() when that count was first seen)
@@ -272,12 +275,16 @@ class ClusterNode:
         brokers = self.store.live_brokers()
         topics = self.store.topics()
         states = self.store.partition_states()
+        # After the states: a reassignment sets its throttle before it writes the states
+        # that add replicas, so a view holding those states holds the throttle too.
+        throttle = self.store.replication_throttle()
         return ClusterView(
             self.view.cluster_id,
             brokers,
             controller[0] if controller else NO_LEADER,
             topics,
             states,
+            throttle,
         )
 
     def _control_loop(self) -> None:
@@ -497,6 +504,7 @@ class ClusterNode:
     # --- following etcd locally --------------------------------------------------------------
 
     def _apply_locally(self, view: ClusterView) -> None:
+        self.fetchers.set_throttle(view.throttle_bytes_per_s)
         for name, versioned in view.topics.items():
             # While a live writer is still writing a topic's states, its new partitions
             # wait: a client told of partitions before their leaders would find none. A
@@ -534,8 +542,14 @@ class ClusterNode:
             return
         wanted = (leader, registration.address)
         fetching_epoch = self.fetchers.fetching_epoch(replica.key)
-        if where != wanted or fetching_epoch != replica.state.leader_epoch:
-            self.fetchers.follow(replica, leader, registration.address)
+        # Only the replicas a reassignment adds are throttled (Kafka's throttled replicas).
+        throttled = view.throttle_bytes_per_s > 0 and self.broker_id in replica.state.adding
+        if (
+            where != wanted
+            or fetching_epoch != replica.state.leader_epoch
+            or self.fetchers.throttled(replica.key) != throttled
+        ):
+            self.fetchers.follow(replica, leader, registration.address, throttled=throttled)
 
     def _ensure_topic(self, record: TopicRecord, grow: bool) -> None:
         """Create or update the local copy of a topic; without `grow`, create no partition
@@ -750,6 +764,16 @@ class ClusterNode:
                 self._wake.set()
                 return
         raise ClusterMetadataUnavailableError(f"{topic}-{partition} kept changing; try again")
+
+    def set_replication_throttle(self, bytes_per_s: int) -> None:
+        """Set the cluster's reassignment throttle (bytes/s; 0 removes it). Every broker
+        applies it, from etcd, to the fetches of the replicas a reassignment is adding."""
+        self.store.set_replication_throttle(bytes_per_s)
+        self._wake.set()
+
+    def replication_throttle(self) -> int:
+        """The cluster's reassignment throttle (bytes/s), 0 when there is none."""
+        return self.store.replication_throttle()
 
     def reassignments(self) -> dict[tuple[str, int], PartitionState]:
         """The partitions being reassigned now, with their states."""

@@ -8,6 +8,11 @@ Invariants:
   KIP-279), never by its high watermark alone: so a replica that led at an old epoch drops
   exactly the records the new leader never had.
 - A follower's high watermark is min(the leader's high watermark, its own log end).
+- The replicas a running reassignment is adding fetch, while a reassignment throttle is
+  set, in a lane of their own: a second fetcher per leader whose requests ask for about a
+  tenth of a second of the rate and wait while the broker's `TokenBucket` is in debt
+  (Kafka leaves a throttled partition out of a fetch while over quota). Every other
+  partition is fetched by the leader's ordinary fetcher, never slowed by the throttle.
 """
 
 from __future__ import annotations
@@ -19,10 +24,12 @@ from dataclasses import dataclass
 
 import grpc
 
+from logstore.clock import SYSTEM_CLOCK, Clock
 from logstore.codec import record_batch as rb
 from logstore.errors import LogStoreError
 from logstore.server.cluster.peer_channels import PeerChannels
 from logstore.server.cluster.replica_manager import Key, Replica
+from logstore.server.cluster.throttle import TokenBucket
 from logstore.v1 import logstore_pb2 as pb
 from logstore.v1 import logstore_pb2_grpc as pb_grpc
 
@@ -32,6 +39,9 @@ log = logging.getLogger(__name__)
 _RETRY_BACKOFF_S = 0.2
 #: how long one RPC to a leader may take beyond its long poll (s)
 _RPC_SLACK_S = 5.0
+#: longest pause of a throttled lane before it looks again (s): a raised or removed
+#: throttle, and partitions that left the lane, take effect within this
+_THROTTLE_WAIT_MAX_S = 0.25
 
 
 @dataclass
@@ -44,7 +54,8 @@ class _FetchState:
 
 
 class LeaderFetcher:
-    """Fetches every partition this broker follows from one leader broker."""
+    """Fetches the partitions this broker follows from one leader broker: all of them, or
+    with a `throttle`, those of the leader's partitions that are throttled."""
 
     def __init__(
         self,
@@ -56,9 +67,11 @@ class LeaderFetcher:
         max_bytes: int,
         on_high_watermark: Callable[[], None],
         peers: PeerChannels,
+        throttle: TokenBucket | None = None,
     ) -> None:
         self.leader_id = leader_id
         self.address = address
+        self._throttle = throttle
         self._broker_id = broker_id
         self._broker_epoch = broker_epoch
         self._max_wait_ms = max_wait_ms
@@ -75,8 +88,9 @@ class LeaderFetcher:
             ],
         )
         self._stub = pb_grpc.LogStoreStub(self._channel)
+        lane = "-throttled" if throttle is not None else ""
         self._thread = threading.Thread(
-            target=self._run, name=f"logstore-replica-fetcher-{leader_id}", daemon=True
+            target=self._run, name=f"logstore-replica-fetcher-{leader_id}{lane}", daemon=True
         )
 
     def start(self) -> None:
@@ -120,6 +134,8 @@ class LeaderFetcher:
                 if truncating:
                     self._truncate(truncating)
                 ready = [s for s in states if not s.needs_truncation]
+                if ready and self._over_quota():
+                    continue
                 if ready:
                     self._fetch(ready)
             except grpc.RpcError as exc:
@@ -132,6 +148,17 @@ class LeaderFetcher:
             except Exception:  # keep following; the next pass retries
                 log.exception("replica fetcher for leader %d failed", self.leader_id)
                 self._stopped.wait(_RETRY_BACKOFF_S)
+
+    def _over_quota(self) -> bool:
+        """Whether a throttled lane must leave its partitions out for now; if so it has
+        waited (at most _THROTTLE_WAIT_MAX_S) before answering."""
+        if self._throttle is None:
+            return False
+        delay_s = self._throttle.delay_s()
+        if delay_s <= 0:
+            return False
+        self._stopped.wait(min(delay_s, _THROTTLE_WAIT_MAX_S))
+        return True
 
     def _truncate(self, states: list[_FetchState]) -> None:
         """Ask the leader where each log diverges, and truncate there (KIP-279)."""
@@ -214,23 +241,32 @@ class LeaderFetcher:
                     leader_epoch=s.leader_epoch,
                 )
             )
+        max_bytes = self._max_bytes * max(1, len(states))
+        if self._throttle is not None:
+            # The leader caps the whole answer, not each partition: a throttled request
+            # asks for one step of the rate in all.
+            max_bytes = self._throttle.fetch_size(self._max_bytes)
         request = pb.ReplicaFetchRequest(
             replica_id=self._broker_id,
             broker_epoch=self._broker_epoch(),
             topics=[pb.ReplicaFetchTopic(topic=t, partitions=p) for t, p in by_topic.items()],
             max_wait_ms=self._max_wait_ms,
             min_bytes=1,
-            max_bytes=self._max_bytes * max(1, len(states)),
+            max_bytes=max_bytes,
         )
         timeout = self._max_wait_ms / 1000 + _RPC_SLACK_S
         response = self._stub.ReplicaFetch(request, timeout=timeout)
         wanted = {s.replica.key: s for s in states}
         advanced = False
+        received = 0
         for topic_result in response.topics:
             for result in topic_result.partitions:
+                received += len(result.records)
                 state = wanted.get((topic_result.topic, result.partition))
                 if state is not None:
                     advanced |= self._apply(state, result)
+        if self._throttle is not None:
+            self._throttle.record(received)
         if advanced:
             self._on_high_watermark()
 
@@ -289,8 +325,13 @@ def _whole_batches(records: bytes) -> bytes:
     return records if end == size else bytes(view[:end])
 
 
+#: (leader id, leader address, whether the lane is throttled)
+_Lane = tuple[int, str, bool]
+
+
 class ReplicaFetchers:
-    """The fetcher threads of one broker, one per leader it follows partitions from."""
+    """The fetcher threads of one broker: per leader it follows partitions from, one for
+    the ordinary partitions and, while any is throttled, one for the throttled ones."""
 
     def __init__(
         self,
@@ -300,6 +341,7 @@ class ReplicaFetchers:
         max_bytes: int,
         on_high_watermark: Callable[[], None],
         peers: PeerChannels,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._broker_id = broker_id
         self._peers = peers
@@ -307,17 +349,30 @@ class ReplicaFetchers:
         self._max_wait_ms = max_wait_ms
         self._max_bytes = max_bytes
         self._on_high_watermark = on_high_watermark
-        self._fetchers: dict[tuple[int, str], LeaderFetcher] = {}
-        self._followed: dict[Key, tuple[int, str]] = {}
+        #: the broker's reassignment throttle, shared by its throttled lanes
+        self.throttle = TokenBucket(0, clock=clock)
+        self._fetchers: dict[_Lane, LeaderFetcher] = {}
+        self._followed: dict[Key, _Lane] = {}
         self._lock = threading.Lock()
 
-    def follow(self, replica: Replica, leader_id: int, address: str) -> None:
-        """Fetch `replica` from `leader_id` at `address` (from scratch: truncation first)."""
+    def set_throttle(self, bytes_per_s: int) -> None:
+        """The reassignment throttle's rate (0: none); the caller decides which partitions
+        are throttled (`follow(..., throttled=True)`)."""
+        if bytes_per_s != self.throttle.rate:
+            log.info("reassignment throttle: %s", f"{bytes_per_s} B/s" if bytes_per_s else "none")
+            self.throttle.set_rate(bytes_per_s)
+
+    def follow(
+        self, replica: Replica, leader_id: int, address: str, *, throttled: bool = False
+    ) -> None:
+        """Fetch `replica` from `leader_id` at `address` (from scratch: truncation first),
+        in the throttled lane when `throttled`."""
         self.unfollow(replica.key)
         if leader_id < 0 or not address:
             return
+        lane = (leader_id, address, throttled)
         with self._lock:
-            fetcher = self._fetchers.get((leader_id, address))
+            fetcher = self._fetchers.get(lane)
             if fetcher is None:
                 fetcher = LeaderFetcher(
                     leader_id,
@@ -328,11 +383,12 @@ class ReplicaFetchers:
                     self._max_bytes,
                     self._on_high_watermark,
                     self._peers,
+                    self.throttle if throttled else None,
                 )
-                self._fetchers[(leader_id, address)] = fetcher
+                self._fetchers[lane] = fetcher
                 fetcher.start()
             fetcher.add(replica)
-            self._followed[replica.key] = (leader_id, address)
+            self._followed[replica.key] = lane
 
     def unfollow(self, key: Key) -> None:
         with self._lock:
@@ -349,8 +405,16 @@ class ReplicaFetchers:
             fetcher.stop()
 
     def following(self, key: Key) -> tuple[int, str] | None:
+        """(leader id, address) `key` is fetched from, None when it is not followed."""
         with self._lock:
-            return self._followed.get(key)
+            lane = self._followed.get(key)
+        return None if lane is None else (lane[0], lane[1])
+
+    def throttled(self, key: Key) -> bool:
+        """Whether `key` is fetched in a throttled lane."""
+        with self._lock:
+            lane = self._followed.get(key)
+        return lane is not None and lane[2]
 
     def fetching_epoch(self, key: Key) -> int | None:
         """The leader epoch `key` is being fetched at, or None when it is not followed."""
