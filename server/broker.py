@@ -1017,6 +1017,18 @@ class LogStoreServicer(GroupHandlers, pb_grpc.LogStoreServicer):
     def AlterPartitionReassignments(
         self, request: pb.AlterPartitionReassignmentsRequest, context: Any
     ) -> pb.AlterPartitionReassignmentsResponse:
+        if request.HasField("throttle_bytes_per_s"):
+            # Before any move starts, so no added replica fetches unthrottled.
+            rate = request.throttle_bytes_per_s
+            if rate < 0:
+                raise InvalidRequestError(f"a throttle is a rate >= 0 bytes/s, not {rate}")
+            if self.cluster is not None:
+                self.cluster.set_replication_throttle(rate)
+            elif rate > 0:
+                raise InvalidRequestError(
+                    "this broker runs standalone: it replicates nothing, so there is no "
+                    "reassignment traffic to throttle"
+                )
         topics = []
         for topic in request.topics:
             results = []
@@ -1059,7 +1071,10 @@ class LogStoreServicer(GroupHandlers, pb_grpc.LogStoreServicer):
                 )
             )
         return pb.ListPartitionReassignmentsResponse(
-            topics=[pb.OngoingTopicReassignment(topic=t, partitions=p) for t, p in by_topic.items()]
+            topics=[
+                pb.OngoingTopicReassignment(topic=t, partitions=p) for t, p in by_topic.items()
+            ],
+            throttle_bytes_per_s=self.cluster.replication_throttle(),
         )
 
     @handles_errors

@@ -348,16 +348,32 @@ class Admin:
         return cluster_from_proto(*self._call_at("DescribeCluster", pb.DescribeClusterRequest()))
 
     def alter_partition_reassignments(
-        self, reassignments: Mapping[TopicPartition, Sequence[int] | None]
+        self,
+        reassignments: Mapping[TopicPartition, Sequence[int] | None],
+        *,
+        throttle_bytes_per_s: int | None = None,
     ) -> None:
         """Start moving each partition to the replicas given (the preferred leader first),
         as Kafka's AlterPartitionReassignments; None cancels a partition's reassignment.
+
+        `throttle_bytes_per_s` (Kafka's `--throttle`) sets the cluster's reassignment
+        throttle before any move starts: the replicas being added fetch at most that many
+        bytes per second per broker, all such replicas of a broker together; other
+        replication is not limited. 0 removes the throttle; None leaves it as it is (with
+        no reassignments given, only the throttle changes). A throttle below the produce
+        rate of a moved partition means its new replicas never catch up, and the move never
+        completes until the throttle is raised. Remove it once the moves are done
+        (`replication_throttle`, `logstore partitions reassign --verify`).
 
         Returns once the controller has accepted every target; the data moves in the
         background (see `list_partition_reassignments`). A refused partition raises its
         error, naming the partition.
         """
         _require_rpc("AlterPartitionReassignments")
+        if throttle_bytes_per_s is not None and throttle_bytes_per_s < 0:
+            raise InvalidRequestError(
+                f"a throttle is a rate >= 0 bytes/s, not {throttle_bytes_per_s}"
+            )
         by_topic: dict[str, list[Any]] = {}
         for (topic, partition), replicas in reassignments.items():
             by_topic.setdefault(topic, []).append(
@@ -370,7 +386,8 @@ class Admin:
             topics=[
                 pb.ReassignableTopic(topic=t, partitions=ps)  # type: ignore[attr-defined]
                 for t, ps in by_topic.items()
-            ]
+            ],
+            throttle_bytes_per_s=throttle_bytes_per_s,
         )
         for topic in self._call("AlterPartitionReassignments", request).topics:
             for p in topic.partitions:
@@ -383,6 +400,20 @@ class Admin:
         self, partitions: Iterable[TopicPartition] | None = None
     ) -> dict[TopicPartition, PartitionReassignment]:
         """The reassignments still running, of `partitions` (None: all of them)."""
+        return {
+            (t.topic, p.partition): PartitionReassignment(
+                list(p.replicas), list(p.adding_replicas), list(p.removing_replicas)
+            )
+            for t in self._list_reassignments(partitions).topics
+            for p in t.partitions
+        }
+
+    def replication_throttle(self) -> int:
+        """The cluster's reassignment throttle in bytes/s (0: none), as set by
+        `alter_partition_reassignments(..., throttle_bytes_per_s=...)`."""
+        return int(self._list_reassignments(None).throttle_bytes_per_s)
+
+    def _list_reassignments(self, partitions: Iterable[TopicPartition] | None) -> Any:
         _require_rpc("ListPartitionReassignments")
         by_topic: dict[str, list[int]] = {}
         for topic, partition in partitions or ():
@@ -390,13 +421,7 @@ class Admin:
         request = pb.ListPartitionReassignmentsRequest(  # type: ignore[attr-defined]
             topics=[pb.TopicPartitions(topic=t, partitions=ps) for t, ps in by_topic.items()]
         )
-        return {
-            (t.topic, p.partition): PartitionReassignment(
-                list(p.replicas), list(p.adding_replicas), list(p.removing_replicas)
-            )
-            for t in self._call("ListPartitionReassignments", request).topics
-            for p in t.partitions
-        }
+        return self._call("ListPartitionReassignments", request)
 
     # --- offsets -----------------------------------------------------------------------------
 
