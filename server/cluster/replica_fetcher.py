@@ -72,6 +72,8 @@ class LeaderFetcher:
         self.leader_id = leader_id
         self.address = address
         self._throttle = throttle
+        #: where the throttled lane's next request starts in its list of partitions
+        self._rotation = 0
         self._broker_id = broker_id
         self._broker_epoch = broker_epoch
         self._max_wait_ms = max_wait_ms
@@ -232,6 +234,12 @@ class LeaderFetcher:
             state.needs_truncation = False
 
     def _fetch(self, states: list[_FetchState]) -> None:
+        if self._throttle is not None and len(states) > 1:
+            # The leader fills a small answer in request order: start each request at the
+            # next partition, so every throttled partition gets its turn (Kafka rotates
+            # the partitions of its fetches the same way).
+            self._rotation = (self._rotation + 1) % len(states)
+            states = states[self._rotation :] + states[: self._rotation]
         by_topic: dict[str, list[pb.ReplicaFetchPartition]] = {}
         for s in states:
             by_topic.setdefault(s.replica.topic, []).append(

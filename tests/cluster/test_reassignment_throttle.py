@@ -44,25 +44,30 @@ def cluster(tmp_path: Path) -> Iterator[ClusterHarness]:
         harness.close()
 
 
-def fill(cluster: ClusterHarness, topic: str, batches: int) -> int:
-    """Append `batches` batches of incompressible-enough values; the bytes appended."""
-    leader = cluster.wait_for_leader(topic)
+def fill(
+    cluster: ClusterHarness,
+    topic: str,
+    batches: int,
+    partition: int = 0,
+    value_bytes: int = VALUE_BYTES,
+) -> int:
+    """Append `batches` batches of VALUES_PER_BATCH values; the bytes appended."""
+    leader = cluster.wait_for_leader(topic, partition)
     size = 0
     for i in range(batches):
-        values = [bytes([i % 251, v % 251]) * (VALUE_BYTES // 2) for v in range(VALUES_PER_BATCH)]
-        result = produce(cluster, leader, values, topic=topic)
+        values = [bytes([i % 251, v % 251]) * (value_bytes // 2) for v in range(VALUES_PER_BATCH)]
+        result = produce(cluster, leader, values, topic=topic, partition=partition)
         assert not result.error.code, result.error.message
         size += sum(len(v) for v in values)
     return size
 
 
-def plan_file(tmp_path: Path, topic: str, replicas: list[int]) -> str:
+def plan_file(
+    tmp_path: Path, topic: str, replicas: list[int], partitions: tuple[int, ...] = (0,)
+) -> str:
     path = tmp_path / f"move-{topic}-{'-'.join(map(str, replicas))}.json"
-    document = {
-        "version": 1,
-        "partitions": [{"topic": topic, "partition": 0, "replicas": replicas}],
-    }
-    path.write_text(json.dumps(document))
+    entries = [{"topic": topic, "partition": p, "replicas": replicas} for p in partitions]
+    path.write_text(json.dumps({"version": 1, "partitions": entries}))
     return str(path)
 
 
@@ -73,10 +78,15 @@ def reassign(cluster: ClusterHarness, path: str, *args: str) -> Result:
     )  # fmt: skip
 
 
-def moved(admin: Admin, cluster: ClusterHarness, topic: str, target: list[int]) -> bool:
-    return (
-        not admin.list_partition_reassignments([(topic, 0)])
-        and list(cluster.partition(topic).replicas) == target
+def moved(
+    admin: Admin,
+    cluster: ClusterHarness,
+    topic: str,
+    target: list[int],
+    partitions: tuple[int, ...] = (0,),
+) -> bool:
+    return not admin.list_partition_reassignments([(topic, p) for p in partitions]) and all(
+        list(cluster.partition(topic, p).replicas) == target for p in partitions
     )
 
 
@@ -181,32 +191,41 @@ def test_a_throttled_move_keeps_to_its_rate_and_verify_removes_the_throttle(
 def test_a_throttle_raised_while_a_move_runs_lets_it_finish(
     cluster: ClusterHarness, tmp_path: Path
 ) -> None:
-    """At 20 kB/s the move would take minutes; `--execute` again with the same file and a
-    higher `--throttle` changes the rate, and `--verify` leaves the throttle alone while
-    the move runs."""
+    """Two partitions of one leader move together under a 300 kB/s throttle: both make
+    progress (the throttled fetches take turns), neither finishes in two seconds, and
+    `--verify` leaves the throttle alone meanwhile; `--execute` again with the same file
+    and a higher `--throttle` changes the rate, and the moves finish."""
     with Admin(cluster.bootstrap) as admin:
-        admin.create_topic("slow", partitions=1, replication_factor=1)
-        fill(cluster, "slow", 16)
-        [source] = list(cluster.partition("slow").replicas)
+        admin.create_topic("slow", partitions=4, replication_factor=1)
+        # Four partitions round-robin over three brokers: 0 and 3 share a broker.
+        [source] = list(cluster.partition("slow", 0).replicas)
+        assert list(cluster.partition("slow", 3).replicas) == [source]
+        both = (0, 3)
+        for p in both:
+            fill(cluster, "slow", 32, partition=p, value_bytes=2048)  # 32 KiB batches, 1 MiB
         target = next(b for b in cluster.brokers if b != source)
-        move = plan_file(tmp_path, "slow", [target])
-        first = reassign(cluster, move, "--execute", "--throttle", "20000")
+        move = plan_file(tmp_path, "slow", [target], both)
+        first = reassign(cluster, move, "--execute", "--throttle", "300000")
         assert first.code == 0, first.err
         time.sleep(2.0)
-        assert not moved(admin, cluster, "slow", [target])
+        assert not moved(admin, cluster, "slow", [target], both)
+        copied = [cluster.describe_topic("slow", target).partitions[p].log_end_offset for p in both]
+        full = 32 * VALUES_PER_BATCH
+        assert all(0 < c < full for c in copied), copied
         running = reassign(cluster, move, "--verify")
         assert running.code == 1
         assert "Reassignment of partition slow-0 is still in progress." in running.out
         assert "Throttle was removed." not in running.out
-        assert admin.replication_throttle() == 20_000
+        assert admin.replication_throttle() == 300_000
 
         second = reassign(cluster, move, "--execute", "--throttle", str(100 * MB))
         assert second.code == 0, second.err
         # The rollback file still names the replicas from before the move.
-        assert json.loads(second.out)["partitions"][0]["replicas"] == [source]
-        assert "already being moved to these replicas: slow-0" in second.err
+        rollback = json.loads(second.out)["partitions"]
+        assert [e["replicas"] for e in rollback] == [[source], [source]]
+        assert "already being moved to these replicas: slow-0,slow-3" in second.err
         assert admin.replication_throttle() == 100 * MB
-        wait_until(lambda: moved(admin, cluster, "slow", [target]), "the move to finish", 15)
+        wait_until(lambda: moved(admin, cluster, "slow", [target], both), "the moves to finish", 15)
         done = reassign(cluster, move, "--verify")
         assert done.code == 0 and "Throttle was removed." in done.out
         assert admin.replication_throttle() == 0
