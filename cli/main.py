@@ -160,7 +160,8 @@ Examples:
     "inter_broker_tls_ca, inter_broker_token_file, and the cluster "
     "options by their names with underscores (broker_id, etcd_endpoints, cluster_name, "
     "advertised_listen, session_timeout_ms, replica_lag_time_max_ms, "
-    "unclean_leader_election, default_replication_factor). Options given on the command "
+    "unclean_leader_election, default_replication_factor, replication_stream, "
+    "replication_port). Options given on the command "
     "line win. Env: LOGSTORE_CONFIG.",
 )
 @click.option(

@@ -52,8 +52,8 @@ With --tls-cert they use TLS and check each other's certificates against
 --inter-broker-tls-ca (default --tls-client-ca); with --tls-client-ca each
 presents its own certificate as its client certificate; with --auth-tokens each
 sends the token of --inter-broker-token-file. With --acls-enabled the ACLs live
-in etcd and every broker enforces them; replication needs alter on the cluster,
-so list the broker principal in --super-users. A local __acls.json is imported
+in etcd and every broker enforces them; replication needs cluster_action on the
+cluster, so list the broker principal in --super-users. A local __acls.json is imported
 into etcd when etcd has no ACLs yet, accepted when it holds the same ones, and
 refused otherwise. Inconsistent combinations are refused at start."""
 
@@ -131,6 +131,25 @@ _OPTIONS: tuple[tuple[str, str, tuple[str, ...], str | None, Any, str], ...] = (
         click.IntRange(min=1),
         "Copies of each partition of a topic created without --replication-factor "
         "(default.replication.factor) [default: 1].",
+    ),
+    (
+        "replication_stream",
+        "LOGSTORE_REPLICATION_STREAM",
+        ("--replication-stream/--no-replication-stream",),
+        None,
+        click.BOOL,
+        "On a cluster with no TLS, tokens or ACLs, followers fetch over a plain TCP stream "
+        "(records as raw bytes, several times cheaper than gRPC); off: always over gRPC. A "
+        "secured broker always replicates over gRPC [default: on].",
+    ),
+    (
+        "replication_port",
+        "LOGSTORE_REPLICATION_PORT",
+        ("--replication-port",),
+        "PORT",
+        click.IntRange(0, 65_535),
+        "The replication stream's TCP port, on the --listen host; other brokers learn it "
+        "through etcd [default: 0, any free port].",
     ),
 )
 #: the option names, which are also the config file keys
@@ -225,6 +244,8 @@ def _build(chosen: Mapping[str, Any], listen: str) -> ClusterSettings:
             "replica_lag_time_max_ms",
             "unclean_leader_election",
             "default_replication_factor",
+            "replication_stream",
+            "replication_port",
         )
         if key in chosen
     }

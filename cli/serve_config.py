@@ -41,6 +41,11 @@ def _broker_id(value: Any) -> str | None:
     return None if ok else f"an integer in 0..{MAX_BROKER_ID}"
 
 
+def _port(value: Any) -> str | None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 65_535
+    return None if ok else "a port number in 0..65535"
+
+
 def _boolean(value: Any) -> str | None:
     return None if isinstance(value, bool) else "true or false"
 
@@ -120,6 +125,8 @@ CLUSTER_KEYS: dict[str, Check] = {
     "replica_lag_time_max_ms": _positive_int,
     "unclean_leader_election": _boolean,
     "default_replication_factor": _positive_int,
+    "replication_stream": _boolean,
+    "replication_port": _port,
 }
 
 #: every top-level key a file may hold

@@ -41,6 +41,7 @@ from logstore.v1 import logstore_pb2 as pb
 
 if TYPE_CHECKING:
     from logstore.server.cluster.node import ClusterNode
+    from logstore.server.cluster.replication_stream import ReplicationListener
 
 log = logging.getLogger("logstore.broker")
 
@@ -128,9 +129,33 @@ def metrics_failure(reason: object) -> OSError:
     return OSError(f"cannot serve metrics: {reason}")
 
 
+def replication_listen(settings: BrokerSettings) -> str | None:
+    """HOST:PORT of this broker's replication stream listener, None when it has none:
+    standalone, the stream switched off, or any security on (the stream is plain TCP
+    with no credentials, so a secured cluster replicates over gRPC)."""
+    cluster, security = settings.cluster, settings.security
+    if cluster is None or not cluster.replication_stream:
+        return None
+    if security.tls_cert or security.auth_tokens or security.acls_enabled:
+        return None
+    host = parse_host_port(settings.listen, port_zero=True)[0]
+    return (
+        f"[{host}]:{cluster.replication_port}"
+        if ":" in host
+        else (f"{host}:{cluster.replication_port}")
+    )
+
+
 def check_listeners(settings: BrokerSettings) -> None:
-    """`check_can_listen` for the gRPC listener and, when on, the metrics one."""
+    """`check_can_listen` for the gRPC listener and, when on, the metrics one and the
+    replication stream's."""
     check_can_listen(settings.listen)
+    stream = replication_listen(settings)
+    if stream is not None:
+        try:
+            check_can_listen(stream)
+        except OSError as exc:
+            raise OSError(f"cannot listen for replication (--replication-port): {exc}") from None
     if settings.metrics_listen:
         try:
             check_can_listen(settings.metrics_listen)
@@ -151,12 +176,16 @@ class Broker:
         self.security = BrokerSecurity(
             settings.security, data_dir, settings.cluster, peer_host(settings)
         )
-        self.manager = LogManager(
-            data_dir,
-            default_config=LogConfig.from_properties(settings.topic_defaults),
-            settings=settings.manager,
-            replicated=settings.cluster is not None,
-        )
+        try:
+            self.manager = LogManager(
+                data_dir,
+                default_config=LogConfig.from_properties(settings.topic_defaults),
+                settings=settings.manager,
+                replicated=settings.cluster is not None,
+            )
+        except BaseException:
+            self.security.close()  # its etcd clients, in cluster mode
+            raise
         self.cluster: ClusterNode | None = None
         replicated_append = None
         if settings.cluster is not None:
@@ -217,10 +246,13 @@ class Broker:
         except RuntimeError:  # newer gRPC raises where older returned 0
             self.port = 0
         if self.port == 0:
+            self.security.close()
             self.manager.close()
             raise OSError(f"cannot listen on {settings.listen}")
         host = settings.listen.rsplit(":", 1)[0]
         self.address = f"{host}:{self.port}"
+        #: followers' plain replication streams (cluster mode without security)
+        self.replication_listener: ReplicationListener | None = None
         if settings.cluster is not None:
             self._join_cluster(settings.cluster)
         #: where /metrics is served ("" when it is not)
@@ -230,6 +262,7 @@ class Broker:
                 self.metrics_address = self.metrics.serve(settings.metrics_listen)
             except (OSError, ValueError) as exc:
                 self.server.stop(None)  # release the gRPC port bound above
+                self._stop_replication_listener()
                 self.security.close()
                 self.manager.close()
                 raise metrics_failure(f"{settings.metrics_listen}: {exc}") from exc
@@ -238,8 +271,18 @@ class Broker:
         """Set up cluster mode (etcd is first contacted in `start`, once we serve)."""
         from logstore.server.cluster.leader_offsets import LeaderOffsets
         from logstore.server.cluster.node import PRODUCER_ID_BLOCK, ClusterNode
+        from logstore.server.cluster.replication_stream import ReplicationListener
 
         advertised = cluster.advertised_listen or self.address
+        stream = replication_listen(self.settings)
+        if stream is not None:
+            try:
+                self.replication_listener = ReplicationListener(stream, self.servicer.replica_fetch)
+            except OSError as exc:
+                self.server.stop(None)  # release the gRPC port bound above
+                self.security.close()
+                self.manager.close()
+                raise OSError(f"cannot listen for replication on {stream}: {exc}") from exc
         self.cluster = ClusterNode(
             cluster,
             self.manager,
@@ -247,6 +290,7 @@ class Broker:
             on_topic_deleted=self.offsets.delete_topic,
             on_leadership=self._leadership_changed,
             peers=self.security.peers,
+            replication_port=self.replication_listener.port if self.replication_listener else 0,
         )
         # Producer ids must be unique across the cluster: blocks come from etcd.
         self.producer_ids = BlockProducerIds(self.cluster.next_producer_id_block, PRODUCER_ID_BLOCK)
@@ -302,6 +346,8 @@ class Broker:
             raise
         log.info("listener security: %s", self.security.describe())
         self.server.start()
+        if self.replication_listener is not None:
+            self.replication_listener.start()
         if self.cluster is not None:
             # After the server starts: other brokers fetch from this one as soon as it is
             # registered. A broker that cannot reach etcd at start-up does not start.
@@ -309,6 +355,7 @@ class Broker:
                 self.cluster.start()
             except BaseException:
                 self.server.stop(None)
+                self._stop_replication_listener()
                 self.security.close()
                 self.manager.close()
                 raise
@@ -316,12 +363,17 @@ class Broker:
         for service in ("", SERVICE_NAME):
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
 
+    def _stop_replication_listener(self) -> None:
+        if self.replication_listener is not None:
+            self.replication_listener.stop()
+
     def stop(self) -> None:
         """Stop accepting, let in-flight RPCs finish, then flush and close every log."""
         for service in ("", SERVICE_NAME):
             self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.servicer.begin_shutdown()
         self.server.stop(self.settings.shutdown_grace_s).wait()
+        self._stop_replication_listener()
         if self.cluster is not None:
             self.cluster.stop()
             self.leader_offsets.close()

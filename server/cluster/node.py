@@ -145,10 +145,14 @@ class ClusterNode:
         on_leadership: Callable[[str, int, bool], None] = lambda topic, partition, leads: None,
         clock: Clock = SYSTEM_CLOCK,
         peers: PeerChannels | None = None,
+        replication_port: int = 0,
     ) -> None:
         self.settings = settings
         #: how this broker reaches the others (transport and credentials)
         self.peers = peers if peers is not None else PeerChannels()
+        #: the port of this broker's replication stream listener (0: none), registered so
+        #: that followers can fetch from it
+        self.replication_port = replication_port
         self.broker_id = settings.broker_id
         self.manager = manager
         self.advertised = advertised
@@ -223,7 +227,9 @@ class ClusterNode:
 
     def _register(self) -> None:
         host, _, port = self.advertised.rpartition(":")
-        registration = BrokerRegistration(self.broker_id, host, int(port))
+        registration = BrokerRegistration(
+            self.broker_id, host, int(port), replication_port=self.replication_port
+        )
         ttl_s = max(1, round(self.settings.session_timeout_ms / 1000))
         deadline = time.monotonic() + 2 * ttl_s + 5
         while True:
@@ -540,7 +546,7 @@ class ClusterNode:
             if where is not None:
                 self.fetchers.unfollow(replica.key)
             return
-        wanted = (leader, registration.address)
+        wanted = (leader, registration.address, registration.replication_address)
         fetching_epoch = self.fetchers.fetching_epoch(replica.key)
         # Only the replicas a reassignment adds are throttled (Kafka's throttled replicas).
         throttled = view.throttle_bytes_per_s > 0 and self.broker_id in replica.state.adding
@@ -549,7 +555,13 @@ class ClusterNode:
             or fetching_epoch != replica.state.leader_epoch
             or self.fetchers.throttled(replica.key) != throttled
         ):
-            self.fetchers.follow(replica, leader, registration.address, throttled=throttled)
+            self.fetchers.follow(
+                replica,
+                leader,
+                registration.address,
+                replication_address=registration.replication_address,
+                throttled=throttled,
+            )
 
     def _ensure_topic(self, record: TopicRecord, grow: bool) -> None:
         """Create or update the local copy of a topic; without `grow`, create no partition

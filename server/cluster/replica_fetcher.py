@@ -29,6 +29,7 @@ from logstore.codec import record_batch as rb
 from logstore.errors import LogStoreError
 from logstore.server.cluster.peer_channels import PeerChannels
 from logstore.server.cluster.replica_manager import Key, Replica
+from logstore.server.cluster.replication_stream import ReplicationClient, ReplicationStreamError
 from logstore.server.cluster.throttle import TokenBucket
 from logstore.v1 import logstore_pb2 as pb
 from logstore.v1 import logstore_pb2_grpc as pb_grpc
@@ -68,9 +69,16 @@ class LeaderFetcher:
         on_high_watermark: Callable[[], None],
         peers: PeerChannels,
         throttle: TokenBucket | None = None,
+        replication_address: str = "",
     ) -> None:
         self.leader_id = leader_id
         self.address = address
+        # The stream is plain TCP: only between brokers that use no security at all.
+        self._stream = (
+            ReplicationClient(replication_address)
+            if replication_address and peers.plaintext
+            else None
+        )
         self._throttle = throttle
         #: where the throttled lane's next request starts in its list of partitions
         self._rotation = 0
@@ -90,6 +98,13 @@ class LeaderFetcher:
             ],
         )
         self._stub = pb_grpc.LogStoreStub(self._channel)
+        log.info(
+            "following partitions of leader %d at %s over %s%s",
+            leader_id,
+            address,
+            f"its replication stream at {replication_address}" if self._stream else "gRPC",
+            " (throttled)" if throttle is not None else "",
+        )
         lane = "-throttled" if throttle is not None else ""
         self._thread = threading.Thread(
             target=self._run, name=f"logstore-replica-fetcher-{leader_id}{lane}", daemon=True
@@ -119,6 +134,8 @@ class LeaderFetcher:
     def stop(self) -> None:
         self._stopped.set()
         self._channel.close()
+        if self._stream is not None:
+            self._stream.close()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
 
@@ -140,7 +157,7 @@ class LeaderFetcher:
                     continue
                 if ready:
                     self._fetch(ready)
-            except grpc.RpcError as exc:
+            except (grpc.RpcError, ReplicationStreamError) as exc:
                 if self._stopped.is_set():
                     return
                 log.debug(
@@ -263,7 +280,10 @@ class LeaderFetcher:
             max_bytes=max_bytes,
         )
         timeout = self._max_wait_ms / 1000 + _RPC_SLACK_S
-        response = self._stub.ReplicaFetch(request, timeout=timeout)
+        if self._stream is not None:
+            response = self._stream.fetch(request, timeout)
+        else:
+            response = self._stub.ReplicaFetch(request, timeout=timeout)
         wanted = {s.replica.key: s for s in states}
         advanced = False
         received = 0
@@ -333,8 +353,9 @@ def _whole_batches(records: bytes) -> bytes:
     return records if end == size else bytes(view[:end])
 
 
-#: (leader id, leader address, whether the lane is throttled)
-_Lane = tuple[int, str, bool]
+#: (leader id, leader address, its replication stream's address or "", whether the lane
+#: is throttled)
+_Lane = tuple[int, str, str, bool]
 
 
 class ReplicaFetchers:
@@ -371,14 +392,22 @@ class ReplicaFetchers:
             self.throttle.set_rate(bytes_per_s)
 
     def follow(
-        self, replica: Replica, leader_id: int, address: str, *, throttled: bool = False
+        self,
+        replica: Replica,
+        leader_id: int,
+        address: str,
+        *,
+        replication_address: str = "",
+        throttled: bool = False,
     ) -> None:
         """Fetch `replica` from `leader_id` at `address` (from scratch: truncation first),
-        in the throttled lane when `throttled`."""
+        over the leader's replication stream at `replication_address` when it has one and
+        this broker's peer channels are plaintext too, in the throttled lane when
+        `throttled`."""
         self.unfollow(replica.key)
         if leader_id < 0 or not address:
             return
-        lane = (leader_id, address, throttled)
+        lane = (leader_id, address, replication_address, throttled)
         with self._lock:
             fetcher = self._fetchers.get(lane)
             if fetcher is None:
@@ -392,6 +421,7 @@ class ReplicaFetchers:
                     self._on_high_watermark,
                     self._peers,
                     self.throttle if throttled else None,
+                    replication_address,
                 )
                 self._fetchers[lane] = fetcher
                 fetcher.start()
@@ -412,17 +442,18 @@ class ReplicaFetchers:
         if fetcher.empty():
             fetcher.stop()
 
-    def following(self, key: Key) -> tuple[int, str] | None:
-        """(leader id, address) `key` is fetched from, None when it is not followed."""
+    def following(self, key: Key) -> tuple[int, str, str] | None:
+        """(leader id, address, replication stream address or "") `key` is fetched from,
+        None when it is not followed."""
         with self._lock:
             lane = self._followed.get(key)
-        return None if lane is None else (lane[0], lane[1])
+        return None if lane is None else (lane[0], lane[1], lane[2])
 
     def throttled(self, key: Key) -> bool:
         """Whether `key` is fetched in a throttled lane."""
         with self._lock:
             lane = self._followed.get(key)
-        return lane is not None and lane[2]
+        return lane is not None and lane[3]
 
     def fetching_epoch(self, key: Key) -> int | None:
         """The leader epoch `key` is being fetched at, or None when it is not followed."""

@@ -38,6 +38,12 @@ class ClusterSettings:
     replica_fetch_max_bytes: int = 1024 * 1024
     #: how long an acks=all produce waits for the ISR before it fails (request.timeout.ms)
     replica_ack_timeout_ms: int = 30_000
+    #: on a cluster with no TLS, tokens or ACLs, followers fetch over a plain TCP stream
+    #: (`replication_stream`), far cheaper than gRPC; False: always over gRPC
+    replication_stream: bool = True
+    #: the stream's port, on the --listen host (0: any free port; brokers learn it from
+    #: each other's registration in etcd)
+    replication_port: int = 0
     #: how often the preferred leader is given leadership back
     #: (leader.imbalance.check.interval.seconds, in ms)
     leader_imbalance_check_interval_ms: int = 30_000

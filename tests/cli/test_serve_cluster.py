@@ -78,6 +78,8 @@ def test_every_flag_reaches_cluster_settings() -> None:
         "--replica-lag-time-max-ms", "10000",
         "--unclean-leader-election",
         "--default-replication-factor", "3",
+        "--no-replication-stream",
+        "--replication-port", "9192",
     )  # fmt: skip
     assert cluster_settings(given_options, {}, "0.0.0.0:9092") == ClusterSettings(
         broker_id=2,
@@ -88,6 +90,8 @@ def test_every_flag_reaches_cluster_settings() -> None:
         replica_lag_time_max_ms=10000,
         unclean_leader_election=True,
         default_replication_factor=3,
+        replication_stream=False,
+        replication_port=9192,
     )
 
 
@@ -126,6 +130,8 @@ def test_the_help_defaults_are_the_cluster_settings_defaults() -> None:
         ("default_replication_factor", str(defaults.default_replication_factor)),
         ("cluster_name", defaults.cluster_name),
         ("unclean_leader_election", "off" if not defaults.unclean_leader_election else "on"),
+        ("replication_stream", "on" if defaults.replication_stream else "off"),
+        ("replication_port", f"{defaults.replication_port}, any free port"),
     ):
         flag = "--" + name.replace("_", "-")
         section = flat[flat.index(flag) :]
@@ -234,6 +240,8 @@ def test_every_cluster_key_in_the_config_file(tmp_path: Path) -> None:
             replica_lag_time_max_ms = 12000
             unclean_leader_election = true
             default_replication_factor = 2
+            replication_stream = false
+            replication_port = 9192
             """,
         )
     )
@@ -246,6 +254,8 @@ def test_every_cluster_key_in_the_config_file(tmp_path: Path) -> None:
         replica_lag_time_max_ms=12000,
         unclean_leader_election=True,
         default_replication_factor=2,
+        replication_stream=False,
+        replication_port=9192,
     )
 
 
@@ -280,6 +290,8 @@ def test_half_a_cluster_in_the_file_is_refused_too(tmp_path: Path) -> None:
         ('replica_lag_time_max_ms = "30s"', ("replica_lag_time_max_ms",)),
         ('unclean_leader_election = "yes"', ("unclean_leader_election", "true or false")),
         ("default_replication_factor = 0", ("default_replication_factor",)),
+        ("replication_port = 65536", ("replication_port", "0..65535")),
+        ('replication_stream = "no"', ("replication_stream", "true or false")),
         ("broker_idd = 1", ("'broker_idd'", "did you mean 'broker_id'")),
     ],
 )

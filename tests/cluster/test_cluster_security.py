@@ -177,6 +177,11 @@ def test_acks_all_produce_through_the_python_client_and_a_leader_change(
     create_topic(secure, pki, topic)
     assert sorted(secure.wait_for_isr(topic, 3)) == [1, 2, 3]
     leader = secure.wait_for_leader(topic)
+    # A secured cluster replicates over gRPC with its credentials, never over the plain
+    # replication stream, which no secured broker even listens for.
+    logs = "\n".join(process.logs() for process in secure.brokers.values())
+    assert f"following partitions of leader {leader} at" in logs
+    assert "over gRPC" in logs and "replication stream" not in logs
     values = [f"v{i}".encode() for i in range(20)]
     client = {"token": ADMIN, **pki.client()}
     with Producer(secure.bootstrap, acks="all", request_timeout_ms=20_000, **client) as p:

@@ -7,6 +7,7 @@ replica's log is identical below the high watermark (read from each broker's fil
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,10 +39,33 @@ def cluster(tmp_path: Path) -> Iterator[ClusterHarness]:
         harness.close()
 
 
-def test_acks_all_reaches_every_replica_with_the_leader_epoch(cluster: ClusterHarness) -> None:
+#: what a follower logs when it starts fetching, by transport
+_FOLLOWING_OVER = {"stream": "over its replication stream at", "grpc": "over gRPC"}
+
+
+@pytest.mark.parametrize("transport", ["stream", "grpc"])
+def test_acks_all_reaches_every_replica_with_the_leader_epoch(
+    tmp_path: Path, transport: str
+) -> None:
+    """Over either transport: the plain replication stream (the default without
+    security) and gRPC (`--no-replication-stream`, and every secured cluster)."""
+    extra = ["--no-replication-stream"] if transport == "grpc" else []
+    with contextlib.closing(ClusterHarness(tmp_path, brokers=3, extra_args=extra)) as cluster:
+        cluster.start()
+        _acks_all_reaches_every_replica(cluster, transport)
+
+
+def _acks_all_reaches_every_replica(cluster: ClusterHarness, transport: str) -> None:
     create_topic(cluster)
     leader = cluster.wait_for_leader(TOPIC)
     assert sorted(cluster.wait_for_isr(TOPIC, 3)) == [1, 2, 3]
+    for broker_id, process in cluster.brokers.items():
+        if broker_id != leader:
+            line = f"following partitions of leader {leader} at"
+            assert any(
+                line in entry and _FOLLOWING_OVER[transport] in entry
+                for entry in process.logs().splitlines()
+            ), f"broker {broker_id} does not fetch over {transport}"
     acknowledged: dict[bytes, int] = {}
     for i in range(20):
         values = [f"r{i}-{j}".encode() for j in range(5)]
