@@ -46,11 +46,14 @@ class TokenBucket:
     ) -> None:
         if burst_s <= 0:
             raise ValueError(f"the burst must be a positive number of seconds, not {burst_s}")
-        self._burst_s = burst_s
+        self._burst_ms = max(1, round(burst_s * 1000))
         self._clock = clock
         self._lock = threading.Lock()
         self._rate = 0
-        self._tokens = 0.0
+        # Tokens are counted in thousandths of a byte: a rate in bytes/s earns exactly
+        # `rate` of them per ms of the clock, so the arithmetic is exact integers and a
+        # debt waited out to the millisecond is repaid in full.
+        self._millitokens = 0
         self._last_ms = clock.monotonic_ms()
         self.set_rate(rate_bytes_per_s)
 
@@ -61,7 +64,8 @@ class TokenBucket:
 
     @property
     def burst_bytes(self) -> float:
-        return self._rate * self._burst_s
+        """The most a full bucket holds (bytes)."""
+        return self._rate * self._burst_ms / 1000
 
     def set_rate(self, rate_bytes_per_s: int) -> None:
         """Change the rate (0: unthrottled). Tokens gathered so far keep their value; a
@@ -74,18 +78,21 @@ class TokenBucket:
             was_unthrottled = self._rate == 0
             self._rate = rate_bytes_per_s
             if was_unthrottled:
-                self._tokens = self.burst_bytes
+                self._millitokens = self._burst_millitokens()
             else:
-                self._tokens = min(self._tokens, self.burst_bytes)
+                self._millitokens = min(self._millitokens, self._burst_millitokens())
 
     def delay_s(self) -> float:
         """Seconds to wait before the next fetch: 0 when the bucket is not in debt (or
-        unthrottled), else the time the rate takes to repay the debt."""
+        unthrottled), else the time the rate takes to repay the debt, rounded up to the
+        millisecond."""
         with self._lock:
             if self._rate == 0:
                 return 0.0
             self._refill()
-            return 0.0 if self._tokens >= 0 else -self._tokens / self._rate
+            if self._millitokens >= 0:
+                return 0.0
+            return -(self._millitokens // self._rate) / 1000  # ceil(debt / rate) ms
 
     def record(self, nbytes: int) -> None:
         """Take out the bytes a fetch brought (the bucket may go into debt)."""
@@ -95,7 +102,10 @@ class TokenBucket:
             if self._rate == 0:
                 return
             self._refill()
-            self._tokens -= nbytes
+            self._millitokens -= nbytes * 1000
+
+    def _burst_millitokens(self) -> int:
+        return self._rate * self._burst_ms
 
     def fetch_size(self, max_bytes: int) -> int:
         """How many bytes one throttled fetch asks for: about FETCH_SPAN_S of the rate, at
@@ -107,7 +117,8 @@ class TokenBucket:
     def _refill(self) -> None:
         """Add the tokens earned since the last look (call with the lock)."""
         now_ms = self._clock.monotonic_ms()
-        elapsed_s = max(0, now_ms - self._last_ms) / 1000
+        elapsed_ms = max(0, now_ms - self._last_ms)
         self._last_ms = now_ms
         if self._rate:
-            self._tokens = min(self.burst_bytes, self._tokens + self._rate * elapsed_s)
+            earned = self._millitokens + self._rate * elapsed_ms
+            self._millitokens = min(self._burst_millitokens(), earned)
