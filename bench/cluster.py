@@ -8,7 +8,10 @@ temporary data dir, and measures, every number beside a baseline taken in the sa
    `batch_size` (256 KiB, encoded once with `record_batch.encode_values`), sent on one
    `ProduceStream` with the Producer's default 5 requests in flight, straight to the
    partition's leader: RF=3 with acks=1 and acks=all against RF=1 (acks=1 and acks=all)
-   on the same three brokers; as context a standalone broker, and RF=3 acks=all against
+   on the same three brokers (followers fetch over the replication stream, the default
+   without security); RF=3 acks=all again on a second cluster started with
+   `--no-replication-stream` (followers fetch over gRPC, as every secured cluster does);
+   as context a standalone broker, and RF=3 acks=all against
    RF=1 acks=1 with 4 streams each (a broker answers one stream's requests in order, so
    one stream waits out every acks=all request's replication before the next);
 2. failover: the leader of an RF=3 partition is killed (SIGKILL) under acks=all load; the
@@ -320,12 +323,14 @@ class Cluster:
     """etcd and brokers 1..n in cluster mode under `root`; a context manager that stops
     every process it started (brokers first, so they leave etcd, then etcd)."""
 
-    def __init__(self, root: Path, brokers: int, session_timeout_ms: int) -> None:
+    def __init__(
+        self, root: Path, brokers: int, session_timeout_ms: int, extra_args: Sequence[str] = ()
+    ) -> None:
         root.mkdir(parents=True, exist_ok=True)
         self.etcd = Etcd(root)
         self.session_timeout_ms = session_timeout_ms
         args = ["--etcd-endpoints", self.etcd.endpoint]
-        args += ["--session-timeout-ms", str(session_timeout_ms)]
+        args += ["--session-timeout-ms", str(session_timeout_ms), *extra_args]
         self.brokers = {
             i: Broker(root, i, ["--broker-id", str(i), *args]) for i in range(1, brokers + 1)
         }
@@ -596,6 +601,8 @@ class ThroughputCase:
     acks: int
     standalone: bool = False
     streams: int = 1
+    #: on a second cluster started with --no-replication-stream (followers fetch over gRPC)
+    grpc_replication: bool = False
 
 
 #: streams of the informative multi-stream cases
@@ -605,6 +612,13 @@ THROUGHPUT_CASES = (
     ThroughputCase("rf1.acksall", "RF=1 acks=all (cluster, 1 replica)", 1, ACKS_ALL),
     ThroughputCase("rf3.acks1", "RF=3 acks=1 (3 brokers)", 3, 1),
     ThroughputCase("rf3.acksall", "RF=3 acks=all (3 brokers)", 3, ACKS_ALL),
+    ThroughputCase(
+        "rf3.acksall.grpc",
+        "RF=3 acks=all, replication over gRPC",
+        3,
+        ACKS_ALL,
+        grpc_replication=True,
+    ),
     ThroughputCase("standalone.acks1", "standalone broker acks=1", 1, 1, True),
     ThroughputCase(
         "standalone.acksall", "standalone broker acks=all (fsync before ack)", 1, ACKS_ALL, True
@@ -619,6 +633,8 @@ THROUGHPUT_RATIOS = (
     ("RF=3 acks=all / RF=1 acks=1", "rf3.acksall", "rf1.acks1"),
     ("RF=3 acks=all / RF=1 acks=all", "rf3.acksall", "rf1.acksall"),
     ("RF=3 acks=1 / RF=1 acks=1", "rf3.acks1", "rf1.acks1"),
+    ("RF=3 acks=all over gRPC / RF=1 acks=1", "rf3.acksall.grpc", "rf1.acks1"),
+    ("RF=3 acks=all: replication stream / gRPC", "rf3.acksall", "rf3.acksall.grpc"),
     ("RF=1 acks=1 cluster / standalone acks=1", "rf1.acks1", "standalone.acks1"),
     (
         f"RF=3 acks=all / RF=1 acks=1, {STREAMS} streams each",
@@ -629,7 +645,7 @@ THROUGHPUT_RATIOS = (
 
 
 def run_case(
-    cluster: Cluster,
+    clusters: tuple[Cluster, Cluster],
     standalone_process: Broker,
     standalone: pb_grpc.LogStoreStub,
     case: ThroughputCase,
@@ -640,6 +656,7 @@ def run_case(
     """One timed produce run of `case` on a fresh topic, deleted afterwards so the disk
     does not fill up over the repetitions."""
     topic = f"tp-{case.key.replace('.', '-')}-{rep}"
+    cluster = clusters[1] if case.grpc_replication else clusters[0]
     if case.standalone:
         create_topic(standalone, topic, 1)
         warm_up(standalone, topic)
@@ -648,6 +665,7 @@ def run_case(
         leader = cluster.create_topic(topic, case.rf)
         target = cluster.stub(leader)
     settle()
+    # The CPU of the cluster the case ran on (its brokers keep their names).
     processes = [*cluster.brokers.values(), cluster.etcd, standalone_process]
     cpu_before = cpu_seconds(processes)
     seconds = produce_streams(target, topic, batch, batches, case.acks, case.streams)
@@ -682,14 +700,21 @@ def measure_throughput(cluster: Cluster, root: Path, args: argparse.Namespace) -
     batches = max(1, args.records // per_batch)
     runs: dict[str, list[dict[str, Any]]] = {case.key: [] for case in THROUGHPUT_CASES}
     standalone = Broker(root, None, [])
+    over_grpc = Cluster(
+        root / "cluster-grpc",
+        BROKERS,
+        cluster.session_timeout_ms,
+        ["--no-replication-stream"],
+    )
     try:
+        over_grpc.__enter__()
         standalone.start()
         stub = cluster.channels.stub(standalone.address)
         for rep in range(args.repeat):
             batch = encode_batch(BATCH_BYTES)
             order = THROUGHPUT_CASES if rep % 2 == 0 else THROUGHPUT_CASES[::-1]
             for case in order:
-                run = run_case(cluster, standalone, stub, case, rep, batch, batches)
+                run = run_case((cluster, over_grpc), standalone, stub, case, rep, batch, batches)
                 runs[case.key].append(run)
                 note(
                     f"1. rep {rep + 1}/{args.repeat} {case.label:48} "
@@ -697,6 +722,7 @@ def measure_throughput(cluster: Cluster, root: Path, args: argparse.Namespace) -
                 )
     finally:
         standalone.stop()
+        over_grpc.close()
     results = {
         case.key: {
             "label": case.label,
