@@ -160,10 +160,12 @@ def test_a_throttled_move_keeps_to_its_rate_and_verify_removes_the_throttle(
         implied_s = (size - BURST) / THROTTLE
         assert throttled_s >= TOLERANCE * implied_s, (throttled_s, implied_s)
         # Other replication went on at full speed meanwhile.
+        # (Bounds far above the ~10 ms these take, so a loaded machine does not trip them;
+        # a throttle applied to them would queue them behind the moving replica's debt.)
         assert not timer.failures and len(timer.latencies) >= 5, timer.latencies
         assert statistics.median(timer.latencies) < 0.5, timer.latencies
-        assert max(timer.latencies) < 2.0, timer.latencies
-        assert in_sync == 3
+        assert statistics.quantiles(timer.latencies, n=10)[-1] < 1.0, timer.latencies
+        assert in_sync == 3, "a follower of the steady partition fell out of the ISR"
         assert admin.replication_throttle() == THROTTLE  # until --verify sees the move done
 
         verified = reassign(cluster, move, "--verify")
