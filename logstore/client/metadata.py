@@ -182,7 +182,10 @@ class ClusterMetadata:
             for p in topic.partitions:
                 outcome = self._apply_partition(topic.topic, p)
                 changed |= outcome is True
-                if outcome is None:
+                # An older answer, or a partition with no leader yet (an election or a
+                # creation under way): ask again after the backoff, as Kafka's clients do,
+                # not only after max_age_ms.
+                if outcome is None or p.leader == NO_LEADER:
                     lagging.add(topic.topic)
         if not requested:
             for name in [t for t in self._counts if t not in seen]:
@@ -242,8 +245,9 @@ class ClusterMetadata:
         self.invalidate(topic)
 
     def _answered(self, requested: Collection[str], lagging: set[str]) -> None:
-        """Refresh bookkeeping after an answer; topics whose answer was older than what is
-        known stay stale, so another broker is asked after the backoff."""
+        """Refresh bookkeeping after an answer; `lagging` topics (an answer older than
+        what is known, or a partition without a leader) stay stale, so a broker (another
+        one, for an old answer) is asked again after the backoff."""
         now = self.clock.monotonic_ms()
         # A client asks about every topic it uses (and every invalidated one) at once, so
         # any answer renews what it relies on.

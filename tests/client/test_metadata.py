@@ -318,6 +318,25 @@ def test_metadata_is_asked_again_after_max_age_or_at_once_when_invalidated() -> 
     assert not metadata.is_stale()
 
 
+def test_a_partition_without_a_leader_is_asked_about_again_after_the_backoff() -> None:
+    """An election or a topic creation under way: the client must learn the new leader
+    within the backoff, not after max_age_ms (minutes), or its sends wait that long."""
+    clock = ManualClock()
+    metadata = fresh(clock)
+    metadata.update(answer({"t": [partition(0, 1, 0), partition(1, -1, 0)]}), REACHED)
+    assert metadata.leader_address("t", 1) is None
+    assert "t" in metadata.stale_topics() and not metadata.refresh_due()
+    assert metadata.next_refresh_ms() == 100
+    clock.advance(100)
+    assert metadata.refresh_due()
+    metadata.update(answer({"t": [partition(0, 1, 0), partition(1, -1, 0)]}), REACHED, ["t"])
+    assert metadata.next_refresh_ms() == clock.monotonic_ms() + 200  # backing off
+    clock.advance(200)
+    metadata.update(answer({"t": [partition(0, 1, 0), partition(1, 2, 1)]}), REACHED, ["t"])
+    assert metadata.leader_address("t", 1) == B2
+    assert not metadata.is_stale() and metadata.next_refresh_ms() == clock.monotonic_ms() + 300_000
+
+
 def test_failed_refreshes_back_off_doubling_to_the_maximum() -> None:
     clock = ManualClock()
     metadata = fresh(clock)
