@@ -283,15 +283,21 @@ class Broker:
                 self.security.close()
                 self.manager.close()
                 raise OSError(f"cannot listen for replication on {stream}: {exc}") from exc
-        self.cluster = ClusterNode(
-            cluster,
-            self.manager,
-            advertised,
-            on_topic_deleted=self.offsets.delete_topic,
-            on_leadership=self._leadership_changed,
-            peers=self.security.peers,
-            replication_port=self.replication_listener.port if self.replication_listener else 0,
-        )
+        try:
+            self.cluster = ClusterNode(
+                cluster,
+                self.manager,
+                advertised,
+                on_topic_deleted=self.offsets.delete_topic,
+                on_leadership=self._leadership_changed,
+                peers=self.security.peers,
+                replication_port=(
+                    self.replication_listener.port if self.replication_listener else 0
+                ),
+            )
+        except BaseException:
+            self._stop_replication_listener()
+            raise
         # Producer ids must be unique across the cluster: blocks come from etcd.
         self.producer_ids = BlockProducerIds(self.cluster.next_producer_id_block, PRODUCER_ID_BLOCK)
         self.servicer.cluster = self.cluster
@@ -372,8 +378,10 @@ class Broker:
         for service in ("", SERVICE_NAME):
             self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.servicer.begin_shutdown()
-        self.server.stop(self.settings.shutdown_grace_s).wait()
+        # Before the drain: a stopping broker answers replica fetches at once (no long
+        # poll), so followers on the stream would spin on it; gRPC refuses new calls too.
         self._stop_replication_listener()
+        self.server.stop(self.settings.shutdown_grace_s).wait()
         if self.cluster is not None:
             self.cluster.stop()
             self.leader_offsets.close()

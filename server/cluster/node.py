@@ -191,6 +191,7 @@ class ClusterNode:
             manager.appends.notify,
             self.peers,
             clock,
+            use_streams=settings.replication_stream,
         )
         #: (topic, create revision) of topics with partition states missing -> (how many
         #: were missing, time.monotonic() when that count was first seen)
@@ -549,7 +550,13 @@ class ClusterNode:
         wanted = (leader, registration.address, registration.replication_address)
         fetching_epoch = self.fetchers.fetching_epoch(replica.key)
         # Only the replicas a reassignment adds are throttled (Kafka's throttled replicas).
-        throttled = view.throttle_bytes_per_s > 0 and self.broker_id in replica.state.adding
+        # Once in the ISR they are not (Kafka throttles only replicas out of sync): the
+        # high watermark, and so acks=all, must not wait on the throttle.
+        throttled = (
+            view.throttle_bytes_per_s > 0
+            and self.broker_id in replica.state.adding
+            and self.broker_id not in replica.state.isr
+        )
         if (
             where != wanted
             or fetching_epoch != replica.state.leader_epoch

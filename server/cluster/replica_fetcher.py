@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 _RETRY_BACKOFF_S = 0.2
 #: how long one RPC to a leader may take beyond its long poll (s)
 _RPC_SLACK_S = 5.0
+#: failed fetches over a replication stream that never worked before it is given up
+#: for gRPC
+STREAM_ATTEMPTS = 5
 #: longest pause of a throttled lane before it looks again (s): a raised or removed
 #: throttle, and partitions that left the lane, take effect within this
 _THROTTLE_WAIT_MAX_S = 0.25
@@ -79,6 +82,9 @@ class LeaderFetcher:
             if replication_address and peers.plaintext
             else None
         )
+        #: consecutive failed fetches over the stream, and whether one ever succeeded
+        self._stream_failures = 0
+        self._stream_worked = False
         self._throttle = throttle
         #: where the throttled lane's next request starts in its list of partitions
         self._rotation = 0
@@ -157,7 +163,12 @@ class LeaderFetcher:
                     continue
                 if ready:
                     self._fetch(ready)
-            except (grpc.RpcError, ReplicationStreamError) as exc:
+            except ReplicationStreamError as exc:
+                if self._stopped.is_set():
+                    return
+                self._stream_failed(exc)
+                self._stopped.wait(_RETRY_BACKOFF_S)
+            except grpc.RpcError as exc:
                 if self._stopped.is_set():
                     return
                 log.debug(
@@ -167,6 +178,28 @@ class LeaderFetcher:
             except Exception:  # keep following; the next pass retries
                 log.exception("replica fetcher for leader %d failed", self.leader_id)
                 self._stopped.wait(_RETRY_BACKOFF_S)
+
+    def _stream_failed(self, exc: ReplicationStreamError) -> None:
+        """A fetch over the replication stream failed. A stream that never worked after
+        STREAM_ATTEMPTS tries (its port closed by a firewall, say) is given up for gRPC,
+        which reaches the leader wherever clients do; one that worked before failing is
+        retried (the leader restarting, or dying: leadership moves then)."""
+        self._stream_failures += 1
+        log.debug("fetch from leader %d over its stream failed: %s", self.leader_id, exc)
+        if self._stream is None or self._stream_worked:
+            return
+        if self._stream_failures >= STREAM_ATTEMPTS:
+            log.warning(
+                "leader %d: its replication stream at %s cannot be reached (%s); fetching "
+                "over gRPC at %s instead (open that port between brokers, or set "
+                "--replication-port to one that is open)",
+                self.leader_id,
+                self._stream.address,
+                exc,
+                self.address,
+            )
+            self._stream.close()
+            self._stream = None
 
     def _over_quota(self) -> bool:
         """Whether a throttled lane must leave its partitions out for now; if so it has
@@ -282,6 +315,7 @@ class LeaderFetcher:
         timeout = self._max_wait_ms / 1000 + _RPC_SLACK_S
         if self._stream is not None:
             response = self._stream.fetch(request, timeout)
+            self._stream_worked, self._stream_failures = True, 0
         else:
             response = self._stub.ReplicaFetch(request, timeout=timeout)
         wanted = {s.replica.key: s for s in states}
@@ -371,9 +405,13 @@ class ReplicaFetchers:
         on_high_watermark: Callable[[], None],
         peers: PeerChannels,
         clock: Clock = SYSTEM_CLOCK,
+        *,
+        use_streams: bool = True,
     ) -> None:
         self._broker_id = broker_id
         self._peers = peers
+        #: False: fetch over gRPC even from leaders that offer a replication stream
+        self._use_streams = use_streams
         self._broker_epoch = broker_epoch
         self._max_wait_ms = max_wait_ms
         self._max_bytes = max_bytes
@@ -421,7 +459,7 @@ class ReplicaFetchers:
                     self._on_high_watermark,
                     self._peers,
                     self.throttle if throttled else None,
-                    replication_address,
+                    replication_address if self._use_streams else "",
                 )
                 self._fetchers[lane] = fetcher
                 fetcher.start()

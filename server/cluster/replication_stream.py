@@ -14,6 +14,7 @@ import contextlib
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable
 
 from logstore.addresses import parse_host_port
@@ -31,6 +32,11 @@ _HANDSHAKE_TIMEOUT_S = 10.0
 #: a follower asks again within its fetch wait (500 ms by default); one silent for this
 #: long is gone, and its thread is freed (s)
 _IDLE_TIMEOUT_S = 120.0
+#: longest `ReplicationListener.stop` waits for the threads serving streams (s)
+_STOP_WAIT_S = 5.0
+#: longest a follower's connect and handshake may take (s): a leader that does not
+#: answer this soon counts as down, and a stopping fetcher never waits longer on one
+CONNECT_TIMEOUT_S = 2.0
 #: most connections served at once: a few per follower broker; more are closed at once
 MAX_CONNECTIONS = 256
 #: socket buffers sized for a whole fetch of a few batches, so one answer is a few writes
@@ -74,6 +80,7 @@ class ReplicationListener:
         self.port: int = self._server.getsockname()[1]
         self._stopped = threading.Event()
         self._connections: set[socket.socket] = set()
+        self._serving: set[threading.Thread] = set()
         self._lock = threading.Lock()
         self._thread = threading.Thread(
             target=self._accept_loop, name="logstore-replication-listener", daemon=True
@@ -83,7 +90,9 @@ class ReplicationListener:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop accepting and close every connection (their threads then end)."""
+        """Stop accepting and close every connection, and wait (up to _STOP_WAIT_S) for
+        the threads serving them, so no answer is still being read from the logs once the
+        broker closes them."""
         self._stopped.set()
         # shutdown, not just close: it wakes the thread blocked in accept()
         with contextlib.suppress(OSError):
@@ -94,8 +103,12 @@ class ReplicationListener:
         for connection in connections:
             with contextlib.suppress(OSError):
                 connection.shutdown(socket.SHUT_RDWR)
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
+        deadline = time.monotonic() + _STOP_WAIT_S
+        with self._lock:
+            threads = [self._thread, *self._serving]
+        for thread in threads:
+            if thread.is_alive() and thread is not threading.current_thread():
+                thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
     def _accept_loop(self) -> None:
         while not self._stopped.is_set():
@@ -115,12 +128,15 @@ class ReplicationListener:
                 )
                 connection.close()
                 continue
-            threading.Thread(
+            thread = threading.Thread(
                 target=self._serve,
                 args=(connection, peer),
                 name="logstore-replication-stream",
                 daemon=True,
-            ).start()
+            )
+            with self._lock:
+                self._serving.add(thread)
+            thread.start()
 
     def _serve(self, connection: socket.socket, peer: object) -> None:
         try:
@@ -142,6 +158,7 @@ class ReplicationListener:
         finally:
             with self._lock:
                 self._connections.discard(connection)
+                self._serving.discard(threading.current_thread())
 
     def _answer_one(self, connection: socket.socket) -> None:
         head = _recv_exactly(connection, wire.U32_SIZE)
@@ -163,11 +180,18 @@ class ReplicationListener:
 
 
 class ReplicationClient:
-    """A follower's replication stream to one leader at `address` ("host:port")."""
+    """A follower's replication stream to one leader at `address` ("host:port").
+
+    `close()` may be called from another thread at any time, a connect or handshake in
+    progress included: the socket is published before the handshake, so shutting it down
+    wakes the fetch at once, and a closed client never connects again.
+    """
 
     def __init__(self, address: str) -> None:
         self.address = address
         self._sock: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._closed = False
 
     def fetch(self, request: pb.ReplicaFetchRequest, timeout_s: float) -> pb.FetchResponse:
         """The leader's answer to `request` within `timeout_s` (ReplicationStreamError
@@ -178,24 +202,28 @@ class ReplicationClient:
             sock.sendall(wire.encode_request(request))
             return self._read_answer(sock)
         except (OSError, wire.ReplicationWireError) as exc:
-            self.close()
+            self._disconnect()
             raise ReplicationStreamError(
                 f"replication stream to {self.address}: {exc or type(exc).__name__}"
             ) from exc
 
     def _connected(self, timeout_s: float) -> socket.socket:
-        if self._sock is not None:
-            return self._sock
+        with self._lock:
+            if self._closed:
+                raise ReplicationStreamError(f"replication stream to {self.address} is closed")
+            if self._sock is not None:
+                return self._sock
         host, port = parse_host_port(self.address)
-        sock = socket.create_connection((host, port), timeout=timeout_s)
-        try:
-            _tune(sock)
-            sock.sendall(wire.HANDSHAKE)
-            wire.check_handshake(bytes(_recv_exactly(sock, len(wire.HANDSHAKE))))
-        except BaseException:
-            sock.close()
-            raise
-        self._sock = sock
+        sock = socket.create_connection((host, port), timeout=min(timeout_s, CONNECT_TIMEOUT_S))
+        with self._lock:
+            if self._closed:
+                sock.close()
+                raise ReplicationStreamError(f"replication stream to {self.address} is closed")
+            self._sock = sock
+        _tune(sock)
+        sock.settimeout(min(timeout_s, CONNECT_TIMEOUT_S))
+        sock.sendall(wire.HANDSHAKE)
+        wire.check_handshake(bytes(_recv_exactly(sock, len(wire.HANDSHAKE))))
         return sock
 
     def _read_answer(self, sock: socket.socket) -> pb.FetchResponse:
@@ -212,11 +240,18 @@ class ReplicationClient:
                 result.records = bytes(_recv_exactly(sock, size))
         return response
 
-    def close(self) -> None:
-        """Close the connection; a `fetch` blocked on it in another thread fails at once
-        (shutdown wakes a blocked read, where close alone may not)."""
-        sock, self._sock = self._sock, None
+    def _disconnect(self) -> None:
+        """Drop the connection (the next fetch connects again); a fetch blocked on it in
+        another thread fails at once (shutdown wakes a blocked read, close alone may not)."""
+        with self._lock:
+            sock, self._sock = self._sock, None
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
             sock.close()
+
+    def close(self) -> None:
+        """Close for good: a fetch in progress fails at once, later ones at their start."""
+        with self._lock:
+            self._closed = True
+        self._disconnect()

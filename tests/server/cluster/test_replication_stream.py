@@ -189,3 +189,28 @@ def test_streams_over_the_cap_are_closed_and_served_again_once_one_ends(
     finally:
         for client in (first, second, third):
             client.close()
+
+
+def test_closing_wakes_a_fetch_stuck_in_the_handshake_and_it_never_reconnects() -> None:
+    """A paused leader's kernel still accepts connections but nothing answers: a
+    stopping fetcher must not wait out its timeout (it stops on the control thread)."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # listens, never accepts
+        client = ReplicationClient(f"127.0.0.1:{silent.getsockname()[1]}")
+        failed: list[BaseException] = []
+
+        def fetch() -> None:
+            try:
+                client.fetch(_request(1), timeout_s=30)
+            except ReplicationStreamError as exc:
+                failed.append(exc)
+
+        fetching = threading.Thread(target=fetch)
+        fetching.start()
+        time.sleep(0.3)  # connected, waiting for the handshake
+        started = time.monotonic()
+        client.close()
+        fetching.join(timeout=10)
+        assert not fetching.is_alive() and failed
+        assert time.monotonic() - started < 1.5
+        with pytest.raises(ReplicationStreamError, match="closed"):
+            client.fetch(_request(2), timeout_s=1)
