@@ -29,7 +29,11 @@ from logstore.codec import record_batch as rb
 from logstore.errors import LogStoreError
 from logstore.server.cluster.peer_channels import PeerChannels
 from logstore.server.cluster.replica_manager import Key, Replica
-from logstore.server.cluster.replication_stream import ReplicationClient, ReplicationStreamError
+from logstore.server.cluster.replication_stream import (
+    ReplicationClient,
+    ReplicationRefusedError,
+    ReplicationStreamError,
+)
 from logstore.server.cluster.throttle import TokenBucket
 from logstore.v1 import logstore_pb2 as pb
 from logstore.v1 import logstore_pb2_grpc as pb_grpc
@@ -184,8 +188,11 @@ class LeaderFetcher:
         STREAM_ATTEMPTS tries (its port closed by a firewall, say) is given up for gRPC,
         which reaches the leader wherever clients do; one that worked before failing is
         retried (the leader restarting, or dying: leadership moves then)."""
-        self._stream_failures += 1
         log.debug("fetch from leader %d over its stream failed: %s", self.leader_id, exc)
+        if isinstance(exc, ReplicationRefusedError):
+            self._stream_worked = True  # the leader answered: the path is open
+            return
+        self._stream_failures += 1
         if self._stream is None or self._stream_worked:
             return
         if self._stream_failures >= STREAM_ATTEMPTS:

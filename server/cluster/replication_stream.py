@@ -48,6 +48,10 @@ class ReplicationStreamError(LogStoreError):
     refused the request as a whole); the fetcher backs off and retries."""
 
 
+class ReplicationRefusedError(ReplicationStreamError):
+    """The leader answered, refusing the request as a whole: the stream itself works."""
+
+
 def _recv_exactly(sock: socket.socket, size: int) -> bytearray:
     """`size` bytes from `sock`; ConnectionError if it closes first."""
     buffer = bytearray(size)
@@ -230,7 +234,7 @@ class ReplicationClient:
         status, length = wire.decode_answer_head(_recv_exactly(sock, wire.ANSWER_HEAD_SIZE))
         body = bytes(_recv_exactly(sock, length))
         if status == wire.STATUS_ERROR:
-            raise ReplicationStreamError(
+            raise ReplicationRefusedError(
                 f"leader at {self.address} refused the fetch: {body.decode(errors='replace')}"
             )
         response, results = wire.decode_answer_header(body)
