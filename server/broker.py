@@ -307,31 +307,43 @@ class LogStoreServicer(ClusterHandlers, GroupHandlers, pb_grpc.LogStoreServicer)
                 f"accepts requests of at most {self.max_message_bytes_limit} bytes of batches"
             )
 
-    @handles_errors
-    def CreateTopic(self, request: pb.CreateTopicRequest, context: Any) -> pb.CreateTopicResponse:
-        self._refuse_internal(request.name, "create")
-        self._check_message_limit(dict(request.config))
+    def create_topic(
+        self, name: str, partitions: int, replication_factor: int, config: dict[str, str]
+    ) -> Topic:
+        """Create a topic (through the controller's records in cluster mode); raises the
+        core's errors. Shared by the gRPC and Kafka APIs. `replication_factor` 0: the
+        cluster's default (standalone: 1)."""
+        self._refuse_internal(name, "create")
+        self._check_message_limit(config)
         if self.cluster is not None:
-            self.cluster.create_topic(
-                request.name, request.partitions, request.replication_factor, dict(request.config)
-            )
-            return pb.CreateTopicResponse(topic=self._describe(self.manager.topic(request.name)))
-        if request.replication_factor > 1:
+            self.cluster.create_topic(name, partitions, replication_factor, config)
+            return self.manager.topic(name)
+        if replication_factor > 1:
             raise InvalidReplicationFactorError(
-                f"replication factor {request.replication_factor} needs a cluster: this "
+                f"replication factor {replication_factor} needs a cluster: this "
                 "broker runs standalone, with one copy of each partition"
             )
-        topic = self.manager.create_topic(request.name, request.partitions, dict(request.config))
+        return self.manager.create_topic(name, partitions, config)
+
+    def delete_topic(self, name: str) -> None:
+        """Delete a topic and its groups' committed offsets for it; raises the core's errors."""
+        self._refuse_internal(name, "delete")
+        if self.cluster is not None:
+            self.cluster.delete_topic(name)
+            return
+        self.manager.delete_topic(name)
+        self.offsets.delete_topic(name)
+
+    @handles_errors
+    def CreateTopic(self, request: pb.CreateTopicRequest, context: Any) -> pb.CreateTopicResponse:
+        topic = self.create_topic(
+            request.name, request.partitions, request.replication_factor, dict(request.config)
+        )
         return pb.CreateTopicResponse(topic=self._describe(topic))
 
     @handles_errors
     def DeleteTopic(self, request: pb.DeleteTopicRequest, context: Any) -> pb.DeleteTopicResponse:
-        self._refuse_internal(request.name, "delete")
-        if self.cluster is not None:
-            self.cluster.delete_topic(request.name)
-            return pb.DeleteTopicResponse()
-        self.manager.delete_topic(request.name)
-        self.offsets.delete_topic(request.name)
+        self.delete_topic(request.name)
         return pb.DeleteTopicResponse()
 
     @handles_errors
@@ -353,35 +365,42 @@ class LogStoreServicer(ClusterHandlers, GroupHandlers, pb_grpc.LogStoreServicer)
     ) -> pb.DescribeTopicResponse:
         return pb.DescribeTopicResponse(topic=self._describe(self.manager.topic(request.name)))
 
+    def alter_topic_config(self, name: str, changes: dict[str, str | None]) -> Topic:
+        """Set (value) or remove (None) a topic's config overrides; raises the core's errors."""
+        self._refuse_internal(name, "alter")
+        overrides = dict(self.manager.topic(name).config_overrides)
+        overrides.update({k: v for k, v in changes.items() if v is not None})
+        for key, value in changes.items():
+            if value is None:
+                overrides.pop(key, None)
+        self._check_message_limit(overrides)
+        if self.cluster is not None:
+            self.cluster.alter_topic_config(name, overrides)
+            return self.manager.topic(name)
+        return self.manager.alter_config(name, changes)
+
+    def add_partitions(self, name: str, total_count: int) -> Topic:
+        """Grow a topic to `total_count` partitions; raises the core's errors."""
+        self._refuse_internal(name, "add partitions to")
+        if self.cluster is not None:
+            self.cluster.add_partitions(name, total_count)
+            return self.manager.topic(name)
+        return self.manager.add_partitions(name, total_count)
+
     @handles_errors
     def AlterTopicConfig(
         self, request: pb.AlterTopicConfigRequest, context: Any
     ) -> pb.AlterTopicConfigResponse:
-        self._refuse_internal(request.name, "alter")
         changes: dict[str, str | None] = dict(request.set)
         changes.update({key: None for key in request.delete})
-        overrides = dict(self.manager.topic(request.name).config_overrides)
-        overrides.update({k: v for k, v in changes.items() if v is not None})
-        for key in request.delete:
-            overrides.pop(key, None)
-        self._check_message_limit(overrides)
-        if self.cluster is not None:
-            self.cluster.alter_topic_config(request.name, overrides)
-            topic = self.manager.topic(request.name)
-            return pb.AlterTopicConfigResponse(topic=self._describe(topic))
-        topic = self.manager.alter_config(request.name, changes)
+        topic = self.alter_topic_config(request.name, changes)
         return pb.AlterTopicConfigResponse(topic=self._describe(topic))
 
     @handles_errors
     def AddPartitions(
         self, request: pb.AddPartitionsRequest, context: Any
     ) -> pb.AddPartitionsResponse:
-        self._refuse_internal(request.name, "add partitions to")
-        if self.cluster is not None:
-            self.cluster.add_partitions(request.name, request.total_count)
-            topic = self.manager.topic(request.name)
-            return pb.AddPartitionsResponse(topic=self._describe(topic))
-        topic = self.manager.add_partitions(request.name, request.total_count)
+        topic = self.add_partitions(request.name, request.total_count)
         return pb.AddPartitionsResponse(topic=self._describe(topic))
 
     # --- produce -----------------------------------------------------------------------------
