@@ -146,6 +146,7 @@ class ClusterNode:
         clock: Clock = SYSTEM_CLOCK,
         peers: PeerChannels | None = None,
         replication_port: int = 0,
+        kafka_endpoint: tuple[str, int] | None = None,
     ) -> None:
         self.settings = settings
         #: how this broker reaches the others (transport and credentials)
@@ -153,6 +154,8 @@ class ClusterNode:
         #: the port of this broker's replication stream listener (0: none), registered so
         #: that followers can fetch from it
         self.replication_port = replication_port
+        #: (host, port) Kafka clients reach this broker at; None: no Kafka listener
+        self.kafka_endpoint = kafka_endpoint
         self.broker_id = settings.broker_id
         self.manager = manager
         self.advertised = advertised
@@ -228,8 +231,14 @@ class ClusterNode:
 
     def _register(self) -> None:
         host, _, port = self.advertised.rpartition(":")
+        kafka_host, kafka_port = self.kafka_endpoint or ("", 0)
         registration = BrokerRegistration(
-            self.broker_id, host, int(port), replication_port=self.replication_port
+            self.broker_id,
+            host,
+            int(port),
+            replication_port=self.replication_port,
+            kafka_host=kafka_host,
+            kafka_port=kafka_port,
         )
         ttl_s = max(1, round(self.settings.session_timeout_ms / 1000))
         deadline = time.monotonic() + 2 * ttl_s + 5

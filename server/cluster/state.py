@@ -30,6 +30,9 @@ class BrokerRegistration:
     #: the port of its replication stream on `host`; 0: it has none (followers fetch
     #: from it over gRPC)
     replication_port: int = 0
+    #: where Kafka clients reach it (its advertised Kafka listener); port 0: it has none
+    kafka_host: str = ""
+    kafka_port: int = 0
 
     @property
     def address(self) -> str:
@@ -44,6 +47,9 @@ class BrokerRegistration:
         value = {"broker_id": self.broker_id, "host": self.host, "port": self.port}
         if self.replication_port:
             value["replication_port"] = self.replication_port
+        if self.kafka_port:
+            value["kafka_host"] = self.kafka_host
+            value["kafka_port"] = self.kafka_port
         return json.dumps(value)
 
     @classmethod
@@ -55,6 +61,8 @@ class BrokerRegistration:
             int(value["port"]),
             epoch,
             int(value.get("replication_port", 0)),
+            str(value.get("kafka_host", "")),
+            int(value.get("kafka_port", 0)),
         )
 
 
