@@ -19,6 +19,7 @@ from logstore.cli.serve_cluster import (
     given_cluster_options,
     serve_cluster_options,
 )
+from logstore.cli.serve_kafka import given_kafka_options, kafka_settings, serve_kafka_options
 from logstore.errors import LogStoreError
 
 #: command -> "module:attribute", imported only when that command runs (or --help lists
@@ -109,6 +110,7 @@ Examples:
   logstore serve --data-dir /var/lib/logstore --listen 0.0.0.0:9092
   LOGSTORE_LISTEN=127.0.0.1:9093 logstore serve
   logstore serve --config broker.toml
+  logstore serve --kafka-listen 127.0.0.1:9094
   logstore serve --tls-cert broker.pem --tls-key broker.key --auth-tokens tokens.toml \\
       --acls-enabled --super-users User:admin
   logstore serve --broker-id 1 --etcd-endpoints 10.0.0.5:2379 \\
@@ -161,7 +163,8 @@ Examples:
     "options by their names with underscores (broker_id, etcd_endpoints, cluster_name, "
     "advertised_listen, session_timeout_ms, replica_lag_time_max_ms, "
     "unclean_leader_election, default_replication_factor, replication_stream, "
-    "replication_port). Options given on the command "
+    "replication_port), and the Kafka listener's (kafka_listen, kafka_advertised_listen, "
+    "auto_create_topics_enable, num_partitions). Options given on the command "
     "line win. Env: LOGSTORE_CONFIG.",
 )
 @click.option(
@@ -174,6 +177,7 @@ Examples:
 )
 @serve_security_options
 @serve_cluster_options
+@serve_kafka_options
 def serve(
     data_dir: str | None,
     listen: str | None,
@@ -194,7 +198,8 @@ def serve(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    settings = BrokerSettings(listen=chosen_listen, cluster=cluster)
+    kafka = kafka_settings(given_kafka_options(), file_conf, cluster is not None)
+    settings = BrokerSettings(listen=chosen_listen, cluster=cluster, kafka=kafka)
     chosen_dir = data_dir or file_conf.get("data_dir")
     if chosen_dir:
         settings.data_dir = Path(os.path.expanduser(chosen_dir))

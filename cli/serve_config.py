@@ -129,8 +129,17 @@ CLUSTER_KEYS: dict[str, Check] = {
     "replication_port": _port,
 }
 
+#: Kafka listener setting -> its check; the `serve` options of the same names, which
+#: `logstore.cli.serve_kafka.kafka_settings` combines
+KAFKA_KEYS: dict[str, Check] = {
+    "kafka_listen": _listener,
+    "kafka_advertised_listen": _address,
+    "auto_create_topics_enable": _boolean,
+    "num_partitions": _positive_int,
+}
+
 #: every top-level key a file may hold
-TOP_LEVEL_KEYS: dict[str, Check] = {**BROKER_KEYS, **CLUSTER_KEYS}
+TOP_LEVEL_KEYS: dict[str, Check] = {**BROKER_KEYS, **CLUSTER_KEYS, **KAFKA_KEYS}
 
 #: the integer BrokerSettings fields a file may set
 INT_SETTINGS = tuple(key for key, check in BROKER_KEYS.items() if check is _positive_int)

@@ -32,6 +32,7 @@ from logstore.server.broker import (
 from logstore.server.cluster.settings import ClusterSettings
 from logstore.server.groups.coordinator import GroupCoordinator
 from logstore.server.groups.offsets_store import OFFSETS_TOPIC, OffsetStore
+from logstore.server.kafka.settings import KafkaSettings
 from logstore.server.metrics import BrokerMetrics
 from logstore.server.producer_ids import BlockProducerIds, ProducerIdManager
 from logstore.server.security import BrokerSecurity, SecuritySettings
@@ -42,6 +43,7 @@ from logstore.v1 import logstore_pb2 as pb
 if TYPE_CHECKING:
     from logstore.server.cluster.node import ClusterNode
     from logstore.server.cluster.replication_stream import ReplicationListener
+    from logstore.server.kafka.service import KafkaService
 
 log = logging.getLogger("logstore.broker")
 
@@ -82,6 +84,8 @@ class BrokerSettings:
     security: SecuritySettings = field(default_factory=SecuritySettings)
     #: None: a standalone broker that needs no other service; else cluster mode (etcd)
     cluster: ClusterSettings | None = None
+    #: None: no Kafka listener; else where and how Kafka clients are served
+    kafka: KafkaSettings | None = None
 
 
 def check_can_listen(address: str) -> None:
@@ -156,6 +160,11 @@ def check_listeners(settings: BrokerSettings) -> None:
             check_can_listen(stream)
         except OSError as exc:
             raise OSError(f"cannot listen for replication (--replication-port): {exc}") from None
+    if settings.kafka is not None:
+        try:
+            check_can_listen(settings.kafka.listen)
+        except OSError as exc:
+            raise OSError(f"cannot listen for Kafka clients (--kafka-listen): {exc}") from None
     if settings.metrics_listen:
         try:
             check_can_listen(settings.metrics_listen)
@@ -253,6 +262,10 @@ class Broker:
         self.address = f"{host}:{self.port}"
         #: followers' plain replication streams (cluster mode without security)
         self.replication_listener: ReplicationListener | None = None
+        #: the Kafka protocol listener (None without --kafka-listen)
+        self.kafka: KafkaService | None = None
+        if settings.kafka is not None:
+            self._open_kafka_listener(settings.kafka)
         if settings.cluster is not None:
             self._join_cluster(settings.cluster)
         #: where /metrics is served ("" when it is not)
@@ -263,9 +276,33 @@ class Broker:
             except (OSError, ValueError) as exc:
                 self.server.stop(None)  # release the gRPC port bound above
                 self._stop_replication_listener()
+                self._stop_kafka_listener()
                 self.security.close()
                 self.manager.close()
                 raise metrics_failure(f"{settings.metrics_listen}: {exc}") from exc
+
+    def _open_kafka_listener(self, kafka: KafkaSettings) -> None:
+        """Bind the Kafka listener (it serves from `start`)."""
+        from logstore.server.kafka.service import KafkaService
+
+        secured = self.settings.security
+        if secured.tls_cert or secured.auth_tokens or secured.acls_enabled:
+            self.server.stop(None)
+            self.security.close()
+            self.manager.close()
+            raise OSError(
+                "the Kafka listener does not yet serve TLS, tokens or ACLs: run it on a "
+                "broker without them"
+            )
+        try:
+            self.kafka = KafkaService(
+                self.servicer, kafka, max_request_bytes=self.settings.max_request_bytes
+            )
+        except OSError as exc:
+            self.server.stop(None)  # release the gRPC port bound above
+            self.security.close()
+            self.manager.close()
+            raise OSError(f"cannot listen for Kafka clients on {kafka.listen}: {exc}") from exc
 
     def _join_cluster(self, cluster: ClusterSettings) -> None:
         """Set up cluster mode (etcd is first contacted in `start`, once we serve)."""
@@ -294,9 +331,11 @@ class Broker:
                 replication_port=(
                     self.replication_listener.port if self.replication_listener else 0
                 ),
+                kafka_endpoint=self.kafka.advertised if self.kafka else None,
             )
         except BaseException:
             self._stop_replication_listener()
+            self._stop_kafka_listener()
             raise
         # Producer ids must be unique across the cluster: blocks come from etcd.
         self.producer_ids = BlockProducerIds(self.cluster.next_producer_id_block, PRODUCER_ID_BLOCK)
@@ -347,6 +386,8 @@ class Broker:
             self.security.start()
         except BaseException:
             self.server.stop(None)
+            self._stop_replication_listener()
+            self._stop_kafka_listener()
             self.security.close()
             self.manager.close()
             raise
@@ -362,16 +403,27 @@ class Broker:
             except BaseException:
                 self.server.stop(None)
                 self._stop_replication_listener()
+                self._stop_kafka_listener()
                 self.security.close()
                 self.manager.close()
                 raise
         self._maintenance.start()
+        if self.kafka is not None:
+            self.kafka.start()
+            host, port = self.kafka.advertised
+            log.info(
+                "serving Kafka clients on port %d, advertised as %s:%d", self.kafka.port, host, port
+            )
         for service in ("", SERVICE_NAME):
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
 
     def _stop_replication_listener(self) -> None:
         if self.replication_listener is not None:
             self.replication_listener.stop()
+
+    def _stop_kafka_listener(self) -> None:
+        if self.kafka is not None:
+            self.kafka.stop()
 
     def stop(self) -> None:
         """Stop accepting, let in-flight RPCs finish, then flush and close every log."""
@@ -381,6 +433,7 @@ class Broker:
         # Before the drain: a stopping broker answers replica fetches at once (no long
         # poll), so followers on the stream would spin on it; gRPC refuses new calls too.
         self._stop_replication_listener()
+        self._stop_kafka_listener()
         self.server.stop(self.settings.shutdown_grace_s).wait()
         if self.cluster is not None:
             self.cluster.stop()
@@ -463,9 +516,13 @@ def run(settings: BrokerSettings) -> int:
         if broker.manager.recovered_after_unclean_shutdown
         else ""
     )
+    kafka = ""
+    if broker.kafka is not None:
+        host, port = broker.kafka.advertised
+        kafka = f"; Kafka listener on {host}:{port}"
     print(
         f"LogStore broker listening on {broker.address}, data in {broker.manager.data_dir}"
-        f"{recovered}",
+        f"{recovered}{kafka}",
         flush=True,
     )
     while not stop.wait(1.0):

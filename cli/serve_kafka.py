@@ -1,0 +1,145 @@
+"""`logstore serve --kafka-listen HOST:PORT`: the Kafka listener's options and settings.
+
+Invariants: the Kafka listener is on exactly when a Kafka listen address is given (flag,
+environment or config file; the command line wins); its other options without one are
+refused, never ignored; it never advertises a wildcard address (0.0.0.0 or ::) in cluster
+mode, where other brokers' clients must reach it by name. Refusals are one line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+from logstore.addresses import parse_host_port
+
+if TYPE_CHECKING:
+    from logstore.server.kafka.settings import KafkaSettings
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_META_KAFKA = "logstore.serve.kafka"
+
+#: (name, which is also the config file key; environment variable; flags; metavar; type;
+#: help)
+_OPTIONS: list[tuple[str, str, tuple[str, ...], str | None, Any, str]] = [
+    (
+        "kafka_listen",
+        "LOGSTORE_KAFKA_LISTEN",
+        ("--kafka-listen",),
+        "HOST:PORT",
+        str,
+        "Also serve the Kafka wire protocol here, for unmodified Kafka clients "
+        "(kcat, confluent-kafka, kafka-python, aiokafka, kafkajs) [default: off; port 0 "
+        "picks a free one].",
+    ),
+    (
+        "kafka_advertised_listen",
+        "LOGSTORE_KAFKA_ADVERTISED_LISTEN",
+        ("--kafka-advertised-listen",),
+        "HOST:PORT",
+        str,
+        "Where Kafka clients are told to connect [default: the --kafka-listen address].",
+    ),
+    (
+        "auto_create_topics_enable",
+        "LOGSTORE_AUTO_CREATE_TOPICS_ENABLE",
+        ("--auto-create-topics-enable/--no-auto-create-topics-enable",),
+        None,
+        bool,
+        "Kafka's auto.create.topics.enable: a Kafka client's Metadata request for an "
+        "unknown topic creates it [default: on].",
+    ),
+    (
+        "num_partitions",
+        "LOGSTORE_NUM_PARTITIONS",
+        ("--num-partitions",),
+        "N",
+        click.IntRange(min=1),
+        "Kafka's num.partitions: partitions of an auto-created topic [default: 1].",
+    ),
+]
+
+#: config file keys (and option names) of the Kafka listener
+KAFKA_OPTIONS = tuple(option[0] for option in _OPTIONS)
+
+
+def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    if value is not None and param.name is not None:
+        ctx.meta.setdefault(_META_KAFKA, {})[param.name] = value
+    return value
+
+
+def serve_kafka_options(func: F) -> F:
+    """The Kafka listener options of `logstore serve`, read back by `given_kafka_options`."""
+    for name, envvar, flags, metavar, kind, help_text in reversed(_OPTIONS):
+        func = click.option(
+            *flags,
+            name,
+            type=kind if kind is not bool else None,
+            is_flag=kind is bool,
+            metavar=metavar,
+            default=None,
+            envvar=envvar,
+            expose_value=False,
+            callback=_remember,
+            help=f"{help_text} Env: {envvar}.",
+        )(func)
+    return func
+
+
+def given_kafka_options() -> dict[str, Any]:
+    """The Kafka options the running command got (from flags or the environment)."""
+    ctx = click.get_current_context()
+    return dict(ctx.meta.get(_META_KAFKA, {}))
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def kafka_settings(
+    given: Mapping[str, Any], file_conf: Mapping[str, Any], cluster_mode: bool
+) -> KafkaSettings | None:
+    """The broker's `KafkaSettings`, or None when it serves no Kafka clients. Raises
+    click.UsageError, one line, for options that cannot run."""
+    from logstore.server.kafka.settings import KafkaSettings
+
+    chosen = {key: given[key] for key in KAFKA_OPTIONS if given.get(key) is not None}
+    for key in KAFKA_OPTIONS:
+        if key not in chosen and key in file_conf:
+            chosen[key] = file_conf[key]
+    listen = chosen.get("kafka_listen")
+    if listen is None:
+        if chosen:
+            raise click.UsageError(
+                f"{_flag(next(iter(chosen)))} configures the Kafka listener: give "
+                "--kafka-listen HOST:PORT too"
+            )
+        return None
+    for key in ("kafka_listen", "kafka_advertised_listen"):
+        if key in chosen:
+            _check_address(key, chosen[key], port_zero=key == "kafka_listen")
+    advertised = chosen.get("kafka_advertised_listen")
+    if cluster_mode and advertised is None:
+        host = parse_host_port(listen, port_zero=True)[0]
+        if host in ("0.0.0.0", "::", ""):
+            raise click.UsageError(
+                f"--kafka-listen {listen} listens on every interface: in cluster mode give "
+                "--kafka-advertised-listen HOST:PORT, the address clients reach it at"
+            )
+    return KafkaSettings(
+        listen=listen,
+        advertised_listen=advertised,
+        auto_create_topics=bool(chosen.get("auto_create_topics_enable", True)),
+        num_partitions=int(chosen.get("num_partitions", 1)),
+    )
+
+
+def _check_address(key: str, value: Any, port_zero: bool) -> None:
+    try:
+        parse_host_port(str(value), port_zero=port_zero)
+    except ValueError as exc:
+        raise click.UsageError(f"{_flag(key)} {value}: {exc}") from None

@@ -1,0 +1,138 @@
+"""One Kafka connection as a state machine over bytes: no sockets, no threads, no clock.
+
+The shell feeds what it received (`receive_data`) and takes events (`next_event`) until it
+gets None (more bytes needed). Events:
+- `Request`: a decoded request of a served (API, version), for a handler; its answer goes
+  back through `encode_response`, in arrival order (the shell serves one at a time).
+- `Reply`: bytes the connection answers by itself, without a handler: ApiVersions at a
+  version above the served range gets a v0 body with UNSUPPORTED_VERSION and the range
+  (KIP-511), so the client retries at a version it can use.
+- `Close`: the stream broke a rule (bad frame size, unknown API, unserved version,
+  undecodable request); the shell logs the reason and closes, as Kafka's broker does. No
+  handler has run, so nothing was written to any log.
+
+Invariant: after a `Close` every later call returns the same `Close`.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from logstore.server.kafka.apis import API_BY_KEY, API_VERSIONS_KEY, Api
+from logstore.server.kafka.frames import FrameBuffer, FrameError
+
+_HEADER_PREFIX = struct.Struct(">hhi")
+#: Kafka's UNSUPPORTED_VERSION error code
+UNSUPPORTED_VERSION = 35
+
+
+@dataclass(frozen=True)
+class Request:
+    """A decoded request: what a handler gets."""
+
+    api: Api
+    version: int
+    correlation_id: int
+    client_id: str | None
+    #: the kafka-python request object (fields by their schema names)
+    body: Any
+    #: the size of its frame (bytes)
+    size: int
+
+
+@dataclass(frozen=True)
+class Reply:
+    """An answer the connection made by itself: send `data` as is."""
+
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Close:
+    """The connection must close; `reason` says why (for the broker's log)."""
+
+    reason: str
+
+
+Event = Request | Reply | Close
+
+
+class KafkaConnection:
+    """The protocol state of one client connection."""
+
+    def __init__(self, max_request_bytes: int) -> None:
+        self._frames = FrameBuffer(max_request_bytes)
+        self._closed: Close | None = None
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        if self._closed is None:
+            self._frames.feed(data)
+
+    @property
+    def closed(self) -> Close | None:
+        return self._closed
+
+    def next_event(self) -> Event | None:
+        """The next event, or None until more bytes arrive."""
+        if self._closed is not None:
+            return self._closed
+        try:
+            frame = self._frames.next_frame()
+        except FrameError as exc:
+            return self._close(str(exc))
+        if frame is None:
+            return None
+        return self._decode(frame)
+
+    def _close(self, reason: str) -> Close:
+        self._closed = Close(reason)
+        return self._closed
+
+    def _decode(self, frame: bytes) -> Event:
+        api_key, version, correlation_id = _HEADER_PREFIX.unpack_from(frame)
+        api = API_BY_KEY.get(api_key)
+        if api is None:
+            return self._close(f"unknown API key {api_key} (correlation id {correlation_id})")
+        if not api.supports(version):
+            if api_key == API_VERSIONS_KEY and version > api.max_version:
+                return Reply(unsupported_api_versions(correlation_id, version))
+            return self._close(
+                f"{api.name} v{version} is not served (versions "
+                f"{api.min_version}-{api.max_version}; correlation id {correlation_id})"
+            )
+        data = io.BytesIO(frame)
+        try:
+            body = api.request.decode(data, version=version, header=True)
+        except Exception as exc:  # any malformed input: the library raises many types
+            return self._close(f"malformed {api.name} v{version}: {type(exc).__name__}: {exc}")
+        if data.tell() != len(frame):
+            return self._close(
+                f"malformed {api.name} v{version}: {len(frame) - data.tell()} bytes after "
+                "the request"
+            )
+        return Request(api, version, correlation_id, body.header.client_id, body, len(frame))
+
+    def encode_response(self, request: Request, response: Any) -> bytes:
+        """`response` (a kafka-python response object) framed for `request`."""
+        response.API_VERSION = request.version
+        response.with_header(correlation_id=request.correlation_id)
+        return bytes(response.encode(header=True, framed=True))
+
+
+def unsupported_api_versions(correlation_id: int, version: int) -> bytes:
+    """KIP-511's answer to ApiVersions at an unserved version: a v0 body with
+    UNSUPPORTED_VERSION and, for v3+ asks, the ApiVersions range the client may retry at."""
+    api = API_BY_KEY[API_VERSIONS_KEY]
+    entry = api.response.ApiVersion
+    keys = [entry(api_key=api.key, min_version=api.min_version, max_version=api.max_version)]
+    response = api.response(
+        version=0,
+        error_code=UNSUPPORTED_VERSION,
+        api_keys=keys if version >= 3 else [],
+        throttle_time_ms=0,
+    )
+    response.with_header(correlation_id=correlation_id)
+    return bytes(response.encode(header=True, framed=True))

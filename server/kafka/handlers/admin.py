@@ -1,0 +1,1 @@
+"""Kafka handlers: admin (being built)."""

@@ -1,0 +1,1 @@
+"""Kafka handlers: fetch (being built)."""

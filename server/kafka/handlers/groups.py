@@ -1,0 +1,1 @@
+"""Kafka handlers: groups (being built)."""

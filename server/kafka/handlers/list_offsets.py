@@ -1,0 +1,1 @@
+"""Kafka handlers: list_offsets (being built)."""

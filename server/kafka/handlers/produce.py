@@ -1,0 +1,1 @@
+"""Kafka handlers: produce (being built)."""

@@ -1,0 +1,1 @@
+"""Kafka handlers: sasl (being built)."""

@@ -1,0 +1,24 @@
+"""What `logstore serve --kafka-listen ...` configures (times in ms)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    """The Kafka listener of one broker."""
+
+    #: HOST:PORT to listen on (port 0 picks a free one)
+    listen: str
+    #: HOST:PORT clients are told to connect to (Metadata, FindCoordinator); None: the
+    #: listen host and bound port
+    advertised_listen: str | None = None
+    #: Kafka's auto.create.topics.enable: Metadata for an unknown topic creates it
+    auto_create_topics: bool = True
+    #: Kafka's num.partitions: the partition count of auto-created topics
+    num_partitions: int = 1
+    #: connections beyond this are closed at once (each holds a thread)
+    max_connections: int = 1024
+    #: Kafka's connections.max.idle.ms: a connection silent this long is closed
+    connections_max_idle_ms: int = 600_000
