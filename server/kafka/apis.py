@@ -30,12 +30,16 @@ from kafka.protocol.admin import (
     CreateTopicsResponse,
     DeleteGroupsRequest,
     DeleteGroupsResponse,
+    DeleteRecordsRequest,
+    DeleteRecordsResponse,
     DeleteTopicsRequest,
     DeleteTopicsResponse,
     DescribeConfigsRequest,
     DescribeConfigsResponse,
     DescribeGroupsRequest,
     DescribeGroupsResponse,
+    IncrementalAlterConfigsRequest,
+    IncrementalAlterConfigsResponse,
     ListGroupsRequest,
     ListGroupsResponse,
 )
@@ -125,6 +129,8 @@ APIS: Final = (
     _api(SaslAuthenticateRequest, SaslAuthenticateResponse, 0, 1),
     _api(CreatePartitionsRequest, CreatePartitionsResponse, 0, 1),
     _api(DeleteGroupsRequest, DeleteGroupsResponse, 0, 1),
+    _api(IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse, 0, 0),
+    _api(DeleteRecordsRequest, DeleteRecordsResponse, 0, 1),
 )
 
 API_BY_KEY: Final = {api.key: api for api in APIS}
