@@ -30,8 +30,6 @@ from kafka.protocol.admin import (
     CreateTopicsResponse,
     DeleteGroupsRequest,
     DeleteGroupsResponse,
-    DeleteRecordsRequest,
-    DeleteRecordsResponse,
     DeleteTopicsRequest,
     DeleteTopicsResponse,
     DescribeConfigsRequest,
@@ -130,7 +128,6 @@ APIS: Final = (
     _api(CreatePartitionsRequest, CreatePartitionsResponse, 0, 1),
     _api(DeleteGroupsRequest, DeleteGroupsResponse, 0, 1),
     _api(IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse, 0, 0),
-    _api(DeleteRecordsRequest, DeleteRecordsResponse, 0, 1),
 )
 
 API_BY_KEY: Final = {api.key: api for api in APIS}
