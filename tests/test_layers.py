@@ -103,6 +103,11 @@ PURE_SERVER_MODULES = (
     "logstore.server.cluster.placement",
     "logstore.server.cluster.election",
     "logstore.server.cluster.isr",
+    # the Kafka listener's protocol logic: pure code over bytes (h11's shape)
+    "logstore.server.kafka.frames",
+    "logstore.server.kafka.apis",
+    "logstore.server.kafka.connection",
+    "logstore.server.kafka.error_codes",
 )
 
 #: The clients' I/O-free cores: tested without a broker, so they must not reach for gRPC
