@@ -1,9 +1,9 @@
 """`logstore dev-cluster`: a local etcd and N brokers in cluster mode, in the foreground.
 
 Ports, from the base port P (default 9092): broker i (ids 0..N-1) listens on
-127.0.0.1:P+i; etcd's client port is P+100 and its peer port P+101. Up to 99 brokers,
-so the two ranges never meet. Files under the data dir: `etcd/` and `etcd.log`,
-`broker-<i>/` and `broker-<i>.log`.
+127.0.0.1:P+i for gRPC and 127.0.0.1:P+200+i for Kafka clients; etcd's client port is
+P+100 and its peer port P+101. Up to 99 brokers, so the ranges never meet. Files
+under the data dir: `etcd/` and `etcd.log`, `broker-<i>/` and `broker-<i>.log`.
 
 Invariants: every child is started in its own session (the terminal's Ctrl-C reaches only
 this process, which stops the children in order: brokers first, so they leave etcd
@@ -44,6 +44,8 @@ from logstore.errors import LogStoreError
 #: etcd's client and peer ports, above the base port
 ETCD_CLIENT_OFFSET = 100
 ETCD_PEER_OFFSET = 101
+#: broker i's Kafka listener: base port + this + i
+KAFKA_OFFSET = 200
 #: most brokers: their ports (base .. base+N-1) stay below etcd's
 MAX_BROKERS = ETCD_CLIENT_OFFSET - 1
 DEFAULT_BASE_PORT = 9092
@@ -76,6 +78,14 @@ class DevClusterLayout:
     def broker_port(self, broker_id: int) -> int:
         return self.base_port + broker_id
 
+    def kafka_port(self, broker_id: int) -> int:
+        return self.base_port + KAFKA_OFFSET + broker_id
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        """Every broker's Kafka listener, comma-separated, as Kafka clients take it."""
+        return ",".join(f"127.0.0.1:{self.kafka_port(i)}" for i in range(self.brokers))
+
     @property
     def etcd_client_port(self) -> int:
         return self.base_port + ETCD_CLIENT_OFFSET
@@ -99,10 +109,16 @@ class DevClusterLayout:
 
     def ports(self) -> list[tuple[int, str]]:
         """Every port the cluster binds, with what binds it."""
-        return [(self.broker_port(i), f"broker {i}") for i in range(self.brokers)] + [
-            (self.etcd_client_port, "etcd's clients"),
-            (self.etcd_peer_port, "etcd's peers"),
-        ]
+        brokers = [(self.broker_port(i), f"broker {i}") for i in range(self.brokers)]
+        kafka = [(self.kafka_port(i), f"broker {i}'s Kafka listener") for i in range(self.brokers)]
+        return (
+            brokers
+            + kafka
+            + [
+                (self.etcd_client_port, "etcd's clients"),
+                (self.etcd_peer_port, "etcd's peers"),
+            ]
+        )
 
     def etcd_command(self, etcd: str) -> list[str]:
         client = f"http://{self.etcd_endpoint}"
@@ -126,6 +142,7 @@ class DevClusterLayout:
             "--broker-id", str(broker_id),
             "--etcd-endpoints", self.etcd_endpoint,
             "--listen", f"127.0.0.1:{self.broker_port(broker_id)}",
+            "--kafka-listen", f"127.0.0.1:{self.kafka_port(broker_id)}",
             "--data-dir", str(self.data_dir / f"broker-{broker_id}"),
             "--default-replication-factor", str(self.replication_factor),
         ]  # fmt: skip
@@ -133,7 +150,8 @@ class DevClusterLayout:
 
 DEV_CLUSTER_HELP = f"""Run a local etcd and N brokers in cluster mode, in the foreground.
 
-Broker i (ids 0..N-1) listens on 127.0.0.1:BASE_PORT+i; etcd (the binary
+Broker i (ids 0..N-1) listens on 127.0.0.1:BASE_PORT+i (gRPC) and
+127.0.0.1:BASE_PORT+{KAFKA_OFFSET}+i (Kafka clients); etcd (the binary
 `etcd`, Debian package etcd-server) on 127.0.0.1:BASE_PORT+{ETCD_CLIENT_OFFSET} for
 clients and BASE_PORT+{ETCD_PEER_OFFSET} for peers. Topics created without
 --replication-factor get min(3, N) copies. Once every broker answers, it prints
@@ -423,6 +441,7 @@ class DevCluster:
         print_line(f"data in {layout.data_dir} ({kept})")
         print_line("")
         print_line(f"bootstrap: {layout.bootstrap}")
+        print_line(f"Kafka clients' bootstrap: {layout.kafka_bootstrap}")
         print_line("")
         victim = self.brokers[-1].pid if self.brokers else 0
         for line in (
@@ -438,6 +457,7 @@ class DevCluster:
             "timeout its partitions get new leaders from their ISR",
             "  logstore topics describe orders",
             f"  kill -CONT {victim}   # it catches up and rejoins the ISR",
+            f"  kcat -b {layout.kafka_bootstrap} -L   # any Kafka client works too",
             "Ctrl-C stops the cluster.",
         ):
             print_line(line)

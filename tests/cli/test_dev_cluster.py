@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from confluent_kafka.admin import AdminClient
 
 from logstore.cli.dev_cluster import (
     ETCD_CLIENT_OFFSET,
@@ -205,6 +206,7 @@ def test_a_busy_port_is_one_line_naming_it(tmp_path: Path) -> None:
 def test_the_layout_follows_the_documented_port_scheme(tmp_path: Path) -> None:
     layout = DevClusterLayout(4, 20_000, tmp_path)
     assert layout.bootstrap == ",".join(f"127.0.0.1:{20_000 + i}" for i in range(4))
+    assert layout.kafka_bootstrap == ",".join(f"127.0.0.1:{20_200 + i}" for i in range(4))
     assert (layout.etcd_client_port, layout.etcd_peer_port) == (20_100, 20_101)
     assert layout.replication_factor == 3
     assert DevClusterLayout(2, 20_000, tmp_path).replication_factor == 2
@@ -214,6 +216,7 @@ def test_the_layout_follows_the_documented_port_scheme(tmp_path: Path) -> None:
         "--broker-id": "2",
         "--etcd-endpoints": "127.0.0.1:20100",
         "--listen": "127.0.0.1:20002",
+        "--kafka-listen": "127.0.0.1:20202",
         "--data-dir": str(tmp_path / "broker-2"),
         "--default-replication-factor": "3",
     }
@@ -240,6 +243,14 @@ def test_ctrl_c_stops_every_child_and_keeps_a_given_data_dir(
         assert cluster.cluster_mode is True
         assert [b.address for b in cluster.brokers] == run.bootstrap.split(",")
         assert cluster.etcd_healthy is True
+    kafka_bootstrap = next(
+        line for line in run.out().splitlines() if line.startswith("Kafka clients' bootstrap: ")
+    ).split(": ", 1)[1]
+    metadata = AdminClient({"bootstrap.servers": kafka_bootstrap}).list_topics(timeout=20)
+    assert sorted(f"{b.host}:{b.port}" for b in metadata.brokers.values()) == sorted(
+        kafka_bootstrap.split(",")
+    )
+    assert metadata.controller_id in metadata.brokers
 
     run.process.send_signal(signal.SIGINT)
     assert run.process.wait(timeout=STOP_S) == 0, run.err()
