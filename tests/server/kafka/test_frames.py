@@ -3,6 +3,7 @@ refused before anything of the frame is buffered."""
 
 from __future__ import annotations
 
+import itertools
 import struct
 
 import pytest
@@ -16,7 +17,7 @@ payloads = st.lists(st.binary(min_size=MIN_REQUEST_BYTES, max_size=300), max_siz
 
 def _chunks(data: bytes, cuts: list[int]) -> list[bytes]:
     points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
-    return [data[a:b] for a, b in zip(points, points[1:], strict=False)]
+    return [data[a:b] for a, b in itertools.pairwise(points)]
 
 
 @given(payloads, st.lists(st.integers(min_value=0, max_value=10_000), max_size=20))
