@@ -1,0 +1,203 @@
+"""Hostile bytes on the Kafka listener: random, mutated, truncated, oversized and
+unknown-version frames get an answer or a closed connection, never a crash, a hang or a
+write to a log; and the broker keeps serving everyone else.
+
+One broker serves the whole module (its Kafka port is fixed, so every example connects
+afresh). Every socket read has a timeout, every loop a bound.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from kafka.protocol.metadata import ApiVersionsRequest, ApiVersionsResponse, MetadataRequest
+from kafka.protocol.producer import ProduceRequest
+
+from logstore import Admin
+from logstore.codec import record_batch as rb
+from tests.kafka.conftest import KafkaBrokerProcess
+
+#: how long a response may take before the broker counts as hung (s)
+ANSWER_TIMEOUT_S = 10.0
+TOPIC = "hostile"
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBrokerProcess]:
+    process = KafkaBrokerProcess(Path(tmp_path_factory.mktemp("hostile")) / "data")
+    process.start()
+    with Admin(process.address) as admin:
+        admin.create_topic(TOPIC, partitions=1)
+    try:
+        yield process
+    finally:
+        process.close()
+
+
+def _connect(broker: KafkaBrokerProcess) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", broker.kafka_port), timeout=ANSWER_TIMEOUT_S)
+    sock.settimeout(ANSWER_TIMEOUT_S)
+    return sock
+
+
+def _read_exact(sock: socket.socket, n: int) -> bytes | None:
+    """`n` bytes, or None if the broker closed the connection first."""
+    out = bytearray()
+    while len(out) < n:
+        chunk = sock.recv(n - len(out))
+        if not chunk:
+            return None
+        out += chunk
+    return bytes(out)
+
+
+def _answer(sock: socket.socket) -> bytes | None:
+    """The next response frame (without its size), or None for a closed connection."""
+    size = _read_exact(sock, 4)
+    if size is None:
+        return None
+    (n,) = struct.unpack(">i", size)
+    assert 4 <= n <= 64 * 1024 * 1024, f"response size {n}"
+    return _read_exact(sock, n)
+
+
+def _encoded(request: object, correlation_id: int = 7) -> bytes:
+    request.with_header(correlation_id=correlation_id, client_id="hostile")  # type: ignore[attr-defined]
+    return bytes(request.encode(header=True, framed=True))  # type: ignore[attr-defined]
+
+
+def _still_serves(broker: KafkaBrokerProcess) -> None:
+    """A fresh connection gets a correct ApiVersions answer."""
+    with _connect(broker) as sock:
+        sock.sendall(_encoded(ApiVersionsRequest(version=0), correlation_id=99))
+        answer = _answer(sock)
+    assert answer is not None
+    response = ApiVersionsResponse.decode(answer, version=0, header=True)
+    assert response.header.correlation_id == 99 and response.error_code == 0
+    assert broker.proc is not None and broker.proc.poll() is None
+
+
+def _send_and_settle(broker: KafkaBrokerProcess, data: bytes) -> None:
+    """Send `data`, then read answers until the broker closes or goes quiet. A response
+    must come whole; silence (the broker waiting for the rest of a frame) is fine."""
+    with _connect(broker) as sock:
+        try:
+            sock.sendall(data)
+            sock.shutdown(socket.SHUT_WR)  # nothing more is coming: a partial frame ends
+        except OSError:
+            return  # closed while we wrote: a refusal
+        deadline = time.monotonic() + ANSWER_TIMEOUT_S
+        for _ in range(64):
+            assert time.monotonic() < deadline, "the broker neither answered nor closed"
+            try:
+                if _answer(sock) is None:
+                    return
+            except ConnectionResetError:
+                return
+
+
+def _log_end(broker: KafkaBrokerProcess) -> int:
+    with Admin(broker.address) as admin:
+        return admin.describe_topic(TOPIC).partitions[0].log_end_offset
+
+
+def _produce_frame() -> bytes:
+    batch = rb.encode_batch([(b"k", b"v", (), 1_700_000_000_000)])
+    partition = ProduceRequest.TopicProduceData.PartitionProduceData(index=0, records=batch)
+    request = ProduceRequest(
+        version=7,
+        transactional_id=None,
+        acks=1,
+        timeout_ms=5000,
+        topic_data=[ProduceRequest.TopicProduceData(name=TOPIC, partition_data=[partition])],
+    )
+    return _encoded(request)
+
+
+def test_an_oversized_frame_closes_only_its_connection(broker: KafkaBrokerProcess) -> None:
+    with _connect(broker) as sock:
+        sock.sendall(struct.pack(">i", 2**31 - 1) + b"\x00" * 64)
+        assert _answer(sock) is None
+    _still_serves(broker)
+
+
+def test_an_unknown_api_key_or_version_closes_the_connection(broker: KafkaBrokerProcess) -> None:
+    for api_key, version in ((999, 0), (3, 99), (1, 0)):  # unknown, too new, too old
+        header = struct.pack(">hhih", api_key, version, 5, -1)
+        with _connect(broker) as sock:
+            sock.sendall(struct.pack(">i", len(header)) + header)
+            assert _answer(sock) is None, (api_key, version)
+    _still_serves(broker)
+
+
+def test_api_versions_at_a_newer_version_answers_its_range(broker: KafkaBrokerProcess) -> None:
+    header = struct.pack(">hhih", 18, 9, 41, -1)
+    with _connect(broker) as sock:
+        sock.sendall(struct.pack(">i", len(header)) + header)
+        answer = _answer(sock)
+    assert answer is not None
+    response = ApiVersionsResponse.decode(answer, version=0, header=True)
+    assert response.header.correlation_id == 41
+    assert response.error_code == 35  # UNSUPPORTED_VERSION
+    assert [(k.api_key, k.min_version, k.max_version) for k in response.api_keys] == [(18, 0, 3)]
+
+
+def test_truncated_produce_requests_write_nothing(broker: KafkaBrokerProcess) -> None:
+    whole = _produce_frame()
+    body = whole[4:]
+    before = _log_end(broker)
+    for cut in range(8, len(body) - 1, 7):
+        # A frame whose size says it ends at `cut`: a complete frame with a short body.
+        _send_and_settle(broker, struct.pack(">i", cut) + body[:cut])
+        # A frame whose size promises more than ever arrives.
+        _send_and_settle(broker, whole[: 4 + cut])
+    assert _log_end(broker) == before
+    _still_serves(broker)
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(data=st.binary(min_size=0, max_size=200))
+def test_random_bytes_never_break_the_broker(broker: KafkaBrokerProcess, data: bytes) -> None:
+    _send_and_settle(broker, data)
+    _send_and_settle(broker, struct.pack(">i", len(data)) + data)
+    _still_serves(broker)
+
+
+_VALID = [
+    _encoded(ApiVersionsRequest(version=3, client_software_name="x", client_software_version="1")),
+    _encoded(MetadataRequest(version=8, topics=None, allow_auto_topic_creation=False)),
+]
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    which=st.integers(min_value=0, max_value=len(_VALID) - 1),
+    flips=st.lists(
+        st.tuples(st.integers(min_value=4, max_value=10_000), st.integers(0, 255)),
+        min_size=1,
+        max_size=6,
+    ),
+)
+def test_mutated_requests_never_break_the_broker(
+    broker: KafkaBrokerProcess, which: int, flips: list[tuple[int, int]]
+) -> None:
+    frame = bytearray(_VALID[which])
+    for position, value in flips:
+        frame[4 + (position - 4) % (len(frame) - 4)] = value
+    _send_and_settle(broker, bytes(frame))
+    _still_serves(broker)
