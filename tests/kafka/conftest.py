@@ -1,7 +1,9 @@
 """A real `logstore serve` process with a Kafka listener, for the Kafka client tests.
 
 `kafka_broker.bootstrap` is the HOST:PORT Kafka clients connect to; restarts keep both
-ports, so clients reconnect to the same addresses.
+ports, so clients reconnect to the same addresses. `module_kafka_broker` is one broker
+shared by a whole test module, for modules whose tests each use their own topics and
+groups and never restart it: the module pays for one start instead of one per test.
 """
 
 from __future__ import annotations
@@ -40,6 +42,16 @@ class KafkaBrokerProcess(BrokerProcess):
 @pytest.fixture
 def kafka_broker(tmp_path: Path) -> Iterator[KafkaBrokerProcess]:
     process = KafkaBrokerProcess(tmp_path / "data")
+    process.start()
+    try:
+        yield process
+    finally:
+        process.close()
+
+
+@pytest.fixture(scope="module")
+def module_kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBrokerProcess]:
+    process = KafkaBrokerProcess(tmp_path_factory.mktemp("kafka-broker") / "data")
     process.start()
     try:
         yield process
