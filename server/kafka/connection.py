@@ -75,6 +75,11 @@ class KafkaConnection:
     def closed(self) -> Close | None:
         return self._closed
 
+    def limit_request_bytes(self, max_bytes: int) -> None:
+        """Refuse (`Close`) any request frame larger than `max_bytes` whose size prefix has
+        not been read yet: the shell lowers the limit until the client authenticates."""
+        self._frames.max_frame_bytes = max_bytes
+
     def next_event(self) -> Event | None:
         """The next event, or None until more bytes arrive."""
         if self._closed is not None:
