@@ -11,7 +11,8 @@ RecordBatch v2 header (all integers big-endian; 61 bytes, then the records)::
         12 |    4 | partitionLeaderEpoch  int32
         16 |    1 | magic                 int8   = 2
         17 |    4 | crc                   uint32 CRC-32C of bytes [21, end)
-        21 |    2 | attributes            int16  bits 0-2 codec, 3 timestamp type,
+        21 |    2 | attributes            int16  bits 0-2 codec (0 none, 1 gzip,
+           |      |                              2 snappy, 3 lz4, 4 zstd), 3 timestamp type,
            |      |                              4 transactional, 5 control
         23 |    4 | lastOffsetDelta       int32  last offset - baseOffset
         27 |    8 | baseTimestamp         int64  ms since epoch
@@ -20,7 +21,8 @@ RecordBatch v2 header (all integers big-endian; 61 bytes, then the records)::
         51 |    2 | producerEpoch         int16  -1 when not idempotent
         53 |    4 | baseSequence          int32  -1 when not idempotent
         57 |    4 | recordCount           int32
-        61 |    … | records               (compressed as a whole when codec != 0)
+        61 |    … | records               (compressed as a whole when codec != 0, in
+           |      |                              the forms `logstore.codec.compression` names)
 
 The CRC does not cover baseOffset, batchLength or partitionLeaderEpoch, so the broker can
 assign offsets by patching bytes 0-8 without recomputing anything.
@@ -104,6 +106,8 @@ CODEC_NAMES: Final = {
     CODEC_LZ4: "lz4",
     CODEC_ZSTD: "zstd",
 }
+#: Kafka's `compression.type` names, as the producer and the CLI take them
+COMPRESSION_TYPES: Final = tuple(CODEC_NAMES.values())
 
 TIMESTAMP_TYPE_CREATE_TIME: Final = 0
 TIMESTAMP_TYPE_LOG_APPEND_TIME: Final = 1

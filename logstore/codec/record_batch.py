@@ -16,10 +16,9 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import crc32c
-import zstandard
 
+from logstore.codec import compression, records_reference
 from logstore.codec import format as fmt
-from logstore.codec import records_reference
 from logstore.errors import CorruptRecordError, RecordTooLargeError, UnsupportedCompressionError
 
 _c_decode_records: Callable[..., list[Any]] | None
@@ -37,7 +36,9 @@ Header = tuple[str, bytes | None]
 #: what a producer hands the encoder: (key, value, headers, timestamp_ms or None for "now")
 RecordInput = tuple[bytes | None, bytes | None, Sequence[Header] | None, int | None]
 
-_SUPPORTED_CODECS = frozenset({fmt.CODEC_NONE, fmt.CODEC_ZSTD})
+#: Kafka's codecs: none and the four of `logstore.codec.compression`; attributes bits
+#: 0-2 may also hold 5-7, which Kafka does not define
+_SUPPORTED_CODECS = frozenset(fmt.CODEC_NAMES)
 _INT32_MAX = 2**31 - 1
 _INT64_MAX = 2**63 - 1
 
@@ -232,16 +233,6 @@ def encode_records(
     return b"".join(parts)
 
 
-def _compress(codec: int, data: bytes) -> bytes:
-    if codec == fmt.CODEC_NONE:
-        return data
-    if codec == fmt.CODEC_ZSTD:
-        return zstandard.ZstdCompressor(level=3).compress(data)
-    raise UnsupportedCompressionError(
-        f"compression codec {fmt.CODEC_NAMES.get(codec, codec)} is not supported: use none or zstd"
-    )
-
-
 def encode_batch(
     records: Sequence[RecordInput],
     *,
@@ -271,7 +262,7 @@ def encode_batch(
     max_timestamp: int = max(timestamps)  # type: ignore[type-var,assignment]
     if max_timestamp - min(timestamps) > _INT64_MAX:  # type: ignore[type-var,operator]
         raise ValueError("record timestamps differ by more than a signed 64-bit delta holds")
-    payload = _compress(codec, encode_records(records, base_timestamp))
+    payload = compression.compress(codec, encode_records(records, base_timestamp))
     attributes = codec | (timestamp_type << 3)
     if is_transactional:
         attributes |= fmt.TRANSACTIONAL_FLAG_MASK
@@ -397,7 +388,7 @@ def encode_values(
         payload = encode_records(records, timestamp_ms)
     if codec != fmt.CODEC_NONE:
         joined = payload if isinstance(payload, bytes) else b"".join(payload)
-        payload = _compress(codec, joined)
+        payload = compression.compress(codec, joined)
     fields = (
         codec,
         count - 1,
@@ -433,7 +424,7 @@ def rewrite_batch(header: BatchHeader, kept: Sequence[Record]) -> bytes:
     payload = b""
     if kept:
         deltas = [r.offset - base_offset for r in kept]
-        payload = _compress(codec, encode_records(inputs, base_timestamp, deltas))
+        payload = compression.compress(codec, encode_records(inputs, base_timestamp, deltas))
     fields = (
         (header.attributes & ~fmt.COMPRESSION_CODEC_MASK) | codec,
         header.last_offset_delta,
@@ -519,7 +510,8 @@ def check_contents(header: BatchHeader, dense: bool = True) -> None:
     if header.codec not in _SUPPORTED_CODECS:
         raise UnsupportedCompressionError(
             f"record batch uses compression codec "
-            f"{fmt.CODEC_NAMES.get(header.codec, header.codec)}: LogStore accepts none or zstd"
+            f"{fmt.CODEC_NAMES.get(header.codec, header.codec)}: Kafka defines none (0), "
+            "gzip (1), snappy (2), lz4 (3) and zstd (4)"
         )
 
 
@@ -639,26 +631,6 @@ def set_producer_state(
 # --- decoding ------------------------------------------------------------------------------
 
 
-def _decompress(codec: int, data: bytes, max_bytes: int) -> bytes:
-    if codec == fmt.CODEC_NONE:
-        return data
-    if codec != fmt.CODEC_ZSTD:
-        raise UnsupportedCompressionError(
-            f"compression codec {fmt.CODEC_NAMES.get(codec, codec)} is not supported"
-        )
-    try:
-        reader = zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=True)
-        # Read one byte past the cap: if it arrives the batch inflates beyond the cap.
-        out = reader.read(max_bytes + 1)
-    except zstandard.ZstdError as exc:
-        raise CorruptRecordError(f"zstd-compressed records do not decompress: {exc}") from exc
-    if len(out) > max_bytes:
-        raise CorruptRecordError(
-            f"compressed records inflate beyond {max_bytes} bytes (compression bomb guard)"
-        )
-    return out
-
-
 def decode_records(
     header: BatchHeader,
     records_data: bytes | bytearray | memoryview,
@@ -713,8 +685,10 @@ def decode_batch(
     if header.codec == fmt.CODEC_NONE:
         # decoded in place: the records section is not copied out first
         return DecodedBatch(header, decode_records(header, buf, record_type, prefix, start, end))
+    # copied out: no view of `buf` (an mmap in dump-log) may outlive the call, not even in
+    # the traceback of a CorruptRecordError
     payload = bytes(memoryview(buf)[start:end])
-    data = _decompress(header.codec, payload, max_decompressed_bytes)
+    data = compression.decompress(header.codec, payload, max_decompressed_bytes)
     return DecodedBatch(header, decode_records(header, data, record_type, prefix))
 
 
