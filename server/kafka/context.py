@@ -10,7 +10,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from logstore.addresses import parse_host_port
 from logstore.server.kafka.settings import KafkaSettings
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from logstore.server.cluster.node import ClusterNode
     from logstore.server.groups.coordinator import GroupCoordinator
     from logstore.server.groups.offsets_store import OffsetStore
+    from logstore.server.kafka.security import SaslAuthenticator
     from logstore.storage.log_manager import LogManager
 
 #: the principal of a connection that has not authenticated
@@ -33,7 +34,13 @@ Authorize = Callable[[str, str, str, str], bool]
 
 @dataclass
 class Session:
-    """One client connection: who it is, and what it has shown so far."""
+    """One client connection: who it is, and what it has shown so far.
+
+    Invariants: `authenticated` is False only on a listener that requires SASL, from the
+    connection's start (or its SaslHandshake) until SaslAuthenticate succeeds; then
+    `principal` is the token's and `sasl_credential` that token's digest. Once `closing`
+    is set the connection closes after the response being sent.
+    """
 
     peer: str
     #: whether the connection is TLS
@@ -43,7 +50,16 @@ class Session:
     authenticated: bool = True
     #: the mechanism agreed by SaslHandshake (None before)
     sasl_mechanism: str | None = None
-    #: per-connection state a handler family keeps (e.g. SASL's step), by family name
+    #: the SASL exchange between SaslHandshake and its last SaslAuthenticate (a
+    #: `security.SaslExchange`)
+    sasl_exchange: Any = None
+    #: SHA-256 digest of the token this connection authenticated with (None: none)
+    sasl_credential: bytes | None = None
+    #: the token file's generation when `sasl_credential` was last checked
+    sasl_generation: int = 0
+    #: why the connection closes once the response being sent is out (None: it stays open)
+    closing: str | None = None
+    #: per-connection state a handler family keeps, by family name
     extras: dict[str, object] = field(default_factory=dict)
 
 
@@ -77,12 +93,15 @@ class KafkaBroker:
         settings: KafkaSettings,
         advertised: tuple[str, int],
         authorize: Authorize | None = None,
+        sasl: SaslAuthenticator | None = None,
     ) -> None:
         self.servicer = servicer
         self.settings = settings
         self.advertised = advertised
         #: None: every principal may do everything (no ACLs)
         self.authorize_fn = authorize
+        #: None: SASL is not offered on this listener (no token file)
+        self.sasl = sasl
 
     @property
     def manager(self) -> LogManager:
@@ -144,7 +163,9 @@ class KafkaBroker:
         return None if cluster is None else cluster.view.cluster_id
 
     def allowed(self, session: Session, resource_type: str, name: str, operation: str) -> bool:
-        """Whether the session's principal may do `operation` on the resource (ACLs)."""
+        """Whether the session's principal may do `operation` on the resource: the broker's
+        ACLs (the same `Authorizer` as gRPC's, super users included), or always without
+        ACLs. `operation` is one of `logstore.acls.OPERATIONS[resource_type]`."""
         if self.authorize_fn is None:
             return True
         return self.authorize_fn(session.principal, resource_type, name, operation)

@@ -6,6 +6,13 @@ order, one at a time (Kafka's own broker mutes a connection while a request is i
 so a long-poll fetch holds only its own connection. Invariants:
 - At most `max_connections` connections are open; one more is closed at once.
 - A connection silent for `connections_max_idle_ms` is closed (Kafka's default, 10 min).
+- TLS: each connection's handshake uses the context `tls()` returns at that moment (a
+  reload applies to new connections), bounded by `_HANDSHAKE_TIMEOUT_S`; a verified client
+  certificate's principal goes to `open_session`.
+- Until its session is authenticated a connection's requests may be at most
+  `MAX_UNAUTHENTICATED_REQUEST_BYTES` (Kafka's sasl.server.max.receive.size): a client
+  that has not shown a credential cannot make the broker buffer a large frame.
+- A response sent with `session.closing` set is the connection's last (SASL refusals).
 - `stop()` closes the listening socket and every connection; their threads end on their
   own (a handler running when `stop` is called finishes first, bounded by its long poll).
 - Nothing a client sends can end the listener: a bad stream closes its own connection.
@@ -22,6 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 from logstore.addresses import parse_host_port
+from logstore.server.kafka import security
 from logstore.server.kafka.connection import Close, KafkaConnection, Reply, Request
 from logstore.server.kafka.context import Session
 from logstore.server.kafka.router import NotServed
@@ -32,10 +40,20 @@ log = logging.getLogger(__name__)
 _READ_BYTES = 256 * 1024
 #: how long a TLS handshake may take before the connection is dropped (s)
 _HANDSHAKE_TIMEOUT_S = 10.0
+#: the largest request of a connection that has not authenticated (bytes): Kafka's
+#: sasl.server.max.receive.size default
+MAX_UNAUTHENTICATED_REQUEST_BYTES = 512 * 1024
 
 #: serve one request of a session: its response object, or None (no answer); raising
 #: `NotServed` (or anything else) closes the connection
 Serve = Callable[[Session, Request], Any]
+#: a new connection's session, from its peer ("host:port"), whether it is TLS, and the
+#: principal of its verified client certificate (None: none)
+OpenSession = Callable[[str, bool, str | None], Session]
+
+
+def _plain_session(peer: str, tls: bool, certificate_principal: str | None) -> Session:
+    return Session(peer=peer, tls=tls)
 
 
 class KafkaListener:
@@ -49,8 +67,8 @@ class KafkaListener:
         max_request_bytes: int,
         max_connections: int = 1024,
         idle_timeout_s: float = 600.0,
-        ssl_context: ssl.SSLContext | None = None,
-        on_session: Callable[[Session], None] = lambda session: None,
+        tls: Callable[[], ssl.SSLContext] | None = None,
+        open_session: OpenSession = _plain_session,
     ) -> None:
         host, port = parse_host_port(listen, port_zero=True)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -66,8 +84,8 @@ class KafkaListener:
         self._max_request_bytes = max_request_bytes
         self._max_connections = max_connections
         self._idle_timeout_s = idle_timeout_s
-        self._ssl_context = ssl_context
-        self._on_session = on_session
+        self._tls = tls
+        self._open_session = open_session
         self._lock = threading.Lock()
         self._connections: set[socket.socket] = set()
         self._stopped = threading.Event()
@@ -124,28 +142,44 @@ class KafkaListener:
             ).start()
 
     def _run_connection(self, conn: socket.socket, peer: str) -> None:
+        stream = conn
         try:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn.settimeout(self._idle_timeout_s)
-            stream: socket.socket = conn
-            if self._ssl_context is not None:
-                conn.settimeout(_HANDSHAKE_TIMEOUT_S)
-                stream = self._ssl_context.wrap_socket(conn, server_side=True)
-                stream.settimeout(self._idle_timeout_s)
-            session = Session(peer=peer, tls=self._ssl_context is not None)
-            self._on_session(session)
+            certificate_principal = None
+            if self._tls is not None:
+                stream = tls = self._wrap(conn)
+                tls.do_handshake()
+                tls.settimeout(self._idle_timeout_s)
+                certificate_principal = security.certificate_principal(tls.getpeercert())
+            session = self._open_session(peer, self._tls is not None, certificate_principal)
             self._converse(stream, session)
         except (OSError, ssl.SSLError) as exc:
             if not self._stopped.is_set():
                 log.debug("Kafka connection from %s ended: %s", peer, exc)
         finally:
             with self._lock:
-                self._connections.discard(conn)
-            _shutdown(conn)
+                self._connections.discard(stream)
+            _shutdown(stream)
+
+    def _wrap(self, conn: socket.socket) -> ssl.SSLSocket:
+        """`conn` as a TLS stream with the current context, before its handshake (bounded by
+        `_HANDSHAKE_TIMEOUT_S`). The TLS socket takes over the descriptor (`conn` is
+        detached), so it replaces `conn` among the connections `stop` closes."""
+        assert self._tls is not None
+        conn.settimeout(_HANDSHAKE_TIMEOUT_S)
+        with self._lock:
+            if self._stopped.is_set():  # `stop` may have closed the connections already
+                raise OSError("the listener is stopping")
+            self._connections.discard(conn)
+            stream = self._tls().wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+            self._connections.add(stream)
+        return stream
 
     def _converse(self, stream: socket.socket, session: Session) -> None:
         """Serve requests until the client leaves, idles out or breaks a rule."""
         protocol = KafkaConnection(self._max_request_bytes)
+        protocol.limit_request_bytes(self._request_limit(session))
         while not self._stopped.is_set():
             try:
                 data = stream.recv(_READ_BYTES)
@@ -177,6 +211,16 @@ class KafkaListener:
                     return
                 if response is not None:
                     stream.sendall(protocol.encode_response(event, response))
+                if session.closing is not None:
+                    log.info("closed a Kafka connection from %s: %s", session.peer, session.closing)
+                    return
+                protocol.limit_request_bytes(self._request_limit(session))
+
+    def _request_limit(self, session: Session) -> int:
+        """The largest request `session` may send now (bytes)."""
+        if session.authenticated:
+            return self._max_request_bytes
+        return min(self._max_request_bytes, MAX_UNAUTHENTICATED_REQUEST_BYTES)
 
 
 def _shutdown(conn: socket.socket) -> None:
