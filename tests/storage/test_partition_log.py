@@ -1177,9 +1177,10 @@ def bad_inputs() -> Iterator[tuple[str, bytes, type[Exception]]]:
     length = bytearray(good)
     struct.pack_into(">i", length, fmt.BATCH_LENGTH_OFFSET, 10)
     yield "short length", bytes(length), CorruptRecordError
-    codec = bytearray(good)
-    struct.pack_into(">h", codec, fmt.ATTRIBUTES_OFFSET, fmt.CODEC_GZIP)
-    yield "gzip", with_crc(codec), UnsupportedCompressionError
+    for undefined in (5, 7):  # Kafka defines codecs 0-4 only
+        codec = bytearray(good)
+        struct.pack_into(">h", codec, fmt.ATTRIBUTES_OFFSET, undefined)
+        yield f"codec {undefined}", with_crc(codec), UnsupportedCompressionError
     big = encode_batch(make_records("big", 2, value_size=600))
     yield "too large", big, RecordTooLargeError
     yield "good then too large", good + big, RecordTooLargeError
@@ -1203,6 +1204,41 @@ def test_bad_input_is_rejected_and_leaves_the_log_untouched(
     assert {p.name: p.read_bytes() for p in log_files(tmp_path)} == files
     model.append(log, [make_records("after", 2)])
     assert read_rows(log, 0) == model.rows
+    log.close()
+
+
+def with_records_section(batch: bytes, section: bytes) -> bytes:
+    """`batch` with its records section replaced by `section`; length and CRC fixed."""
+    out = bytearray(batch[: fmt.RECORDS_OFFSET] + section)
+    struct.pack_into(">i", out, fmt.BATCH_LENGTH_OFFSET, len(out) - fmt.LOG_OVERHEAD)
+    return with_crc(out)
+
+
+@pytest.mark.parametrize(
+    "codec",
+    [fmt.CODEC_GZIP, fmt.CODEC_SNAPPY, fmt.CODEC_LZ4, fmt.CODEC_ZSTD],
+    ids=["gzip", "snappy", "lz4", "zstd"],
+)
+def test_batches_of_every_kafka_codec_are_stored_as_they_came(tmp_path: Path, codec: int) -> None:
+    """The log checks a compressed batch's header and CRC and copies its bytes; it never
+    inflates it. So records compressed wrongly under a valid CRC are stored as well (and
+    the reader refuses them, naming the codec)."""
+    log = open_log(tmp_path)
+    records = make_records("c", 5, value_size=300)
+    good = encode_batch(records, codec=codec)
+    damaged = with_records_section(good, b"never compressed")
+    log.append(good)
+    log.append(damaged)
+    data = log.read(0, 1 << 20).data
+    first, second = read_header(data), read_header(data, len(good))
+    assert [first.base_offset, second.base_offset] == [0, 5]
+    assert first.codec == second.codec == codec
+    # byte for byte from the magic on: only the base offset and leader epoch are stamped
+    assert data[fmt.MAGIC_OFFSET : len(good)] == good[fmt.MAGIC_OFFSET :]
+    assert data[len(good) + fmt.MAGIC_OFFSET :] == damaged[fmt.MAGIC_OFFSET :]
+    assert [r.value for r in decode_batch(data).records] == [r[1] for r in records]
+    with pytest.raises(CorruptRecordError, match=f"{fmt.CODEC_NAMES[codec]}-compressed"):
+        decode_batch(data, len(good))
     log.close()
 
 
