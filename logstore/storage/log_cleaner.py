@@ -19,7 +19,9 @@ How a pass works (`clean`):
    idempotent producers' state replays the same. Batches whose records all go remain as
    empty 61-byte batches, adjacent ones of the same producer joined into one. Batches
    that lose nothing are copied byte for byte; a segment that changes in no way is not
-   rewritten.
+   rewritten. A compressed batch that loses records keeps its codec (gzip, snappy, lz4
+   or zstd): its records are inflated, under the decompression cap, and compressed again
+   in the form `logstore.codec.compression` writes, which every Kafka client reads.
 4. `PartitionLog.replace_segment` swaps the copy in (see there for crash safety).
 
 Records without a key (written before the topic became compacted; LogStore refuses new
