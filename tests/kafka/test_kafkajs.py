@@ -34,8 +34,13 @@ SCRIPT_TIMEOUT_S = 40.0
 
 
 def _tail(stderr: bytes, lines: int = 25) -> str:
-    """The last `lines` lines of a client's stderr: where its reason for failing is."""
-    return "\n".join(stderr.decode(errors="replace").splitlines()[-lines:])
+    """A client's stderr, where its reason for failing is: each distinct line once (with
+    how often it came), the last `lines` of them."""
+    counts: dict[str, int] = {}
+    for line in stderr.decode(errors="replace").splitlines():
+        counts[line] = counts.get(line, 0) + 1
+    shown = [f"{line} (x{n})" if n > 1 else line for line, n in counts.items()]
+    return "\n".join(shown[-lines:])
 
 
 @pytest.fixture(scope="module")

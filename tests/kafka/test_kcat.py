@@ -3,7 +3,8 @@
 kcat is run exactly as its users run it: metadata (`-L`), produce (`-P` with keys, headers
 and each codec), consume (`-C`), balanced consumer groups (`-G`, which commit) and offsets
 by time (`-Q`). Records cross between kcat and LogStore's own gRPC client both ways, since
-both protocols serve one store.
+both protocols serve one store. One test runs a three-broker cluster (real etcd), where
+kcat must find each partition's leader from Metadata and produce and fetch there.
 
 kcat is a system package (`apt-get install kcat`; `.ci/run` installs it): without it these
 tests fail in one line naming it, never skip. Every kcat call has a subprocess timeout and
@@ -18,12 +19,15 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from logstore import Admin, Consumer, Producer
 from logstore.types import ConsumerRecord
+from tests.cluster.etcd import free_port
+from tests.cluster.harness import ClusterHarness
 from tests.kafka.conftest import KafkaBrokerProcess
 
 #: seconds one kcat call may take; each finishes in well under a second when served
@@ -41,8 +45,13 @@ CODECS = ["none", "gzip", "snappy", "lz4", "zstd"]
 
 
 def _tail(stderr: bytes, lines: int = 25) -> str:
-    """The last `lines` lines of a client's stderr: where its reason for failing is."""
-    return "\n".join(stderr.decode(errors="replace").splitlines()[-lines:])
+    """A client's stderr, where its reason for failing is: each distinct line once (with
+    how often it came), the last `lines` of them."""
+    counts: dict[str, int] = {}
+    for line in stderr.decode(errors="replace").splitlines():
+        counts[line] = counts.get(line, 0) + 1
+    shown = [f"{line} (x{n})" if n > 1 else line for line, n in counts.items()]
+    return "\n".join(shown[-lines:])
 
 
 @pytest.fixture(scope="module")
@@ -231,3 +240,38 @@ def test_query_offsets_by_timestamp(
     # kcat -o s@TS starts consuming there.
     consumed = kcat.consume_json("-t", topic, "-o", f"s@{base_ms + 3000}")
     assert [r["offset"] for r in consumed] == [3, 4]
+
+
+def test_three_broker_cluster_each_partition_served_by_its_leader(
+    kcat_path: str, tmp_path: Path
+) -> None:
+    ports = {broker_id: free_port() for broker_id in (1, 2, 3)}
+    listeners = {b: [f"--kafka-listen=127.0.0.1:{port}"] for b, port in ports.items()}
+    cluster = ClusterHarness(tmp_path, brokers=3, broker_args=listeners)
+    cluster.start()
+    try:
+        kcat = Kcat(kcat_path, ",".join(f"127.0.0.1:{port}" for port in ports.values()))
+        topic = f"kcat-cluster-{uuid.uuid4().hex[:8]}"
+        with Admin(cluster.bootstrap) as admin:
+            admin.create_topic(topic, partitions=3, replication_factor=3)
+        for partition in range(3):
+            cluster.wait_for_isr(topic, 3, partition)
+
+        metadata = json.loads(kcat.run("-L", "-J", "-t", topic))
+        assert {b["id"]: b["name"] for b in metadata["brokers"]} == {
+            b: f"127.0.0.1:{port}" for b, port in ports.items()
+        }
+        assert metadata["controllerid"] in ports
+        [described] = metadata["topics"]
+        leaders = {p["partition"]: p["leader"] for p in described["partitions"]}
+        assert leaders == {p: cluster.wait_for_leader(topic, p) for p in range(3)}
+
+        lines = b"\n".join(b"key-%d:value %d" % (i, i) for i in range(30))
+        kcat.run("-P", "-t", topic, "-K:", "-X", "acks=all", stdin=lines)
+        consumed = kcat.consume_json("-t", topic, "-o", "beginning")
+        assert sorted((r["key"], r["payload"]) for r in consumed) == sorted(
+            (f"key-{i}", f"value {i}") for i in range(30)
+        )
+        assert {r["partition"] for r in consumed} == {0, 1, 2}
+    finally:
+        cluster.close()
