@@ -53,6 +53,13 @@ is done by the server, which asks `validate_commit` without a member (or
 Time: all timeouts are in ms on the injected clock's monotonic reading. The coordinator has
 no threads; `expire()` runs at the top of every call and on the server's timer. One lock
 guards all state; `partition_counts` is called under it and must not call back in.
+
+Kafka's classic protocol: `classic` is the coordinator of groups whose members are Kafka
+clients (JoinGroup/SyncGroup). A group is held by one protocol at a time (the shared
+`GroupProtocols` registry, updated under this lock before a member is added): joining a
+group the classic protocol holds raises GroupNotEmptyError, a commit without a member is
+refused while either protocol has members, and `active_member_count` counts both, so
+resets, deletes and offset retention treat classic groups exactly as these.
 """
 
 from __future__ import annotations
@@ -76,6 +83,8 @@ from logstore.server.groups.assignors import (
     assign,
     check_assignor_name,
 )
+from logstore.server.groups.classic import ClassicGroupCoordinator
+from logstore.server.groups.protocols import NATIVE, GroupProtocols, Holder
 
 JOIN_EPOCH = 0
 LEAVE_EPOCH = -1
@@ -196,6 +205,8 @@ class GroupCoordinator:
 
     `partition_counts(topic)` gives a topic's partition count, None if it does not exist.
     `id_suffix()` gives the random part of new member ids (12 hex characters by default).
+    `classic` coordinates the groups of Kafka clients (a default one on the same clock when
+    not given); both share its `GroupProtocols` registry.
     """
 
     def __init__(
@@ -205,6 +216,7 @@ class GroupCoordinator:
         *,
         heartbeat_interval_ms: int = DEFAULT_HEARTBEAT_INTERVAL_MS,
         id_suffix: Callable[[], str] | None = None,
+        classic: ClassicGroupCoordinator | None = None,
     ) -> None:
         if heartbeat_interval_ms <= 0:
             raise InvalidRequestError(f"heartbeat_interval_ms must be > 0: {heartbeat_interval_ms}")
@@ -214,6 +226,8 @@ class GroupCoordinator:
         self._id_suffix = id_suffix or (lambda: uuid4().hex[:12])
         self._lock = threading.Lock()
         self._groups: dict[str, _Group] = {}
+        self.classic = classic if classic is not None else ClassicGroupCoordinator(clock)
+        self._protocols: GroupProtocols = self.classic.protocols
         #: group-epoch bumps (joins, leaves, expiries, subscription changes) since start
         self.rebalances = 0
 
@@ -247,6 +261,7 @@ class GroupCoordinator:
         group = self._groups.get(request.group_id)
         if group is not None and request.member_id in group.members:
             self._remove(group, request.member_id)
+            self._protocols.update(group.group_id, NATIVE, len(group.members))
         return HeartbeatResponse(
             request.member_id, LEAVE_EPOCH, self._heartbeat_interval_ms, frozenset()
         )
@@ -256,8 +271,12 @@ class GroupCoordinator:
         wanted = _assignor_of(request)
         if group.assignor is not None and wanted is not None and wanted != group.assignor:
             raise _assignor_mismatch(group, wanted)
-        self._groups[group.group_id] = group
         member_id = request.member_id
+        joining = 0 if member_id and member_id in group.members else 1
+        held = self._protocols.update(group.group_id, NATIVE, len(group.members) + joining)
+        if held is not None:
+            raise _held_by_other(group.group_id, held)
+        self._groups[group.group_id] = group
         if member_id in group.members:
             # a known id rejoining says it lost its partitions (or never heard the answer to
             # its join): drop the old incarnation, so a lost reply leaves no orphan behind
@@ -379,6 +398,7 @@ class GroupCoordinator:
             for member in list(group.members.values()):
                 if _overdue(member, now):
                     self._remove(group, member.member_id)
+                    self._protocols.update(group.group_id, NATIVE, len(group.members))
                     removed.append((group.group_id, member.member_id))
         return removed
 
@@ -419,6 +439,9 @@ class GroupCoordinator:
             group = self._groups.get(group_id)
             if not member_id:
                 _check_memberless_commit(group_id, group, member_epoch)
+                held = self._protocols.holder(group_id)
+                if held is not None:
+                    raise _not_empty(group_id, held.members, "commit from outside the group")
                 return
             member = group.members.get(member_id) if group is not None else None
             if member is None:
@@ -472,11 +495,13 @@ class GroupCoordinator:
             return True
 
     def active_member_count(self, group_id: str) -> int:
-        """How many members the group has now (0 for an unknown group)."""
+        """How many members the group has now, of either protocol (0 for an unknown group)."""
         with self._lock:
             self._expire_locked(self._clock.monotonic_ms())
             group = self._groups.get(group_id)
-            return 0 if group is None else len(group.members)
+            native = 0 if group is None else len(group.members)
+        # outside this lock: the classic coordinator's lock is never taken under it
+        return native + self.classic.member_count(group_id)
 
 
 # --- helpers (pure, called under the lock) --------------------------------------------------
@@ -574,6 +599,13 @@ def _check_commit(
                 f"{topic}-{partition} (commit at epoch {member_epoch}, member epoch "
                 f"{member.member_epoch}); the partition was reassigned: do not commit it"
             )
+
+
+def _held_by_other(group_id: str, held: Holder) -> GroupNotEmptyError:
+    return GroupNotEmptyError(
+        f"group {group_id!r} has {held.describe()}; a group uses one protocol at a time: "
+        "stop those consumers (or wait for their sessions to expire) or use another group id"
+    )
 
 
 def _not_empty(group_id: str, members: int, action: str) -> GroupNotEmptyError:
