@@ -60,6 +60,16 @@ _OPTIONS: list[tuple[str, str, tuple[str, ...], str | None, Any, str]] = [
         click.IntRange(min=1),
         "Kafka's num.partitions: partitions of an auto-created topic [default: 1].",
     ),
+    (
+        "group_initial_rebalance_delay_ms",
+        "LOGSTORE_GROUP_INITIAL_REBALANCE_DELAY_MS",
+        ("--group-initial-rebalance-delay-ms",),
+        "MS",
+        click.IntRange(min=0),
+        "Kafka's group.initial.rebalance.delay.ms: the first rebalance of an empty group of "
+        "Kafka consumers waits this long for more to join, so consumers started together "
+        "rebalance once [default: 3000, Kafka's; 0 for tests].",
+    ),
 ]
 
 #: config file keys (and option names) of the Kafka listener
@@ -105,6 +115,7 @@ def kafka_settings(
 ) -> KafkaSettings | None:
     """The broker's `KafkaSettings`, or None when it serves no Kafka clients. Raises
     click.UsageError, one line, for options that cannot run."""
+    from logstore.server.groups.classic import DEFAULT_INITIAL_REBALANCE_DELAY_MS
     from logstore.server.kafka.settings import KafkaSettings
 
     chosen = {key: given[key] for key in KAFKA_OPTIONS if given.get(key) is not None}
@@ -135,6 +146,9 @@ def kafka_settings(
         advertised_listen=advertised,
         auto_create_topics=bool(chosen.get("auto_create_topics_enable", True)),
         num_partitions=int(chosen.get("num_partitions", 1)),
+        group_initial_rebalance_delay_ms=int(
+            chosen.get("group_initial_rebalance_delay_ms", DEFAULT_INITIAL_REBALANCE_DELAY_MS)
+        ),
     )
 
 

@@ -30,6 +30,10 @@ from logstore.server.broker import (
     add_servicer_to_server,
 )
 from logstore.server.cluster.settings import ClusterSettings
+from logstore.server.groups.classic import (
+    DEFAULT_INITIAL_REBALANCE_DELAY_MS,
+    ClassicGroupCoordinator,
+)
 from logstore.server.groups.coordinator import GroupCoordinator
 from logstore.server.groups.offsets_store import OFFSETS_TOPIC, OffsetStore
 from logstore.server.kafka.settings import KafkaSettings
@@ -207,7 +211,15 @@ class Broker:
         self.producer_ids: ProducerIdManager | BlockProducerIds = ProducerIdManager(
             self.manager.data_dir / PRODUCER_ID_FILE
         )
-        self.coordinator = GroupCoordinator(partition_counts=self._partition_count)
+        # Kafka clients' groups (the classic protocol), beside LogStore's own
+        classic = ClassicGroupCoordinator(
+            initial_rebalance_delay_ms=(
+                settings.kafka.group_initial_rebalance_delay_ms
+                if settings.kafka is not None
+                else DEFAULT_INITIAL_REBALANCE_DELAY_MS
+            )
+        )
+        self.coordinator = GroupCoordinator(partition_counts=self._partition_count, classic=classic)
         self.servicer = LogStoreServicer(
             self.manager,
             self.offsets,
@@ -368,6 +380,12 @@ class Broker:
                 for group, member in self.coordinator.expire():
                     log.info(
                         "group %s: removed member %s (session or rebalance timeout)", group, member
+                    )
+                for group, member in self.coordinator.classic.expire():
+                    log.info(
+                        "group %s: removed Kafka member %s (session, rebalance or sync timeout)",
+                        group,
+                        member,
                     )
                 if time.monotonic() - last_retention >= 60:
                     last_retention = time.monotonic()

@@ -22,3 +22,9 @@ class KafkaSettings:
     max_connections: int = 1024
     #: Kafka's connections.max.idle.ms: a connection silent this long is closed
     connections_max_idle_ms: int = 600_000
+    #: Kafka's group.initial.rebalance.delay.ms: the first rebalance of an empty classic
+    #: group waits this long for more members (ms). Kafka's default, 3000: consumers started
+    #: together form one generation instead of rebalancing once per member, each of which
+    #: stops every member of an eager group; the price is 3 s before a new group's first
+    #: records. 0 suits tests and single-consumer groups.
+    group_initial_rebalance_delay_ms: int = 3_000
