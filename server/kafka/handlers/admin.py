@@ -50,6 +50,7 @@ from kafka.protocol.admin import (
 
 from logstore.acls import CLUSTER, CLUSTER_NAME, TOPIC
 from logstore.errors import (
+    ClusterMetadataUnavailableError,
     InvalidConfigError,
     InvalidPartitionsError,
     InvalidReplicationFactorError,
@@ -198,6 +199,7 @@ _TOPIC_AUTHORIZATION_FAILED: Final = kafka_errors.TopicAuthorizationFailedError.
 _CLUSTER_AUTHORIZATION_FAILED: Final = kafka_errors.ClusterAuthorizationFailedError.errno
 _INVALID_REPLICA_ASSIGNMENT: Final = kafka_errors.InvalidReplicationAssignmentError.errno
 _INVALID_REQUEST: Final = kafka_errors.InvalidRequestError.errno
+_REQUEST_TIMED_OUT: Final = kafka_errors.RequestTimedOutError.errno
 
 
 class Refused(Exception):
@@ -219,11 +221,16 @@ def outcome(action: Callable[[], object]) -> Outcome:
     """Run one item's work and answer its error code and message (NONE, None on success).
 
     Core errors and OS errors (a full disk) become their Kafka codes; anything else is a
-    bug and escapes, closing the connection."""
+    bug and escapes, closing the connection. A change etcd could not record, or this broker
+    did not apply in time, answers REQUEST_TIMED_OUT as Kafka's controller does: the
+    client may retry, and a retried creation answers TOPIC_ALREADY_EXISTS if the first
+    one went through (LEADER_NOT_AVAILABLE, its code elsewhere, says nothing of that)."""
     try:
         action()
     except Refused as exc:
         return exc.code, exc.message
+    except ClusterMetadataUnavailableError as exc:
+        return _REQUEST_TIMED_OUT, error_message(exc)
     except (LogStoreError, OSError) as exc:
         return error_code(exc), error_message(exc)
     return NONE, None

@@ -18,6 +18,7 @@ from kafka.protocol.admin import (
     IncrementalAlterConfigsRequest,
 )
 
+from logstore.errors import ClusterMetadataUnavailableError
 from logstore.server.broker import LogStoreServicer
 from logstore.server.groups.coordinator import GroupCoordinator
 from logstore.server.groups.offsets_store import OffsetStore
@@ -35,6 +36,7 @@ from logstore.server.kafka.handlers.admin import (
     SOURCE_STATIC_BROKER,
     TYPE_LIST,
     TYPE_LONG,
+    outcome,
 )
 from logstore.server.kafka.router import dispatch
 from logstore.server.kafka.settings import KafkaSettings
@@ -576,3 +578,14 @@ def test_a_denied_principal_changes_nothing_and_learns_nothing(core: Core) -> No
     assert core.manager.topic_names() == ["__consumer_offsets", "t"]
     assert len(core.manager.topic("t").partitions) == 1
     assert core.overrides("t") == {"retention.ms": "60000"}
+
+
+def test_a_change_the_cluster_could_not_make_in_time_answers_request_timed_out() -> None:
+    def unrecorded() -> None:
+        raise ClusterMetadataUnavailableError("etcd did not answer within 5 s")
+
+    assert outcome(unrecorded) == (
+        kafka_errors.RequestTimedOutError.errno,
+        "etcd did not answer within 5 s",
+    )
+    assert outcome(lambda: None) == (NONE, None)
