@@ -30,9 +30,11 @@ from logstore.errors import (
     RecordTooLargeError,
     RequestTimedOutError,
     UnknownTopicOrPartitionError,
+    UnsupportedCompressionError,
 )
 from logstore.v1 import logstore_pb2 as pb
 from logstore.v1 import logstore_pb2_grpc as pb_grpc
+from tests.codec import kafka_peers as peers
 from tests.helpers import wait_until
 from tests.server.conftest import BrokerProcess
 
@@ -181,15 +183,21 @@ def test_acks(broker: BrokerProcess, acks: int | str) -> None:
     assert [r.value for r in _records(broker, "acks", 0)] == [b"%d" % i for i in range(20)]
 
 
-def test_zstd_compression_is_stored(broker: BrokerProcess) -> None:
-    _create(broker, "zipped")
-    with Producer(broker.address, compression="zstd") as p:
-        for i in range(100):
-            p.send("zipped", b"repetitive value %d " % i * 10)
-        p.send_batch("zipped", [b"batched" * 20] * 50).result(WAIT_S)
-    headers = _headers(broker, "zipped", 0)
-    assert headers and all(h.codec == fmt.CODEC_ZSTD for h in headers)
-    assert len(_records(broker, "zipped", 0)) == 150
+@pytest.mark.parametrize("compression", ["gzip", "snappy", "lz4", "zstd"])
+def test_compression_is_stored_in_its_codec(broker: BrokerProcess, compression: str) -> None:
+    """Kafka's compression.type names; the stored batches are read by LogStore's decoder
+    and by aiokafka's."""
+    topic = f"zipped-{compression}"
+    _create(broker, topic)
+    values = [b"repetitive value %d " % i * 10 for i in range(100)] + [b"batched" * 20] * 50
+    with Producer(broker.address, compression=compression) as p:
+        for value in values[:100]:
+            p.send(topic, value)
+        p.send_batch(topic, values[100:]).result(WAIT_S)
+    headers = _headers(broker, topic, 0)
+    assert headers and {h.codec for h in headers} == {fmt.COMPRESSION_TYPES.index(compression)}
+    assert [r.value for r in _records(broker, topic, 0)] == values
+    assert [r.value for r in peers.aiokafka_read(_fetch_raw(broker, topic, 0))] == values
 
 
 def test_linger_collects_many_sends_into_few_batches(broker: BrokerProcess) -> None:
@@ -395,6 +403,8 @@ def test_bad_arguments_raise() -> None:
         Producer("127.0.0.1:1", acks=2)
     with pytest.raises(ValueError, match="max_in_flight"):
         Producer("127.0.0.1:1", max_in_flight_requests_per_connection=6)
+    with pytest.raises(UnsupportedCompressionError, match=r"'brotli'.*'lz4'"):
+        Producer("127.0.0.1:1", compression="brotli")
 
 
 # --- bootstrap lists -----------------------------------------------------------------------------

@@ -68,7 +68,10 @@ from .sender import Sender
 __all__ = ["BatchMetadata", "Producer"]
 
 _ACKS = {"all": -1, "-1": -1, -1: -1, "1": 1, 1: 1, "0": 0, 0: 0}
-_CODECS = {None: fmt.CODEC_NONE, "none": fmt.CODEC_NONE, "zstd": fmt.CODEC_ZSTD}
+#: Kafka's `compression.type` names: none, gzip, snappy, lz4, zstd
+_CODECS: dict[str | None, int] = {None: fmt.CODEC_NONE} | {
+    name: codec for codec, name in fmt.CODEC_NAMES.items()
+}
 #: the broker remembers this many batches per producer and partition for duplicate checks
 _MAX_IDEMPOTENT_IN_FLIGHT = 5
 PRODUCE_STREAM_METHOD = "/logstore.v1.LogStore/ProduceStream"
@@ -123,7 +126,11 @@ class Producer:
 
     * `acks`: 0 (futures complete when the request is handed to gRPC, offset -1), 1 (written
       to the log), "all"/-1 (fsynced to disk).
-    * `compression`: None/"none" or "zstd" (whole batch compressed once, codec 4).
+    * `compression`: Kafka's `compression.type`: None/"none", "gzip", "snappy", "lz4" or
+      "zstd". Each batch's records are compressed once, as a whole, in the form every
+      Kafka client reads (`logstore.codec.compression`). zstd packs about as tight as
+      gzip at several times its speed; lz4 and snappy are fastest and pack least
+      (`python -m bench.codec_bench`).
     * `batch_size`: bytes per partition batch, estimated before compression. 256 KiB, not
       Kafka's 16 KiB: every request costs Python far more than the JVM, so fewer, larger
       requests are what reaches high throughput.
@@ -183,7 +190,8 @@ class Producer:
             raise ValueError(f"acks must be 0, 1 or 'all' (-1), got {acks!r}")
         if compression not in _CODECS:
             raise errors.UnsupportedCompressionError(
-                f"compression {compression!r} is not supported: use 'zstd' or 'none'"
+                f"compression {compression!r} is not supported: use one of "
+                "'none', 'gzip', 'snappy', 'lz4' or 'zstd'"
             )
         for name, value, minimum in (
             ("batch_size", batch_size, 1),
