@@ -578,7 +578,9 @@ def broker_configs(ctx: RequestContext) -> list[ConfigValue]:
     return sorted(values, key=lambda v: v.name)
 
 
-def _static(name: str, value: str, kafka_default: str | None, config_type: int, doc: str) -> Any:
+def _static(
+    name: str, value: str, kafka_default: str | None, config_type: int, doc: str
+) -> ConfigValue:
     source = SOURCE_DEFAULT if value == kafka_default else SOURCE_STATIC_BROKER
     return ConfigValue(name, value, source, True, config_type, doc, ((name, value, source),))
 
