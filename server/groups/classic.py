@@ -647,7 +647,7 @@ class ClassicGroupCoordinator:
             if answer is not None:
                 return answer
             if group is None or pending.ticket not in group.waits:
-                return _error_outcome(pending.kind, pending.member_id, GroupError.UNKNOWN_MEMBER_ID)
+                return error_outcome(pending.kind, pending.member_id, GroupError.UNKNOWN_MEMBER_ID)
             return self._answer_or_pending(group, pending.ticket, now)
 
     def abandon(self, pending: Pending) -> None:
@@ -679,7 +679,7 @@ class ClassicGroupCoordinator:
     def _answer_waits(self, group: _Group, member_id: str, error: GroupError) -> None:
         for ticket, wait in list(group.waits.items()):
             if wait.member_id == member_id:
-                self._answer(group, ticket, _error_outcome(wait.kind, member_id, error))
+                self._answer(group, ticket, error_outcome(wait.kind, member_id, error))
 
     def _answer_or_pending(self, group: _Group, ticket: int, now: int) -> Outcome | Pending:
         answer = self._answers.pop(ticket, None)
@@ -973,5 +973,6 @@ def _next_deadline(group: _Group, now: int) -> int:
     return max(now, min(times, default=now + MIN_SESSION_TIMEOUT_MS))
 
 
-def _error_outcome(kind: str, member_id: str, error: GroupError) -> Outcome:
+def error_outcome(kind: str, member_id: str, error: GroupError) -> Outcome:
+    """The answer to a waiting request of `kind` (JOIN or SYNC) that ends with `error`."""
     return JoinResult(error, member_id) if kind == JOIN else SyncResult(error)
