@@ -1,7 +1,9 @@
 """Consumer-group RPCs: heartbeat (join / leave), list, describe, delete, reset offsets.
 
 A mixin of `LogStoreServicer`; it maps requests onto the core's `GroupCoordinator`,
-`OffsetStore` and `offset_reset` planner and back.
+`OffsetStore` and `offset_reset` planner and back. Groups of Kafka clients (the classic
+protocol, `coordinator.classic`) are listed, described, deleted and reset here too: their
+members' subscriptions and assignments are read from Kafka's ConsumerProtocol bytes.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from logstore.errors import (
     UnknownGroupError,
 )
 from logstore.server.errors import handles_errors
-from logstore.server.groups import offset_reset
+from logstore.server.groups import consumer_protocol, offset_reset
+from logstore.server.groups.classic import ClassicGroupDescription, ClassicMemberDescription
 from logstore.server.groups.coordinator import GroupCoordinator, HeartbeatRequest
 from logstore.server.groups.offsets_store import OffsetStore
 from logstore.storage.log_manager import LogManager
@@ -125,6 +128,11 @@ class GroupHandlers:
             for g, state, n in self.coordinator.list_groups()
             if not self.offsets.replicated or self.offsets.holds(g)
         }
+        for c in self.coordinator.classic.list_groups():
+            if self.offsets.replicated and not self.offsets.holds(c.group_id):
+                continue
+            if c.members or c.group_id not in listed:
+                listed[c.group_id] = (c.state, c.members)
         for group in self.offsets.groups():
             listed.setdefault(group, ("Empty", 0))
         return pb.ListGroupsResponse(
@@ -139,6 +147,9 @@ class GroupHandlers:
         self, request: pb.DescribeGroupRequest, context: Any
     ) -> pb.DescribeGroupResponse:
         self.check_coordinator(request.group_id)
+        classic = self.coordinator.classic.describe(request.group_id)
+        if classic is not None and classic.members:
+            return self._describe_classic(classic)
         desc = self.coordinator.describe(request.group_id)
         owners: dict[TopicPartition, Any] = {}
         members = []
@@ -164,6 +175,37 @@ class GroupHandlers:
             state=desc.state,
             assignor=desc.assignor or "",
             group_epoch=desc.group_epoch,
+            members=members,
+            offsets=[self._partition_offset(tp, committed, owners) for tp in sorted(partitions)],
+        )
+
+    def _describe_classic(self, desc: ClassicGroupDescription) -> pb.DescribeGroupResponse:
+        """A group of Kafka clients: the generation as its epoch, the chosen protocol as its
+        assignor, and each member's topics and partitions from its ConsumerProtocol bytes."""
+        owners: dict[TopicPartition, Any] = {}
+        members = []
+        subscribed: set[str] = set()
+        for m in desc.members:
+            topics, assigned = _consumer_view(desc.protocol_type, m)
+            subscribed.update(topics)
+            member = pb.GroupMember(
+                member_id=m.member_id,
+                client_id=m.client_id,
+                host=m.host,
+                member_epoch=desc.generation_id,
+                subscribed_topics=sorted(topics),
+                assignment=assignment_to_proto(assigned),
+            )
+            members.append(member)
+            for tp in assigned:
+                owners[tp] = member
+        committed = self.offsets.fetch(desc.group_id)
+        partitions = set(committed) | set(owners) | set(self._topic_partitions(subscribed))
+        return pb.DescribeGroupResponse(
+            group_id=desc.group_id,
+            state=desc.state,
+            assignor=desc.protocol_name,
+            group_epoch=desc.generation_id,
             members=members,
             offsets=[self._partition_offset(tp, committed, owners) for tp in sorted(partitions)],
         )
@@ -203,18 +245,24 @@ class GroupHandlers:
         """Forget an inactive group and its committed offsets. A group neither the
         coordinator remembers nor with any commit does not exist: NOT_FOUND, as Kafka's
         GROUP_ID_NOT_FOUND, so a mistyped name is not reported as deleted."""
-        group = request.group_id
+        return pb.DeleteGroupResponse(deleted_offsets=self.delete_group(request.group_id))
+
+    def delete_group(self, group: str) -> int:
+        """Forget an inactive group, of either protocol, and its committed offsets; return
+        how many offsets were deleted. NotCoordinatorError, GroupNotEmptyError while it has
+        members, UnknownGroupError when there was nothing to delete."""
         if not group:
             raise InvalidRequestError("group_id must not be empty")
         self.check_coordinator(group)
         self._require_inactive(group, "delete it")
         remembered = self.coordinator.delete_group(group)
+        remembered = self.coordinator.classic.delete_group(group) or remembered
         deleted_offsets = self.offsets.delete_group(group)
         if not remembered and not deleted_offsets:
             raise UnknownGroupError(
                 f"consumer group {group!r} does not exist (no members, no committed offsets)"
             )
-        return pb.DeleteGroupResponse(deleted_offsets=deleted_offsets)
+        return deleted_offsets
 
     def _require_inactive(self, group: str, action: str) -> None:
         active = self.coordinator.active_member_count(group)
@@ -268,6 +316,24 @@ class GroupHandlers:
             ],
             executed=not request.dry_run,
         )
+
+
+def _consumer_view(
+    protocol_type: str, member: ClassicMemberDescription
+) -> tuple[list[str], list[TopicPartition]]:
+    """A classic member's subscribed topics and assigned partitions; none when the group
+    is not a consumer group or the bytes cannot be read (they are the clients' own)."""
+    if protocol_type != consumer_protocol.PROTOCOL_TYPE:
+        return [], []
+    try:
+        topics = consumer_protocol.decode_subscription(member.metadata).topics
+    except ValueError:
+        topics = []
+    try:
+        assigned = consumer_protocol.decode_assignment(member.assignment)
+    except ValueError:
+        assigned = []
+    return topics, assigned
 
 
 def _host_of(peer: str) -> str:
