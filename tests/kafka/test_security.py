@@ -15,6 +15,7 @@ import asyncio
 import io
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -40,6 +41,7 @@ from kafka.protocol.sasl import SaslAuthenticateRequest, SaslHandshakeRequest
 from logstore import Admin
 from logstore.acls import AclBinding
 from logstore.server.kafka.apis import API_BY_KEY
+from tests.cluster.harness import ClientAuth, ClusterHarness
 from tests.helpers import wait_until
 from tests.kafka.conftest import KafkaBrokerProcess
 from tests.server.security.pki import make_ca, make_leaf, require_openssl
@@ -132,7 +134,7 @@ def grpc_admin(broker: KafkaBrokerProcess, pki: Pki | None = None, **security: s
 
 
 def confluent_conf(
-    broker: KafkaBrokerProcess,
+    bootstrap: str,
     protocol: str,
     *,
     username: str | None = None,
@@ -142,7 +144,7 @@ def confluent_conf(
     errors: list[KafkaError] | None = None,
 ) -> dict[str, Any]:
     conf: dict[str, Any] = {
-        "bootstrap.servers": broker.bootstrap,
+        "bootstrap.servers": bootstrap,
         "security.protocol": protocol,
         "socket.timeout.ms": CLIENT_TIMEOUT_MS,
     }
@@ -328,7 +330,7 @@ def sasl_broker(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 def test_confluent_authenticates_with_sasl_plain_over_plaintext(
     sasl_broker: KafkaBrokerProcess,
 ) -> None:
-    conf = confluent_conf(sasl_broker, "SASL_PLAINTEXT", username="admin", token=ADMIN)
+    conf = confluent_conf(sasl_broker.bootstrap, "SASL_PLAINTEXT", username="admin", token=ADMIN)
     confluent_create(conf, "made-by-confluent")
     assert {"alice-orders", "bob-orders", "made-by-confluent"} <= confluent_topics(conf)
 
@@ -344,7 +346,9 @@ def test_kafka_python_authenticates_with_sasl_plain_over_plaintext(
 def test_a_wrong_token_is_each_clients_authentication_error(
     sasl_broker: KafkaBrokerProcess, caplog: pytest.LogCaptureFixture
 ) -> None:
-    conf = confluent_conf(sasl_broker, "SASL_PLAINTEXT", username="alice", token="guessed")
+    conf = confluent_conf(
+        sasl_broker.bootstrap, "SASL_PLAINTEXT", username="alice", token="guessed"
+    )
     refusals = confluent_auth_errors(conf)
     assert refusals and "Authentication failed: Invalid username or password" in refusals[0]
 
@@ -382,7 +386,7 @@ def test_a_wrong_token_is_each_clients_authentication_error(
 
 
 def test_the_username_must_name_the_tokens_principal(sasl_broker: KafkaBrokerProcess) -> None:
-    conf = confluent_conf(sasl_broker, "SASL_PLAINTEXT", username="bob", token=ALICE)
+    conf = confluent_conf(sasl_broker.bootstrap, "SASL_PLAINTEXT", username="bob", token=ALICE)
     refusals = confluent_auth_errors(conf)
     assert refusals and "the username is not the name of the token's principal" in refusals[0]
     assert ALICE not in sasl_broker.logs()
@@ -391,7 +395,7 @@ def test_the_username_must_name_the_tokens_principal(sasl_broker: KafkaBrokerPro
 def test_metadata_shows_only_topics_the_principal_may_describe(
     sasl_broker: KafkaBrokerProcess,
 ) -> None:
-    conf = confluent_conf(sasl_broker, "SASL_PLAINTEXT", username="alice", token=ALICE)
+    conf = confluent_conf(sasl_broker.bootstrap, "SASL_PLAINTEXT", username="alice", token=ALICE)
     assert confluent_topics(conf) == {"alice-orders"}
     named = AdminClient(conf).list_topics(topic="bob-orders", timeout=CLIENT_TIMEOUT_MS / 1000)
     error = named.topics["bob-orders"].error
@@ -410,7 +414,7 @@ def test_metadata_shows_only_topics_the_principal_may_describe(
 def test_produce_is_allowed_on_one_topic_and_refused_on_another(
     sasl_broker: KafkaBrokerProcess,
 ) -> None:
-    conf = confluent_conf(sasl_broker, "SASL_PLAINTEXT", username="alice", token=ALICE)
+    conf = confluent_conf(sasl_broker.bootstrap, "SASL_PLAINTEXT", username="alice", token=ALICE)
     producer = Producer(conf | {"message.timeout.ms": 10_000})
     outcomes: dict[str, KafkaError | None] = {}
     for topic in ("alice-orders", "bob-orders"):
@@ -514,7 +518,7 @@ def ssl_broker(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[K
 
 
 def test_confluent_and_kafka_python_over_ssl(ssl_broker: KafkaBrokerProcess, pki: Pki) -> None:
-    conf = confluent_conf(ssl_broker, "SSL", pki=pki)
+    conf = confluent_conf(ssl_broker.bootstrap, "SSL", pki=pki)
     confluent_create(conf, "ssl-confluent")
     assert "ssl-confluent" in confluent_topics(conf)
     kwargs = kafka_python_kwargs(ssl_broker, "SSL", pki=pki)
@@ -555,12 +559,14 @@ def sasl_ssl_broker(
 def test_confluent_and_kafka_python_over_sasl_ssl(
     sasl_ssl_broker: KafkaBrokerProcess, pki: Pki
 ) -> None:
-    conf = confluent_conf(sasl_ssl_broker, "SASL_SSL", username="bob", token=BOB, pki=pki)
+    conf = confluent_conf(sasl_ssl_broker.bootstrap, "SASL_SSL", username="bob", token=BOB, pki=pki)
     confluent_create(conf, "sasl-ssl-confluent")
     assert "sasl-ssl-confluent" in confluent_topics(conf)
     kwargs = kafka_python_kwargs(sasl_ssl_broker, "SASL_SSL", username="bob", token=BOB, pki=pki)
     assert "sasl-ssl-kp" in kafka_python_topics_after_creating(kwargs, "sasl-ssl-kp")
-    wrong = confluent_conf(sasl_ssl_broker, "SASL_SSL", username="bob", token="guessed", pki=pki)
+    wrong = confluent_conf(
+        sasl_ssl_broker.bootstrap, "SASL_SSL", username="bob", token="guessed", pki=pki
+    )
     assert confluent_auth_errors(wrong)
 
 
@@ -597,7 +603,7 @@ def mtls_broker(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 def test_a_verified_client_certificate_is_the_principal(
     mtls_broker: KafkaBrokerProcess, pki: Pki
 ) -> None:
-    conf = confluent_conf(mtls_broker, "SSL", pki=pki, client_cert=True)
+    conf = confluent_conf(mtls_broker.bootstrap, "SSL", pki=pki, client_cert=True)
     assert confluent_topics(conf) == {"alice-certs"}
     kwargs = kafka_python_kwargs(mtls_broker, "SSL", pki=pki, client_cert=True)
     client = KafkaAdminClient(**kwargs)
@@ -611,7 +617,7 @@ def test_sasl_over_mutual_tls_takes_the_tokens_principal(
     mtls_broker: KafkaBrokerProcess, pki: Pki
 ) -> None:
     conf = confluent_conf(
-        mtls_broker, "SASL_SSL", username="admin", token=ADMIN, pki=pki, client_cert=True
+        mtls_broker.bootstrap, "SASL_SSL", username="admin", token=ADMIN, pki=pki, client_cert=True
     )
     assert {"alice-certs", "admin-only"} <= confluent_topics(conf)
 
@@ -683,3 +689,46 @@ def test_sighup_revokes_tokens_and_rotates_the_certificate(pki: Pki, tmp_path: P
         assert "carol-k4fka" not in broker.logs() and ALICE not in broker.logs()
     finally:
         broker.close()
+
+
+# --- a cluster: the ACLs in etcd decide on every broker's Kafka listener ------------------------
+
+
+def test_a_clusters_acls_in_etcd_decide_on_every_kafka_listener(pki: Pki, tmp_path: Path) -> None:
+    tokens, broker_token = tmp_path / "tokens.toml", tmp_path / "broker.token"
+    write_tokens(tokens, {**TOKENS, "broker-k4fka": "User:broker"})
+    broker_token.write_text("broker-k4fka\n")
+    shared = [
+        *("--auth-tokens", str(tokens), "--inter-broker-token-file", str(broker_token)),
+        *("--acls-enabled", "--super-users", "User:admin,User:broker"),
+        *("--kafka-listen", "127.0.0.1:0"),
+    ]
+    harness = ClusterHarness(tmp_path / "cluster", 3, shared, auth=ClientAuth(None, ADMIN))
+    try:
+        harness.start()
+        listeners = {}
+        for broker_id, process in harness.brokers.items():
+            found = re.search(r"Kafka listener on (\S+)", process.start_line)
+            assert found, process.start_line
+            listeners[broker_id] = found.group(1)
+        with Admin(harness.brokers[1].address, token=ADMIN) as admin:
+            admin.create_topic("cluster-orders", 3, replication_factor=3)
+        alice = confluent_conf(listeners[3], "SASL_PLAINTEXT", username="alice", token=ALICE)
+        metadata = AdminClient(alice).list_topics(timeout=CLIENT_TIMEOUT_MS / 1000)
+        assert set(metadata.topics) == set()
+        assert sorted(f"{b.host}:{b.port}" for b in metadata.brokers.values()) == sorted(
+            listeners.values()
+        )
+        with Admin(harness.brokers[1].address, token=ADMIN) as admin:
+            admin.create_acls([AclBinding("User:alice", "topic", "cluster-orders", "describe")])
+        wait_until(
+            lambda: confluent_topics(alice) == {"cluster-orders"},
+            "broker 3's Kafka listener to apply an ACL created through broker 1",
+            step_s=0.5,
+        )
+        bob = confluent_conf(listeners[2], "SASL_PLAINTEXT", username="bob", token=BOB)
+        named = AdminClient(bob).list_topics(topic="cluster-orders", timeout=5)
+        error = named.topics["cluster-orders"].error
+        assert error is not None and error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+    finally:
+        harness.close()
