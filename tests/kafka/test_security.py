@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import logging
 import os
 import re
@@ -21,6 +22,7 @@ import signal
 import socket
 import ssl
 import struct
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -432,6 +434,28 @@ def test_produce_is_allowed_on_one_topic_and_refused_on_another(
             kafka_producer.send("bob-orders", b"order").get(timeout=10)
     finally:
         kafka_producer.close(timeout=5)
+
+
+def test_kcat_authenticates_with_sasl_plain(sasl_broker: KafkaBrokerProcess) -> None:
+    """kcat on librdkafka 2.0.2, the oldest client served: SaslHandshake v1 and
+    SaslAuthenticate, its metadata filtered by alice's ACLs."""
+    kcat = shutil.which("kcat")
+    assert kcat, "kcat is not on PATH: apt-get install kcat (.ci/run installs it)"
+    base = [
+        *(kcat, "-b", sasl_broker.bootstrap, "-m", "5", "-L", "-J"),
+        *("-X", "security.protocol=SASL_PLAINTEXT", "-X", "sasl.mechanisms=PLAIN"),
+        *("-X", "sasl.username=alice"),
+    ]
+    ok = subprocess.run(
+        [*base, "-X", f"sasl.password={ALICE}"], capture_output=True, text=True, timeout=30
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert [t["topic"] for t in json.loads(ok.stdout)["topics"]] == ["alice-orders"]
+    refused = subprocess.run(
+        [*base, "-X", "sasl.password=guessed"], capture_output=True, text=True, timeout=30
+    )
+    assert refused.returncode != 0
+    assert "SASL authentication error: Authentication failed: Invalid username" in refused.stderr
 
 
 def test_a_request_before_authentication_closes_the_connection(
