@@ -49,6 +49,7 @@ from logstore.cli.common import (
 )
 from logstore.client.consumer import Consumer
 from logstore.client.producer import Producer
+from logstore.codec import format as fmt
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -328,7 +329,10 @@ def producer_options(func: F) -> F:
             "--acks", type=click.Choice(["all", "1", "0"]), default="all", show_default=True
         ),
         click.option(
-            "--compression", type=click.Choice(["none", "zstd"]), default="none", show_default=True
+            "--compression",
+            type=click.Choice(fmt.COMPRESSION_TYPES),
+            default="none",
+            show_default=True,
         ),
         click.option(
             "--batch-size", type=click.IntRange(min=1), default=262_144, show_default=True

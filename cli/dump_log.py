@@ -169,13 +169,16 @@ def record_line(record: rb.Record, header: rb.BatchHeader, max_bytes: int) -> st
     )
 
 
-def record_lines(buf: bytes | mmap.mmap, info: BatchInfo, max_bytes: int) -> list[str]:
-    """The batch's records, decoded even when its CRC is wrong (the lines say it is)."""
+def record_lines(
+    buf: bytes | mmap.mmap, info: BatchInfo, max_bytes: int
+) -> tuple[list[str], str | None]:
+    """The batch's records, decoded (inflated first, whichever of Kafka's codecs) even when
+    its CRC is wrong, as the batch line says; and why they cannot be decoded, if so."""
     try:
         decoded = rb.decode_batch(buf, info.position, verify_crc=False)
     except LogStoreError as exc:
-        return [f"| records cannot be decoded: {exc}"]
-    return [record_line(r, info.header, max_bytes) for r in decoded.records]
+        return [f"| records cannot be decoded: {exc}"], str(exc)
+    return [record_line(r, info.header, max_bytes) for r in decoded.records], None
 
 
 # --- index verification -----------------------------------------------------------------------
@@ -300,9 +303,11 @@ def dump_log(path: Path, print_records: bool, verify_index: bool, max_bytes: int
     """Decode and verify segment file PATH (offline; no broker needed).
 
     Prints one line per batch: offsets, count, position, size, CRC validity, codec,
-    timestamp type, base/max timestamps, producer id/epoch/sequence. Exits non-zero if a
-    batch is invalid (bad CRC, torn or garbled bytes, offsets out of order) or, with
-    --verify-index, if an index disagrees with the log.
+    timestamp type, base/max timestamps, producer id/epoch/sequence. --print-records
+    decodes every batch, whichever codec compressed it (none, gzip, snappy, lz4, zstd).
+    Exits non-zero if a batch is invalid (bad CRC, torn or garbled bytes, offsets out of
+    order), with --print-records if a batch's records do not decode, or with
+    --verify-index if an index disagrees with the log.
 
     \b
     Examples:
@@ -345,8 +350,15 @@ def _scan(
             click.echo(f"| invalid batch: {item.problem}")
             scan.problems.append(f"batch at position {item.position}: {item.problem}")
         if print_records:
-            for line in record_lines(buf, item, max_bytes):
+            lines, undecodable = record_lines(buf, item, max_bytes)
+            for line in lines:
                 click.echo(line)
+            if undecodable is not None and item.problem is None:
+                # a valid CRC over records that do not decode: damaged compressed data
+                # or records from a faulty producer
+                scan.problems.append(
+                    f"batch at position {item.position}: records cannot be decoded: {undecodable}"
+                )
     if base is None and scan.batches:
         scan.base_offset = scan.batches[0].header.base_offset
     return scan

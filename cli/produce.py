@@ -16,6 +16,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 
 from logstore.cli.common import bootstrap_option, fail, note, open_admin, parse_key_values
 from logstore.client.producer import Producer
+from logstore.codec import format as fmt
 from logstore.types import RecordMetadata
 
 #: the CLI gives up on a record sooner than a long-running application would (ms)
@@ -66,7 +67,7 @@ class Summary:
 @click.option("--partition", type=click.IntRange(min=0), help="Send every record here.")
 @click.option("--acks", type=click.Choice(["all", "1", "0"]), default="all", show_default=True)
 @click.option(
-    "--compression", type=click.Choice(["none", "zstd"]), default="none", show_default=True
+    "--compression", type=click.Choice(fmt.COMPRESSION_TYPES), default="none", show_default=True
 )
 @click.option(
     "--header", "headers", multiple=True, metavar="KEY=VALUE", help="Add to every record."

@@ -16,6 +16,7 @@ from logstore.client.producer import Producer
 from logstore.codec import format as fmt
 from logstore.codec import record_batch as rb
 from tests.cli.conftest import run_cli
+from tests.codec import kafka_peers as peers
 from tests.server.conftest import BrokerProcess
 
 SEGMENT = "00000000000000000000"
@@ -142,3 +143,78 @@ def test_missing_file_is_a_usage_error(tmp_path: Path) -> None:
     result = dump(str(tmp_path / "nope.log"))
     assert result.exit_code == 2
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+
+
+# --- Kafka's four codecs ----------------------------------------------------------------------
+
+KAFKA_CODECS = ("gzip", "snappy", "lz4", "zstd")
+
+
+def test_print_records_decodes_every_kafka_codec(broker: BrokerProcess, tmp_path: Path) -> None:
+    """One batch per codec, compressed by LogStore's producer and stored by a broker."""
+    run_cli("topics", "create", "codecs", bootstrap=broker.address)
+    for name in KAFKA_CODECS:
+        with Producer(broker.address, compression=name) as producer:
+            producer.send("codecs", value=name.encode() * 100, key=name.encode()).result()
+    copy = tmp_path / "copy"
+    shutil.copytree(broker.data_dir / "codecs-0", copy)
+
+    result = dump(str(copy / f"{SEGMENT}.log"), "--print-records", "--max-bytes", "12")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    codecs = [re.search(r"compresscodec: (\w+)", line) for line in lines]
+    assert [m.group(1) for m in codecs if m] == list(KAFKA_CODECS)
+    records = [line for line in lines if line.startswith("| offset:")]
+    for offset, (name, line) in enumerate(zip(KAFKA_CODECS, records, strict=True)):
+        shown = (name * 100)[:12]
+        assert f"| offset: {offset} " in line, line
+        assert f"key: {name} payload: {shown}...(+{len(name) * 100 - 12} bytes)" in line
+
+
+def test_print_records_decodes_batches_librdkafka_compressed(tmp_path: Path) -> None:
+    """A segment of batches as librdkafka sent them (its snappy is one raw block, not
+    xerial-framed), offsets assigned as a broker would."""
+    records: list[rb.RecordInput] = [
+        (b"k%d" % i, b"value %d " % i * 20, [("n", b"%d" % i)], 1_700_000_000_000 + i)
+        for i in range(30)
+    ]
+    segment = bytearray()
+    next_offset = batches = 0
+    for name in KAFKA_CODECS:
+        sent = peers.librdkafka_produce(name, records)
+        for pos, header in rb.iter_batches(sent):
+            assert header.codec == fmt.COMPRESSION_TYPES.index(name)
+            batch = bytearray(sent[pos : pos + header.size])
+            rb.set_base_offset(batch, 0, next_offset)  # as a broker assigns offsets
+            segment += batch
+            next_offset += header.last_offset_delta + 1
+            batches += 1
+    log = tmp_path / f"{SEGMENT}.log"
+    log.write_bytes(bytes(segment))
+
+    result = dump(str(log), "--print-records")
+    assert result.exit_code == 0, result.output
+    printed = [line for line in result.stdout.splitlines() if line.startswith("| offset:")]
+    assert len(printed) == 4 * len(records)
+    for i, line in enumerate(printed):
+        assert f"| offset: {i} " in line and f"headers: [n={i % 30}]" in line
+    summary = f"Summary: {batches} batch(es), 0 invalid, 120 record(s), offsets 0..119"
+    assert summary in result.stdout
+
+
+def test_compressed_records_that_do_not_decode_fail_the_dump(tmp_path: Path) -> None:
+    """Under a valid CRC the batch line is fine; printing its records finds the damage."""
+    batch = bytearray(rb.encode_batch([(b"k", b"v" * 100, None, 1_000)], codec=fmt.CODEC_LZ4))
+    del batch[fmt.RECORDS_OFFSET :]
+    batch += b"\x04\x22\x4d\x18 not an lz4 frame"
+    struct.pack_into(">i", batch, fmt.BATCH_LENGTH_OFFSET, len(batch) - fmt.LOG_OVERHEAD)
+    struct.pack_into(">I", batch, fmt.CRC_OFFSET, rb.compute_crc(batch, 0, len(batch)))
+    log = tmp_path / f"{SEGMENT}.log"
+    log.write_bytes(bytes(batch))
+
+    assert dump(str(log)).exit_code == 0
+    result = run_cli("dump-log", str(log), "--print-records")
+    assert result.code != 0
+    assert "compresscodec: lz4" in result.out and "isvalid: true" in result.out
+    assert "| records cannot be decoded: lz4-compressed records do not decompress" in result.out
+    assert result.err.startswith("error: 1 problem(s)") and "lz4-compressed" in result.err

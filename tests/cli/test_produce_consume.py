@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -211,3 +213,21 @@ def test_consume_help_documents_the_json_encoding() -> None:
 
     text = " ".join(CliRunner().invoke(main_cli, ["consume", "--help"]).stdout.split())
     assert '"value_encoding": "base64"' in text and "valid UTF-8" in text
+
+
+def test_every_kafka_compression_type_is_accepted(
+    cli: Cli, broker: BrokerProcess, tmp_path: Path
+) -> None:
+    """--compression takes Kafka's compression.type names; batches are stored in that codec."""
+    names = ["gzip", "snappy", "lz4", "zstd"]
+    cli.ok("topics", "create", "zipped")
+    for name in names:
+        cli.ok("produce", "zipped", "--compression", name, stdin=f"{name}-1\n{name}-2\n")
+    consumed = cli.ok("consume", "zipped", "--from-beginning", "--max-messages", "8")
+    assert consumed.lines() == [f"{name}-{i}" for name in names for i in (1, 2)]
+    copy = tmp_path / "zipped-0"
+    shutil.copytree(broker.data_dir / "zipped-0", copy)
+    dumped = cli.ok("dump-log", str(copy / "00000000000000000000.log"))
+    assert list(dict.fromkeys(re.findall(r"compresscodec: (\w+)", dumped.out))) == names
+    refused = cli("produce", "zipped", "--compression", "brotli", stdin="x\n")
+    assert refused.code == 2 and "'brotli'" in refused.err
