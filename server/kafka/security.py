@@ -211,7 +211,8 @@ class ReloadableSslContext:
         """A context from the files as they are now (not yet served)."""
         return server_ssl_context(self._settings)
 
-    def serve(self, context: ssl.SSLContext) -> None:
+    def replace(self, context: ssl.SSLContext) -> None:
+        """Serve `context` from the next handshake on."""
         self._context = context
 
 
@@ -263,7 +264,7 @@ class KafkaSecurity:
             self.sasl.tokens.replace(digests)
             done.append(f"{len(digests)} tokens")
         if context is not None and self.tls is not None:
-            self.tls.serve(context)
+            self.tls.replace(context)
             ca = " and client CA" if self.settings.tls_client_ca else ""
             done.append(f"TLS certificate{ca}")
         return ", ".join(done) or "nothing (no token or TLS files configured)"

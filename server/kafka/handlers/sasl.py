@@ -102,7 +102,7 @@ def _authenticated(
     session.sasl_generation = generation
     session.sasl_exchange = None
     session.authenticated = True
-    log.info(
+    log.debug(
         "Kafka connection from %s authenticated as %s (SASL/%s)",
         session.peer,
         principal,
