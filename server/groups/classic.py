@@ -673,6 +673,8 @@ class ClassicGroupCoordinator:
         member = group.members.get(wait.member_id)
         if member is not None:
             member.waiting -= 1
+            # as Kafka: its session restarts when the answer goes out, not when it asked
+            member.last_heartbeat_ms = self._clock.monotonic_ms()
         self._answers[ticket] = outcome
         self.changes.bump()
 
