@@ -250,6 +250,8 @@ def encode_batch(
 
     A record whose timestamp is None gets `now_ms` (required then). The batch's base
     timestamp is the first record's; max timestamp the largest. At least one record.
+    `codec` is none or one of Kafka's four (`fmt.CODEC_*`): the records section is
+    compressed once, as a whole (`logstore.codec.compression`).
     """
     if not records:
         raise ValueError("a record batch holds at least one record")
@@ -674,7 +676,11 @@ def decode_batch(
     prefix: tuple[object, ...] = (),
 ) -> DecodedBatch:
     """Decode the batch at `pos`: header and every record. Validates the CRC by default.
-    A batch thinned out by compaction is read as it is: records keep their offsets."""
+    A batch thinned out by compaction is read as it is: records keep their offsets.
+
+    Compressed records (any of Kafka's four codecs, in any form its clients write) are
+    inflated first, to at most `max_decompressed_bytes` (bytes): more, or damaged
+    compressed data, raises CorruptRecordError (`logstore.codec.compression`)."""
     if verify_crc:
         header = validate_batch(buf, pos, dense=False)
     else:
