@@ -132,3 +132,20 @@ def test_delete_refuses_a_kafka_group_with_members_and_forgets_it_once_empty(cor
     assert core.classic.describe(G) is None and core.servicer.offsets.fetch(G) == {}
     with pytest.raises(UnknownGroupError):
         core.servicer.delete_group(G)
+
+
+def test_offset_retention_keeps_a_live_kafka_groups_offsets(core: Core) -> None:
+    """The broker's retention pass asks `active_member_count`, which counts Kafka members."""
+    joined = core.member("kp", [("orders", 0)])
+    core.servicer.offsets.commit(G, {("orders", 0): (1, "")})
+    coordinator = core.servicer.coordinator
+
+    def expire() -> list[str]:
+        far_future = 2**62  # every commit is older than any retention
+        return core.servicer.offsets.expire_inactive_groups(
+            far_future, 0, lambda g: coordinator.active_member_count(g) > 0
+        )
+
+    assert expire() == []
+    core.classic.leave_group(G, [MemberIdentity(joined.member_id)])
+    assert expire() == [G]
