@@ -11,7 +11,6 @@ import functools
 import logging
 import queue
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -20,11 +19,7 @@ import grpc
 from google.protobuf import message_factory
 from google.protobuf.message import DecodeError
 
-from logstore.codec import record_batch as rb
-from logstore.codec.record_batch import BatchHeader
 from logstore.codec.wire import (
-    EARLIEST_TIMESTAMP,
-    LATEST_TIMESTAMP,
     NO_ERROR,
     PartitionAnswer,
     TopicAnswers,
@@ -38,7 +33,8 @@ from logstore.errors import (
     InvalidRequestError,
     LogStoreError,
 )
-from logstore.server.cluster.service import MAX_WAIT_CAP_MS, ClusterHandlers
+from logstore.server import fetch_path, produce_path
+from logstore.server.cluster.service import ClusterHandlers
 from logstore.server.errors import abort, error_message, handles_errors
 from logstore.server.groups.coordinator import GroupCoordinator
 from logstore.server.groups.offset_reset import LocalOffsets, PartitionOffsets
@@ -47,17 +43,15 @@ from logstore.server.groups.service import GroupHandlers
 from logstore.server.producer_ids import ProducerIdManager
 from logstore.storage.log_config import is_internal_topic
 from logstore.storage.log_manager import LogManager, Topic
-from logstore.storage.partition_log import PartitionLog
 from logstore.v1 import logstore_pb2 as pb
 from logstore.v1 import logstore_pb2_grpc as pb_grpc
 
 if TYPE_CHECKING:
     from logstore.server.cluster.node import ClusterNode
-    from logstore.server.cluster.replica_manager import Replica
 
 log = logging.getLogger(__name__)
 
-ACKS_ALL = -1
+ACKS_ALL = produce_path.ACKS_ALL
 #: the most a single fetch response may carry (Kafka's fetch.max.bytes default)
 DEFAULT_MAX_FETCH_BYTES = 50 * 1024 * 1024
 #: the largest gRPC request the broker accepts by default (BrokerSettings.max_request_bytes)
@@ -70,21 +64,7 @@ _PIPELINE_DEPTH = 8
 CONTINUE_OFFSET = -1
 
 #: (topic, partition)
-_Key = tuple[str, int]
-#: an acks=all batch appended, not yet durable: (its log, the offset after it, its replica
-#: in cluster mode and the leader epoch it was appended at, the result to answer with)
-_AwaitingAck = tuple[PartitionLog, int, "Replica | None", int, pb.ProducePartitionResult]
-#: a produce request appended: each topic's partition results, and its acks=all batches
-_Appended = tuple[dict[str, list[pb.ProducePartitionResult]], list[_AwaitingAck]]
-#: the offset a fetch of (topic, partition, requested offset) reads from
-_Resolver = Callable[[str, int, int], int]
-
-
-#: (topic, partition, its log, the request's bytes, their validated batch headers
-#: and, in cluster mode, the replica this broker leads)
-_ProduceWork = tuple[
-    str, int, PartitionLog, bytes | memoryview, list[BatchHeader], "Replica | None"
-]
+_Key = fetch_path.Key
 
 SERVICE = pb.DESCRIPTOR.services_by_name["LogStore"]
 #: methods whose handlers yield responses already serialized (see `logstore.codec.wire`)
@@ -183,6 +163,56 @@ def _as_proto(topics: TopicAnswers) -> pb.FetchResponse:
             result.high_watermark = answer.high_watermark
             result.log_start_offset = answer.log_start_offset
     return response
+
+
+def _produce_result(result: produce_path.PartitionAppend) -> pb.ProducePartitionResult:
+    """The ProducePartitionResult message of one partition's append."""
+    answer = pb.ProducePartitionResult(partition=result.partition, base_offset=result.base_offset)
+    if result.log_start_offset >= 0:
+        answer.log_start_offset = result.log_start_offset
+    if result.error is not None:
+        answer.error.CopyFrom(error_message(result.error))
+    else:
+        answer.log_append_time = result.log_append_time
+        answer.duplicate = result.duplicate
+    return answer
+
+
+def _fetch_params(request: pb.FetchRequest) -> fetch_path.FetchParams:
+    """The protocol-neutral form of a FetchRequest."""
+    topics = [
+        (
+            fetch_topic.topic,
+            [
+                fetch_path.FetchPartition(
+                    fp.partition, fp.fetch_offset, fp.partition_max_bytes, fp.skip_bytes
+                )
+                for fp in fetch_topic.partitions
+            ],
+        )
+        for fetch_topic in request.topics
+    ]
+    return fetch_path.FetchParams(topics, request.max_wait_ms, request.min_bytes, request.max_bytes)
+
+
+def _fetch_answers(reads: fetch_path.ReadTopics) -> TopicAnswers:
+    """`reads` as the answers FetchResponse encodes (an error answer has no offsets)."""
+    answers: TopicAnswers = []
+    for topic, partitions in reads:
+        answers.append(
+            (
+                topic,
+                [
+                    PartitionAnswer(r.partition, error_message(r.error), 0, 0, b"")
+                    if r.error is not None
+                    else PartitionAnswer(
+                        r.partition, NO_ERROR, r.high_watermark, r.log_start_offset, r.records
+                    )
+                    for r in partitions
+                ],
+            )
+        )
+    return answers
 
 
 class _RequestQueue:
@@ -411,109 +441,36 @@ class LogStoreServicer(ClusterHandlers, GroupHandlers, pb_grpc.LogStoreServicer)
     ) -> pb.InitProducerIdResponse:
         return pb.InitProducerIdResponse(producer_id=self.producer_ids.next_id(), producer_epoch=0)
 
-    def _validate_produce(
-        self, request: pb.ProduceRequest, strict: bool
-    ) -> tuple[list[_ProduceWork], list[tuple[str, int, Exception]]]:
-        """Check every partition's batches before any is appended.
-
-        `strict` (unary Produce): the first bad partition fails the whole request, so
-        nothing is appended. Otherwise (ProduceStream) a bad partition gets its own error
-        and the others proceed, so one bad batch does not cost the requests pipelined
-        behind it.
-        """
-        if request.acks not in (0, 1, ACKS_ALL):
-            raise InvalidRequestError(f"acks must be 0, 1 or -1 (all), got {request.acks}")
-        work: list[_ProduceWork] = []
-        rejected: list[tuple[str, int, Exception]] = []
-        for topic_data in request.topics:
-            for part_data in topic_data.partitions:
-                try:
-                    work.append(self._validate_partition(topic_data.topic, part_data))
-                except LogStoreError as exc:
-                    if strict:
-                        raise
-                    rejected.append((topic_data.topic, part_data.partition, exc))
-        return work, rejected
-
-    def _validate_partition(self, topic: str, data: pb.ProducePartitionData) -> _ProduceWork:
-        self._refuse_internal(topic, "produce to")
-        replica = None
-        if self.cluster is not None:
-            replica = self.cluster.replicas.leader(topic, data.partition)
-        part = self.manager.partition(topic, data.partition)
-        # ProduceStream: a view of the received bytes; Produce: each access copies, so once
-        records = data.records
-        try:
-            headers = rb.split_batches(records, part.config.max_message_bytes)
-        except LogStoreError as exc:
-            raise type(exc)(f"{part.name}: {exc}") from exc
-        return (topic, data.partition, part, records, headers, replica)
-
     def _produce(self, request: pb.ProduceRequest, strict: bool = True) -> pb.ProduceResponse:
         return self._answer(request, self._append_request(request, strict))
 
-    def _answer(self, request: pb.ProduceRequest, appended: _Appended) -> pb.ProduceResponse:
-        """Wait until the acks=all batches are durable, then build the response. Built only
-        now: a message constructor copies the results, so an error set on a result after
-        the response exists would never reach the client."""
-        by_topic, waiting = appended
-        self._await_acks(waiting)
+    def _answer(
+        self, request: pb.ProduceRequest, appended: produce_path.AppendedRequest
+    ) -> pb.ProduceResponse:
+        """Wait until the acks=all batches are durable, then build the response."""
+        produce_path.await_acks(self.cluster, appended)
+        by_topic: dict[str, list[pb.ProducePartitionResult]] = {}
+        for result in appended.results:
+            by_topic.setdefault(result.topic, []).append(_produce_result(result))
         return pb.ProduceResponse(
             topics=[pb.ProduceTopicResult(topic=t, partitions=r) for t, r in by_topic.items()],
             correlation_id=request.correlation_id,
         )
 
-    def _append_request(self, request: pb.ProduceRequest, strict: bool) -> _Appended:
-        """Append a produce request's batches; return each partition's result and, for
-        acks=all, what must still be durable (fsynced, or held by the ISR) before the
-        response is sent."""
-        work, rejected = self._validate_produce(request, strict)
-        by_topic: dict[str, list[pb.ProducePartitionResult]] = {}
-        for topic, partition, exc in rejected:
-            result = pb.ProducePartitionResult(partition=partition, base_offset=-1)
-            result.error.CopyFrom(error_message(exc))
-            by_topic.setdefault(topic, []).append(result)
-        appended: list[_AwaitingAck] = []
-        acks_all = request.acks == ACKS_ALL
-        for topic, partition, part, records, headers, replica in work:
-            result = pb.ProducePartitionResult(partition=partition)
-            epoch = -1
-            try:
-                if replica is None:
-                    appended_result = part.append(records, validated_headers=headers)
-                else:
-                    assert self.cluster is not None
-                    if acks_all:
-                        self.cluster.replicas.check_min_isr(replica)
-                    appended_result, epoch = self.cluster.replicas.append(replica, records, headers)
-            except (LogStoreError, OSError) as exc:
-                result.error.CopyFrom(error_message(exc))
-                result.base_offset = -1
-            else:
-                result.base_offset = appended_result.base_offset
-                result.log_append_time = appended_result.log_append_time
-                result.duplicate = appended_result.duplicate
-                end = appended_result.last_offset + 1
-                appended.append((part, end, replica, epoch, result))
-            result.log_start_offset = part.log_start_offset
-            by_topic.setdefault(topic, []).append(result)
-        return by_topic, appended if acks_all else []
-
-    def _await_acks(self, waiting: list[_AwaitingAck]) -> None:
-        """Block until each acks=all batch is durable: fsynced (standalone) or held by
-        every in-sync replica (cluster); a batch that is not gets its partition's error."""
-        for part, end, replica, epoch, result in waiting:
-            if replica is None:
-                part.flush_up_to(end)
-                continue
-            assert self.cluster is not None
-            try:
-                # The flush policy still applies to each copy: the ISR holds the batch
-                # in every replica's log, fsynced as its topic's flush settings say.
-                self.cluster.replicas.wait_for_replication(replica, end, epoch)
-            except LogStoreError as exc:
-                result.error.CopyFrom(error_message(exc))
-                result.base_offset = -1
+    def _append_request(
+        self, request: pb.ProduceRequest, strict: bool
+    ) -> produce_path.AppendedRequest:
+        """Append a produce request's batches (`produce_path.append`). `strict` (unary
+        Produce): the first bad partition fails the whole request, so nothing is
+        appended. Otherwise (ProduceStream) a bad partition gets its own error and the
+        others proceed, so one bad batch does not cost the requests pipelined behind it."""
+        partitions = [
+            # ProduceStream: views of the received bytes; Produce: each access copies, so once
+            produce_path.PartitionBatches(topic_data.topic, part_data.partition, part_data.records)
+            for topic_data in request.topics
+            for part_data in topic_data.partitions
+        ]
+        return produce_path.append(self.manager, self.cluster, request.acks, partitions, strict)
 
     @handles_errors
     def Produce(self, request: pb.ProduceRequest, context: Any) -> pb.ProduceResponse:
@@ -608,67 +565,6 @@ class LogStoreServicer(ClusterHandlers, GroupHandlers, pb_grpc.LogStoreServicer)
 
     # --- fetch -------------------------------------------------------------------------------
 
-    def _read_all(
-        self,
-        request: pb.FetchRequest,
-        max_bytes: int,
-        resolve: _Resolver | None = None,
-        ends: dict[_Key, int] | None = None,
-    ) -> tuple[TopicAnswers, int, int]:
-        """The answers, their record bytes, and how many partitions answered with an error.
-
-        `resolve` maps a requested offset to the one to read from (FetchStream's
-        continuation); `ends` (if given) gets the offset each answered partition ends at.
-        """
-        remaining = max_bytes
-        total = 0
-        errors = 0
-        topics: TopicAnswers = []
-        for fetch_topic in request.topics:
-            answers: list[PartitionAnswer] = []
-            topics.append((fetch_topic.topic, answers))
-            for fp in fetch_topic.partitions:
-                try:
-                    part = self.manager.partition(fetch_topic.topic, fp.partition)
-                    limit = remaining
-                    if fp.partition_max_bytes > 0:
-                        limit = min(limit, fp.partition_max_bytes)
-                    offset = fp.fetch_offset
-                    if resolve is not None:
-                        offset = resolve(fetch_topic.topic, fp.partition, offset)
-                    max_offset = None
-                    if self.cluster is not None:
-                        self.cluster.replicas.leader(fetch_topic.topic, fp.partition)
-                        max_offset = part.high_watermark
-                    if fp.skip_bytes > 0:
-                        offset = part.offset_after_read(
-                            offset, fp.skip_bytes, max_offset=max_offset
-                        )
-                    # Over budget (limit 0): no bytes, but still the offsets and range check.
-                    fetched = part.read(offset, limit, max_offset=max_offset)
-                    if total > 0 and len(fetched.data) > limit:
-                        # Only the response's first batch may exceed the budget (KIP-74).
-                        fetched = part.read(offset, 0, max_offset=max_offset)
-                except LogStoreError as exc:
-                    answers.append(PartitionAnswer(fp.partition, error_message(exc), 0, 0, b""))
-                    errors += 1
-                    continue
-                if ends is not None:
-                    span = rb.batch_span(fetched.data)
-                    ends[(fetch_topic.topic, fp.partition)] = offset if span is None else span[1]
-                answers.append(
-                    PartitionAnswer(
-                        fp.partition,
-                        NO_ERROR,
-                        fetched.high_watermark,
-                        fetched.log_start_offset,
-                        fetched.data,
-                    )
-                )
-                total += len(fetched.data)
-                remaining = max(0, remaining - len(fetched.data))
-        return topics, total, errors
-
     @handles_errors
     def Fetch(self, request: pb.FetchRequest, context: grpc.ServicerContext) -> pb.FetchResponse:
         return _as_proto(self._fetch(request, context))
@@ -677,37 +573,27 @@ class LogStoreServicer(ClusterHandlers, GroupHandlers, pb_grpc.LogStoreServicer)
         self,
         request: pb.FetchRequest,
         context: grpc.ServicerContext,
-        resolve: _Resolver | None = None,
+        resolve: fetch_path.Resolver | None = None,
         ends: dict[_Key, int] | None = None,
         interrupted: Callable[[], bool] | None = None,
     ) -> TopicAnswers:
-        """Answer one fetch, long-polling as it asks; `interrupted()` true ends the wait
-        early with what there is (see `_read_all` for `resolve` and `ends`)."""
-        max_bytes = self.max_fetch_bytes
-        if request.max_bytes > 0:
-            max_bytes = min(max_bytes, request.max_bytes)
-        wait_ms = min(max(request.max_wait_ms, 0), MAX_WAIT_CAP_MS)
-        deadline = time.monotonic() + wait_ms / 1000
-        while True:
-            version = self.manager.appends.version
-            if ends is not None:
-                ends.clear()
-            answers, total, errors = self._read_all(request, max_bytes, resolve, ends)
-            remaining_s = deadline - time.monotonic()
-            # As Kafka: an error (e.g. offset out of range) is news the client wants now.
-            # With no partitions nothing can arrive: waiting would only hold a thread.
-            nothing_asked = not any(t.partitions for t in request.topics)
-            done = (
-                total >= max(request.min_bytes, 1)
-                or remaining_s <= 0
-                or errors > 0
-                or nothing_asked
-            )
-            if done or self.stopping or not context.is_active():
-                return answers
-            if interrupted is not None and interrupted():
-                return answers
-            self.manager.appends.wait_for_change(version, remaining_s, interrupted)
+        """Answer one fetch, long-polling as it asks (`fetch_path.fetch`: `resolve`, `ends`
+        and `interrupted` are its)."""
+
+        def keep_waiting() -> bool:
+            return not self.stopping and context.is_active()
+
+        reads = fetch_path.fetch(
+            self.manager,
+            self.cluster,
+            _fetch_params(request),
+            self.max_fetch_bytes,
+            keep_waiting,
+            resolve,
+            ends,
+            interrupted,
+        )
+        return _fetch_answers(reads)
 
     def FetchStream(
         self, request_iterator: Iterator[pb.FetchRequest], context: grpc.ServicerContext
@@ -759,23 +645,10 @@ class LogStoreServicer(ClusterHandlers, GroupHandlers, pb_grpc.LogStoreServicer)
             for lp in lt.partitions:
                 result = pb.ListOffsetsPartitionResult(partition=lp.partition, timestamp=-1)
                 try:
-                    part = self.manager.partition(lt.topic, lp.partition)
-                    if self.cluster is not None:
-                        # Only the leader knows the high watermark consumers read to.
-                        self.cluster.replicas.leader(lt.topic, lp.partition)
-                    if lp.timestamp == EARLIEST_TIMESTAMP:
-                        result.offset = part.log_start_offset
-                    elif lp.timestamp == LATEST_TIMESTAMP:
-                        result.offset = part.high_watermark
-                    elif lp.timestamp < 0:
-                        raise InvalidRequestError(
-                            f"timestamp {lp.timestamp}: use -2 (earliest), -1 (latest) or ms >= 0"
-                        )
-                    else:
-                        found = part.find_offset_by_timestamp(lp.timestamp)
-                        if found is not None and found[0] >= part.high_watermark:
-                            found = None  # not yet readable: as if no record were that new
-                        result.offset, result.timestamp = found if found else (-1, -1)
+                    found = fetch_path.list_offset(
+                        self.manager, self.cluster, lt.topic, lp.partition, lp.timestamp
+                    )
+                    result.offset, result.timestamp = found.offset, found.timestamp
                 except LogStoreError as exc:
                     result.error.CopyFrom(error_message(exc))
                 results.append(result)
