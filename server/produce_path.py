@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from logstore.codec import record_batch as rb
 from logstore.codec.record_batch import BatchHeader
-from logstore.errors import InvalidRequestError, LogStoreError
+from logstore.errors import InvalidRequestError, InvalidTopicError, LogStoreError
 from logstore.storage.log_config import is_internal_topic
 from logstore.storage.log_manager import LogManager
 from logstore.storage.partition_log import AppendResult, PartitionLog
@@ -114,7 +114,8 @@ def validate_partition(
     """Check one partition's batches; raise the core's error for the first problem."""
     topic, partition, records = batches
     if is_internal_topic(topic):
-        raise InvalidRequestError(f"cannot produce to internal topic {topic!r}")
+        # Only the broker writes there (Kafka answers clients INVALID_TOPIC_EXCEPTION).
+        raise InvalidTopicError(f"cannot produce to internal topic {topic!r}")
     replica = None
     if cluster is not None:
         replica = cluster.replicas.leader(topic, partition)
