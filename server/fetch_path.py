@@ -1,5 +1,5 @@
-"""The consumers' read path, shared by the gRPC API and the Kafka listener: fetch and list
-offsets (by time, earliest, latest).
+"""The consumers' read path, shared by the gRPC API and the Kafka listener: fetch, list
+offsets (by time, earliest, latest) and the end offset of a leader epoch.
 
 Both protocols describe a fetch as plain tuples (`FetchParams`) and get back each
 partition's `PartitionRead`; they only translate requests in and answers out. Errors are
@@ -289,3 +289,24 @@ def epoch_at(entries: Sequence[EpochEntry], offset: int) -> int:
             break
         epoch = entry.epoch
     return epoch
+
+
+def end_offset_for_epoch(
+    manager: LogManager,
+    cluster: ClusterNode | None,
+    topic: str,
+    partition: int,
+    leader_epoch: int,
+    current_leader_epoch: int = NO_LEADER_EPOCH,
+) -> tuple[int, int]:
+    """A consumer's OffsetForLeaderEpoch (KIP-320): (the largest epoch <= `leader_epoch`,
+    the offset where it ends), or (-1, -1) below the first epoch. A consumer whose
+    position is past that offset lost records to a truncation. Standalone, every
+    partition is at epoch 0 for ever: it ends at the log end offset."""
+    part = manager.partition(topic, partition)
+    replica = check_leader(cluster, topic, partition, current_leader_epoch)
+    if replica is not None:
+        return replica.log.end_offset_for_leader_epoch(leader_epoch)
+    if leader_epoch < STANDALONE_LEADER_EPOCH:
+        return NO_LEADER_EPOCH, -1
+    return STANDALONE_LEADER_EPOCH, part.log_end_offset
