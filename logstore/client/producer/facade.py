@@ -129,8 +129,8 @@ class Producer:
     * `compression`: Kafka's `compression.type`: None/"none", "gzip", "snappy", "lz4" or
       "zstd". Each batch's records are compressed once, as a whole, in the form every
       Kafka client reads (`logstore.codec.compression`). zstd packs about as tight as
-      gzip at several times its speed; lz4 and snappy are fastest and pack least
-      (`python -m bench.codec_bench`).
+      gzip and compresses several times faster; lz4 and snappy are fastest and pack
+      least (`python -m bench.codec_bench`).
     * `batch_size`: bytes per partition batch, estimated before compression. 256 KiB, not
       Kafka's 16 KiB: every request costs Python far more than the JVM, so fewer, larger
       requests are what reaches high throughput.
