@@ -207,6 +207,15 @@ def await_acks(cluster: ClusterNode | None, appended: AppendedRequest) -> None:
     appended.awaiting = []
 
 
+def fail_awaiting(appended: AppendedRequest, exc: LogStoreError | OSError) -> None:
+    """`await_acks` raised (a failed fsync): no acks=all batch it had not confirmed is
+    known durable, so each gets `exc` (an idempotent producer's retry is stored once)."""
+    for waiting in appended.awaiting:
+        if waiting.result.error is None:
+            waiting.result.fail(exc)
+    appended.awaiting = []
+
+
 def produce(
     manager: LogManager,
     cluster: ClusterNode | None,

@@ -73,7 +73,11 @@ def produce(ctx: RequestContext, request: Any) -> Any:
     if request.acks == 0:
         _close_if_failed(refused, appended.results)
         return None
-    produce_path.await_acks(ctx.broker.cluster, appended)
+    try:
+        produce_path.await_acks(ctx.broker.cluster, appended)
+    except (LogStoreError, OSError) as exc:  # e.g. a full disk: answered, not a bug
+        log.warning("a Kafka produce could not be made durable: %s", exc)
+        produce_path.fail_awaiting(appended, exc)
     return _response(ctx, request, _by_key(refused + appended.results), None)
 
 

@@ -4,6 +4,7 @@ decoded back, as a client would see it."""
 
 from __future__ import annotations
 
+import errno
 import threading
 import time
 from collections.abc import Iterator
@@ -28,6 +29,7 @@ from logstore.server.kafka.context import KafkaBroker, RequestContext, Session
 from logstore.server.kafka.router import NotServed, dispatch
 from logstore.server.kafka.settings import KafkaSettings
 from logstore.server.producer_ids import ProducerIdManager
+from logstore.storage import segment as segment_module
 from logstore.storage.log_config import LogConfig
 from logstore.storage.log_manager import LogManager, ManagerSettings
 
@@ -46,6 +48,7 @@ NOT_LEADER = kafka_errors.NotLeaderForPartitionError.errno
 UNKNOWN_EPOCH = kafka_errors.UnknownLeaderEpochError.errno
 SESSION_NOT_FOUND = kafka_errors.FetchSessionIdNotFoundError.errno
 INVALID_REQUEST = kafka_errors.InvalidRequestError.errno
+STORAGE_ERROR = kafka_errors.KafkaStorageError.errno
 
 _ProduceTopic = ProduceRequest.TopicProduceData
 _ProducePartition = _ProduceTopic.PartitionProduceData
@@ -322,6 +325,22 @@ def test_idempotent_retries_are_stored_once_and_gaps_refused(core: Core) -> None
     gap = batch(b"c", producer_id=pid, producer_epoch=0, base_sequence=5)
     assert produce(core, {("t", 0): gap})[("t", 0)].error_code == OUT_OF_ORDER
     assert core.manager.partition("t", 0).log_end_offset == 1
+
+
+def test_a_failed_fsync_is_answered_as_a_storage_error(
+    core: Core, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """acks=all waits for the fsync; when the disk refuses it the producer is told, the
+    connection stays up, and acks=1 (which waits for no fsync) still succeeds."""
+
+    def failing_fsync(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(segment_module.os, "fsync", failing_fsync)
+    answer = produce(core, {("t", 0): batch(b"x")}, acks=-1)[("t", 0)]
+    assert (answer.error_code, answer.base_offset) == (STORAGE_ERROR, -1)
+    assert "Input/output error" in answer.error_message
+    assert produce(core, {("t", 0): batch(b"y")}, acks=1)[("t", 0)].error_code == NONE
 
 
 def test_acks_zero_answers_nothing_and_closes_on_failure(core: Core) -> None:
