@@ -34,7 +34,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaConnectionError
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
-from kafka import KafkaAdminClient, KafkaProducer
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka import errors as kafka_errors
 from kafka.admin import NewTopic as KafkaPythonNewTopic
 from kafka.protocol.metadata import ApiVersionsRequest, MetadataRequest
@@ -214,6 +214,26 @@ def kafka_python_topics_after_creating(kwargs: dict[str, Any], topic: str) -> se
         client.close()
 
 
+def round_trip(conf: dict[str, Any], kwargs: dict[str, Any], topic: str) -> list[bytes]:
+    """Produce one record to partition 0 of `topic` with confluent-kafka (`conf`), then read
+    the partition from the start with kafka-python (`kwargs`): the values read."""
+    producer = Producer(conf | {"message.timeout.ms": 10_000})
+    producer.produce(topic, b"secured-record", partition=0)
+    assert producer.flush(15) == 0
+    consumer = KafkaConsumer(enable_auto_commit=False, **kwargs)
+    try:
+        partition = TopicPartition(topic, 0)
+        consumer.assign([partition])
+        consumer.seek_to_beginning(partition)
+        for _ in range(20):  # 20 polls of at most 0.5 s
+            batches = consumer.poll(timeout_ms=500)
+            if batches:
+                return [r.value for r in batches[partition]]
+        return []
+    finally:
+        consumer.close()
+
+
 def confluent_auth_errors(conf: dict[str, Any]) -> list[str]:
     """The authentication errors a confluent-kafka client with `conf` reports while its
     metadata request fails."""
@@ -346,6 +366,8 @@ def test_kafka_python_authenticates_with_sasl_plain_over_plaintext(
     kwargs = kafka_python_kwargs(sasl_broker, "SASL_PLAINTEXT", username="admin", token=ADMIN)
     topics = kafka_python_topics_after_creating(kwargs, "made-by-kafka-python")
     assert {"alice-orders", "bob-orders", "made-by-kafka-python"} <= topics
+    conf = confluent_conf(sasl_broker.bootstrap, "SASL_PLAINTEXT", username="admin", token=ADMIN)
+    assert round_trip(conf, kwargs, "made-by-kafka-python") == [b"secured-record"]
 
 
 def test_a_wrong_token_is_each_clients_authentication_error(
@@ -437,6 +459,17 @@ def test_produce_is_allowed_on_one_topic_and_refused_on_another(
             kafka_producer.send("bob-orders", b"order").get(timeout=10)
     finally:
         kafka_producer.close(timeout=5)
+
+    # produce does not let alice read back what she wrote: consume is another operation
+    consumer = KafkaConsumer(enable_auto_commit=False, **kwargs)
+    try:
+        consumer.assign([TopicPartition("alice-orders", 0)])
+        consumer.seek_to_beginning()
+        with pytest.raises(kafka_errors.TopicAuthorizationFailedError):
+            for _ in range(20):  # 20 polls of at most 0.5 s
+                consumer.poll(timeout_ms=500)
+    finally:
+        consumer.close()
 
 
 def test_kcat_authenticates_with_sasl_plain(sasl_broker: KafkaBrokerProcess) -> None:
@@ -550,6 +583,7 @@ def test_confluent_and_kafka_python_over_ssl(ssl_broker: KafkaBrokerProcess, pki
     assert "ssl-confluent" in confluent_topics(conf)
     kwargs = kafka_python_kwargs(ssl_broker, "SSL", pki=pki)
     assert "ssl-kafka-python" in kafka_python_topics_after_creating(kwargs, "ssl-kafka-python")
+    assert round_trip(conf, kwargs, "ssl-confluent") == [b"secured-record"]
 
 
 def test_an_ssl_listener_offers_no_sasl_and_refuses_plaintext(
@@ -591,6 +625,7 @@ def test_confluent_and_kafka_python_over_sasl_ssl(
     assert "sasl-ssl-confluent" in confluent_topics(conf)
     kwargs = kafka_python_kwargs(sasl_ssl_broker, "SASL_SSL", username="bob", token=BOB, pki=pki)
     assert "sasl-ssl-kp" in kafka_python_topics_after_creating(kwargs, "sasl-ssl-kp")
+    assert round_trip(conf, kwargs, "sasl-ssl-confluent") == [b"secured-record"]
     wrong = confluent_conf(
         sasl_ssl_broker.bootstrap, "SASL_SSL", username="bob", token="guessed", pki=pki
     )
