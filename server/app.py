@@ -295,20 +295,24 @@ class Broker:
 
     def _open_kafka_listener(self, kafka: KafkaSettings) -> None:
         """Bind the Kafka listener (it serves from `start`)."""
+        from logstore.server.kafka.security import kafka_security
         from logstore.server.kafka.service import KafkaService
 
-        secured = self.settings.security
-        if secured.tls_cert or secured.auth_tokens or secured.acls_enabled:
+        try:
+            # From the same files BrokerSecurity just checked: TLS, tokens and ACLs decide
+            # for Kafka clients as they do for gRPC ones.
+            security = kafka_security(self.security)
+        except LogStoreError:
             self.server.stop(None)
             self.security.close()
             self.manager.close()
-            raise OSError(
-                "the Kafka listener does not yet serve TLS, tokens or ACLs: run it on a "
-                "broker without them"
-            )
+            raise
         try:
             self.kafka = KafkaService(
-                self.servicer, kafka, max_request_bytes=self.settings.max_request_bytes
+                self.servicer,
+                kafka,
+                max_request_bytes=self.settings.max_request_bytes,
+                security=security,
             )
         except OSError as exc:
             self.server.stop(None)  # release the gRPC port bound above
@@ -497,6 +501,8 @@ def reload_security(broker: Broker) -> bool:
     nothing. Returns whether the reload took effect."""
     try:
         what = broker.security.reload()
+        if broker.kafka is not None:
+            what += f"; Kafka listener: {broker.kafka.reload_security()}"
     except LogStoreError as exc:
         log.error("reload refused, still serving the previous credentials: %s", exc)
         return False
