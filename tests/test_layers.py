@@ -108,6 +108,7 @@ PURE_SERVER_MODULES = (
     "logstore.server.kafka.apis",
     "logstore.server.kafka.connection",
     "logstore.server.kafka.error_codes",
+    "logstore.server.kafka.security",
 )
 
 #: The clients' I/O-free cores: tested without a broker, so they must not reach for gRPC

@@ -70,7 +70,10 @@ def _maybe_create(ctx: RequestContext, name: str) -> None:
     broker = ctx.broker
     if not broker.settings.auto_create_topics or name in broker.manager.topic_names():
         return
+    # As Kafka: never create what the principal could not then see.
     if not broker.allowed(ctx.session, CLUSTER, CLUSTER_NAME, "create"):
+        return
+    if not broker.allowed(ctx.session, TOPIC, name, "describe"):
         return
     try:
         broker.servicer.create_topic(name, broker.settings.num_partitions, 0, {})
