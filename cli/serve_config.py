@@ -36,6 +36,11 @@ def _positive_int(value: Any) -> str | None:
     return None if ok else "an integer >= 1"
 
 
+def _non_negative_int(value: Any) -> str | None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return None if ok else "an integer >= 0"
+
+
 def _broker_id(value: Any) -> str | None:
     ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_BROKER_ID
     return None if ok else f"an integer in 0..{MAX_BROKER_ID}"
@@ -136,6 +141,7 @@ KAFKA_KEYS: dict[str, Check] = {
     "kafka_advertised_listen": _address,
     "auto_create_topics_enable": _boolean,
     "num_partitions": _positive_int,
+    "group_initial_rebalance_delay_ms": _non_negative_int,
 }
 
 #: every top-level key a file may hold

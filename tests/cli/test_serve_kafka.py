@@ -1,0 +1,105 @@
+"""`logstore serve` Kafka listener options: flags, environment and config file combine into
+`KafkaSettings` (`kafka_settings`, what `serve` calls), and what cannot run is one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from logstore.cli.serve_config import load_config
+from logstore.cli.serve_kafka import given_kafka_options, kafka_settings, serve_kafka_options
+from logstore.server.kafka.settings import KafkaSettings
+
+
+@click.command()
+@serve_kafka_options
+def options_probe() -> None:
+    """Prints what the Kafka options gathered, as `serve` reads them."""
+    click.echo(json.dumps(given_kafka_options()))
+
+
+def _given(*args: str, env: dict[str, str] | None = None) -> dict[str, object]:
+    result = CliRunner().invoke(options_probe, list(args), env=env)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def test_no_kafka_option_means_no_kafka_listener() -> None:
+    assert kafka_settings(_given(), {}, cluster_mode=False) is None
+
+
+def test_every_flag_reaches_kafka_settings() -> None:
+    given = _given(
+        "--kafka-listen", "127.0.0.1:9094",
+        "--kafka-advertised-listen", "kafka.example.com:9094",
+        "--no-auto-create-topics-enable",
+        "--num-partitions", "6",
+        "--group-initial-rebalance-delay-ms", "0",
+    )  # fmt: skip
+    assert kafka_settings(given, {}, cluster_mode=False) == KafkaSettings(
+        listen="127.0.0.1:9094",
+        advertised_listen="kafka.example.com:9094",
+        auto_create_topics=False,
+        num_partitions=6,
+        group_initial_rebalance_delay_ms=0,
+    )
+
+
+def test_the_environment_and_the_config_file_configure_it_too(tmp_path: Path) -> None:
+    given = _given(env={"LOGSTORE_KAFKA_LISTEN": "127.0.0.1:9095"})
+    config = tmp_path / "broker.toml"
+    config.write_text(
+        "num_partitions = 3\nauto_create_topics_enable = false\n"
+        "group_initial_rebalance_delay_ms = 0\n"
+    )
+    settings = kafka_settings(given, load_config(str(config)), cluster_mode=False)
+    assert settings is not None
+    assert (settings.listen, settings.num_partitions, settings.auto_create_topics) == (
+        "127.0.0.1:9095",
+        3,
+        False,
+    )
+    assert settings.group_initial_rebalance_delay_ms == 0
+
+
+def test_the_command_line_wins_over_the_file(tmp_path: Path) -> None:
+    config = tmp_path / "broker.toml"
+    config.write_text('kafka_listen = "127.0.0.1:9000"\nnum_partitions = 3\n')
+    given = _given("--kafka-listen", "127.0.0.1:9001")
+    settings = kafka_settings(given, load_config(str(config)), cluster_mode=False)
+    assert settings is not None and settings.listen == "127.0.0.1:9001"
+    assert settings.num_partitions == 3
+
+
+def test_a_kafka_knob_without_a_listener_is_refused() -> None:
+    with pytest.raises(click.UsageError, match="--num-partitions configures the Kafka listener"):
+        kafka_settings(_given("--num-partitions", "3"), {}, cluster_mode=False)
+
+
+def test_a_wildcard_listener_in_a_cluster_needs_an_advertised_address() -> None:
+    given = _given("--kafka-listen", "0.0.0.0:9094")
+    with pytest.raises(click.UsageError, match="--kafka-advertised-listen"):
+        kafka_settings(given, {}, cluster_mode=True)
+    assert kafka_settings(given, {}, cluster_mode=False) is not None
+
+
+@pytest.mark.parametrize(
+    ("line", "words"),
+    [
+        ("group_initial_rebalance_delay_ms = -1", "an integer >= 0"),
+        ("num_partitions = 0", "an integer >= 1"),
+        ('kafka_listen = "nowhere"', "HOST:PORT"),
+        ("kafka_listn = 1", "did you mean 'kafka_listen'"),
+    ],
+)
+def test_bad_config_file_values_are_refused_naming_the_key(
+    tmp_path: Path, line: str, words: str
+) -> None:
+    config = tmp_path / "broker.toml"
+    config.write_text(line + "\n")
+    with pytest.raises(click.ClickException, match=words):
+        load_config(str(config))
