@@ -104,7 +104,8 @@ class OffsetAndMetadata:
 @dataclass(frozen=True)
 class GroupListing:
     group_id: str
-    #: Empty, Rebalancing, Stable or Dead
+    #: Empty, Rebalancing, Stable or Dead; a group of Kafka clients: Empty, PreparingRebalance,
+    #: CompletingRebalance, Stable or Dead (Kafka's names)
     state: str
     members: int
 
