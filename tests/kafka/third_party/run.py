@@ -44,9 +44,17 @@ ALLOW_LIST: Final = HERE / "allow.txt"
 #: the broker version kafka-python infers from the API ranges LogStore advertises
 #: (`kafka.protocol.broker_version_data`); the suite gates its tests on it
 KAFKA_VERSION: Final = "2.4.0"
+#: LogStore's equivalents of what the suite's own Kafka config sets (its kafka.properties:
+#: num.partitions=4 and group.initial.rebalance.delay.ms=0; its
+#: group.min.session.timeout.ms=1000 has no LogStore setting, see NOTES.md)
+BROKER_ARGS: Final = ("--num-partitions=4", "--group-initial-rebalance-delay-ms=0")
 #: seconds any one test of the suite may take before pytest-timeout fails it
 PER_TEST_TIMEOUT_S: Final = 60
-#: seconds the download may take
+#: kafka-python's optional codec libraries, as its users install them (`pip install lz4
+#: python-snappy`): without them the suite skips its lz4 and snappy tests. Installed into
+#: the suite's cache directory, never into the venv.
+CODEC_PACKAGES: Final = ("lz4==4.4.5", "python-snappy==0.7.3")
+#: seconds each download may take
 DOWNLOAD_TIMEOUT_S: Final = 300
 
 _SHIMS: Final = {
@@ -129,7 +137,8 @@ def prepare_suite(version: str | None = None, root: Path | None = None) -> Path:
     version = version or suite_version()
     root = root or cache_root()
     target = root / f"{SUITE}-{version}"
-    if (target / _PREPARED).is_file():
+    stamp = " ".join([f"{SUITE}=={version}", *CODEC_PACKAGES]) + "\n"
+    if _read(target / _PREPARED) == stamp:
         return target
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{SUITE}-{version}-", dir=root))
@@ -139,9 +148,10 @@ def prepare_suite(version: str | None = None, root: Path | None = None) -> Path:
         for relative, text in _SHIMS.items():
             (staging / relative).write_text(text)
         (staging / "no-kafka-install").mkdir()
-        (staging / _PREPARED).write_text(f"{SUITE}=={version}\n")
+        _pip(["install", "--target", str(staging / "codecs"), *CODEC_PACKAGES])
+        (staging / _PREPARED).write_text(stamp)
         shutil.rmtree(staging / "download")
-        if not (target / _PREPARED).is_file():
+        if _read(target / _PREPARED) != stamp:
             shutil.rmtree(target, ignore_errors=True)
             staging.rename(target)
     finally:
@@ -149,19 +159,26 @@ def prepare_suite(version: str | None = None, root: Path | None = None) -> Path:
     return target
 
 
-def _download_sdist(version: str, into: Path) -> Path:
-    command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps"]
-    command += ["--no-binary", ":all:", f"{SUITE}=={version}", "-d", str(into)]
+def _read(path: Path) -> str:
+    return path.read_text() if path.is_file() else ""
+
+
+def _pip(args: list[str]) -> None:
+    command = [sys.executable, "-m", "pip", "--quiet", "--disable-pip-version-check", *args]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=DOWNLOAD_TIMEOUT_S)
     except subprocess.TimeoutExpired as exc:
-        raise SuiteUnavailableError(
-            f"pip download {SUITE}=={version} ran over {exc.timeout}s"
-        ) from exc
-    archives = sorted(into.glob("*.tar.gz")) if done.returncode == 0 else []
+        raise SuiteUnavailableError(f"pip {' '.join(args)} ran over {exc.timeout}s") from exc
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise SuiteUnavailableError(f"pip {' '.join(args)} failed: {last}")
+
+
+def _download_sdist(version: str, into: Path) -> Path:
+    _pip(["download", "--no-deps", "--no-binary", ":all:", f"{SUITE}=={version}", "-d", str(into)])
+    archives = sorted(into.glob("*.tar.gz"))
     if not archives:
-        last = (done.stderr.strip().splitlines() or ["no sdist"])[-1]
-        raise SuiteUnavailableError(f"pip download {SUITE}=={version} (sdist) failed: {last}")
+        raise SuiteUnavailableError(f"pip download {SUITE}=={version} saved no sdist")
     return archives[0]
 
 
@@ -214,6 +231,7 @@ def run_tests(
         KAFKA_URI=f"tcp://{bootstrap}",
         KAFKA_VERSION=KAFKA_VERSION,
         KAFKA_ROOT=str(suite / "no-kafka-install"),
+        PYTHONPATH=os.pathsep.join([str(suite / "codecs"), *_pythonpath()]),
     )
     env.pop("PYTEST_ADDOPTS", None)
     try:
@@ -232,6 +250,11 @@ def run_tests(
     for test_id in test_ids:
         outcomes.setdefault(test_id, Outcome(test_id, "not run", reason))
     return outcomes
+
+
+def _pythonpath() -> list[str]:
+    given = os.environ.get("PYTHONPATH", "")
+    return given.split(os.pathsep) if given else []
 
 
 def _read_report(report: Path, suite: Path) -> dict[str, Outcome]:
@@ -284,7 +307,7 @@ def _run_against_new_broker(
     suite: Path, test_ids: Sequence[str], total_timeout_s: float
 ) -> dict[str, Outcome]:
     with tempfile.TemporaryDirectory(prefix="logstore-third-party-") as tmp:
-        broker = KafkaBrokerProcess(Path(tmp) / "data")
+        broker = KafkaBrokerProcess(Path(tmp) / "data", list(BROKER_ARGS))
         broker.start()
         try:
             return run_tests(suite, broker.bootstrap, test_ids, total_timeout_s=total_timeout_s)
