@@ -17,6 +17,8 @@ The downloaded code is never committed: it lives under `$XDG_CACHE_HOME/logstore
 The sdist lacks two files its tests import; preparing it adds them (see `_SHIMS`):
 `test/__init__.py` (without it `test` is Python's own test package) and `test/service.py`
 (only `ExternalService`, a name for a broker someone else runs, is used with `KAFKA_URI`).
+kafka-python's optional lz4 and snappy libraries are installed beside the tests
+(`CODEC_PACKAGES`), and the broker gets the suite's own Kafka settings (`BROKER_ARGS`).
 """
 
 from __future__ import annotations
