@@ -24,6 +24,12 @@ class UnsupportedCompressionError(InvalidRequestError):
     """A record batch uses a compression codec LogStore does not support."""
 
 
+class InvalidRecordError(InvalidRequestError):
+    """A batch breaks a rule of the log it is written to: a record without a key on a
+    compacted topic, or several batches in one request from an idempotent producer
+    (Kafka's INVALID_RECORD)."""
+
+
 class RecordTooLargeError(InvalidRequestError):
     """A record batch is larger than the topic's `max.message.bytes`."""
 

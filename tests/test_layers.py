@@ -109,6 +109,9 @@ PURE_SERVER_MODULES = (
     "logstore.server.kafka.connection",
     "logstore.server.kafka.error_codes",
     "logstore.server.kafka.security",
+    # the produce and read paths both protocols share
+    "logstore.server.produce_path",
+    "logstore.server.fetch_path",
 )
 
 #: The clients' I/O-free cores: tested without a broker, so they must not reach for gRPC

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from logstore.codec import format as fmt
 from logstore.codec import record_batch as rb
 from logstore.codec.record_batch import BatchHeader
-from logstore.errors import CorruptRecordError, InvalidRequestError
+from logstore.errors import CorruptRecordError, InvalidRecordError, InvalidRequestError
 
 
 def check_producer_batches(
@@ -35,7 +35,7 @@ def check_producer_batches(
     for header in headers:  # a loop, not any(): this runs on every produce request
         if header.producer_id >= 0:
             if len(headers) > 1:
-                raise InvalidRequestError(
+                raise InvalidRecordError(
                     "an idempotent producer must send one batch per partition per request"
                 )
             return True
@@ -49,7 +49,7 @@ def require_keys(view: bytes | memoryview, headers: Sequence[BatchHeader]) -> No
     for header in headers:
         for record in rb.decode_batch(view, position, verify_crc=False).records:
             if record.key is None:
-                raise InvalidRequestError(
+                raise InvalidRecordError(
                     "a compacted topic (cleanup.policy=compact) cannot accept a record "
                     "without a key"
                 )

@@ -30,6 +30,7 @@ from logstore.errors import (
     OffsetOutOfRangeError,
 )
 from logstore.server.errors import error_message, handles_errors
+from logstore.server.fetch_path import MAX_WAIT_CAP_MS
 from logstore.storage.log_config import is_internal_topic
 from logstore.storage.log_manager import LogManager
 from logstore.v1 import logstore_pb2 as pb
@@ -39,8 +40,6 @@ if TYPE_CHECKING:
 
 #: the broker id a standalone broker answers Metadata and DescribeCluster with
 STANDALONE_BROKER_ID = 0
-#: the longest a fetch, a consumer's or a follower's, may wait for data (ms)
-MAX_WAIT_CAP_MS = 30_000
 
 
 def _check_standalone_target(target: list[int] | None) -> None:

@@ -18,6 +18,7 @@ UNKNOWN_SERVER_ERROR: Final = kafka_errors.UnknownError.errno
 _CODE_BY_CLASS: Final[list[tuple[type[BaseException], int]]] = [
     (errors.RecordTooLargeError, kafka_errors.MessageSizeTooLargeError.errno),
     (errors.CorruptRecordError, kafka_errors.CorruptRecordError.errno),
+    (errors.InvalidRecordError, kafka_errors.InvalidRecordError.errno),
     (errors.UnsupportedCompressionError, kafka_errors.UnsupportedCompressionTypeError.errno),
     (errors.InvalidTopicError, kafka_errors.InvalidTopicError.errno),
     (errors.InvalidConfigError, kafka_errors.InvalidConfigurationError.errno),

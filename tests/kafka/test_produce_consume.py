@@ -378,3 +378,24 @@ def test_confluent_sees_produce_errors(kafka_broker: KafkaBrokerProcess, topic: 
     producer.produce("tiny", value=b"x" * 5000, on_delivery=lambda err, msg: errors.append(err))
     assert producer.flush(WAIT_S) == 0
     assert [e.code() for e in errors] == [KafkaError.MSG_SIZE_TOO_LARGE]
+
+
+def test_a_keyless_record_on_a_compacted_topic_is_invalid_record(
+    kafka_broker: KafkaBrokerProcess,
+) -> None:
+    """As Kafka: a compacted topic keeps the latest record per key, so a record without a
+    key is refused with INVALID_RECORD (a client error the producer does not retry) and
+    nothing is written; a keyed record is accepted."""
+    with Admin(kafka_broker.address) as admin:
+        admin.create_topic("latest", partitions=1, config={"cleanup.policy": "compact"})
+    producer = ConfluentProducer({"bootstrap.servers": kafka_broker.bootstrap})
+    errors: list[Any] = []
+    producer.produce("latest", value=b"no key", on_delivery=lambda err, msg: errors.append(err))
+    assert producer.flush(WAIT_S) == 0
+    # Its own batch: a batch holding a keyless record is refused whole, as in Kafka.
+    producer.produce(
+        "latest", key=b"k", value=b"keyed", on_delivery=lambda err, msg: errors.append(err)
+    )
+    assert producer.flush(WAIT_S) == 0
+    assert [e.code() if e else None for e in errors] == [KafkaError.INVALID_RECORD, None]
+    assert [r.value for r in read_logstore(kafka_broker.address, "latest", 1)] == [b"keyed"]

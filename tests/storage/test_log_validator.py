@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from logstore.codec import format as fmt
 from logstore.codec import record_batch as rb
-from logstore.errors import CorruptRecordError, InvalidRequestError
+from logstore.errors import CorruptRecordError, InvalidRecordError, InvalidRequestError
 from logstore.storage.log_validator import (
     assign_offsets,
     check_offsets_follow,
@@ -93,7 +93,7 @@ def test_an_empty_buffer_holds_no_stored_batch() -> None:
 
 def test_compacted_topics_refuse_keyless_records_and_idempotent_requests_one_batch() -> None:
     keyless = rb.encode_batch([(None, b"v", None, 1_000)])
-    with pytest.raises(InvalidRequestError, match="without a key"):
+    with pytest.raises(InvalidRecordError, match="without a key"):
         check_producer_batches(keyless, rb.split_batches(keyless), compact=True)
     assert not check_producer_batches(keyless, rb.split_batches(keyless), compact=False)
     idempotent = rb.encode_batch(
@@ -101,5 +101,5 @@ def test_compacted_topics_refuse_keyless_records_and_idempotent_requests_one_bat
     )
     assert check_producer_batches(idempotent, rb.split_batches(idempotent), compact=False)
     two = idempotent + idempotent
-    with pytest.raises(InvalidRequestError, match="one batch per partition per request"):
+    with pytest.raises(InvalidRecordError, match="one batch per partition per request"):
         check_producer_batches(two, rb.split_batches(two), compact=False)
