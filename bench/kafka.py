@@ -8,7 +8,11 @@ bytes, one partition, acks=1) through:
 * LogStore's Python client over gRPC: `Producer.send()` per record, `Consumer.poll()`
   without a group (the like-for-like rows: one call per record, as Kafka clients make);
 * confluent-kafka (librdkafka) through the Kafka listener: `produce()` per record and
-  `consume()` from an assigned partition, unmodified and with its default batching;
+  `consume()` from an assigned partition, unmodified. Consumed twice: with
+  `fetch.queue.backoff.ms=10`, and with librdkafka's defaults, under which it stops
+  fetching for `fetch.queue.backoff.ms` (1,000 ms) whenever more than
+  `queued.min.messages` (100,000) records wait in its queue, so a Python loop that is
+  slower than the fetcher measures librdkafka's back-off rather than the broker;
 * kcat (Debian's, librdkafka): `kcat -P` from a file of lines and `kcat -C -e`;
 * Redis Streams (redis-server, appendonly with fsync every second; redis-py with hiredis
   when it installs): XADD pipelined 1,000 a round trip, XREADGROUP COUNT 1,000 + XACK.
@@ -195,7 +199,7 @@ def _confluent_produce(bootstrap: str, topic: str, value: bytes, n: int) -> floa
     return elapsed
 
 
-def _confluent_consume(bootstrap: str, topic: str, n: int) -> float:
+def _confluent_consume(bootstrap: str, topic: str, n: int, **config: Any) -> float:
     from confluent_kafka import Consumer, TopicPartition
 
     consumer = Consumer(
@@ -204,6 +208,7 @@ def _confluent_consume(bootstrap: str, topic: str, n: int) -> float:
             "group.id": f"bench-{topic}",
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
+            **config,
         }
     )
     try:
@@ -246,12 +251,21 @@ def run_confluent(args: argparse.Namespace, address: str, bootstrap: str, out: O
         )
     )
     _settle()
-    s = _confluent_consume(bootstrap, "confluent", args.records)
+    s = _confluent_consume(bootstrap, "confluent", args.records, **{"fetch.queue.backoff.ms": 10})
+    label = "consume(), fetch.queue.backoff.ms=10"
     out(
         _records_result(
-            "confluent.consume",
+            "confluent.consume", "confluent-kafka", label, args.records, args.record_size, s
+        )
+    )
+    _settle()
+    s = _confluent_consume(bootstrap, "confluent", args.records)
+    label = "consume(), librdkafka defaults"
+    out(
+        _records_result(
+            "confluent.consume.defaults",
             "confluent-kafka",
-            "consume() from an assigned partition",
+            label,
             args.records,
             args.record_size,
             s,
@@ -346,6 +360,7 @@ RATIOS = (
     ("confluent.consume", "grpc.poll", "confluent-kafka consume / LogStore gRPC poll()", 0.7),
     ("confluent.produce", "redis.xadd", "confluent-kafka produce / Redis XADD pipelined", 5.0),
     ("confluent.consume", "redis.xreadgroup", "confluent-kafka consume / Redis XREADGROUP", 5.0),
+    ("confluent.consume.defaults", "grpc.poll", "the same, librdkafka defaults", None),
     ("kcat.produce", "grpc.send", "kcat -P / LogStore gRPC send()", None),
     ("kcat.consume", "grpc.poll", "kcat -C / LogStore gRPC poll()", None),
 )
