@@ -16,6 +16,10 @@ so a long-poll fetch holds only its own connection. Invariants:
 - `stop()` closes the listening socket and every connection; their threads end on their
   own (a handler running when `stop` is called finishes first, bounded by its long poll).
 - Nothing a client sends can end the listener: a bad stream closes its own connection.
+- An optional `KafkaObserver` (the broker's metrics) hears of every connection accepted,
+  refused and closed, every protocol violation and every request handed to a handler,
+  once each; an observer that raises is logged and ignored, so counting can never cost
+  a connection.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import logging
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -32,6 +37,13 @@ from logstore.addresses import parse_host_port
 from logstore.server.kafka import security
 from logstore.server.kafka.connection import Close, KafkaConnection, Reply, Request
 from logstore.server.kafka.context import Session
+from logstore.server.kafka.observer import (
+    HANDLER_ERROR,
+    LAST_ANSWER,
+    NOT_SERVED,
+    SERVED,
+    KafkaObserver,
+)
 from logstore.server.kafka.router import NotServed
 
 log = logging.getLogger(__name__)
@@ -69,6 +81,7 @@ class KafkaListener:
         idle_timeout_s: float = 600.0,
         tls: Callable[[], ssl.SSLContext] | None = None,
         open_session: OpenSession = _plain_session,
+        observer: KafkaObserver | None = None,
     ) -> None:
         host, port = parse_host_port(listen, port_zero=True)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -86,6 +99,7 @@ class KafkaListener:
         self._idle_timeout_s = idle_timeout_s
         self._tls = tls
         self._open_session = open_session
+        self._observer = observer
         self._lock = threading.Lock()
         self._connections: set[socket.socket] = set()
         self._stopped = threading.Event()
@@ -133,7 +147,9 @@ class KafkaListener:
                     self._max_connections,
                 )
                 conn.close()
+                self._notify(lambda o: o.connection_refused())
                 continue
+            self._notify(lambda o: o.connection_accepted())
             threading.Thread(
                 target=self._run_connection,
                 args=(conn, _peer_name(peer)),
@@ -161,6 +177,7 @@ class KafkaListener:
             with self._lock:
                 self._connections.discard(stream)
             _shutdown(stream)
+            self._notify(lambda o: o.connection_closed())
 
     def _wrap(self, conn: socket.socket) -> ssl.SSLSocket:
         """`conn` as a TLS stream with the current context, before its handshake (bounded by
@@ -192,29 +209,63 @@ class KafkaListener:
             while (event := protocol.next_event()) is not None:
                 if isinstance(event, Close):
                     log.info("closed a Kafka connection from %s: %s", session.peer, event.reason)
+                    self._notify(lambda o, reason=event.reason: o.protocol_violation(reason))
                     return
                 if isinstance(event, Reply):
                     stream.sendall(event.data)
-                    continue
-                try:
-                    response = self._serve(session, event)
-                except NotServed as exc:
-                    log.info("closed a Kafka connection from %s: %s", session.peer, exc)
-                    return
-                except Exception:  # a handler's bug must cost one connection, not the listener
-                    log.exception(
-                        "Kafka %s v%d from %s failed; closing the connection",
-                        event.api.name,
-                        event.version,
-                        session.peer,
+                    self._notify(
+                        lambda o, reply=event: o.unserved_version_answered(len(reply.data))
                     )
-                    return
-                if response is not None:
-                    stream.sendall(protocol.encode_response(event, response))
-                if session.closing is not None:
-                    log.info("closed a Kafka connection from %s: %s", session.peer, session.closing)
+                    continue
+                if not self._serve_request(stream, protocol, session, event):
                     return
                 protocol.limit_request_bytes(self._request_limit(session))
+
+    def _serve_request(
+        self, stream: socket.socket, protocol: KafkaConnection, session: Session, request: Request
+    ) -> bool:
+        """Serve one request and send its answer; False when the connection must close."""
+        started = time.perf_counter()
+        response: Any = None
+        data = b""
+        outcome = SERVED
+        try:
+            response = self._serve(session, request)
+            if response is not None:
+                data = protocol.encode_response(request, response)
+        except NotServed as exc:
+            log.info("closed a Kafka connection from %s: %s", session.peer, exc)
+            outcome = NOT_SERVED
+        except Exception:  # a handler's bug must cost one connection, not the listener
+            log.exception(
+                "Kafka %s v%d from %s failed; closing the connection",
+                request.api.name,
+                request.version,
+                session.peer,
+            )
+            outcome, response = HANDLER_ERROR, None
+        elapsed_s = time.perf_counter() - started
+        if outcome == SERVED and session.closing is not None:
+            outcome = LAST_ANSWER
+        sent = 0
+        try:
+            if data:
+                stream.sendall(data)
+                sent = len(data)
+        finally:  # a client gone mid-write still made a request
+            self._notify(lambda o: o.request_done(request, response, outcome, elapsed_s, sent))
+        if outcome == LAST_ANSWER:
+            log.info("closed a Kafka connection from %s: %s", session.peer, session.closing)
+        return outcome == SERVED
+
+    def _notify(self, tell: Callable[[KafkaObserver], None]) -> None:
+        """`tell(observer)`, if there is one; its failure is logged, never the connection's."""
+        if self._observer is None:
+            return
+        try:
+            tell(self._observer)
+        except Exception:
+            log.exception("the Kafka listener's observer failed")
 
     def _request_limit(self, session: Session) -> int:
         """The largest request `session` may send now (bytes)."""

@@ -13,6 +13,7 @@ from logstore.server.kafka.context import (
     advertised_endpoint,
 )
 from logstore.server.kafka.listener import KafkaListener
+from logstore.server.kafka.observer import KafkaObserver
 from logstore.server.kafka.router import NotServed, dispatch
 from logstore.server.kafka.security import KafkaSecurity
 from logstore.server.kafka.settings import KafkaSettings
@@ -29,7 +30,8 @@ class KafkaService:
     from `start()` until `stop()`.
 
     `security` (from `security.kafka_security`) secures the listener as the broker's gRPC
-    one is secured; None: plaintext, no SASL, no ACLs.
+    one is secured; None: plaintext, no SASL, no ACLs. `observer` (the broker's metrics)
+    hears of every connection and request; None: nothing is counted.
     """
 
     def __init__(
@@ -39,6 +41,7 @@ class KafkaService:
         *,
         max_request_bytes: int,
         security: KafkaSecurity | None = None,
+        observer: KafkaObserver | None = None,
     ) -> None:
         self.security = security or KafkaSecurity(SecuritySettings())
         self.listener = KafkaListener(
@@ -49,6 +52,7 @@ class KafkaService:
             idle_timeout_s=settings.connections_max_idle_ms / 1000,
             tls=self.security.tls,
             open_session=self.security.open_session,
+            observer=observer,
         )
         self.broker = KafkaBroker(
             servicer,
