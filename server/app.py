@@ -313,6 +313,7 @@ class Broker:
                 kafka,
                 max_request_bytes=self.settings.max_request_bytes,
                 security=security,
+                observer=self.metrics.kafka_observer() if self.metrics is not None else None,
             )
         except OSError as exc:
             self.server.stop(None)  # release the gRPC port bound above

@@ -19,8 +19,22 @@ brokers can live in one process, as the tests do):
   request and response bytes, reading only batch headers (record counts), never records.
   ProduceStream is counted per message, like Produce.
 
+- `KafkaMetrics`, the Kafka listener's observer (`server.kafka.observer`), counts its
+  connections (open, accepted, refused at the limit, closed for a protocol violation) and
+  its requests by API and version, with durations, request and response bytes, and the
+  requests after which a connection was closed. Kafka produce and fetch traffic goes into
+  the same per-topic record and byte counters as gRPC's (no protocol label: a topic's
+  series stay one whichever protocol its clients speak; `logstore_kafka_*` and
+  `logstore_rpc_*` tell the protocols apart), counted the same way, from batch headers.
+  The Kafka series exist only on a broker with a Kafka listener.
+
 RPCs gRPC refuses itself (over `max_concurrent_rpcs`, unknown methods) are not counted:
 they never run the handler the interceptor wraps.
+
+Groups of both protocols are reported alike: LogStore's own (states Empty, Rebalancing,
+Stable) and Kafka clients' classic groups (Empty, PreparingRebalance,
+CompletingRebalance, Stable); every group gets a `logstore_group_state` sample for each
+of these names. Committed offsets are one table, so lag covers both.
 """
 
 from __future__ import annotations
@@ -30,11 +44,11 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Final
 from wsgiref.simple_server import WSGIServer
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -44,15 +58,27 @@ from logstore.codec import record_batch as rb
 from logstore.codec.wire import decode_response
 from logstore.errors import LogStoreError, UnknownTopicOrPartitionError
 from logstore.patterns import headers as patterns
+from logstore.server.groups import classic
 from logstore.server.groups.coordinator import EMPTY, REBALANCING, STABLE, GroupCoordinator
 from logstore.server.groups.offsets_store import OffsetStore
+from logstore.server.kafka import observer as kafka_observer
 from logstore.storage.log_manager import LogManager
 from logstore.v1 import logstore_pb2 as pb
 
+if TYPE_CHECKING:
+    from logstore.server.kafka.connection import Request
+
 log = logging.getLogger(__name__)
 
-#: the states `GroupCoordinator` reports (Dead groups are forgotten at once, never listed)
-GROUP_STATES = (EMPTY, REBALANCING, STABLE)
+#: the states `GroupCoordinator` and the classic coordinator of Kafka clients' groups report
+#: (Dead groups are forgotten at once, never listed); each group gets a sample for each
+GROUP_STATES = (
+    EMPTY,
+    REBALANCING,
+    classic.PREPARING_REBALANCE,
+    classic.COMPLETING_REBALANCE,
+    STABLE,
+)
 #: latency buckets (s): sub-millisecond metadata calls up to 30 s long-poll fetches
 DURATION_BUCKETS = (
     0.0005,
@@ -235,7 +261,9 @@ class LogStoreCollector(Collector):
 
     def _group_metrics(self) -> Iterator[Metric]:
         members = GaugeMetricFamily(
-            "logstore_group_members", "Active members of the consumer group", labels=["group"]
+            "logstore_group_members",
+            "Active members of the consumer group (LogStore's or Kafka clients')",
+            labels=["group"],
         )
         state = GaugeMetricFamily(
             "logstore_group_state",
@@ -253,11 +281,7 @@ class LogStoreCollector(Collector):
             "Records between the group's committed offset and the log end offset",
             labels=tp_labels,
         )
-        # Groups with committed offsets but no members are listed as Empty, as ListGroups does.
-        listed = {g: (s, n) for g, s, n in self._coordinator.list_groups()}
-        for group in self._offsets.groups():
-            listed.setdefault(group, (EMPTY, 0))
-        for group, (group_state, count) in sorted(listed.items()):
+        for group, (group_state, count) in sorted(self._group_listing().items()):
             members.add_metric([group], count)
             for candidate in GROUP_STATES:
                 state.add_metric([group, candidate], int(candidate == group_state))
@@ -273,10 +297,24 @@ class LogStoreCollector(Collector):
         yield from (members, state, committed_offset, lag)
         yield CounterMetricFamily(
             "logstore_group_rebalances",
-            "Group epoch bumps (a member joined, left, expired or changed its subscription, "
-            "or a subscribed topic grew) since the broker started",
-            value=self._coordinator.rebalances,
+            "Rebalances since the broker started: group epoch bumps of LogStore's groups (a "
+            "member joined, left, expired or changed its subscription, or a subscribed topic "
+            "grew) and completed joins (generations) of Kafka clients' groups",
+            value=self._coordinator.rebalances + self._coordinator.classic.rebalances,
         )
+
+    def _group_listing(self) -> dict[str, tuple[str, int]]:
+        """group -> (state, members) for every group either protocol's coordinator remembers,
+        and every group with committed offsets (Empty, no members, as ListGroups lists it).
+        A group has members in one protocol at most, so that protocol names its state."""
+        listed = {g: (s, n) for g, s, n in self._coordinator.list_groups()}
+        for kafka_group in self._coordinator.classic.list_groups():
+            native = listed.get(kafka_group.group_id)
+            if native is None or native[1] == 0:
+                listed[kafka_group.group_id] = (kafka_group.state, kafka_group.members)
+        for group in self._offsets.groups():
+            listed.setdefault(group, (EMPTY, 0))
+        return listed
 
 
 # --- per-request counting ------------------------------------------------------------------
@@ -450,6 +488,200 @@ def _wrap(
     return grpc.unary_unary_rpc_method_handler(unary_unary, **serializers)
 
 
+# --- the Kafka listener --------------------------------------------------------------------
+
+#: Kafka's API keys of the requests whose records are counted, and of ApiVersions
+_KAFKA_PRODUCE_KEY: Final = 0
+_KAFKA_FETCH_KEY: Final = 1
+_KAFKA_API_VERSIONS_KEY: Final = 18
+#: bytes of the size prefix of every Kafka frame
+_SIZE_PREFIX_BYTES: Final = 4
+#: Kafka's error code NONE
+_KAFKA_NO_ERROR: Final = 0
+#: the `version` label of ApiVersions asked at a version above the served range, which the
+#: connection answers by itself (KIP-511)
+UNSERVED_VERSION: Final = "unserved"
+
+
+def kafka_api_name(request_class_name: str) -> str:
+    """Kafka's name of an API ("Produce"), from its request class's ("ProduceRequest")."""
+    return request_class_name.removesuffix("Request")
+
+
+@dataclass
+class _KafkaApiMetrics:
+    """One (API, version)'s series; its children are looked up once, not per request."""
+
+    api: str
+    requests: Counter
+    duration: Histogram
+    request_bytes: Counter
+    response_bytes: Counter
+
+
+class KafkaMetrics:
+    """The Kafka listener's series: a `KafkaObserver`. Per request it does a dictionary
+    look-up and a few counter increments; only Produce and Fetch read their batches'
+    61-byte headers (records are never decoded)."""
+
+    def __init__(self, registry: CollectorRegistry, traffic: BrokerMetrics) -> None:
+        self._traffic = traffic
+        self._by_api: dict[tuple[int, int | str], _KafkaApiMetrics] = {}
+        self._lock = threading.Lock()
+        self.connections = Gauge(
+            "logstore_kafka_connections",
+            "Open connections of the Kafka listener",
+            registry=registry,
+        )
+        self.connections_accepted = Counter(
+            "logstore_kafka_connections_accepted",
+            "Connections the Kafka listener accepted",
+            registry=registry,
+        )
+        self.connections_refused = Counter(
+            "logstore_kafka_connections_refused",
+            "Connections the Kafka listener closed at once: its connection limit was reached",
+            registry=registry,
+        )
+        self.protocol_violations = Counter(
+            "logstore_kafka_protocol_violations",
+            "Kafka connections closed for a protocol violation: a bad frame size, an unknown "
+            "API key, an unserved version or an undecodable request",
+            registry=registry,
+        )
+        self.requests = Counter(
+            "logstore_kafka_requests",
+            "Kafka requests by API and version (version=unserved: ApiVersions at a version "
+            "above the served range, answered with the served range)",
+            ["api", "version"],
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "logstore_kafka_request_duration_seconds",
+            "Time from a Kafka request's handler start to its response encoded (a long-poll "
+            "fetch: its wait included)",
+            ["api"],
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.request_bytes = Counter(
+            "logstore_kafka_request_bytes",
+            "Bytes of Kafka requests handed to a handler, size prefix included",
+            ["api"],
+            registry=registry,
+        )
+        self.response_bytes = Counter(
+            "logstore_kafka_response_bytes",
+            "Bytes of Kafka responses written, size prefix included",
+            ["api"],
+            registry=registry,
+        )
+        self.closing_requests = Counter(
+            "logstore_kafka_closing_requests",
+            "Kafka requests after which the broker closed the connection, by API and reason: "
+            "not_served (not allowed on the connection: before SASL authentication, a failed "
+            "acks=0 produce, a revoked token), handler_error (a broker bug, logged), "
+            "last_answer (the answer ended the connection: a SASL refusal)",
+            ["api", "reason"],
+            registry=registry,
+        )
+
+    # --- connections -----------------------------------------------------------------------
+
+    def connection_accepted(self) -> None:
+        self.connections_accepted.inc()
+        self.connections.inc()
+
+    def connection_refused(self) -> None:
+        self.connections_refused.inc()
+
+    def connection_closed(self) -> None:
+        self.connections.dec()
+
+    def protocol_violation(self, reason: str) -> None:
+        self.protocol_violations.inc()
+
+    # --- requests --------------------------------------------------------------------------
+
+    def unserved_version_answered(self, response_bytes: int) -> None:
+        series = self._api_metrics(_KAFKA_API_VERSIONS_KEY, "ApiVersionsRequest", UNSERVED_VERSION)
+        series.requests.inc()
+        series.response_bytes.inc(response_bytes)
+
+    def request_done(
+        self,
+        request: Request,
+        response: Any,
+        outcome: str,
+        elapsed_s: float,
+        response_bytes: int,
+    ) -> None:
+        series = self._api_metrics(request.api.key, request.api.name, request.version)
+        series.requests.inc()
+        series.duration.observe(elapsed_s)
+        series.request_bytes.inc(request.size + _SIZE_PREFIX_BYTES)
+        if response_bytes:
+            series.response_bytes.inc(response_bytes)
+        if outcome != kafka_observer.SERVED:
+            self.closing_requests.labels(series.api, outcome).inc()
+            return
+        if request.api.key == _KAFKA_PRODUCE_KEY:
+            self._count_produce(request.body, response)
+        elif request.api.key == _KAFKA_FETCH_KEY and response is not None:
+            self._count_fetch(response)
+
+    def _api_metrics(self, key: int, class_name: str, version: int | str) -> _KafkaApiMetrics:
+        found = self._by_api.get((key, version))
+        if found is None:
+            api = kafka_api_name(class_name)
+            with self._lock:
+                found = self._by_api.setdefault(
+                    (key, version),
+                    _KafkaApiMetrics(
+                        api,
+                        self.requests.labels(api, str(version)),
+                        self.duration.labels(api),
+                        self.request_bytes.labels(api),
+                        self.response_bytes.labels(api),
+                    ),
+                )
+        return found
+
+    # --- traffic ---------------------------------------------------------------------------
+
+    def _count_produce(self, body: Any, response: Any) -> None:
+        """Count what a served Produce appended: the partitions answered without error.
+
+        acks=0 has no response; served, every partition was appended (a failed one closes
+        the connection instead, and then nothing is counted). Kafka's answer does not say
+        whether a batch was an idempotent producer's duplicate retry (it gets its first
+        offsets, no error), so, unlike gRPC's, a retried batch counts again.
+        """
+        answered: dict[tuple[str, int], int] | None = None
+        if response is not None:
+            answered = {
+                (topic.name, part.index): part.error_code
+                for topic in response.responses
+                for part in topic.partition_responses
+            }
+        for topic_data in body.topic_data:
+            for part_data in topic_data.partition_data:
+                key = (topic_data.name, part_data.index)
+                if answered is not None and answered.get(key) != _KAFKA_NO_ERROR:
+                    continue
+                if part_data.records:
+                    self._traffic.count_appended(topic_data.name, part_data.records)
+
+    def _count_fetch(self, response: Any) -> None:
+        """Count the records and bytes a Fetch response carries (partitions without
+        error; an error's partition carries none)."""
+        for topic in response.responses:
+            self._traffic.count_fetched(
+                topic.topic,
+                (p.records for p in topic.partitions if p.error_code == _KAFKA_NO_ERROR),
+            )
+
+
 # --- the whole -----------------------------------------------------------------------------
 
 
@@ -476,34 +708,45 @@ class BrokerMetrics:
         )
         self.produced_records = Counter(
             "logstore_produced_records",
-            "Records appended by Produce and ProduceStream (duplicate retries excluded)",
+            "Records appended by gRPC's Produce and ProduceStream (duplicate retries "
+            "excluded) and Kafka's Produce",
             ["topic"],
             registry=self.registry,
         )
         self.produced_bytes = Counter(
             "logstore_produced_bytes",
-            "Record batch bytes appended by Produce and ProduceStream",
+            "Record batch bytes appended by gRPC's Produce and ProduceStream and Kafka's Produce",
             ["topic"],
             registry=self.registry,
         )
         self.fetched_records = Counter(
             "logstore_fetched_records",
-            "Records sent in Fetch responses (whole batches, so a batch straddling the "
-            "fetch offset counts all its records)",
+            "Records sent in gRPC and Kafka Fetch responses (whole batches, so a batch "
+            "straddling the fetch offset counts all its records)",
             ["topic"],
             registry=self.registry,
         )
         self.fetched_bytes = Counter(
             "logstore_fetched_bytes",
-            "Record batch bytes sent in Fetch responses",
+            "Record batch bytes sent in gRPC and Kafka Fetch responses",
             ["topic"],
             registry=self.registry,
         )
         self.interceptor = MetricsInterceptor(self)
+        self._kafka: KafkaMetrics | None = None
+        self._kafka_lock = threading.Lock()
         self._httpd: WSGIServer | None = None
         self._thread: threading.Thread | None = None
         #: ``host:port`` actually bound (the port is resolved when 0 was asked for)
         self.address = ""
+
+    def kafka_observer(self) -> KafkaMetrics:
+        """The Kafka listener's observer; its series are registered on the first call, so a
+        broker without a Kafka listener exports none."""
+        with self._kafka_lock:
+            if self._kafka is None:
+                self._kafka = KafkaMetrics(self.registry, self)
+            return self._kafka
 
     # --- traffic ---------------------------------------------------------------------------
 
@@ -520,21 +763,26 @@ class BrokerMetrics:
                 result = next(topic_results, None)
                 if result is None or result.HasField("error") or result.duplicate:
                     continue
-                count, size = _batch_stats(part_data.records)
-                self.produced_records.labels(topic_data.topic).inc(count)
-                self.produced_bytes.labels(topic_data.topic).inc(size)
+                self.count_appended(topic_data.topic, part_data.records)
+
+    def count_appended(self, topic: str, records: bytes | memoryview) -> None:
+        """Count a run of whole batches appended to `topic` (from their headers alone)."""
+        count, size = _batch_stats(records)
+        self.produced_records.labels(topic).inc(count)
+        self.produced_bytes.labels(topic).inc(size)
 
     def count_fetch(self, request: pb.FetchRequest, response: pb.FetchResponse) -> None:
         """Count the records and bytes a fetch response carries."""
         for topic_result in response.topics:
-            self._count_fetched(topic_result.topic, (r.records for r in topic_result.partitions))
+            self.count_fetched(topic_result.topic, (r.records for r in topic_result.partitions))
 
     def count_fetch_stream(self, request: pb.FetchRequest, response: bytes) -> None:
         """Count a FetchStream answer: FetchResponse bytes, read without copying records."""
         for topic, answers in decode_response(response):
-            self._count_fetched(topic, (a.records for a in answers))
+            self.count_fetched(topic, (a.records for a in answers))
 
-    def _count_fetched(self, topic: str, records: Iterable[bytes | memoryview]) -> None:
+    def count_fetched(self, topic: str, records: Iterable[bytes | memoryview | None]) -> None:
+        """Count runs of whole batches sent from `topic` (from their headers alone)."""
         for data in records:
             if data:
                 count, size = _batch_stats(data)
