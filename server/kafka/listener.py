@@ -87,6 +87,10 @@ class KafkaListener:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._sock = socket.socket(family, socket.SOCK_STREAM)
         try:
+            # As gRPC's listener: a broker restarted after a crash rebinds its port while
+            # the connections it dropped linger in TIME_WAIT (a live listener still
+            # refuses the bind; check_can_listen says so first).
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             self._sock.bind((host, port))
             self._sock.listen(128)
         except OSError:

@@ -201,3 +201,32 @@ def test_mutated_requests_never_break_the_broker(
         frame[4 + (position - 4) % (len(frame) - 4)] = value
     _send_and_settle(broker, bytes(frame))
     _still_serves(broker)
+
+
+def test_a_broker_killed_with_open_connections_restarts_on_its_kafka_port(
+    tmp_path: Path,
+) -> None:
+    """The connections a crash drops linger in TIME_WAIT on the broker's side: the
+    restarted broker must still bind its Kafka port (and a second broker must not)."""
+    process = KafkaBrokerProcess(tmp_path / "data")
+    process.start()
+    try:
+        port = process.kafka_port
+        sockets = []
+        for _ in range(3):
+            sock = _connect(process)
+            sock.sendall(_encoded(ApiVersionsRequest(version=0)))
+            assert _answer(sock) is not None
+            sockets.append(sock)
+        process.kill9()
+        for sock in sockets:
+            sock.close()
+        process.start()
+        assert process.kafka_port == port
+        _still_serves(process)
+        second = KafkaBrokerProcess(tmp_path / "other", [f"--kafka-listen=127.0.0.1:{port}"])
+        second.kafka_port = port
+        with pytest.raises(RuntimeError, match="already in use"):
+            second.start()
+    finally:
+        process.close()
