@@ -142,6 +142,8 @@ KAFKA_KEYS: dict[str, Check] = {
     "auto_create_topics_enable": _boolean,
     "num_partitions": _positive_int,
     "group_initial_rebalance_delay_ms": _non_negative_int,
+    "group_min_session_timeout_ms": _positive_int,
+    "group_max_session_timeout_ms": _positive_int,
 }
 
 #: every top-level key a file may hold

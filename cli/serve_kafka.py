@@ -70,6 +70,23 @@ _OPTIONS: list[tuple[str, str, tuple[str, ...], str | None, Any, str]] = [
         "Kafka consumers waits this long for more to join, so consumers started together "
         "rebalance once [default: 3000, Kafka's; 0 for tests].",
     ),
+    (
+        "group_min_session_timeout_ms",
+        "LOGSTORE_GROUP_MIN_SESSION_TIMEOUT_MS",
+        ("--group-min-session-timeout-ms",),
+        "MS",
+        click.IntRange(min=1),
+        "Kafka's group.min.session.timeout.ms: the shortest session timeout a Kafka consumer "
+        "may ask for [default: 6000].",
+    ),
+    (
+        "group_max_session_timeout_ms",
+        "LOGSTORE_GROUP_MAX_SESSION_TIMEOUT_MS",
+        ("--group-max-session-timeout-ms",),
+        "MS",
+        click.IntRange(min=1),
+        "Kafka's group.max.session.timeout.ms: the longest [default: 1800000].",
+    ),
 ]
 
 #: config file keys (and option names) of the Kafka listener
@@ -141,6 +158,18 @@ def kafka_settings(
                 f"--kafka-listen {listen} listens on every interface: in cluster mode give "
                 "--kafka-advertised-listen HOST:PORT, the address clients reach it at"
             )
+    defaults = KafkaSettings(listen=listen)
+    min_session = int(
+        chosen.get("group_min_session_timeout_ms", defaults.group_min_session_timeout_ms)
+    )
+    max_session = int(
+        chosen.get("group_max_session_timeout_ms", defaults.group_max_session_timeout_ms)
+    )
+    if min_session > max_session:
+        raise click.UsageError(
+            f"--group-min-session-timeout-ms {min_session} exceeds "
+            f"--group-max-session-timeout-ms {max_session}"
+        )
     return KafkaSettings(
         listen=listen,
         advertised_listen=advertised,
@@ -149,6 +178,8 @@ def kafka_settings(
         group_initial_rebalance_delay_ms=int(
             chosen.get("group_initial_rebalance_delay_ms", DEFAULT_INITIAL_REBALANCE_DELAY_MS)
         ),
+        group_min_session_timeout_ms=min_session,
+        group_max_session_timeout_ms=max_session,
     )
 
 

@@ -31,7 +31,6 @@ from logstore.server.broker import (
 )
 from logstore.server.cluster.settings import ClusterSettings
 from logstore.server.groups.classic import (
-    DEFAULT_INITIAL_REBALANCE_DELAY_MS,
     ClassicGroupCoordinator,
 )
 from logstore.server.groups.coordinator import GroupCoordinator
@@ -212,12 +211,11 @@ class Broker:
             self.manager.data_dir / PRODUCER_ID_FILE
         )
         # Kafka clients' groups (the classic protocol), beside LogStore's own
+        kafka = settings.kafka if settings.kafka is not None else KafkaSettings(listen="")
         classic = ClassicGroupCoordinator(
-            initial_rebalance_delay_ms=(
-                settings.kafka.group_initial_rebalance_delay_ms
-                if settings.kafka is not None
-                else DEFAULT_INITIAL_REBALANCE_DELAY_MS
-            )
+            initial_rebalance_delay_ms=kafka.group_initial_rebalance_delay_ms,
+            min_session_timeout_ms=kafka.group_min_session_timeout_ms,
+            max_session_timeout_ms=kafka.group_max_session_timeout_ms,
         )
         self.coordinator = GroupCoordinator(partition_counts=self._partition_count, classic=classic)
         self.servicer = LogStoreServicer(

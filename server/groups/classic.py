@@ -344,11 +344,22 @@ class ClassicGroupCoordinator:
         protocols: GroupProtocols | None = None,
         initial_rebalance_delay_ms: int = DEFAULT_INITIAL_REBALANCE_DELAY_MS,
         id_suffix: Callable[[], str] | None = None,
+        min_session_timeout_ms: int = MIN_SESSION_TIMEOUT_MS,
+        max_session_timeout_ms: int = MAX_SESSION_TIMEOUT_MS,
     ) -> None:
         if initial_rebalance_delay_ms < 0:
             raise ValueError(
                 f"initial_rebalance_delay_ms must be >= 0, not {initial_rebalance_delay_ms}"
             )
+        if not 0 < min_session_timeout_ms <= max_session_timeout_ms:
+            raise ValueError(
+                f"session timeout bounds {min_session_timeout_ms}..{max_session_timeout_ms} "
+                "ms: need 0 < min <= max"
+            )
+        #: Kafka's group.min.session.timeout.ms and group.max.session.timeout.ms: a join
+        #: asking for a session timeout outside them gets INVALID_SESSION_TIMEOUT
+        self.min_session_timeout_ms = min_session_timeout_ms
+        self.max_session_timeout_ms = max_session_timeout_ms
         self.protocols = protocols if protocols is not None else GroupProtocols()
         self.changes = ChangeCounter()
         self.initial_rebalance_delay_ms = initial_rebalance_delay_ms
@@ -365,7 +376,7 @@ class ClassicGroupCoordinator:
 
     def join_group(self, request: JoinRequest) -> JoinResult | Pending:
         """Join (or rejoin) a group; see the module docstring."""
-        error = _check_join(request)
+        error = _check_join(request, self.min_session_timeout_ms, self.max_session_timeout_ms)
         if error is not None:
             return JoinResult(error, request.member_id)
         with self._lock:
@@ -904,10 +915,10 @@ class ClassicGroupCoordinator:
 # --- helpers (pure, called under the lock) --------------------------------------------------
 
 
-def _check_join(request: JoinRequest) -> GroupError | None:
+def _check_join(request: JoinRequest, min_ms: int, max_ms: int) -> GroupError | None:
     if not request.group_id:
         return GroupError.INVALID_GROUP_ID
-    if not MIN_SESSION_TIMEOUT_MS <= request.session_timeout_ms <= MAX_SESSION_TIMEOUT_MS:
+    if not min_ms <= request.session_timeout_ms <= max_ms:
         return GroupError.INVALID_SESSION_TIMEOUT
     if not request.protocol_type or not request.protocols:
         return GroupError.INCONSISTENT_GROUP_PROTOCOL

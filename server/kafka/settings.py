@@ -28,3 +28,7 @@ class KafkaSettings:
     #: stops every member of an eager group; the price is 3 s before a new group's first
     #: records. 0 suits tests and single-consumer groups.
     group_initial_rebalance_delay_ms: int = 3_000
+    #: Kafka's group.min.session.timeout.ms and group.max.session.timeout.ms: the session
+    #: timeouts a Kafka consumer may ask for (ms)
+    group_min_session_timeout_ms: int = 6_000
+    group_max_session_timeout_ms: int = 1_800_000

@@ -39,6 +39,8 @@ def test_every_flag_reaches_kafka_settings() -> None:
         "--no-auto-create-topics-enable",
         "--num-partitions", "6",
         "--group-initial-rebalance-delay-ms", "0",
+        "--group-min-session-timeout-ms", "1000",
+        "--group-max-session-timeout-ms", "60000",
     )  # fmt: skip
     assert kafka_settings(given, {}, cluster_mode=False) == KafkaSettings(
         listen="127.0.0.1:9094",
@@ -46,7 +48,18 @@ def test_every_flag_reaches_kafka_settings() -> None:
         auto_create_topics=False,
         num_partitions=6,
         group_initial_rebalance_delay_ms=0,
+        group_min_session_timeout_ms=1000,
+        group_max_session_timeout_ms=60000,
     )
+
+
+def test_session_timeout_bounds_must_be_in_order() -> None:
+    given = _given(
+        "--kafka-listen", "127.0.0.1:9094", "--group-min-session-timeout-ms", "7000",
+        "--group-max-session-timeout-ms", "6000",
+    )  # fmt: skip
+    with pytest.raises(click.UsageError, match="exceeds --group-max-session-timeout-ms"):
+        kafka_settings(given, {}, cluster_mode=False)
 
 
 def test_the_environment_and_the_config_file_configure_it_too(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka import TopicPartition as AioTopicPartition
 from confluent_kafka import Consumer as ConfluentConsumer
-from confluent_kafka import KafkaError
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka import Producer as ConfluentProducer
 from confluent_kafka import TopicPartition as ConfluentTopicPartition
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -399,3 +399,21 @@ def test_a_keyless_record_on_a_compacted_topic_is_invalid_record(
     assert producer.flush(WAIT_S) == 0
     assert [e.code() if e else None for e in errors] == [KafkaError.INVALID_RECORD, None]
     assert [r.value for r in read_logstore(kafka_broker.address, "latest", 1)] == [b"keyed"]
+
+
+def test_a_transactional_producer_fails_at_once_until_transactions_exist(
+    kafka_broker: KafkaBrokerProcess,
+) -> None:
+    """Not a hang until the client's own timeout: init_transactions raises a fatal error
+    naming the refusal within seconds, and nothing is written."""
+    producer = ConfluentProducer(
+        {"bootstrap.servers": kafka_broker.bootstrap, "transactional.id": "orders-enricher-0"}
+    )
+    started = time.monotonic()
+    with pytest.raises(KafkaException) as raised:
+        producer.init_transactions(30)
+    assert time.monotonic() - started < 10
+    error = raised.value.args[0]
+    assert error.code() == KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED
+    with Admin(kafka_broker.address) as admin:
+        assert "orders-enricher-0" not in admin.list_topics()

@@ -158,9 +158,10 @@ def _await_answer(
 def find_coordinator(ctx: RequestContext, request: Any) -> Any:
     key_type = request.key_type if ctx.version >= 1 else GROUP_KEY
     if key_type == TRANSACTION_KEY:
-        return _coordinator_response(
-            ctx, COORDINATOR_NOT_AVAILABLE, None, "transactions are not served yet"
-        )
+        # Until transactions exist this broker answers as their coordinator, so that the
+        # producer's InitProducerId comes here and is refused with a fatal error at once;
+        # COORDINATOR_NOT_AVAILABLE would have it retry until its own timeout.
+        return _coordinator_response(ctx, NONE, ctx.broker.endpoint(ctx.broker.node_id), None)
     if key_type != GROUP_KEY:
         return _coordinator_response(ctx, INVALID_REQUEST, None, f"unknown key type {key_type}")
     if not ctx.broker.allowed(ctx.session, GROUP, request.key, "describe"):
@@ -269,7 +270,7 @@ def sync_group(ctx: RequestContext, request: Any) -> Any:
         assignments=tuple((a.member_id, bytes(a.assignment or b"")) for a in request.assignments),
         group_instance_id=request.group_instance_id if ctx.version >= 3 else None,
     )
-    limit_ms = cg.MAX_SESSION_TIMEOUT_MS + _WAIT_MARGIN_MS
+    limit_ms = _classic(ctx).max_session_timeout_ms + _WAIT_MARGIN_MS
     result = _await_answer(ctx, _classic(ctx).sync_group(sync), limit_ms)
     assert isinstance(result, cg.SyncResult)
     return SyncGroupResponse(

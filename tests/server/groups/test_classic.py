@@ -49,11 +49,14 @@ class World:
     """A classic coordinator (inside LogStore's own, as the broker has them) on a manual
     clock with predictable member ids."""
 
-    def __init__(self, delay_ms: int = DELAY_MS) -> None:
+    def __init__(self, delay_ms: int = DELAY_MS, **bounds: int) -> None:
         self.clock = ManualClock()
         ids = itertools.count()
         self.classic = ClassicGroupCoordinator(
-            self.clock, initial_rebalance_delay_ms=delay_ms, id_suffix=lambda: str(next(ids))
+            self.clock,
+            initial_rebalance_delay_ms=delay_ms,
+            id_suffix=lambda: str(next(ids)),
+            **bounds,
         )
         self.native = GroupCoordinator(lambda _t: 4, self.clock, classic=self.classic)
 
@@ -212,6 +215,18 @@ def test_join_group_v3_and_older_need_no_member_id_round() -> None:
 def test_invalid_joins(world: World, fields: dict[str, object], error: GroupError) -> None:
     outcome = world.join(**fields)  # type: ignore[arg-type]
     assert isinstance(outcome, JoinResult) and outcome.error == error
+
+
+def test_the_session_timeout_bounds_are_settings() -> None:
+    """Kafka's group.min/max.session.timeout.ms: what a join may ask for."""
+    world = World(delay_ms=0, min_session_timeout_ms=1_000, max_session_timeout_ms=10_000)
+    first = world.join(session_timeout_ms=3_000)
+    assert isinstance(first, JoinResult) and first.error == E.MEMBER_ID_REQUIRED
+    for refused in (999, 10_001):
+        outcome = world.join(session_timeout_ms=refused)
+        assert isinstance(outcome, JoinResult) and outcome.error == E.INVALID_SESSION_TIMEOUT
+    with pytest.raises(ValueError, match="need 0 < min <= max"):
+        ClassicGroupCoordinator(min_session_timeout_ms=5_000, max_session_timeout_ms=4_000)
 
 
 def test_a_known_member_id_of_an_unknown_group_is_unknown(world: World) -> None:
