@@ -353,6 +353,24 @@ def _assigned_shape(ctx: RequestContext, assignments: list[Any]) -> tuple[int, i
     return len(indexes), 1
 
 
+def _check_new_partition_assignments(ctx: RequestContext, topic: Any) -> None:
+    """A manual placement of the new partitions is honoured only where it is the one
+    LogStore would choose anyway: every new partition on the only live broker."""
+    live = _live_broker_ids(ctx)
+    current = len(ctx.broker.manager.topic(topic.name).partitions)
+    assignments = [list(a.broker_ids or []) for a in topic.assignments]
+    if len(assignments) != topic.count - current:
+        raise Refused(
+            _INVALID_REPLICA_ASSIGNMENT,
+            f"{len(assignments)} assignments for {topic.count - current} new partitions",
+        )
+    if len(live) > 1 or any(replicas != sorted(live) for replicas in assignments):
+        raise InvalidRequestError(
+            "LogStore places new partitions itself: send the new count with no assignment "
+            f"(or, on a single broker, assign each new partition to [{min(live)}])"
+        )
+
+
 def _live_broker_ids(ctx: RequestContext) -> set[int]:
     cluster = ctx.broker.cluster
     return {ctx.broker.node_id} if cluster is None else set(cluster.view.brokers)
@@ -456,9 +474,7 @@ def _grow(ctx: RequestContext, topic: Any, validate_only: bool) -> None:
     """Grow one topic to `topic.count` partitions (or check that it could be grown)."""
     _require_topic(ctx, topic.name, "alter")
     if topic.assignments is not None:
-        raise InvalidRequestError(
-            "LogStore places new partitions itself: send the new count with no assignment"
-        )
+        _check_new_partition_assignments(ctx, topic)
     if is_internal_topic(topic.name):
         raise InvalidRequestError(f"cannot add partitions to internal topic {topic.name!r}")
     current = len(ctx.broker.manager.topic(topic.name).partitions)
@@ -591,8 +607,41 @@ def _broker_settings(ctx: RequestContext) -> dict[str, tuple[str, str | None, in
     cluster = broker.cluster
     replication = 1 if cluster is None else cluster.settings.default_replication_factor
     unclean = False if cluster is None else cluster.settings.unclean_leader_election
+    host, port = broker.advertised
+    protocol = _security_protocol(ctx)
+    groups = broker.settings
     return {
         "broker.id": (str(broker.node_id), None, TYPE_INT, "This broker's id."),
+        "listeners": (
+            f"{protocol}://{groups.listen}",
+            None,
+            TYPE_LIST,
+            "Where this broker listens for Kafka clients (--kafka-listen).",
+        ),
+        "advertised.listeners": (
+            f"{protocol}://{host}:{port}",
+            None,
+            TYPE_LIST,
+            "Where Kafka clients are told to reach this broker (--kafka-advertised-listen).",
+        ),
+        "group.initial.rebalance.delay.ms": (
+            str(groups.group_initial_rebalance_delay_ms),
+            "3000",
+            TYPE_INT,
+            "How long the first rebalance of an empty group waits for more members (ms).",
+        ),
+        "group.min.session.timeout.ms": (
+            str(groups.group_min_session_timeout_ms),
+            "6000",
+            TYPE_INT,
+            "The shortest session timeout a consumer may ask for (ms).",
+        ),
+        "group.max.session.timeout.ms": (
+            str(groups.group_max_session_timeout_ms),
+            "1800000",
+            TYPE_INT,
+            "The longest session timeout a consumer may ask for (ms).",
+        ),
         "log.dirs": (
             str(broker.manager.data_dir),
             None,
@@ -624,6 +673,12 @@ def _broker_settings(ctx: RequestContext) -> dict[str, tuple[str, str | None, in
             "Whether a replica outside the ISR may lead when no ISR member is alive.",
         ),
     }
+
+
+def _security_protocol(ctx: RequestContext) -> str:
+    """Kafka's name for how this listener is secured: (SASL_)PLAINTEXT or (SASL_)SSL."""
+    transport = "SSL" if ctx.session.tls else "PLAINTEXT"
+    return f"SASL_{transport}" if ctx.broker.sasl is not None else transport
 
 
 def _bool(flag: bool) -> str:

@@ -334,18 +334,26 @@ def test_create_partitions_validate_only_and_assignments(core: Core) -> None:
     create(core, topic("a", 2))
     assert grow(core, ("a", 4), validate_only=True) == {"a": NONE}
     assert len(core.manager.topic("a").partitions) == 2
-    request = CreatePartitionsRequest(
-        version=1,
-        topics=[
-            _Grow(name="a", count=3, assignments=[_Grow.CreatePartitionsAssignment(broker_ids=[0])])
-        ],
-        timeout_ms=5000,
-        validate_only=False,
-    )
-    (answer,) = core.call(request).results
-    assert answer.error_code == INVALID_REQUEST
-    assert "assignment" in answer.error_message
+
+    def grow_assigned(count: int, *placements: list[int]) -> Any:
+        assignments = [_Grow.CreatePartitionsAssignment(broker_ids=b) for b in placements]
+        request = CreatePartitionsRequest(
+            version=1,
+            topics=[_Grow(name="a", count=count, assignments=assignments)],
+            timeout_ms=5000,
+            validate_only=False,
+        )
+        (answer,) = core.call(request).results
+        return answer
+
+    # Elsewhere than the only broker: LogStore places partitions itself.
+    elsewhere = grow_assigned(3, [1])
+    assert elsewhere.error_code == INVALID_REQUEST and "assignment" in elsewhere.error_message
+    assert grow_assigned(4, [0]).error_code == INVALID_ASSIGNMENT  # one placement for two
     assert len(core.manager.topic("a").partitions) == 2
+    # Where LogStore would put them anyway: on the only broker.
+    assert grow_assigned(4, [0], [0]).error_code == NONE
+    assert len(core.manager.topic("a").partitions) == 4
 
 
 # --- DescribeConfigs ---------------------------------------------------------------------
@@ -420,6 +428,9 @@ def test_broker_configs_are_read_only_under_kafka_broker_names(core: Core) -> No
     assert configs["num.partitions"].value == "3"
     assert configs["num.partitions"].config_source == SOURCE_STATIC_BROKER  # Kafka's is 1
     assert configs["message.max.bytes"].config_source == SOURCE_DEFAULT
+    host, port = core.broker.advertised
+    assert configs["advertised.listeners"].value == f"PLAINTEXT://{host}:{port}"
+    assert configs["group.min.session.timeout.ms"].value == "6000"
     assert all(c.read_only for c in by_id.configs)
     assert [c.name for c in by_empty.configs] == [c.name for c in by_id.configs]
     assert other.error_code == INVALID_REQUEST and other.configs == []
