@@ -4,11 +4,18 @@ the controller, topics with their partitions and leaders, and topic auto-creatio
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
+import time
 from pathlib import Path
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient
+from confluent_kafka import KafkaError, Producer
 from confluent_kafka.admin import AdminClient
 from kafka import KafkaAdminClient
+from kafka import errors as kafka_errors
+from kafka.protocol.metadata import MetadataRequest, MetadataResponse
 
 from logstore import Admin
 from tests.kafka.conftest import KafkaBrokerProcess
@@ -86,3 +93,35 @@ def test_without_auto_creation_an_unknown_topic_is_unknown(tmp_path: Path) -> No
             assert "not-there" not in logstore_admin.list_topics()
     finally:
         broker.close()
+
+
+def test_an_invalid_topic_name_is_invalid_at_once_and_never_created(
+    kafka_broker: KafkaBrokerProcess,
+) -> None:
+    """As Kafka: INVALID_TOPIC_EXCEPTION, so a producer fails at once rather than waiting
+    out its timeout on UNKNOWN_TOPIC_OR_PART."""
+    producer = Producer({"bootstrap.servers": kafka_broker.bootstrap, "message.timeout.ms": 20_000})
+    errors: list[Any] = []
+    started = time.monotonic()
+    producer.produce("bad name!", value=b"x", on_delivery=lambda err, msg: errors.append(err))
+    assert producer.flush(25) == 0
+    assert time.monotonic() - started < 10
+    assert [e.code() for e in errors] == [KafkaError.TOPIC_EXCEPTION]
+    with Admin(kafka_broker.address) as admin:
+        assert [t for t in admin.list_topics() if "bad" in t] == []
+
+
+def test_a_name_asked_twice_is_answered_once(kafka_broker: KafkaBrokerProcess) -> None:
+    request = MetadataRequest(
+        version=4,
+        topics=[MetadataRequest.MetadataRequestTopic(name=n) for n in ("dup", "dup", "x y")],
+        allow_auto_topic_creation=True,
+    )
+    request.with_header(correlation_id=3, client_id="test")
+    with socket.create_connection(("127.0.0.1", kafka_broker.kafka_port), timeout=10) as sock:
+        sock.sendall(bytes(request.encode(header=True, framed=True)))
+        size = struct.unpack(">i", sock.recv(4, socket.MSG_WAITALL))[0]
+        body = sock.recv(size, socket.MSG_WAITALL)
+    response = MetadataResponse.decode(body, version=4, header=True)
+    answered = [(t.name, t.error_code) for t in response.topics]
+    assert answered == [("dup", 0), ("x y", kafka_errors.InvalidTopicError.errno)]

@@ -2,6 +2,8 @@
 
 - Topics: v0 with an empty list, or v1+ with a null list, means every topic the principal
   may describe (internal ones flagged `is_internal`); otherwise the named topics.
+- Names are answered once each; an invalid name (Kafka's rule: 1-249 of
+  ``[a-zA-Z0-9._-]``) answers INVALID_TOPIC_EXCEPTION and is never created.
 - An unknown named topic is created with `num.partitions` partitions when the listener
   has `auto.create.topics.enable`, the request allows it (v4+; always before), and the
   principal may create topics, as Kafka does; else UNKNOWN_TOPIC_OR_PARTITION.
@@ -20,11 +22,11 @@ from kafka import errors as kafka_errors
 from kafka.protocol.metadata import MetadataRequest, MetadataResponse
 
 from logstore.acls import CLUSTER, CLUSTER_NAME, TOPIC
-from logstore.errors import LogStoreError, TopicExistsError
+from logstore.errors import InvalidTopicError, LogStoreError, TopicExistsError
 from logstore.server.kafka.context import RequestContext
 from logstore.server.kafka.error_codes import error_code
 from logstore.server.kafka.router import handles
-from logstore.storage.log_config import is_internal_topic
+from logstore.storage.log_config import is_internal_topic, validate_topic_name
 
 log = logging.getLogger(__name__)
 
@@ -58,18 +60,27 @@ def _wanted(ctx: RequestContext, request: Any) -> list[str]:
             for name in ctx.broker.manager.topic_names()
             if ctx.broker.allowed(ctx.session, TOPIC, name, "describe")
         ]
-    names = [t.name for t in requested if t.name is not None]
+    # As Kafka: each name once, however often it was asked for.
+    names = list(dict.fromkeys(t.name for t in requested if t.name is not None))
     allow_create = ctx.version < 4 or bool(request.allow_auto_topic_creation)
-    if allow_create:
+    if allow_create and ctx.broker.settings.auto_create_topics:
+        existing = set(ctx.broker.manager.topic_names())
         for name in names:
-            _maybe_create(ctx, name)
+            if name not in existing and _valid_name(name):
+                _maybe_create(ctx, name)
     return names
+
+
+def _valid_name(name: str) -> bool:
+    try:
+        validate_topic_name(name)
+    except InvalidTopicError:
+        return False
+    return True
 
 
 def _maybe_create(ctx: RequestContext, name: str) -> None:
     broker = ctx.broker
-    if not broker.settings.auto_create_topics or name in broker.manager.topic_names():
-        return
     # As Kafka: never create what the principal could not then see.
     if not broker.allowed(ctx.session, CLUSTER, CLUSTER_NAME, "create"):
         return
@@ -80,13 +91,15 @@ def _maybe_create(ctx: RequestContext, name: str) -> None:
         log.info("created topic %s on a Kafka client's Metadata request", name)
     except TopicExistsError:
         pass  # another client's Metadata created it first
-    except LogStoreError as exc:  # e.g. an invalid name: the topic's error code says so
+    except LogStoreError as exc:  # e.g. an internal name: the topic's error code says so
         log.debug("did not auto-create topic %r: %s", name, exc)
 
 
 def _describe(ctx: RequestContext, name: str, live: set[int]) -> Any:
     broker = ctx.broker
     internal = is_internal_topic(name)
+    if not _valid_name(name):  # Kafka answers INVALID_TOPIC_EXCEPTION, whoever asks
+        return _error_topic(name, kafka_errors.InvalidTopicError.errno, internal)
     if not broker.allowed(ctx.session, TOPIC, name, "describe"):
         return _error_topic(name, kafka_errors.TopicAuthorizationFailedError.errno, internal)
     try:
