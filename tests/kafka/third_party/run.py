@@ -47,9 +47,12 @@ ALLOW_LIST: Final = HERE / "allow.txt"
 #: (`kafka.protocol.broker_version_data`); the suite gates its tests on it
 KAFKA_VERSION: Final = "2.4.0"
 #: LogStore's equivalents of what the suite's own Kafka config sets (its kafka.properties:
-#: num.partitions=4 and group.initial.rebalance.delay.ms=0; its
-#: group.min.session.timeout.ms=1000 has no LogStore setting, see NOTES.md)
-BROKER_ARGS: Final = ("--num-partitions=4", "--group-initial-rebalance-delay-ms=0")
+#: num.partitions=4, group.initial.rebalance.delay.ms=0 and group.min.session.timeout.ms=1000)
+BROKER_ARGS: Final = (
+    "--num-partitions=4",
+    "--group-initial-rebalance-delay-ms=0",
+    "--group-min-session-timeout-ms=1000",
+)
 #: seconds any one test of the suite may take before pytest-timeout fails it
 PER_TEST_TIMEOUT_S: Final = 60
 #: kafka-python's optional codec libraries, as its users install them (`pip install lz4
