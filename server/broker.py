@@ -43,6 +43,7 @@ from logstore.server.groups.service import GroupHandlers
 from logstore.server.producer_ids import ProducerIdManager
 from logstore.storage.log_config import is_internal_topic
 from logstore.storage.log_manager import LogManager, Topic
+from logstore.storage.meta_properties import load_or_create_cluster_id
 from logstore.v1 import logstore_pb2 as pb
 from logstore.v1 import logstore_pb2_grpc as pb_grpc
 
@@ -279,6 +280,8 @@ class LogStoreServicer(ClusterHandlers, GroupHandlers, pb_grpc.LogStoreServicer)
         cluster: ClusterNode | None = None,
     ) -> None:
         self.manager = manager
+        #: see `standalone_cluster_id`
+        self._cluster_id: str | None = None
         #: None for a standalone broker
         self.cluster = cluster
         #: partition offset ranges for group lag and offset resets: the leaders' in a cluster
@@ -322,6 +325,13 @@ class LogStoreServicer(ClusterHandlers, GroupHandlers, pb_grpc.LogStoreServicer)
             config=topic.config.to_properties(),
             config_overrides=topic.config_overrides,
         )
+
+    def standalone_cluster_id(self) -> str:
+        """A standalone broker's cluster id, made once per data directory and kept in its
+        meta.properties (Kafka's file): Kafka clients expect one in Metadata."""
+        if self._cluster_id is None:
+            self._cluster_id = load_or_create_cluster_id(self.manager.data_dir)
+        return self._cluster_id
 
     @staticmethod
     def _refuse_internal(name: str, action: str) -> None:

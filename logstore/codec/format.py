@@ -149,6 +149,8 @@ RECOVERY_POINT_CHECKPOINT_FILE: Final = "recovery-point-offset-checkpoint"
 #: where compaction has cleaned each compacted partition up to (Kafka's file and format)
 CLEANER_OFFSET_CHECKPOINT_FILE: Final = "cleaner-offset-checkpoint"
 LOG_START_OFFSET_CHECKPOINT_FILE: Final = "log-start-offset-checkpoint"
+#: the data directory's identity (Kafka's file and format): version, cluster.id, node.id
+META_PROPERTIES_FILE: Final = "meta.properties"
 #: per-topic configuration, JSON, in the data directory's topic metadata folder
 TOPIC_METADATA_DIR: Final = "__topics"
 
