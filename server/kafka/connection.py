@@ -8,23 +8,33 @@ gets None (more bytes needed). Events:
   version above the served range gets a v0 body with UNSUPPORTED_VERSION and the range
   (KIP-511), so the client retries at a version it can use.
 - `Close`: the stream broke a rule (bad frame size, unknown API, unserved version,
-  undecodable request); the shell logs the reason and closes, as Kafka's broker does. No
-  handler has run, so nothing was written to any log.
+  undecodable request, an API the connection may not use yet); the shell logs the reason
+  and closes, as Kafka's broker does. No handler has run, so nothing was written to any log.
 
-Invariant: after a `Close` every later call returns the same `Close`.
+Invariants:
+- After a `Close` every later call returns the same `Close`.
+- Flexible versions (compact encodings, KIP-482) are decoded only by the bounded decoders
+  of `flexible`, never by the library's decoder, whose varints are unbounded: importing
+  this module fails while a served flexible (API, version) has no bounded decoder.
+- While `restrict_apis` names a set of API keys, a frame of any other API closes the
+  connection as soon as its first two bytes (the API key) are in: before the rest of it is
+  buffered or anything of it is decoded.
 """
 
 from __future__ import annotations
 
 import io
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from logstore.server.kafka.apis import API_BY_KEY, API_VERSIONS_KEY, Api
+from logstore.server.kafka.apis import API_BY_KEY, API_VERSIONS_KEY, APIS, Api
+from logstore.server.kafka.flexible import BOUNDED_DECODERS
 from logstore.server.kafka.frames import FrameBuffer, FrameError
 
 _HEADER_PREFIX = struct.Struct(">hhi")
+_API_KEY = struct.Struct(">h")
 #: Kafka's UNSUPPORTED_VERSION error code
 UNSUPPORTED_VERSION = 35
 
@@ -66,6 +76,9 @@ class KafkaConnection:
     def __init__(self, max_request_bytes: int) -> None:
         self._frames = FrameBuffer(max_request_bytes)
         self._closed: Close | None = None
+        #: the API keys this connection may use now (None: every served one), and why
+        self._allowed_apis: frozenset[int] | None = None
+        self._restriction = ""
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         if self._closed is None:
@@ -80,17 +93,49 @@ class KafkaConnection:
         not been read yet: the shell lowers the limit until the client authenticates."""
         self._frames.max_frame_bytes = max_bytes
 
+    def restrict_apis(self, api_keys: frozenset[int] | None, reason: str = "") -> None:
+        """Refuse (`Close`) a request of any API not in `api_keys` (None: allow every served
+        API) from its frame's first two bytes, before it is decoded or even buffered whole:
+        the shell allows only SASL's APIs until the client authenticates. `reason` says why,
+        for the broker's log."""
+        self._allowed_apis = api_keys
+        self._restriction = reason
+
+    @property
+    def receiving(self) -> bool:
+        """Whether part of a request has arrived and the rest has not (after `next_event`
+        returned None): the shell bounds how long a request may take to arrive."""
+        return self._closed is None and self._frames.buffered > 0
+
     def next_event(self) -> Event | None:
         """The next event, or None until more bytes arrive."""
         if self._closed is not None:
             return self._closed
         try:
-            frame = self._frames.next_frame()
+            refusal = self._refused_api()
+            frame = None if refusal else self._frames.next_frame()
         except FrameError as exc:
             return self._close(str(exc))
+        if refusal:
+            return self._close(refusal)
         if frame is None:
             return None
         return self._decode(frame)
+
+    def _refused_api(self) -> str | None:
+        """Why the frame being received may not be served here, judged by its API key
+        alone; None while it may be (or its key has not arrived yet)."""
+        if self._allowed_apis is None:
+            return None
+        head = self._frames.head(_API_KEY.size)
+        if head is None:
+            return None
+        (api_key,) = _API_KEY.unpack(head)
+        if api_key in self._allowed_apis:
+            return None
+        api = API_BY_KEY.get(api_key)
+        name = f"{api.name} (API key {api_key})" if api else f"API key {api_key}"
+        return f"{name} {self._restriction}".rstrip()
 
     def _close(self, reason: str) -> Close:
         self._closed = Close(reason)
@@ -126,14 +171,16 @@ def decode_request(api: Api, version: int, frame: bytes) -> Any:
 
     The library's `decode` would hide both faults this checks: its compiled decoder slices
     byte and string fields, so a field cut short by a truncated frame comes out short
-    rather than failing, and it ignores what follows the body.
+    rather than failing, and it ignores what follows the body. A flexible version goes to
+    its bounded decoder (`flexible.BOUNDED_DECODERS`), which checks the same.
     """
     cls = api.request
+    if cls.flexible_version_q(version):
+        return BOUNDED_DECODERS[(api.key, version)](frame)
     header_data = io.BytesIO(frame)
     header = cls.parse_header(header_data, version=version)
-    flexible = cls.flexible_version_q(version)
     decode_from = cls._struct.compiled_decode_from(
-        version, compact=flexible, tagged=flexible, data_class=cls[None]
+        version, compact=False, tagged=False, data_class=cls[None]
     )
     body, end = decode_from(memoryview(frame), header_data.tell())
     if end != len(frame):
@@ -156,3 +203,22 @@ def unsupported_api_versions(correlation_id: int, version: int) -> bytes:
     )
     response.with_header(correlation_id=correlation_id)
     return bytes(response.encode(header=True, framed=True))
+
+
+def unbounded_flexible_versions(apis: Iterable[Api]) -> list[str]:
+    """The served flexible versions of `apis` that have no bounded decoder ("Name vN")."""
+    return [
+        f"{api.name} v{version}"
+        for api in apis
+        for version in range(api.min_version, api.max_version + 1)
+        if api.request.flexible_version_q(version) and (api.key, version) not in BOUNDED_DECODERS
+    ]
+
+
+# Serving a flexible version through the library's decoder would let one small frame cost
+# minutes of CPU (see `flexible`): refuse to run at all rather than serve it.
+if _unbounded := unbounded_flexible_versions(APIS):
+    raise RuntimeError(
+        "these Kafka API versions are flexible but have no bounded decoder in "
+        f"logstore.server.kafka.flexible: {', '.join(_unbounded)}"
+    )

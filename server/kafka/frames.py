@@ -39,26 +39,43 @@ class FrameBuffer:
         """Bytes received and not yet returned as frames."""
         return len(self._buf)
 
+    def head(self, n: int) -> bytes | None:
+        """The first `n` bytes of the frame being received, once they have arrived (None
+        before): a frame's API key can be judged before the rest of it is buffered. Its
+        size prefix is checked first, as by `next_frame`. `n` is at most
+        `MIN_REQUEST_BYTES`, so the bytes are all the frame's."""
+        assert n <= MIN_REQUEST_BYTES
+        if not self._start_frame() or len(self._buf) < n:
+            return None
+        return bytes(self._buf[:n])
+
     def next_frame(self) -> bytes | None:
         """The next whole frame (without its size prefix), or None until one has arrived."""
-        if self._want is None:
-            if len(self._buf) < _SIZE.size:
-                return None
-            (size,) = _SIZE.unpack_from(self._buf)
-            if size < MIN_REQUEST_BYTES:
-                raise FrameError(f"frame size {size} is too small for a request header")
-            if size > self.max_frame_bytes:
-                raise FrameError(
-                    f"frame size {size} exceeds the limit of {self.max_frame_bytes} bytes"
-                )
-            del self._buf[: _SIZE.size]
-            self._want = size
+        if not self._start_frame():
+            return None
+        assert self._want is not None
         if len(self._buf) < self._want:
             return None
         frame = bytes(self._buf[: self._want])
         del self._buf[: self._want]
         self._want = None
         return frame
+
+    def _start_frame(self) -> bool:
+        """Whether a frame is being received: its size prefix read (now or before) and
+        checked. Raises FrameError for a size out of bounds."""
+        if self._want is not None:
+            return True
+        if len(self._buf) < _SIZE.size:
+            return False
+        (size,) = _SIZE.unpack_from(self._buf)
+        if size < MIN_REQUEST_BYTES:
+            raise FrameError(f"frame size {size} is too small for a request header")
+        if size > self.max_frame_bytes:
+            raise FrameError(f"frame size {size} exceeds the limit of {self.max_frame_bytes} bytes")
+        del self._buf[: _SIZE.size]
+        self._want = size
+        return True
 
 
 def frame(payload: bytes | bytearray) -> bytes:

@@ -58,3 +58,24 @@ def test_the_largest_allowed_frame_passes() -> None:
     buffer = FrameBuffer(max_frame_bytes=1024)
     buffer.feed(frame(b"y" * 1024))
     assert buffer.next_frame() == b"y" * 1024
+
+
+def test_the_head_of_a_frame_shows_before_the_rest_arrives_and_takes_nothing() -> None:
+    buffer = FrameBuffer(max_frame_bytes=1024)
+    data = frame(b"\x00\x03" + b"z" * 20)
+    buffer.feed(data[:5])
+    assert buffer.head(2) is None  # one byte of the frame so far
+    buffer.feed(data[5:6])
+    assert buffer.head(2) == b"\x00\x03"
+    assert buffer.next_frame() is None  # still partial
+    buffer.feed(data[6:])
+    assert buffer.head(2) == b"\x00\x03"
+    assert buffer.next_frame() == data[4:]
+    assert buffer.head(2) is None
+
+
+def test_the_head_of_a_frame_checks_its_size_first() -> None:
+    buffer = FrameBuffer(max_frame_bytes=1024)
+    buffer.feed(struct.pack(">i", 4096) + b"\x00\x03")
+    with pytest.raises(FrameError, match="4096"):
+        buffer.head(2)
