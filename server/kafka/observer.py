@@ -30,7 +30,8 @@ class KafkaObserver(Protocol):
         """A connection was accepted; `connection_closed` follows exactly once."""
 
     def connection_refused(self) -> None:
-        """A connection was closed at once: the listener's connection limit was reached."""
+        """A connection was closed at once: a connection limit was reached (the listener's,
+        or its limit per peer address)."""
 
     def connection_closed(self) -> None:
         """An accepted connection is closed (for whatever reason)."""
