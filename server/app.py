@@ -542,7 +542,8 @@ def run(settings: BrokerSettings) -> int:
     kafka = ""
     if broker.kafka is not None:
         host, port = broker.kafka.advertised
-        kafka = f"; Kafka listener on {host}:{port}"
+        shown = f"[{host}]" if ":" in host else host  # IPv6, bracketed as HOST:PORT reads it
+        kafka = f"; Kafka listener on {shown}:{port}"
     print(
         f"LogStore broker listening on {broker.address}, data in {broker.manager.data_dir}"
         f"{recovered}{kafka}",

@@ -1,7 +1,8 @@
 """A real `logstore serve` process with a Kafka listener, for the Kafka client tests.
 
-`kafka_broker.bootstrap` is the HOST:PORT Kafka clients connect to; restarts keep both
-ports, so clients reconnect to the same addresses. `module_kafka_broker` is one broker
+`kafka_broker.bootstrap` is the HOST:PORT Kafka clients connect to, read from the start
+line (an IPv6 host in brackets: `[::1]:9092`); restarts keep both ports, so clients
+reconnect to the same addresses. `module_kafka_broker` is one broker
 shared by a whole test module, for modules whose tests each use their own topics and
 groups and never restart it: the module pays for one start instead of one per test.
 """
@@ -20,16 +21,20 @@ _KAFKA_LISTENING = re.compile(r"Kafka listener on (\S+)")
 
 
 class KafkaBrokerProcess(BrokerProcess):
-    """A broker serving gRPC and the Kafka protocol on 127.0.0.1."""
+    """A broker serving gRPC on 127.0.0.1 and the Kafka protocol on `kafka_host`."""
 
-    def __init__(self, data_dir: Path, extra_args: list[str] | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, extra_args: list[str] | None = None, kafka_host: str = "127.0.0.1"
+    ) -> None:
         super().__init__(data_dir, extra_args)
+        self.kafka_host = kafka_host
         self.kafka_port = 0
         self.bootstrap = ""
 
     def start(self) -> None:
         base = [a for a in self.extra_args if not a.startswith("--kafka-listen=")]
-        self.extra_args = [*base, f"--kafka-listen=127.0.0.1:{self.kafka_port}"]
+        host = f"[{self.kafka_host}]" if ":" in self.kafka_host else self.kafka_host
+        self.extra_args = [*base, f"--kafka-listen={host}:{self.kafka_port}"]
         super().start()
         match = _KAFKA_LISTENING.search(self.start_line)
         if not match:
