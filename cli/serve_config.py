@@ -144,6 +144,9 @@ KAFKA_KEYS: dict[str, Check] = {
     "group_initial_rebalance_delay_ms": _non_negative_int,
     "group_min_session_timeout_ms": _positive_int,
     "group_max_session_timeout_ms": _positive_int,
+    "kafka_max_connections": _positive_int,
+    "kafka_max_connections_per_ip": _positive_int,
+    "kafka_connections_max_idle_ms": _positive_int,
 }
 
 #: every top-level key a file may hold

@@ -87,6 +87,34 @@ _OPTIONS: list[tuple[str, str, tuple[str, ...], str | None, Any, str]] = [
         click.IntRange(min=1),
         "Kafka's group.max.session.timeout.ms: the longest [default: 1800000].",
     ),
+    (
+        "kafka_max_connections",
+        "LOGSTORE_KAFKA_MAX_CONNECTIONS",
+        ("--kafka-max-connections",),
+        "N",
+        click.IntRange(min=1),
+        "Kafka clients' connections beyond this many are closed at once; each holds a "
+        "thread [default: 1024].",
+    ),
+    (
+        "kafka_max_connections_per_ip",
+        "LOGSTORE_KAFKA_MAX_CONNECTIONS_PER_IP",
+        ("--kafka-max-connections-per-ip",),
+        "N",
+        click.IntRange(min=1),
+        "Kafka's max.connections.per.ip: connections from one address beyond this many "
+        "are closed at once, so one host cannot take every connection [default: no limit, "
+        "as Kafka; clients behind one NAT or proxy share an address].",
+    ),
+    (
+        "kafka_connections_max_idle_ms",
+        "LOGSTORE_KAFKA_CONNECTIONS_MAX_IDLE_MS",
+        ("--kafka-connections-max-idle-ms",),
+        "MS",
+        click.IntRange(min=1),
+        "Kafka's connections.max.idle.ms: a Kafka client's connection silent this long is "
+        "closed [default: 600000].",
+    ),
 ]
 
 #: config file keys (and option names) of the Kafka listener
@@ -170,11 +198,17 @@ def kafka_settings(
             f"--group-min-session-timeout-ms {min_session} exceeds "
             f"--group-max-session-timeout-ms {max_session}"
         )
+    per_ip = chosen.get("kafka_max_connections_per_ip")
     return KafkaSettings(
         listen=listen,
         advertised_listen=advertised,
         auto_create_topics=bool(chosen.get("auto_create_topics_enable", True)),
         num_partitions=int(chosen.get("num_partitions", 1)),
+        max_connections=int(chosen.get("kafka_max_connections", defaults.max_connections)),
+        max_connections_per_ip=None if per_ip is None else int(per_ip),
+        connections_max_idle_ms=int(
+            chosen.get("kafka_connections_max_idle_ms", defaults.connections_max_idle_ms)
+        ),
         group_initial_rebalance_delay_ms=int(
             chosen.get("group_initial_rebalance_delay_ms", DEFAULT_INITIAL_REBALANCE_DELAY_MS)
         ),
