@@ -3,22 +3,30 @@ unknown-version frames get an answer or a closed connection, never a crash, a ha
 write to a log; and the broker keeps serving everyone else.
 
 One broker serves the whole module (its Kafka port is fixed, so every example connects
-afresh). Every socket read has a timeout, every loop a bound.
+afresh); a second one requires SASL, for what a client may do before it authenticates.
+Both serve /metrics, which shows what reached a handler. Every socket read has a timeout,
+every loop a bound.
 """
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
+import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from confluent_kafka.admin import AdminClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from kafka import KafkaConsumer
 from kafka.protocol.metadata import ApiVersionsRequest, ApiVersionsResponse, MetadataRequest
 from kafka.protocol.producer import ProduceRequest
+from prometheus_client.parser import text_string_to_metric_families
 
 from logstore import Admin
 from logstore.codec import record_batch as rb
@@ -27,11 +35,40 @@ from tests.kafka.conftest import KafkaBrokerProcess
 #: how long a response may take before the broker counts as hung (s)
 ANSWER_TIMEOUT_S = 10.0
 TOPIC = "hostile"
+#: how long refusing a hostile frame may take, sent and closed over loopback: decoding it
+#: would take from a second (a 512 KiB Metadata) to tens of seconds (a 512 KiB varint) (s)
+REFUSAL_S = 0.5
+#: the largest request of a connection that has not authenticated (bytes)
+UNAUTHENTICATED_LIMIT = 512 * 1024
+#: a token of the SASL broker's token file, and its principal
+TOKEN, PRINCIPAL = "hostile-t0ken", "User:alice"
+
+
+class MeteredBroker(KafkaBrokerProcess):
+    """A broker process that also serves /metrics."""
+
+    def __init__(self, data_dir: Path, extra_args: list[str] | None = None) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.metrics_port = probe.getsockname()[1]
+        metrics = f"--metrics-listen=127.0.0.1:{self.metrics_port}"
+        super().__init__(data_dir, [metrics, *(extra_args or [])])
+
+    def sample(self, name: str, **labels: str) -> float:
+        """One sample of /metrics (0 when absent)."""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=ANSWER_TIMEOUT_S) as response:
+            text = response.read().decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and sample.labels == labels:
+                    return float(sample.value)
+        return 0.0
 
 
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBrokerProcess]:
-    process = KafkaBrokerProcess(Path(tmp_path_factory.mktemp("hostile")) / "data")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeteredBroker]:
+    process = MeteredBroker(Path(tmp_path_factory.mktemp("hostile")) / "data")
     process.start()
     with Admin(process.address) as admin:
         admin.create_topic(TOPIC, partitions=1)
@@ -230,3 +267,103 @@ def test_a_broker_killed_with_open_connections_restarts_on_its_kafka_port(
             second.start()
     finally:
         process.close()
+
+
+# --- before authentication, and flexible versions ----------------------------------------
+
+
+def _long_varint_frame() -> bytes:
+    """ApiVersions v3 (allowed before SASL) whose client software name's length is a varint
+    of 0xff bytes filling the unauthenticated limit: the library's decoder would spend tens
+    of seconds of CPU building that number."""
+    payload = struct.pack(">hhih", 18, 3, 5, 1) + b"x" + b"\x00"  # header v2, no tags
+    payload += b"\xff" * (UNAUTHENTICATED_LIMIT - len(payload) - 1) + b"\x01"
+    return struct.pack(">i", len(payload)) + payload
+
+
+def _seconds_to_close(broker: KafkaBrokerProcess, data: bytes) -> float:
+    """Send `data` on a fresh connection; how long until the broker closed it (it must
+    close it, answering nothing)."""
+    with _connect(broker) as sock:
+        started = time.monotonic()
+        try:
+            sock.sendall(data)
+        except OSError:  # closed while we wrote: refused before the frame was in
+            return time.monotonic() - started
+        with contextlib.suppress(ConnectionResetError):  # closed with our bytes unread
+            assert _answer(sock) is None
+        return time.monotonic() - started
+
+
+@pytest.fixture(scope="module")
+def sasl_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeteredBroker]:
+    root = Path(tmp_path_factory.mktemp("hostile-sasl"))
+    tokens = root / "tokens.toml"
+    tokens.write_text(f'[tokens]\n"{TOKEN}" = "{PRINCIPAL}"\n')
+    process = MeteredBroker(root / "data", ["--auth-tokens", str(tokens)])
+    process.start()
+    try:
+        yield process
+    finally:
+        process.close()
+
+
+@pytest.mark.parametrize("secured", [False, True], ids=["plaintext", "sasl"])
+def test_a_long_varint_closes_at_once_and_costs_others_nothing(
+    broker: MeteredBroker, sasl_broker: MeteredBroker, secured: bool
+) -> None:
+    """Four such frames at once, before any authentication: each connection closes within
+    `REFUSAL_S`, and a client asking meanwhile is answered as fast."""
+    target = sasl_broker if secured else broker
+    violations = target.sample("logstore_kafka_protocol_violations_total")
+    took: list[float] = []
+    attackers = [
+        threading.Thread(
+            target=lambda: took.append(_seconds_to_close(target, _long_varint_frame()))
+        )
+        for _ in range(4)
+    ]
+    for attacker in attackers:
+        attacker.start()
+    probe_started = time.monotonic()
+    _still_serves(target)
+    probe_s = time.monotonic() - probe_started
+    for attacker in attackers:
+        attacker.join(ANSWER_TIMEOUT_S * 2)
+    assert len(took) == 4 and max(took) < REFUSAL_S, took
+    assert probe_s < REFUSAL_S
+    assert target.sample("logstore_kafka_protocol_violations_total") == violations + 4
+
+
+def test_unmodified_clients_still_speak_api_versions_v3(broker: MeteredBroker) -> None:
+    """librdkafka (confluent-kafka) and kafka-python ask ApiVersions v3, the one flexible
+    version served, through the bounded decoder."""
+    v3 = {"api": "ApiVersions", "version": "3"}
+    before = broker.sample("logstore_kafka_requests_total", **v3)
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap, "socket.timeout.ms": 5000})
+    assert TOPIC in admin.list_topics(timeout=10).topics
+    after_librdkafka = broker.sample("logstore_kafka_requests_total", **v3)
+    assert after_librdkafka > before
+    consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, request_timeout_ms=5000)
+    try:
+        assert TOPIC in consumer.topics()
+    finally:
+        consumer.close()
+    assert broker.sample("logstore_kafka_requests_total", **v3) > after_librdkafka
+
+
+def test_an_unauthenticated_large_metadata_is_refused_undecoded(
+    sasl_broker: MeteredBroker,
+) -> None:
+    """A 512 KiB Metadata frame (about a second of decoding) before SASL: closed from its
+    API key, before the rest of it is read; no handler sees it."""
+    names = (UNAUTHENTICATED_LIMIT - 64) // 2
+    payload = struct.pack(">hhih", 3, 4, 9, 1) + b"x" + struct.pack(">i", names)
+    payload += struct.pack(">h", 0) * names + b"\x00"
+    assert len(payload) <= UNAUTHENTICATED_LIMIT
+    violations = sasl_broker.sample("logstore_kafka_protocol_violations_total")
+    took = _seconds_to_close(sasl_broker, struct.pack(">i", len(payload)) + payload)
+    assert took < REFUSAL_S
+    assert sasl_broker.sample("logstore_kafka_protocol_violations_total") == violations + 1
+    assert sasl_broker.sample("logstore_kafka_requests_total", api="Metadata", version="4") == 0
+    _still_serves(sasl_broker)
