@@ -12,8 +12,13 @@ Why these ranges (see the reference table in the project notes and KIP-896):
   0 (librdkafka drops compression otherwise) and the handler refuses v0-2, as Kafka 4 does.
 - ApiVersions 3 answers with response header v0, whatever the body (KIP-511).
 
-Invariant: `API_BY_KEY[k].min_version <= v <= API_BY_KEY[k].max_version` is exactly what
-the connection decodes; any other (key, version) is refused before a handler runs.
+Invariants:
+- `API_BY_KEY[k].min_version <= v <= API_BY_KEY[k].max_version` is exactly what the
+  connection decodes; any other (key, version) is refused before a handler runs.
+- A flexible version (today only ApiVersions 3) is served only with a bounded decoder in
+  `flexible.BOUNDED_DECODERS`: the library's own decoder reads varints without a length
+  cap, so `connection` refuses to import if a range here reaches a flexible version
+  without one.
 """
 
 from __future__ import annotations

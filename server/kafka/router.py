@@ -7,7 +7,9 @@ handler module, so importing the router registers them all. A handler is a funct
 escaping it is a bug, logged, and the connection closes (the client reconnects).
 
 Before SASL completes on a listener that requires it, only ApiVersions, SaslHandshake and
-SaslAuthenticate are served (Kafka closes the connection on anything else).
+SaslAuthenticate are served (Kafka closes the connection on anything else). The listener
+refuses other APIs from a frame's first two bytes, before decoding it
+(`KafkaConnection.restrict_apis`); `dispatch` checks again, whatever reaches it.
 """
 
 from __future__ import annotations
