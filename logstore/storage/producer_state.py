@@ -217,15 +217,19 @@ class ProducerStateManager:
         `producer_id < 0`), the remembered `BatchMetadata` when it exactly repeats one of
         the producer's last five batches (the caller answers with its offsets and does not
         append). Raises `InvalidProducerEpochError` for an epoch older than the known one,
-        `OutOfOrderSequenceError` for a sequence gap or overlap (including a new epoch or
-        unknown producer not starting at 0), `CorruptRecordError` for values out of range.
+        `OutOfOrderSequenceError` for a sequence gap or overlap (including a new epoch not
+        starting at 0; an unknown producer may start anywhere), `CorruptRecordError` for
+        values out of range.
         """
         if producer_id < 0:
             return None
         _check_batch_identity(producer_id, producer_epoch, base_sequence, last_sequence)
         entry = self._producers.get(producer_id)
         if entry is None:
-            _require_first_sequence(producer_id, base_sequence, "is unknown to this partition")
+            # As Kafka since 2.5 for producers outside transactions: a producer the
+            # partition does not know (new, or its state expired: records older than
+            # producer_id_expiration_ms, a producer idle that long) may continue at any
+            # sequence. Demanding 0 would fail a live producer fatally in librdkafka.
             return None
         _check_not_fenced(entry, producer_epoch)
         if producer_epoch > entry.producer_epoch:

@@ -8,6 +8,7 @@ import asyncio
 import gc
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -417,3 +418,37 @@ def test_a_transactional_producer_fails_at_once_until_transactions_exist(
     assert error.code() == KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED
     with Admin(kafka_broker.address) as admin:
         assert "orders-enricher-0" not in admin.list_topics()
+
+
+def test_an_idempotent_producer_whose_state_expired_goes_on(tmp_path: Path) -> None:
+    """A backfill: records two days old expire the producer's state at the next retention
+    check (producer_id_expiration_ms, one day, counts from record timestamps). As Kafka
+    since 2.5, the partition accepts the producer's next sequence instead of demanding 0,
+    which librdkafka treats as fatal."""
+    config = tmp_path / "broker.toml"
+    config.write_text("[log-manager]\nretention_check_interval_ms = 200\n")
+    broker = KafkaBrokerProcess(tmp_path / "data", ["--config", str(config)])
+    broker.start()
+    try:
+        with Admin(broker.address) as admin:
+            admin.create_topic("backfill", partitions=1)
+        producer = ConfluentProducer(
+            {"bootstrap.servers": broker.bootstrap, "enable.idempotence": True}
+        )
+        errors: list[Any] = []
+        two_days_ago = int(time.time() * 1000) - 2 * 86_400_000
+        for round_no in range(3):
+            for i in range(10):
+                producer.produce(
+                    "backfill",
+                    value=b"%d-%d" % (round_no, i),
+                    partition=0,
+                    timestamp=two_days_ago,
+                    on_delivery=lambda err, msg: errors.append(err) if err else None,
+                )
+            assert producer.flush(WAIT_S) == 0
+            time.sleep(0.6)  # a few retention checks: the producer's state expires
+        assert errors == []
+        assert len(read_logstore(broker.address, "backfill", 30)) == 30
+    finally:
+        broker.close()

@@ -137,13 +137,15 @@ def test_sequence_gap_or_overlap_is_rejected(base_seq: int) -> None:
     assert f"expected 4, got {base_seq}" in message
 
 
-def test_unknown_producer_must_start_at_zero() -> None:
+def test_an_unknown_producer_may_continue_at_any_sequence() -> None:
+    """Kafka's rule since 2.5: a producer whose state the partition lost (expired, or it
+    never wrote here) continues where it is; from then on its sequence is checked."""
     manager = ProducerStateManager()
-    with pytest.raises(
-        OutOfOrderSequenceError, match=r"unknown to this partition.*expected 0, got 7"
-    ):
-        manager.check_and_find_duplicate(PID, 0, 7, 7)
-    assert manager.check_and_find_duplicate(PID, 0, 0, 3) is None
+    assert manager.check_and_find_duplicate(PID, 0, 7, 7) is None
+    manager.update(PID, 0, 7, 7, 100, 0, 1)
+    with pytest.raises(OutOfOrderSequenceError, match="expected 8, got 10"):
+        manager.check_and_find_duplicate(PID, 0, 10, 10)
+    assert manager.check_and_find_duplicate(PID, 0, 8, 9) is None
 
 
 def test_sequence_wraps_from_max_to_zero() -> None:
@@ -248,9 +250,8 @@ def test_idle_producers_expire() -> None:
     clock.advance(1000)
     assert manager.remove_expired(clock.now_ms()) == 1
     assert len(manager) == 0
-    # forgotten: the producer must start again at sequence 0
-    with pytest.raises(OutOfOrderSequenceError):
-        manager.check_and_find_duplicate(1, 0, 1, 1)
+    # forgotten: as in Kafka, the producer goes on at its next sequence, unchecked once
+    assert manager.check_and_find_duplicate(1, 0, 1, 1) is None
 
 
 def test_new_batch_refreshes_the_idle_timer() -> None:
