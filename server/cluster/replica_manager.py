@@ -259,6 +259,7 @@ class ReplicaManager:
                     )
                 reached = replica.log.high_watermark >= end_offset
                 if reached and self._leads_at(replica, leader_epoch):
+                    self._check_min_isr_after_append(replica, end_offset)
                     return
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -269,6 +270,19 @@ class ReplicaManager:
                         f"{replica.log.high_watermark})"
                     )
                 self._hw_changed.wait(min(remaining, 0.5))
+
+    @staticmethod
+    def _check_min_isr_after_append(replica: Replica, end_offset: int) -> None:
+        """As Kafka: the high watermark also rises when the ISR shrinks, so reaching it is
+        not enough for acks=all; the batch is held by the ISR, which must still have
+        min.insync.replicas members, or the producer is told it is not (retriable)."""
+        isr = replica.state.isr
+        needed = replica.log.config.min_insync_replicas
+        if len(isr) < needed:
+            raise NotEnoughReplicasAfterAppendError(
+                f"{replica.name}: offset {end_offset - 1} is held by the in-sync replicas "
+                f"{list(isr)}, fewer than min.insync.replicas={needed}"
+            )
 
     def _leads_at(self, replica: Replica, leader_epoch: int) -> bool:
         state = replica.state
