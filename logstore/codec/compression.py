@@ -23,7 +23,8 @@ Invariants of `decompress`:
   another exception type. The batch's CRC-32C has vouched for the bytes by then: this is
   about producers that compress wrongly, by mistake or on purpose.
 
-The broker does not call it on produce: it stores compressed batches as they came.
+On produce the broker stores compressed batches as they came, without calling this,
+except on compacted topics, whose records it decodes to refuse keyless ones.
 """
 
 from __future__ import annotations

@@ -115,7 +115,8 @@ def _params(request: Any, refused: _Refusals) -> FetchParams:
         ]
         if partitions:
             topics.append((fetch_topic.topic, partitions))
-    max_wait_ms = 0 if refused else request.max_wait_ms
+    # min_bytes 0 asks for no wait at all (Kafka answers at once); the core reads 0 as 1.
+    max_wait_ms = 0 if refused or request.min_bytes <= 0 else request.max_wait_ms
     return FetchParams(topics, max_wait_ms, request.min_bytes, request.max_bytes)
 
 

@@ -24,6 +24,7 @@ answers (NOT_LEADER_OR_FOLLOWER elsewhere).
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any, Final
 
 from kafka import errors as kafka_errors
@@ -48,6 +49,7 @@ _EpochPartition = _EpochTopic.EpochEndOffset
 
 _NOT_LEADER: Final = kafka_errors.NotLeaderForPartitionError.errno
 _NOT_AUTHORIZED: Final = kafka_errors.TopicAuthorizationFailedError.errno
+INVALID_REQUEST: Final = kafka_errors.InvalidRequestError.errno
 
 
 def _topic_refusal(ctx: RequestContext, replica_id: int, name: str) -> int:
@@ -62,9 +64,17 @@ def _topic_refusal(ctx: RequestContext, replica_id: int, name: str) -> int:
 @handles(ListOffsetsRequest.API_KEY)
 def list_offsets(ctx: RequestContext, request: Any) -> Any:
     topics = []
+    # As Kafka: a partition named twice is answered INVALID_REQUEST, both times, and not
+    # looked up (a lookup by time may decode a whole batch: repeats would multiply it).
+    named = Counter((t.name, p.partition_index) for t in request.topics for p in t.partitions)
     for topic in request.topics:
         refusal = _topic_refusal(ctx, request.replica_id, topic.name)
-        partitions = [_listed(ctx, topic.name, p, refusal) for p in topic.partitions]
+        partitions = [
+            _listed(ctx, topic.name, p, INVALID_REQUEST)
+            if named[(topic.name, p.partition_index)] > 1
+            else _listed(ctx, topic.name, p, refusal)
+            for p in topic.partitions
+        ]
         topics.append(_OffsetsTopic(name=topic.name, partitions=partitions))
     fields: dict[str, Any] = {"topics": topics}
     if ctx.version >= 2:

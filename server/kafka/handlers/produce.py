@@ -96,6 +96,11 @@ def _whole_request_refusal(ctx: RequestContext, request: Any) -> tuple[int, str]
         )
     if request.transactional_id is not None or _has_transactional_batch(request):
         return _TRANSACTIONS_REFUSED, _TRANSACTIONS_MESSAGE
+    named = [(t.name, p.index) for t in request.topic_data for p in t.partition_data]
+    if len(set(named)) != len(named):
+        # Kafka keeps one batch set per partition; appending both would answer each entry
+        # with one offset and leave the producer unable to tell which was which.
+        return kafka_errors.InvalidRequestError.errno, "a partition appears twice in the request"
     return None
 
 

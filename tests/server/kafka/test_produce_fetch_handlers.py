@@ -156,6 +156,7 @@ def fetch(
     current_leader_epoch: int = -1,
     replica_id: int = -1,
     isolation_level: int = 0,
+    min_bytes: int = 1,
     **session: int,
 ) -> Any:
     """A FetchResponse; `session`: session_id and session_epoch (v7+)."""
@@ -173,7 +174,7 @@ def fetch(
         version=version,
         replica_id=replica_id,
         max_wait_ms=max_wait_ms,
-        min_bytes=1,
+        min_bytes=min_bytes,
         max_bytes=max_bytes,
         isolation_level=isolation_level,
         topics=[_FetchTopic(topic=t, partitions=p) for t, p in by_topic.items()],
@@ -460,6 +461,34 @@ def test_a_long_poll_waits_out_max_wait_ms_without_data(core: Core) -> None:
     assert 0.25 <= time.monotonic() - started < 10
 
 
+def test_a_partition_twice_in_one_produce_request_writes_nothing(core: Core) -> None:
+    request = ProduceRequest(
+        version=8,
+        acks=1,
+        timeout_ms=5000,
+        transactional_id=None,
+        topic_data=[
+            _ProduceTopic(
+                name="t", partition_data=[_ProducePartition(index=0, records=batch(b"a"))]
+            ),
+            _ProduceTopic(
+                name="t", partition_data=[_ProducePartition(index=0, records=batch(b"b"))]
+            ),
+        ],
+    )
+    codes = [p.error_code for t in core.call(request).responses for p in t.partition_responses]
+    assert codes == [kafka_errors.InvalidRequestError.errno] * 2
+    assert core.manager.partition("t", 0).log_end_offset == 0
+
+
+def test_min_bytes_zero_answers_at_once(core: Core) -> None:
+    """Kafka answers a fetch with min_bytes 0 at once, whatever max_wait_ms says."""
+    started = time.monotonic()
+    part = fetched(fetch(core, {("t", 0): 0}, max_wait_ms=5_000, min_bytes=0))[("t", 0)]
+    assert (part.error_code, part.records) == (NONE, b"")
+    assert time.monotonic() - started < 1.0
+
+
 # --- offsets ---------------------------------------------------------------------------------
 
 
@@ -490,6 +519,29 @@ def test_list_offsets_errors(core: Core) -> None:
     assert list_offsets(core, "t", 0, -1, current_leader_epoch=3).error_code == UNKNOWN_EPOCH
     core.acls[("topic", "t", "describe")] = False
     assert list_offsets(core, "t", 0, -1).error_code == TOPIC_AUTH
+
+
+def test_a_partition_listed_twice_is_an_invalid_request(core: Core) -> None:
+    produce(core, {("t", 0): batch(b"a", ts=1_000)})
+    twice = [_OffsetsPartition(partition_index=0, timestamp=1_000)] * 2
+    request = ListOffsetsRequest(
+        version=5,
+        replica_id=-1,
+        isolation_level=0,
+        topics=[
+            _OffsetsTopic(name="t", partitions=twice),
+            _OffsetsTopic(
+                name="t", partitions=[_OffsetsPartition(partition_index=1, timestamp=-1)]
+            ),
+        ],
+    )
+    answered = [
+        (p.partition_index, p.error_code, p.offset)
+        for t in core.call(request).topics
+        for p in t.partitions
+    ]
+    invalid = kafka_errors.InvalidRequestError.errno
+    assert answered == [(0, invalid, -1), (0, invalid, -1), (1, NONE, 0)]
 
 
 def test_offset_for_leader_epoch_ends_at_the_log_end_standalone(core: Core) -> None:
