@@ -213,12 +213,13 @@ def _payloads(data: bytes) -> list[bytes]:
 def test_librdkafka_sends_raw_snappy_and_our_lz4_frame_header() -> None:
     """What the decoder must accept and the encoder match, as librdkafka 2.x does it."""
     records = LIBRDKAFKA_RECORDS[:50]
-    (snappy,) = _payloads(peers.librdkafka_produce("snappy", records))
-    assert not snappy.startswith(b"\x82SNAPPY\x00")  # one raw block, no xerial framing
-    (lz4,) = _payloads(peers.librdkafka_produce("lz4", records))
-    assert (
-        lz4[:7] == compression.compress(fmt.CODEC_LZ4, b"x")[:7] == b"\x04\x22\x4d\x18\x60\x40\x82"
-    )
+    # Usually one batch; on a loaded machine librdkafka may send the records as several.
+    snappy = _payloads(peers.librdkafka_produce("snappy", records))
+    assert snappy and not any(p.startswith(b"\x82SNAPPY\x00") for p in snappy)  # raw blocks
+    lz4 = _payloads(peers.librdkafka_produce("lz4", records))
+    header = compression.compress(fmt.CODEC_LZ4, b"x")[:7]
+    assert lz4 and header == b"\x04\x22\x4d\x18\x60\x40\x82"
+    assert all(p[:7] == header for p in lz4)
 
 
 # --- 3. the forms we write -----------------------------------------------------------------
