@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 
 _META_KAFKA = "logstore.serve.kafka"
+#: listen hosts meaning "every interface": bindable, but no address to connect to
+_WILDCARDS = frozenset({"0.0.0.0", "::", ""})
 
 #: (name, which is also the config file key; environment variable; flags; metavar; type;
 #: help)
@@ -179,13 +181,18 @@ def kafka_settings(
         if key in chosen:
             _check_address(key, chosen[key], port_zero=key == "kafka_listen")
     advertised = chosen.get("kafka_advertised_listen")
-    if cluster_mode and advertised is None:
-        host = parse_host_port(listen, port_zero=True)[0]
-        if host in ("0.0.0.0", "::", ""):
-            raise click.UsageError(
-                f"--kafka-listen {listen} listens on every interface: in cluster mode give "
-                "--kafka-advertised-listen HOST:PORT, the address clients reach it at"
-            )
+    # As Kafka, which refuses to advertise the non-routable 0.0.0.0: Metadata sends this
+    # address to every client, which must be able to connect to it.
+    if advertised is None and parse_host_port(listen, port_zero=True)[0] in _WILDCARDS:
+        raise click.UsageError(
+            f"--kafka-listen {listen} listens on every interface: give "
+            "--kafka-advertised-listen HOST:PORT, the address Kafka clients reach it at"
+        )
+    if advertised is not None and parse_host_port(advertised)[0] in _WILDCARDS:
+        raise click.UsageError(
+            f"--kafka-advertised-listen {advertised}: clients cannot connect to a wildcard "
+            "address; give this broker's name or IP"
+        )
     defaults = KafkaSettings(listen=listen)
     min_session = int(
         chosen.get("group_min_session_timeout_ms", defaults.group_min_session_timeout_ms)

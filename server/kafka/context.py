@@ -7,7 +7,6 @@ cluster node), so both protocols serve one store. `Session` is per connection.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -74,13 +73,17 @@ class BrokerEndpoint:
 
 def advertised_endpoint(settings: KafkaSettings, bound_port: int) -> tuple[str, int]:
     """(host, port) to advertise: `advertised_listen`, else the listen host and the bound
-    port. A wildcard listen host advertises this machine's name, as Kafka does."""
+    port. A wildcard listen host needs `advertised_listen` (as Kafka, which will not
+    advertise 0.0.0.0): no client could connect to it; `serve` refuses it in one line."""
     if settings.advertised_listen:
         host, port = parse_host_port(settings.advertised_listen)
         return host, port
     host = parse_host_port(settings.listen, port_zero=True)[0]
     if host in ("", "0.0.0.0", "::"):
-        host = socket.getfqdn()
+        raise ValueError(
+            f"Kafka listener {settings.listen} listens on every interface: it needs an "
+            "advertised address clients can reach"
+        )
     return host, bound_port
 
 
@@ -158,9 +161,14 @@ class KafkaBroker:
             return controller
         return self.node_id
 
-    def cluster_id(self) -> str | None:
+    def cluster_id(self) -> str:
+        """The cluster's id in etcd; standalone, the data directory's (meta.properties).
+        Kafka always sends one, and some clients crash on none (librdkafka's
+        describe_cluster)."""
         cluster = self.cluster
-        return None if cluster is None else cluster.view.cluster_id
+        if cluster is None:
+            return self.servicer.standalone_cluster_id()
+        return cluster.view.cluster_id
 
     def allowed(self, session: Session, resource_type: str, name: str, operation: str) -> bool:
         """Whether the session's principal may do `operation` on the resource: the broker's

@@ -141,11 +141,16 @@ def test_a_kafka_knob_without_a_listener_is_refused() -> None:
         kafka_settings(_given("--num-partitions", "3"), {}, cluster_mode=False)
 
 
-def test_a_wildcard_listener_in_a_cluster_needs_an_advertised_address() -> None:
+@pytest.mark.parametrize("cluster_mode", [False, True])
+def test_a_wildcard_listener_needs_an_advertised_address(cluster_mode: bool) -> None:
     given = _given("--kafka-listen", "0.0.0.0:9094")
     with pytest.raises(click.UsageError, match="--kafka-advertised-listen"):
-        kafka_settings(given, {}, cluster_mode=True)
-    assert kafka_settings(given, {}, cluster_mode=False) is not None
+        kafka_settings(given, {}, cluster_mode=cluster_mode)
+    named = _given("--kafka-listen", "0.0.0.0:9094", "--kafka-advertised-listen", "h.example:9094")
+    assert kafka_settings(named, {}, cluster_mode=cluster_mode) is not None
+    wildcard = _given("--kafka-listen", "0.0.0.0:9094", "--kafka-advertised-listen", "0.0.0.0:9094")
+    with pytest.raises(click.UsageError, match="cannot connect to a wildcard"):
+        kafka_settings(wildcard, {}, cluster_mode=cluster_mode)
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ the controller, topics with their partitions and leaders, and topic auto-creatio
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import struct
 import time
@@ -125,3 +126,16 @@ def test_a_name_asked_twice_is_answered_once(kafka_broker: KafkaBrokerProcess) -
     response = MetadataResponse.decode(body, version=4, header=True)
     answered = [(t.name, t.error_code) for t in response.topics]
     assert answered == [("dup", 0), ("x y", kafka_errors.InvalidTopicError.errno)]
+
+
+def test_a_standalone_broker_has_a_cluster_id_that_outlives_restarts(
+    kafka_broker: KafkaBrokerProcess,
+) -> None:
+    """Kafka always sends one; librdkafka's describe_cluster crashed on none."""
+    admin = AdminClient({"bootstrap.servers": kafka_broker.bootstrap})
+    described = admin.describe_cluster().result(10)
+    assert re.fullmatch(r"[A-Za-z0-9_-]{22}", described.cluster_id)
+    assert [n.id for n in described.nodes] == [0]
+    kafka_broker.restart()
+    again = AdminClient({"bootstrap.servers": kafka_broker.bootstrap}).list_topics(timeout=10)
+    assert again.cluster_id == described.cluster_id
