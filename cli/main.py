@@ -164,7 +164,9 @@ Examples:
     "advertised_listen, session_timeout_ms, replica_lag_time_max_ms, "
     "unclean_leader_election, default_replication_factor, replication_stream, "
     "replication_port), and the Kafka listener's (kafka_listen, kafka_advertised_listen, "
-    "auto_create_topics_enable, num_partitions). Options given on the command "
+    "auto_create_topics_enable, num_partitions, group_initial_rebalance_delay_ms, "
+    "group_min_session_timeout_ms, group_max_session_timeout_ms, kafka_max_connections, "
+    "kafka_max_connections_per_ip, kafka_connections_max_idle_ms). Options given on the command "
     "line win. Env: LOGSTORE_CONFIG.",
 )
 @click.option(
