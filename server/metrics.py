@@ -540,7 +540,8 @@ class KafkaMetrics:
         )
         self.connections_refused = Counter(
             "logstore_kafka_connections_refused",
-            "Connections the Kafka listener closed at once: a connection limit was reached (listener-wide or per address)",
+            "Connections the Kafka listener closed at once: a connection limit was reached "
+            "(listener-wide or per address)",
             registry=registry,
         )
         self.protocol_violations = Counter(
