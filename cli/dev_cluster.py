@@ -186,14 +186,16 @@ Examples:
 )
 @click.option(
     "--base-port",
-    type=click.IntRange(1, 65_535 - ETCD_PEER_OFFSET),
+    type=click.IntRange(1, 65_535 - KAFKA_OFFSET - MAX_BROKERS + 1),
     default=DEFAULT_BASE_PORT,
     show_default=True,
-    help=f"Broker i listens on BASE_PORT+i, etcd on BASE_PORT+{ETCD_CLIENT_OFFSET} "
-    f"(clients) and BASE_PORT+{ETCD_PEER_OFFSET} (peers).",
+    help=f"Broker i listens on BASE_PORT+i (gRPC) and BASE_PORT+{KAFKA_OFFSET}+i (Kafka), "
+    f"etcd on BASE_PORT+{ETCD_CLIENT_OFFSET} (clients) and BASE_PORT+{ETCD_PEER_OFFSET} (peers).",
 )
 def dev_cluster(brokers: int, data_dir: Path | None, base_port: int) -> None:
     """See DEV_CLUSTER_HELP."""
+    if base_port + KAFKA_OFFSET + brokers - 1 > 65_535:
+        fail(f"--base-port {base_port}: broker {brokers - 1}'s Kafka port would pass 65535")
     for port, user in DevClusterLayout(brokers, base_port, Path()).ports():
         if port_in_use(port):
             fail(f"port {port} ({user}) is already in use: choose another --base-port")
