@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -143,3 +144,49 @@ def test_on_disk_lists_every_file_a_broker_leaves(acl_broker: BrokerProcess) -> 
     for name in sorted(found):
         listed = name[1:] if name.startswith("0.") else name  # ".log" in "0000...0.log"
         assert listed in section, f"README's 'On disk' does not mention {name}"
+
+
+def _kafka_tour_commands() -> list[str]:
+    text = README.read_text()
+    section = text[text.index("## Kafka clients") :]
+    block = re.search(r"```sh\n(.*?)```", section, flags=re.S)
+    assert block, "the Kafka clients section has a shell block"
+    lines = [line for line in block.group(1).splitlines() if line.strip()]
+    assert lines[0].startswith("logstore serve --kafka-listen 127.0.0.1:9093")
+    return lines[1:]  # the broker is the test's
+
+
+def test_kafka_clients_tour_runs(tmp_path: Path) -> None:
+    from tests.kafka.conftest import KafkaBrokerProcess
+
+    if shutil.which("kcat") is None:
+        pytest.fail("kcat is not installed: apt-get install kcat (.ci/run does)", pytrace=False)
+    broker = KafkaBrokerProcess(tmp_path / "data")
+    broker.start()
+    try:
+        bin_dir = tmp_path / "bin"
+        bin_dir.mkdir()
+        shim = bin_dir / "logstore"
+        shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m logstore.cli.main "$@"\n')
+        shim.chmod(0o755)
+        env = dict(
+            os.environ, LOGSTORE_BOOTSTRAP=broker.address, PATH=f"{bin_dir}:{os.environ['PATH']}"
+        )
+        outputs = []
+        for command in _kafka_tour_commands():
+            out = subprocess.run(
+                ["sh", "-c", command.replace("127.0.0.1:9093", broker.bootstrap)],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                env=env,
+                check=False,
+            )
+            assert out.returncode == 0, f"{command}\n{out.stderr}"
+            outputs.append(out.stdout)
+    finally:
+        broker.close()
+    assert broker.bootstrap in outputs[0]  # kcat -L names the broker
+    assert outputs[2].splitlines() == ["user_1 order 1", "user_2 order 2"]
+    assert sorted(outputs[3].splitlines()) == ["order 1", "order 2"]
+    assert "billing" in outputs[4] and "LOG-END-OFFSET" in outputs[4]
