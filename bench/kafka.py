@@ -46,8 +46,10 @@ from bench.compare import (
     Result,
     Unavailable,
     _binary,
+    _consume,
     _free_port,
     _module,
+    _produce_sends,
     _records_result,
     _redis_runs,
     _server,
@@ -98,49 +100,12 @@ def _broker() -> Iterator[tuple[str, str]]:
 # --- LogStore over gRPC ---------------------------------------------------------------------
 
 
-def _grpc_send(address: str, topic: str, value: bytes, n: int) -> float:
-    from logstore import Producer
-
-    with Producer(address, acks=1) as producer:
-        send = producer.send
-        start = time.perf_counter()
-        last = None
-        for _ in range(n):
-            last = send(topic, value)
-        producer.flush()
-        elapsed = time.perf_counter() - start
-        if last is not None:
-            last.result()
-    return elapsed
-
-
-def _grpc_poll(address: str, topic: str, n: int) -> float:
-    from logstore import Consumer
-
-    consumer = Consumer(address, auto_offset_reset="earliest", enable_auto_commit=False)
-    try:
-        start = time.perf_counter()
-        consumer.assign([(topic, 0)])
-        received = 0
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while received < n:
-            records = consumer.poll(timeout=1.0)
-            received += len(records)
-            if records:
-                deadline = time.monotonic() + START_TIMEOUT_S
-            elif time.monotonic() > deadline:
-                raise RuntimeError(f"poll() stalled at {received} of {n}")
-        return time.perf_counter() - start
-    finally:
-        consumer.close()
-
-
 def run_grpc(args: argparse.Namespace, address: str, bootstrap: str, out: Out) -> None:
     value = os.urandom(args.record_size)
-    _grpc_send(address, "warm-grpc", value, WARMUP)
-    _grpc_poll(address, "warm-grpc", WARMUP)
+    _produce_sends(address, "warm-grpc", value, WARMUP, acks=1)
+    _consume(address, "warm-grpc", WARMUP, None)
     _settle()
-    s = _grpc_send(address, "grpc", value, args.records)
+    s = _produce_sends(address, "grpc", value, args.records, acks=1)
     out(
         _records_result(
             "grpc.send",
@@ -152,7 +117,7 @@ def run_grpc(args: argparse.Namespace, address: str, bootstrap: str, out: Out) -
         )
     )
     _settle()
-    s = _grpc_poll(address, "grpc", args.records)
+    s = _consume(address, "grpc", args.records, None)
     out(
         _records_result(
             "grpc.poll",
