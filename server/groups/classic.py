@@ -44,6 +44,7 @@ join deadline                      drops members not
 sync deadline                                         drops members that have not synced
                                                       -> Preparing
 session timeout                    drops members not waiting (a waiting request is alive)
+unload            the group is forgotten; its waiting requests get NOT_COORDINATOR
 ================= ================ ================== =================== ==================
 
 `Dead` is Kafka's state of a deleted group: `delete_group` forgets the group, and a group
@@ -57,16 +58,19 @@ Invariants:
 - A group is held in `GroupProtocols` by this protocol exactly when it has members.
 - `static` maps each group.instance.id (KIP-345) to the one member that holds it now.
 - Every waiting request (`Pending`) gets exactly one answer: its result, or an error when
-  the member is removed or the rebalance restarts. A pending JoinGroup is answered by the
-  join deadline (the members' largest rebalance timeout after the rebalance began, the
-  initial delay included); a pending SyncGroup by the sync deadline (the same timeout
-  after the join completed). So no request waits longer than a rebalance timeout.
+  the member is removed, the rebalance restarts or the group is unloaded. A pending
+  JoinGroup is answered by the join deadline (the members' largest rebalance timeout
+  after the rebalance began, the initial delay included); a pending SyncGroup by the sync
+  deadline (the same timeout after the join completed); `Pending.answer_by_ms` is that
+  deadline. So no request waits longer than a rebalance timeout.
 
 Waiting: the coordinator never blocks. A JoinGroup or SyncGroup that must wait gets a
-`Pending` (a ticket, the time by which to ask again, and the change count it saw);
-the handler waits on `changes` past that count, bounded by the deadline, then asks
-`outcome(pending)`. Answers are published under the coordinator's lock before `changes`
-moves, so a waiter never misses one.
+`Pending` (a ticket, the time by which to ask again, the time by which it is answered,
+and the change count it saw); the handler waits on `changes` past that count, bounded by
+the deadline, then asks `outcome(pending)`. Answers are published under the
+coordinator's lock before `changes` moves, so a waiter never misses one. A waiter that
+gives up (`abandon`: the broker stops) leaves its member a full session timeout from then
+to come back, as if the answer had gone out.
 
 Time: all timeouts in ms on the injected clock's monotonic reading. The coordinator has no
 threads: each request runs its group's timers first, and `expire()` (the broker's timer)
@@ -74,7 +78,12 @@ runs every group's. One lock guards all state.
 
 Membership lives in memory: after a broker restart or a coordinator move, members get
 UNKNOWN_MEMBER_ID or ILLEGAL_GENERATION and rejoin, as after a Kafka coordinator failover.
-Committed offsets are durable (`OffsetStore`).
+A broker that stops coordinating groups (in cluster mode it no longer leads their
+partition of `__consumer_offsets`) calls `unload`, as Kafka's coordinator unloads the
+groups of a partition it resigns: their waiting requests are answered NOT_COORDINATOR at
+once (the clients find the new coordinator), and the groups are forgotten, so no stale
+member is left behind should the broker coordinate them again. Committed offsets are
+durable (`OffsetStore`).
 """
 
 from __future__ import annotations
@@ -116,6 +125,7 @@ class GroupError(enum.IntEnum):
 
     NONE = 0
     COORDINATOR_NOT_AVAILABLE = 15
+    NOT_COORDINATOR = 16
     ILLEGAL_GENERATION = 22
     INCONSISTENT_GROUP_PROTOCOL = 23
     INVALID_GROUP_ID = 24
@@ -201,7 +211,11 @@ class SyncResult:
 @dataclass(frozen=True)
 class Pending:
     """A request that waits: ask `outcome(self)` again once `changes` has moved past `seen`
-    or the monotonic clock reached `deadline_ms`, whichever comes first."""
+    or the monotonic clock reached `deadline_ms`, whichever comes first.
+
+    `answer_by_ms` is the coordinator's own promise: by then (the group's join deadline for
+    a JoinGroup, its sync deadline for a SyncGroup; monotonic ms) asking `outcome` gives
+    the answer. A waiter may rely on it to bound its wait."""
 
     ticket: int
     kind: str
@@ -209,6 +223,7 @@ class Pending:
     member_id: str
     deadline_ms: int
     seen: int
+    answer_by_ms: int
 
 
 Outcome = JoinResult | SyncResult
@@ -662,7 +677,9 @@ class ClassicGroupCoordinator:
             return self._answer_or_pending(group, pending.ticket, now)
 
     def abandon(self, pending: Pending) -> None:
-        """The waiting request gave up (the broker is stopping): forget its ticket."""
+        """The waiting request gave up (the broker is stopping): forget its ticket. Its
+        member's session restarts now, as when an answer goes out: the client learns of
+        the failure only now, and gets a full session timeout to come back."""
         with self._lock:
             self._answers.pop(pending.ticket, None)
             group = self._groups.get(pending.group_id)
@@ -672,6 +689,11 @@ class ClassicGroupCoordinator:
             member = group.members.get(wait.member_id) if wait is not None else None
             if member is not None:
                 member.waiting -= 1
+                member.last_heartbeat_ms = self._clock.monotonic_ms()
+
+    def monotonic_ms(self) -> int:
+        """The coordinator's clock (monotonic ms): the time base of `Pending`'s times."""
+        return self._clock.monotonic_ms()
 
     def _register(self, group: _Group, member: _Member, kind: str) -> int:
         ticket = next(self._tickets)
@@ -706,6 +728,7 @@ class ClassicGroupCoordinator:
             wait.member_id,
             _next_deadline(group, now),
             self.changes.value,
+            _answer_by(group, wait.kind),
         )
 
     # --- Heartbeat, LeaveGroup, commits -----------------------------------------------------
@@ -849,6 +872,23 @@ class ClassicGroupCoordinator:
             del self._groups[group.group_id]
         return removed
 
+    # --- coordinator moves ------------------------------------------------------------------
+
+    def unload(self, owned: Callable[[str], bool]) -> list[str]:
+        """Forget every group for which `owned(group_id)` is true (this broker no longer
+        coordinates them): their waiting requests are answered NOT_COORDINATOR, their hold
+        in `GroupProtocols` is released. Returns the groups forgotten, sorted.
+        `owned` is called under the lock and must not call back in."""
+        with self._lock:
+            unloaded = sorted(g for g in self._groups if owned(g))
+            for group_id in unloaded:
+                group = self._groups.pop(group_id)
+                for ticket, wait in list(group.waits.items()):
+                    outcome = error_outcome(wait.kind, wait.member_id, GroupError.NOT_COORDINATOR)
+                    self._answer(group, ticket, outcome)
+                self.protocols.update(group_id, CLASSIC, 0)
+            return unloaded
+
     # --- admin ------------------------------------------------------------------------------
 
     def describe(self, group_id: str) -> ClassicGroupDescription | None:
@@ -972,6 +1012,17 @@ def _select_protocol(group: _Group) -> str:
         return first[0]
     votes = Counter(next(n for n, _ in m.protocols if n in candidates) for m in members)
     return max(candidates, key=lambda name: (votes[name], -first.index(name)))
+
+
+def _answer_by(group: _Group, kind: str) -> int:
+    """When a waiting request of `kind` is answered at the latest (monotonic ms): the join
+    deadline for a JoinGroup, the sync deadline for a SyncGroup. A request waits only while
+    its deadline is set; the fallback (one rebalance timeout after the rebalance began)
+    only keeps the answer an int."""
+    deadline = group.join_deadline_ms if kind == JOIN else group.sync_deadline_ms
+    if deadline is not None:
+        return deadline
+    return group.rebalance_started_ms + _max_rebalance_timeout(group)
 
 
 def _next_deadline(group: _Group, now: int) -> int:

@@ -60,6 +60,12 @@ clients (JoinGroup/SyncGroup). A group is held by one protocol at a time (the sh
 group the classic protocol holds raises GroupNotEmptyError, a commit without a member is
 refused while either protocol has members, and `active_member_count` counts both, so
 resets, deletes and offset retention treat classic groups exactly as these.
+
+Coordinator moves: in cluster mode a group is coordinated by the broker leading its
+partition of `__consumer_offsets`. When this broker stops leading one,
+`unload_partition` forgets the groups of that partition in both protocols (the classic
+protocol's waiting requests are answered NOT_COORDINATOR); their members heartbeat to the
+new coordinator, and none lingers here should the partition come back.
 """
 
 from __future__ import annotations
@@ -493,6 +499,29 @@ class GroupCoordinator:
                 raise _not_empty(group_id, len(group.members), "delete it")
             del self._groups[group_id]
             return True
+
+    # --- coordinator moves ------------------------------------------------------------------
+
+    def unload(self, owned: Callable[[str], bool]) -> list[str]:
+        """Forget every group of either protocol for which `owned(group_id)` is true (this
+        broker no longer coordinates them); return them, sorted. Their members' holds in
+        `GroupProtocols` are released; classic requests waiting in them are answered
+        NOT_COORDINATOR. `owned` is called under the coordinators' locks and must not call
+        back in."""
+        with self._lock:
+            native = [g for g in self._groups if owned(g)]
+            for group_id in native:
+                del self._groups[group_id]
+                self._protocols.update(group_id, NATIVE, 0)
+        # outside this lock: the classic coordinator's lock is never taken under it
+        classic = self.classic.unload(owned)
+        return sorted(set(native) | set(classic))
+
+    def unload_partition(self, partition: int, partition_of: Callable[[str], int]) -> list[str]:
+        """Forget the groups whose commits live in `partition` of `__consumer_offsets`
+        (`partition_of(group)` says which: `OffsetStore.partition_of`), after this broker
+        stopped leading it; see `unload`."""
+        return self.unload(lambda group_id: partition_of(group_id) == partition)
 
     def active_member_count(self, group_id: str) -> int:
         """How many members the group has now, of either protocol (0 for an unknown group)."""

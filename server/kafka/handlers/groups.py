@@ -9,8 +9,13 @@ same groups and committed offsets as the gRPC API:
 - A JoinGroup or SyncGroup that must wait for the rest of the group blocks its
   connection's thread (the connection serves one request at a time, as Kafka mutes it):
   it sleeps on the coordinator's change counter, waking at the coordinator's next deadline
-  or at least every second to notice a stopping broker, so it never spins and never
-  outlives the group's rebalance timeout.
+  or at least every second to notice a stopping broker or a coordinator move, so it never
+  spins and never outlives the coordinator's own deadline for it (the group's join or
+  sync deadline, from the members' largest rebalance timeout) by more than a margin.
+- A broker that finds, while a request waits, that it no longer coordinates the group
+  (cluster mode: its partition of `__consumer_offsets` is led elsewhere now) forgets the
+  group and answers NOT_COORDINATOR at once, as Kafka does when its coordinator resigns;
+  the client finds the new coordinator and rejoins there.
 - Commits: a member's commit must be of the current generation (Kafka's checks); a
   "simple" commit (generation < 0) only while neither protocol has members in the group
   (else UNKNOWN_MEMBER_ID, as Kafka answers it). Commit metadata round-trips;
@@ -29,7 +34,6 @@ Errors are answered in the responses' error fields, never raised.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterable
 from typing import Any, Final
 
@@ -59,7 +63,6 @@ from kafka.protocol.consumer import (
 from kafka.protocol.metadata import FindCoordinatorRequest, FindCoordinatorResponse
 
 from logstore.acls import GROUP, TOPIC
-from logstore.clock import SYSTEM_CLOCK
 from logstore.errors import GroupNotEmptyError, InvalidRequestError, LogStoreError
 from logstore.server.groups import classic as cg
 from logstore.server.groups import consumer_protocol
@@ -78,6 +81,7 @@ TOPIC_AUTHORIZATION_FAILED: Final = kafka_errors.TopicAuthorizationFailedError.e
 UNKNOWN_MEMBER_ID: Final = kafka_errors.UnknownMemberIdError.errno
 INVALID_GROUP_ID: Final = kafka_errors.InvalidGroupIdError.errno
 INVALID_REQUEST: Final = kafka_errors.InvalidRequestError.errno
+NOT_COORDINATOR: Final = kafka_errors.NotCoordinatorError.errno
 OFFSET_METADATA_TOO_LARGE: Final = kafka_errors.OffsetMetadataTooLargeError.errno
 
 #: FindCoordinator key types
@@ -93,8 +97,9 @@ _GROUP_OPERATION_BITS: Final = {"read": 3, "delete": 6, "describe": 8}
 _WAIT_SLICE_S: Final = 1.0
 #: the shortest sleep, so even a coordinator bug could never make a wait spin (s)
 _MIN_WAIT_S: Final = 0.001
-#: a waiting request's safety net beyond the coordinator's own deadlines (ms)
-_WAIT_MARGIN_MS: Final = 10_000
+#: a waiting request's safety net beyond the coordinator's own deadline for it (ms): the
+#: coordinator answers by `Pending.answer_by_ms`, so only a bug would use it
+_WAIT_MARGIN_MS = 10_000
 
 _Topic = OffsetCommitResponse.OffsetCommitResponseTopic
 _Partition = _Topic.OffsetCommitResponsePartition
@@ -128,27 +133,47 @@ def _host(peer: str) -> str:
     return "/" + peer.rsplit(":", 1)[0].strip("[]") if peer else ""
 
 
-def _await_answer(
-    ctx: RequestContext, outcome: cg.Outcome | cg.Pending, limit_ms: int
-) -> cg.Outcome:
-    """Wait for a pending JoinGroup/SyncGroup's answer, at most `limit_ms` (a safety net:
-    the coordinator answers by its own deadlines) and not past a broker stop, after which
-    the request gets COORDINATOR_NOT_AVAILABLE and the client finds the coordinator again."""
+def _await_answer(ctx: RequestContext, outcome: cg.Outcome | cg.Pending) -> cg.Outcome:
+    """Wait for a pending JoinGroup/SyncGroup's answer. It comes by the coordinator's own
+    deadline (`Pending.answer_by_ms`); past that by `_WAIT_MARGIN_MS` (a coordinator bug)
+    or once the broker stops, the request gets COORDINATOR_NOT_AVAILABLE; once this broker
+    no longer coordinates the group, NOT_COORDINATOR. Either way the client finds the
+    coordinator again, and its member keeps a full session timeout to come back."""
     classic = _classic(ctx)
-    give_up_at = time.monotonic() + limit_ms / 1000
     while isinstance(outcome, cg.Pending):
-        left_s = give_up_at - time.monotonic()
-        if ctx.broker.stopping or left_s <= 0:
-            classic.abandon(outcome)
-            return cg.error_outcome(
-                outcome.kind, outcome.member_id, cg.GroupError.COORDINATOR_NOT_AVAILABLE
-            )
-        until_deadline_s = (outcome.deadline_ms - SYSTEM_CLOCK.monotonic_ms()) / 1000
+        error = _wait_error(ctx, outcome, classic.monotonic_ms())
+        if error is not None:
+            return _stop_waiting(classic, outcome, error)
+        now_ms = classic.monotonic_ms()
+        wake_ms = min(outcome.deadline_ms, outcome.answer_by_ms + _WAIT_MARGIN_MS)
         classic.changes.wait_past(
-            outcome.seen, max(_MIN_WAIT_S, min(_WAIT_SLICE_S, until_deadline_s, left_s))
+            outcome.seen, max(_MIN_WAIT_S, min(_WAIT_SLICE_S, (wake_ms - now_ms) / 1000))
         )
         outcome = classic.outcome(outcome)
     return outcome
+
+
+def _wait_error(ctx: RequestContext, pending: cg.Pending, now_ms: int) -> cg.GroupError | None:
+    """Why a waiting request must stop waiting now, or None."""
+    if ctx.broker.stopping or now_ms > pending.answer_by_ms + _WAIT_MARGIN_MS:
+        return cg.GroupError.COORDINATOR_NOT_AVAILABLE
+    try:
+        ctx.broker.servicer.check_coordinator(pending.group_id)
+    except LogStoreError:  # NotCoordinatorError: the group's partition is led elsewhere
+        return cg.GroupError.NOT_COORDINATOR
+    return None
+
+
+def _stop_waiting(
+    classic: cg.ClassicGroupCoordinator, pending: cg.Pending, error: cg.GroupError
+) -> cg.Outcome:
+    """Give up a wait with `error`. Off its coordinator, the group's state here is stale:
+    it is forgotten, and its other waiting requests get NOT_COORDINATOR as well."""
+    classic.abandon(pending)
+    if error == cg.GroupError.NOT_COORDINATOR:
+        group_id = pending.group_id
+        classic.unload(lambda g: g == group_id)
+    return cg.error_outcome(pending.kind, pending.member_id, error)
 
 
 # --- FindCoordinator --------------------------------------------------------------------------
@@ -221,9 +246,7 @@ def join_group(ctx: RequestContext, request: Any) -> Any:
         host=_host(ctx.session.peer),
         require_known_member_id=ctx.version >= 4,
     )
-    limit_ms = max(join.rebalance_timeout_ms, join.session_timeout_ms)
-    limit_ms += _classic(ctx).initial_rebalance_delay_ms + _WAIT_MARGIN_MS
-    result = _await_answer(ctx, _classic(ctx).join_group(join), limit_ms)
+    result = _await_answer(ctx, _classic(ctx).join_group(join))
     assert isinstance(result, cg.JoinResult)
     return _join_response(ctx, result, int(result.error))
 
@@ -270,8 +293,7 @@ def sync_group(ctx: RequestContext, request: Any) -> Any:
         assignments=tuple((a.member_id, bytes(a.assignment or b"")) for a in request.assignments),
         group_instance_id=request.group_instance_id if ctx.version >= 3 else None,
     )
-    limit_ms = _classic(ctx).max_session_timeout_ms + _WAIT_MARGIN_MS
-    result = _await_answer(ctx, _classic(ctx).sync_group(sync), limit_ms)
+    result = _await_answer(ctx, _classic(ctx).sync_group(sync))
     assert isinstance(result, cg.SyncResult)
     return SyncGroupResponse(
         version=ctx.version,

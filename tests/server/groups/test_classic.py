@@ -28,6 +28,7 @@ from logstore.server.groups.classic import (
     STABLE,
     ClassicGroupCoordinator,
     GroupError,
+    JoinedMember,
     JoinRequest,
     JoinResult,
     MemberIdentity,
@@ -129,6 +130,7 @@ def world() -> World:
 def test_error_codes_are_kafkas() -> None:
     kafkas = {
         "COORDINATOR_NOT_AVAILABLE": kafka_errors.CoordinatorNotAvailableError,
+        "NOT_COORDINATOR": kafka_errors.NotCoordinatorError,
         "ILLEGAL_GENERATION": kafka_errors.IllegalGenerationError,
         "INCONSISTENT_GROUP_PROTOCOL": kafka_errors.InconsistentGroupProtocolError,
         "INVALID_GROUP_ID": kafka_errors.InvalidGroupIdError,
@@ -400,6 +402,118 @@ def test_an_abandoned_wait_no_longer_keeps_its_member_alive(world: World) -> Non
     assert world.classic.expire() == [(G, "a-0")]
 
 
+def test_an_abandoned_wait_leaves_its_member_a_full_session(world: World) -> None:
+    """The client hears of the failure only when the wait is given up: its session
+    restarts then, so the next timer does not evict it at once."""
+    leader, follower = world.stable_pair()
+    waiting = world.new_member("c", rebalance_timeout_ms=60_000)  # waits for a and b
+    assert isinstance(waiting, Pending)
+
+    def others_beat_for(ms: int) -> None:
+        for _ in range(ms // (SESSION_MS // 2)):
+            world.clock.advance(SESSION_MS // 2)
+            assert world.beat(leader) == world.beat(follower) == E.REBALANCE_IN_PROGRESS
+
+    others_beat_for(2 * SESSION_MS)  # its waiting keeps "c" alive meanwhile
+    assert world.classic.expire() == []
+    world.classic.abandon(waiting)
+    assert world.classic.expire() == []
+    others_beat_for(SESSION_MS)
+    assert world.classic.expire() == []
+    world.clock.advance(1)
+    assert world.classic.expire() == [(G, waiting.member_id)]
+
+
+def test_a_waiting_join_is_answered_by_the_join_deadline_of_the_largest_timeout(
+    world: World,
+) -> None:
+    """`answer_by_ms` is the group's join deadline, set by its members' largest rebalance
+    timeout, however short the waiting member's own."""
+    leader, follower = world.stable_pair()
+    world.clock.advance(1_000)
+    joined_at = world.clock.monotonic_ms()
+    waiting = world.join(leader.member_id, client="a", rebalance_timeout_ms=90_000)
+    assert isinstance(waiting, Pending)
+    assert waiting.answer_by_ms == joined_at + 90_000
+    late = world.new_member("c", session_timeout_ms=6_000, rebalance_timeout_ms=6_000)
+    assert isinstance(late, Pending) and late.answer_by_ms == joined_at + 90_000
+    for _ in range(17):  # the follower heartbeats but never rejoins
+        world.clock.advance(5_000)
+        late = world.classic.outcome(late)
+        assert isinstance(late, Pending), world.clock.monotonic_ms() - joined_at
+        assert world.beat(follower) == E.REBALANCE_IN_PROGRESS
+    world.clock.advance(5_000)  # the join deadline: the follower is dropped
+    answered = world.answer(late)
+    assert answered.error == E.NONE and answered.generation_id == 2  # type: ignore[union-attr]
+    assert world.answer(waiting).members == (  # type: ignore[union-attr]
+        JoinedMember(leader.member_id, None, b"m"),
+        JoinedMember(late.member_id, None, b"m"),
+    )
+
+
+def test_a_waiting_sync_is_answered_by_the_sync_deadline(world: World) -> None:
+    a, b = world.new_member("a"), world.new_member("b")
+    world.clock.advance(DELAY_MS)
+    completed_at = world.clock.monotonic_ms()
+    ja, jb = world.answer(a), world.answer(b)
+    follower = jb if ja.member_id == ja.leader else ja  # type: ignore[union-attr]
+    waiting = world.sync(follower)  # type: ignore[arg-type]
+    assert isinstance(waiting, Pending) and waiting.answer_by_ms == completed_at + REBALANCE_MS
+    world.clock.advance(REBALANCE_MS)
+    assert world.answer(waiting) == SyncResult(E.REBALANCE_IN_PROGRESS)
+
+
+# --- coordinator moves ------------------------------------------------------------------------
+
+
+def test_unload_answers_waiting_requests_not_coordinator_and_forgets_the_group(
+    world: World,
+) -> None:
+    """As Kafka's coordinator resigning a partition: every waiting JoinGroup and SyncGroup
+    of the unloaded groups ends NOT_COORDINATOR at once; other groups are untouched."""
+    leader, follower = world.stable_pair()
+    rejoin = world.join(leader.member_id, client="a")  # a rebalance: waits for the follower
+    assert isinstance(rejoin, Pending)
+    other = world.join(client="x", group="other", require_known_member_id=False)
+    world.clock.advance(DELAY_MS)
+    other_joined = world.answer(other)
+    assert isinstance(other_joined, JoinResult)
+    other_sync = world.classic.sync_group(
+        SyncRequest("other", other_joined.generation_id, other_joined.member_id)
+    )
+    seen = world.classic.changes.value
+    assert world.classic.unload(lambda g: g == G) == [G]
+    assert world.classic.changes.value > seen  # waiters wake at once
+    assert world.answer(rejoin) == JoinResult(E.NOT_COORDINATOR, leader.member_id)
+    assert world.classic.describe(G) is None
+    assert world.classic.protocols.holder(G) is None
+    # back on this broker later: no stale member is left to answer for
+    assert world.beat(follower) == E.UNKNOWN_MEMBER_ID
+    assert world.classic.leave_group(G, [MemberIdentity(leader.member_id)]) == [E.UNKNOWN_MEMBER_ID]
+    assert world.answer(other_sync).error == E.NONE  # type: ignore[union-attr]
+    assert world.classic.member_count("other") == 1
+
+
+def test_unload_answers_a_waiting_sync_not_coordinator(world: World) -> None:
+    a, b = world.new_member("a"), world.new_member("b")
+    world.clock.advance(DELAY_MS)
+    ja, jb = world.answer(a), world.answer(b)
+    follower = jb if ja.member_id == ja.leader else ja  # type: ignore[union-attr]
+    waiting = world.sync(follower)  # type: ignore[arg-type]
+    assert isinstance(waiting, Pending)
+    world.classic.unload(lambda _g: True)
+    assert world.answer(waiting) == SyncResult(E.NOT_COORDINATOR)
+    assert world.classic.list_groups() == []
+
+
+def test_an_unloaded_group_is_free_for_either_protocol(world: World) -> None:
+    world.stable_pair()
+    world.classic.unload(lambda _g: True)
+    joined = world.native.heartbeat(HeartbeatRequest(G, subscribed_topics=("orders",)))
+    assert joined.member_epoch > 0
+    assert world.classic.protocols.holder(G).protocol == NATIVE  # type: ignore[union-attr]
+
+
 def test_a_leader_that_never_syncs_is_dropped_and_the_rest_rebalance(world: World) -> None:
     a, b = world.new_member("a"), world.new_member("b")
     world.clock.advance(DELAY_MS)
@@ -643,9 +757,13 @@ class ClassicGroupMachine(RuleBasedStateMachine):
         assignments: dict[str, bytes] = {}
         if client.member_id == client.leader:
             assignments = {m: f"{client.generation}:{m}".encode() for m in client.members}
-            self.assigned.setdefault(client.generation, assignments)
         request = SyncRequest(G, client.generation, client.member_id, tuple(assignments.items()))
-        self._settle(client, self.world.classic.sync_group(request))
+        outcome = self.world.classic.sync_group(request)
+        if assignments and (isinstance(outcome, Pending) or outcome.error == E.NONE):
+            # only an accepted sync assigns: a leader from before a coordinator move is
+            # unknown now, and the group's generations started again
+            self.assigned.setdefault(client.generation, assignments)
+        self._settle(client, outcome)
 
     @rule(name=names)
     def heartbeat(self, name: str) -> None:
@@ -686,9 +804,28 @@ class ClassicGroupMachine(RuleBasedStateMachine):
         now = self.world.clock.monotonic_ms()
         for client in self.clients.values():
             for pending, sent_ms in client.waiting:
-                # no request waits longer than a rebalance timeout
+                # no request waits longer than a rebalance timeout, nor past the time the
+                # coordinator promised to answer it by
                 assert now <= sent_ms + REBALANCE_MS, (client.name, pending)
                 assert pending.deadline_ms >= now
+                assert now <= pending.answer_by_ms <= sent_ms + REBALANCE_MS + DELAY_MS
+
+    @rule()
+    def the_coordinator_moves_away_and_back(self) -> None:
+        """Every request still waiting ends NOT_COORDINATOR; the clients find the
+        coordinator (this broker again) and rejoin a group that starts from scratch."""
+        self.poll_waiting()  # answers already given stand
+        self.world.classic.unload(lambda g: g == G)
+        self.generations, self.assigned, self.highest_generation = {}, {}, 0
+        for client in self.clients.values():
+            for pending, _sent_ms in client.waiting:
+                outcome = self.world.classic.outcome(pending)
+                assert not isinstance(outcome, Pending)
+                assert outcome.error == E.NOT_COORDINATOR
+                event(f"a waiting {pending.kind} ends NOT_COORDINATOR")
+                self._record(client, outcome)
+            client.waiting = []
+        assert self.world.classic.describe(G) is None
 
     @rule()
     def poll_waiting(self) -> None:

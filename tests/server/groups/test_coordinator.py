@@ -25,6 +25,7 @@ from logstore.errors import (
     UnknownMemberIdError,
 )
 from logstore.server.groups.assignors import TopicPartition
+from logstore.server.groups.classic import JoinRequest
 from logstore.server.groups.coordinator import (
     DEFAULT_HEARTBEAT_INTERVAL_MS,
     GroupCoordinator,
@@ -424,6 +425,31 @@ def test_list_and_delete_groups() -> None:
     assert [g for g, _, _ in world.coordinator.list_groups()] == ["other"]
     assert world.coordinator.active_member_count(G) == 0
     assert world.coordinator.active_member_count("other") == 1
+
+
+# --- coordinator moves ------------------------------------------------------------------
+
+
+def test_unload_partition_forgets_the_groups_of_that_partition_in_both_protocols() -> None:
+    """Members of an unloaded group do not linger: should this broker coordinate the group
+    again, their old epochs and partitions are gone and a new member gets everything."""
+    world = World({"t0": 4})
+    partition_of = {G: 3, "other": 5, "kafka": 3}.__getitem__
+    a = world.join()
+    kept = world.join(group="other")
+    classic = world.coordinator.classic
+    protocols = (("range", b""),)
+    classic.join_group(
+        JoinRequest("kafka", "", "consumer", protocols, 10_000, require_known_member_id=False)
+    )
+    assert classic.member_count("kafka") == 1
+    assert world.coordinator.unload_partition(3, partition_of) == ["kafka", G]
+    assert [g for g, _, _ in world.coordinator.list_groups()] == ["other"]
+    assert classic.member_count("kafka") == 0 and classic.protocols.holder("kafka") is None
+    with pytest.raises(UnknownMemberIdError):
+        world.beat(a)
+    assert world.join().assignment == all_of("t0", 4)
+    assert world.beat(kept, group="other").member_epoch == kept.member_epoch
 
 
 def test_concurrent_heartbeats_keep_partitions_exclusive() -> None:

@@ -32,9 +32,10 @@ from logstore.server.groups.classic import ClassicGroupCoordinator
 from logstore.server.groups.consumer_protocol import encode_assignment, encode_subscription
 from logstore.server.groups.coordinator import GroupCoordinator
 from logstore.server.groups.coordinator import HeartbeatRequest as NativeHeartbeat
-from logstore.server.groups.offsets_store import OffsetStore
+from logstore.server.groups.offsets_store import OFFSETS_TOPIC, OffsetStore
 from logstore.server.kafka.apis import API_BY_KEY
 from logstore.server.kafka.context import KafkaBroker, RequestContext, Session
+from logstore.server.kafka.handlers import groups as group_handlers
 from logstore.server.kafka.router import dispatch
 from logstore.server.kafka.settings import KafkaSettings
 from logstore.server.producer_ids import ProducerIdManager
@@ -70,19 +71,35 @@ _FetchTopic = OffsetFetchRequest.OffsetFetchRequestTopic
 
 
 class Core:
-    """A standalone broker's core, seen through the Kafka handlers (no initial delay)."""
+    """A standalone broker's core, seen through the Kafka handlers (no initial delay).
 
-    def __init__(self, data_dir: Path, *, coordinating: bool = True) -> None:
+    `coordinating=False`: a cluster broker that leads no partition of __consumer_offsets,
+    so it coordinates no group. `clustered=True`: a cluster broker leading its only
+    partition, until the test moves it away (`resign`)."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        coordinating: bool = True,
+        clustered: bool = False,
+        min_session_timeout_ms: int = 6_000,
+    ) -> None:
         self.manager = LogManager(data_dir, settings=ManagerSettings(background_threads=False))
         self.manager.create_topic("orders", 3, {})
-        # a store in cluster mode that leads no partition of __consumer_offsets
-        # coordinates no group
-        offsets = (
-            OffsetStore(self.manager)
-            if coordinating
-            else OffsetStore(self.manager, replicated_append=lambda _p, _b: None)
+        if clustered:
+            self.manager.create_topic(OFFSETS_TOPIC, 1, {})
+            log = self.manager.partition(OFFSETS_TOPIC, 0)
+            offsets = OffsetStore(self.manager, replicated_append=lambda _p, b: log.append(b))
+            offsets.load_partition(0)
+        elif coordinating:
+            offsets = OffsetStore(self.manager)
+        else:
+            offsets = OffsetStore(self.manager, replicated_append=lambda _p, _b: None)
+        self.offsets = offsets
+        self.classic = ClassicGroupCoordinator(
+            initial_rebalance_delay_ms=0, min_session_timeout_ms=min_session_timeout_ms
         )
-        self.classic = ClassicGroupCoordinator(initial_rebalance_delay_ms=0)
         self.coordinator = GroupCoordinator(partition_counts=lambda _t: 3, classic=self.classic)
         self.servicer = LogStoreServicer(
             self.manager, offsets, ProducerIdManager(data_dir / "producer-ids"), self.coordinator
@@ -104,6 +121,11 @@ class Core:
         ctx = RequestContext(self.broker, Session(peer="10.0.0.7:5555"), version, client_id, 7)
         response = dispatch(ctx, api.key, received)
         return api.response.decode(response.encode(), version=version)
+
+    def resign(self) -> None:
+        """This broker stops leading the group's offsets partition, as the broker's
+        leadership callback sees it: the offsets store forgets the partition."""
+        self.offsets.unload_partition(0)
 
     def close(self) -> None:
         self.manager.close()
@@ -335,6 +357,80 @@ def test_a_waiting_join_ends_when_the_broker_stops(core: Core) -> None:
     started = time.monotonic()
     assert waiting.result().error_code == COORDINATOR_NOT_AVAILABLE
     assert time.monotonic() - started < 3  # it looks again at least every second
+
+
+@pytest.fixture
+def clustered(tmp_path: Path) -> Iterator[Core]:
+    made = Core(tmp_path / "data", clustered=True)
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+def _waiting_second_member(core: Core) -> tuple[Any, Background]:
+    """A Stable member "a", and "b"'s JoinGroup waiting for it to rejoin (up to 60 s)."""
+    first = stable_member(core, "a")
+    second_id = join(core, client_id="b").member_id
+    waiting = Background(lambda: join(core, second_id, client_id="b", rebalance_timeout_ms=60_000))
+    deadline = time.monotonic() + CALL_TIMEOUT_S
+    while core.classic.member_count(G) < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert not waiting.done()
+    return first, waiting
+
+
+def test_a_waiting_join_ends_not_coordinator_once_the_group_moves_away(clustered: Core) -> None:
+    """As Kafka's coordinator resigning: no success from stale state a minute later, and no
+    stale member left should the group come back."""
+    first, waiting = _waiting_second_member(clustered)
+    clustered.resign()
+    started = time.monotonic()
+    answer = waiting.result()
+    assert (answer.error_code, answer.generation_id) == (NOT_COORDINATOR, -1)
+    assert time.monotonic() - started < 3  # it looks again at least every second
+    assert beat(clustered, first) == NOT_COORDINATOR
+    assert clustered.classic.describe(G) is None  # forgotten with its waiting request
+    clustered.offsets.load_partition(0)  # the group's partition comes back
+    assert beat(clustered, first) == UNKNOWN_MEMBER
+
+
+def test_unloading_the_partitions_groups_answers_waiting_joins_at_once(clustered: Core) -> None:
+    """What the broker's leadership callback does: the offsets store forgets the partition,
+    the coordinators its groups; a waiting join wakes at once, not at its next look."""
+    _first, waiting = _waiting_second_member(clustered)
+    clustered.resign()
+    started = time.monotonic()
+    assert clustered.coordinator.unload_partition(0, clustered.offsets.partition_of) == [G]
+    assert waiting.result().error_code == NOT_COORDINATOR
+    assert time.monotonic() - started < 0.5
+
+
+def test_a_join_waits_for_the_group_deadline_not_its_own_timeouts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The coordinator's join deadline comes from the members' largest rebalance timeout:
+    a member with short timeouts joining a group with a long one waits that long, and is
+    answered in the next generation rather than given up on at its own timeout."""
+    monkeypatch.setattr(group_handlers, "_WAIT_MARGIN_MS", 300)  # the safety net, shortened
+    core = Core(tmp_path / "data", min_session_timeout_ms=100)
+    try:
+        first = stable_member(core, "a")  # rebalance timeout 10 s
+        second_id = join(core, client_id="b").member_id
+        quick = {"session_timeout_ms": 100, "rebalance_timeout_ms": 100}
+        second = Background(lambda: join(core, second_id, client_id="b", **quick))
+        deadline = time.monotonic() + 1.5  # "a" heartbeats, and rejoins after 1.5 s
+        while time.monotonic() < deadline:
+            assert beat(core, first) == REBALANCING
+            assert not second.done()
+            time.sleep(0.1)
+        rejoined = join(core, first.member_id, client_id="a")
+        answer = second.result()
+        assert (answer.error_code, answer.generation_id) == (NONE, 2)
+        assert rejoined.generation_id == 2 and len(rejoined.members) == 2
+    finally:
+        core.close()
 
 
 def test_leave_group_v3_answers_per_member(core: Core) -> None:
