@@ -10,17 +10,17 @@ Each refusal is one line naming the option and what is allowed.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from logstore.addresses import parse_host_port
+from logstore.cli.serve_options import ServeOption, given_options, remembered_options
 
 if TYPE_CHECKING:
     from logstore.server.cluster.settings import ClusterSettings
 
-F = TypeVar("F", bound=Callable[..., Any])
 
 _META_CLUSTER = "logstore.serve.cluster"
 #: broker ids travel in int32 fields
@@ -60,7 +60,7 @@ refused otherwise. Inconsistent combinations are refused at start."""
 #: (name, which is also the config file key; environment variable; flags; metavar; click
 #: type; help) of each option. None of them has a default: not given means "not given",
 #: so the config file or ClusterSettings' own default applies.
-_OPTIONS: tuple[tuple[str, str, tuple[str, ...], str | None, Any, str], ...] = (
+_OPTIONS: tuple[ServeOption, ...] = (
     (
         "broker_id",
         "LOGSTORE_BROKER_ID",
@@ -163,33 +163,12 @@ def flag(key: str) -> str:
     return "--" + key.replace("_", "-")
 
 
-def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
-    if value is not None:
-        ctx.meta.setdefault(_META_CLUSTER, {})[param.name] = value
-    return value
-
-
-def serve_cluster_options(func: F) -> F:
-    """The cluster-mode options of `logstore serve`, read back by `given_cluster_options`."""
-    for name, envvar, flags, metavar, kind, help_text in reversed(_OPTIONS):
-        func = click.option(
-            *flags,
-            name,
-            type=kind,
-            metavar=metavar,
-            default=None,
-            envvar=envvar,
-            expose_value=False,
-            callback=_remember,
-            help=f"{help_text} Env: {envvar}.",
-        )(func)
-    return func
+serve_cluster_options = remembered_options(_OPTIONS, _META_CLUSTER)
 
 
 def given_cluster_options() -> dict[str, Any]:
     """The cluster options the running command got (from flags or the environment)."""
-    ctx = click.get_current_context()
-    return dict(ctx.meta.get(_META_CLUSTER, {}))
+    return given_options(_META_CLUSTER)
 
 
 def cluster_settings(

@@ -8,25 +8,24 @@ mode, where other brokers' clients must reach it by name. Refusals are one line.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from logstore.addresses import parse_host_port
+from logstore.cli.serve_options import ServeOption, given_options, remembered_options
 
 if TYPE_CHECKING:
     from logstore.server.kafka.settings import KafkaSettings
 
-F = TypeVar("F", bound=Callable[..., Any])
 
 _META_KAFKA = "logstore.serve.kafka"
 #: listen hosts meaning "every interface": bindable, but no address to connect to
 _WILDCARDS = frozenset({"0.0.0.0", "::", ""})
 
-#: (name, which is also the config file key; environment variable; flags; metavar; type;
-#: help)
-_OPTIONS: list[tuple[str, str, tuple[str, ...], str | None, Any, str]] = [
+#: the options; see `logstore.cli.serve_options.ServeOption`
+_OPTIONS: list[ServeOption] = [
     (
         "kafka_listen",
         "LOGSTORE_KAFKA_LISTEN",
@@ -50,7 +49,7 @@ _OPTIONS: list[tuple[str, str, tuple[str, ...], str | None, Any, str]] = [
         "LOGSTORE_AUTO_CREATE_TOPICS_ENABLE",
         ("--auto-create-topics-enable/--no-auto-create-topics-enable",),
         None,
-        bool,
+        click.BOOL,
         "Kafka's auto.create.topics.enable: a Kafka client's Metadata request for an "
         "unknown topic creates it [default: on].",
     ),
@@ -123,34 +122,12 @@ _OPTIONS: list[tuple[str, str, tuple[str, ...], str | None, Any, str]] = [
 KAFKA_OPTIONS = tuple(option[0] for option in _OPTIONS)
 
 
-def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
-    if value is not None and param.name is not None:
-        ctx.meta.setdefault(_META_KAFKA, {})[param.name] = value
-    return value
-
-
-def serve_kafka_options(func: F) -> F:
-    """The Kafka listener options of `logstore serve`, read back by `given_kafka_options`."""
-    for name, envvar, flags, metavar, kind, help_text in reversed(_OPTIONS):
-        func = click.option(
-            *flags,
-            name,
-            type=kind if kind is not bool else None,
-            is_flag=kind is bool,
-            metavar=metavar,
-            default=None,
-            envvar=envvar,
-            expose_value=False,
-            callback=_remember,
-            help=f"{help_text} Env: {envvar}.",
-        )(func)
-    return func
+serve_kafka_options = remembered_options(_OPTIONS, _META_KAFKA)
 
 
 def given_kafka_options() -> dict[str, Any]:
     """The Kafka options the running command got (from flags or the environment)."""
-    ctx = click.get_current_context()
-    return dict(ctx.meta.get(_META_KAFKA, {}))
+    return given_options(_META_KAFKA)
 
 
 def _flag(name: str) -> str:
