@@ -375,7 +375,7 @@ class ClassicGroupCoordinator:
         #: asking for a session timeout outside them gets INVALID_SESSION_TIMEOUT
         self.min_session_timeout_ms = min_session_timeout_ms
         self.max_session_timeout_ms = max_session_timeout_ms
-        self.protocols = protocols if protocols is not None else GroupProtocols()
+        self.protocols = protocols if protocols is not None else GroupProtocols(clock)
         self.changes = ChangeCounter()
         self.initial_rebalance_delay_ms = initial_rebalance_delay_ms
         self._clock = clock

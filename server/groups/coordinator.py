@@ -66,6 +66,9 @@ partition of `__consumer_offsets`. When this broker stops leading one,
 `unload_partition` forgets the groups of that partition in both protocols (the classic
 protocol's waiting requests are answered NOT_COORDINATOR); their members heartbeat to the
 new coordinator, and none lingers here should the partition come back.
+
+Retention: `empty_for_ms` says how long a group has had no members of either protocol
+(`GroupProtocols` sees both), which is what committed offsets' retention needs (KIP-211).
 """
 
 from __future__ import annotations
@@ -500,7 +503,7 @@ class GroupCoordinator:
             del self._groups[group_id]
             return True
 
-    # --- coordinator moves ------------------------------------------------------------------
+    # --- coordinator moves and retention ---------------------------------------------------
 
     def unload(self, owned: Callable[[str], bool]) -> list[str]:
         """Forget every group of either protocol for which `owned(group_id)` is true (this
@@ -522,6 +525,19 @@ class GroupCoordinator:
         (`partition_of(group)` says which: `OffsetStore.partition_of`), after this broker
         stopped leading it; see `unload`."""
         return self.unload(lambda group_id: partition_of(group_id) == partition)
+
+    def empty_for_ms(self, group_id: str) -> int | None:
+        """How long the group has had no members of either protocol (ms), None while it
+        has some (lapsed sessions are expired first). A group never seen with members
+        since this broker started counts as empty since then."""
+        if self.active_member_count(group_id):
+            return None
+        return self._protocols.empty_for_ms(group_id)
+
+    def forget_emptied_longer_than(self, age_ms: int) -> int:
+        """Bound the memory of when groups became empty: see
+        `GroupProtocols.forget_emptied_longer_than`."""
+        return self._protocols.forget_emptied_longer_than(age_ms)
 
     def active_member_count(self, group_id: str) -> int:
         """How many members the group has now, of either protocol (0 for an unknown group)."""

@@ -27,6 +27,14 @@ partition when it becomes its leader and forgets it when it stops leading, and e
 commit is appended through the leader's replication (the `replicated_append` hook) and
 acknowledged only once the ISR has it, so a coordinator failover keeps it.
 
+Retention (Kafka's offsets.retention.minutes, KIP-211): a group's offsets are deleted once
+it has been empty (no members of either group protocol) for the retention period and its
+newest commit is older than that too. A consumer that commits only what changed (librdkafka
+never commits an unchanged offset) can go idle for longer than the retention and keep its
+offsets, as long as it keeps its membership. Emptiness is not stored: a group this store
+has not seen with members since it took over the group's partition (its start, standalone)
+counts as empty since then.
+
 Growth stays bounded by "snapshot and truncate": when a partition of the topic holds much
 more than its live entries, the live entries are re-appended in a fresh segment and every
 older segment is deleted. A crash at any point leaves a log whose replay gives the same
@@ -41,6 +49,7 @@ import struct
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from logstore.clock import SYSTEM_CLOCK, Clock
 from logstore.codec import record_batch as rb
@@ -75,6 +84,18 @@ _I64 = struct.Struct(">q")
 MAX_METADATA_BYTES = 4096  # Kafka's offset.metadata.max.bytes
 
 TopicPartition = tuple[str, int]
+
+
+class EmptyGroups(Protocol):
+    """What offset retention asks of the group coordinators (`GroupCoordinator`)."""
+
+    def empty_for_ms(self, group_id: str) -> int | None:
+        """How long the group has had no members (ms); None while it has some."""
+        ...
+
+    def forget_emptied_longer_than(self, age_ms: int) -> int:
+        """Forget emptiness older than `age_ms` (it answers no retention question then)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -172,8 +193,9 @@ class OffsetStore:
         #: partition name -> log size (bytes) at which to consider the next rewrite
         self._next_check_bytes: dict[str, int] = {}
         self._replicated_append = replicated_append
-        #: the partitions of the topic whose groups this store holds
-        self._loaded: set[int] = set()
+        #: the partitions of the topic whose groups this store holds -> since when (ms
+        #: since the epoch): no group of theirs was seen with members before
+        self._loaded: dict[int, int] = {}
         #: cluster mode: one commit at a time per partition while it waits for the ISR
         self._append_locks: dict[int, threading.Lock] = {}
         if replicated_append is not None:
@@ -182,7 +204,7 @@ class OffsetStore:
             manager.create_topic(OFFSETS_TOPIC, num_partitions, OFFSETS_TOPIC_CONFIG)
         for index, part in enumerate(self._partitions()):
             self._replay(part)
-            self._loaded.add(index)
+            self._loaded[index] = clock.now_ms()
 
     def _partitions(self) -> list[PartitionLog]:
         return self._manager.topic(OFFSETS_TOPIC).partitions
@@ -210,7 +232,7 @@ class OffsetStore:
                 return
             self._forget(index)
             self._replay(self._partitions()[index])
-            self._loaded.add(index)
+            self._loaded[index] = self._clock.now_ms()
         log.info("%s-%d: loaded the committed offsets it holds", OFFSETS_TOPIC, index)
 
     def unload_partition(self, index: int) -> None:
@@ -218,7 +240,7 @@ class OffsetStore:
         with self._lock:
             if index not in self._loaded:
                 return
-            self._loaded.discard(index)
+            del self._loaded[index]
             self._forget(index)
 
     def _forget(self, index: int) -> None:
@@ -352,22 +374,50 @@ class OffsetStore:
             return len(entries)
 
     def expire_inactive_groups(
-        self, now_ms: int, retention_ms: int, is_active: Callable[[str], bool]
+        self,
+        now_ms: int,
+        retention_ms: int,
+        is_active: Callable[[str], bool],
+        empty_groups: EmptyGroups | None = None,
     ) -> list[str]:
-        """Delete the offsets of groups with no members whose newest commit is older than
-        `retention_ms` (Kafka's offsets.retention.minutes); return the groups removed."""
+        """Delete the offsets of groups that have been empty for `retention_ms` (Kafka's
+        offsets.retention.minutes) and whose newest commit is older than that; return the
+        groups removed. `now_ms` is ms since the epoch.
+
+        A group is empty while `is_active` says it has no members; how long it has been
+        (ms) is `empty_groups.empty_for_ms`, capped by how long this store has held its
+        partition. Without `empty_groups`, every group counts as empty since this store
+        took over its partition."""
         with self._lock:
-            expired = [
-                group
+            candidates = [
+                (group, now_ms - self._loaded.get(self.partition_of(group), now_ms))
                 for group, table in self._table.items()
                 if max(c.commit_timestamp for c in table.values()) < now_ms - retention_ms
             ]
         removed = []
-        for group in expired:
-            if not is_active(group) and self.delete_group(group):
+        for group, held_ms in candidates:
+            expirable = self._expirable(group, held_ms, retention_ms, is_active, empty_groups)
+            if expirable and self.delete_group(group):
                 log.info("expired the committed offsets of inactive group %s", group)
                 removed.append(group)
+        if empty_groups is not None:
+            empty_groups.forget_emptied_longer_than(retention_ms)
         return removed
+
+    @staticmethod
+    def _expirable(
+        group: str,
+        held_ms: int,
+        retention_ms: int,
+        is_active: Callable[[str], bool],
+        empty_groups: EmptyGroups | None,
+    ) -> bool:
+        """Whether a group with old commits has been empty for the retention period."""
+        empty_ms: int | None = held_ms
+        if empty_groups is not None:
+            seen = empty_groups.empty_for_ms(group)
+            empty_ms = None if seen is None else min(seen, held_ms)
+        return empty_ms is not None and empty_ms >= retention_ms and not is_active(group)
 
     def delete_topic(self, topic: str) -> None:
         """Remove every group's committed offsets for a deleted topic."""

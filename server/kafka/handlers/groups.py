@@ -19,9 +19,9 @@ same groups and committed offsets as the gRPC API:
 - Commits: a member's commit must be of the current generation (Kafka's checks); a
   "simple" commit (generation < 0) only while neither protocol has members in the group
   (else UNKNOWN_MEMBER_ID, as Kafka answers it). Commit metadata round-trips;
-  OffsetCommit v2-4's retention_time_ms is accepted and ignored (offsets of inactive
-  groups expire after the broker's offsets.retention.minutes); committed leader epochs are
-  not kept (OffsetFetch v5 answers -1).
+  OffsetCommit v2-4's retention_time_ms is accepted and ignored (a group's offsets expire
+  once it has been empty for the broker's offsets.retention.minutes, as since Kafka 2.1);
+  committed leader epochs are not kept (OffsetFetch v5 answers -1).
 - In cluster mode the broker leading the group's partition of `__consumer_offsets`
   coordinates it; the others answer NOT_COORDINATOR and FindCoordinator names it.
 - ACLs as Kafka checks them, with LogStore's operation names: group read for the member

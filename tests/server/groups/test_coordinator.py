@@ -427,7 +427,7 @@ def test_list_and_delete_groups() -> None:
     assert world.coordinator.active_member_count("other") == 1
 
 
-# --- coordinator moves ------------------------------------------------------------------
+# --- coordinator moves and emptiness ------------------------------------------------------
 
 
 def test_unload_partition_forgets_the_groups_of_that_partition_in_both_protocols() -> None:
@@ -450,6 +450,39 @@ def test_unload_partition_forgets_the_groups_of_that_partition_in_both_protocols
         world.beat(a)
     assert world.join().assignment == all_of("t0", 4)
     assert world.beat(kept, group="other").member_epoch == kept.member_epoch
+
+
+def test_empty_for_counts_from_the_last_member_of_either_protocol() -> None:
+    world = World()
+    world.clock.advance(5_000)
+    assert world.coordinator.empty_for_ms(G) == 5_000  # never seen with members: the start
+    a = world.join()
+    world.clock.advance(1_000)
+    assert world.coordinator.empty_for_ms(G) is None
+    world.leave(a)
+    world.clock.advance(2_000)
+    assert world.coordinator.empty_for_ms(G) == 2_000
+    classic = world.coordinator.classic
+    classic.join_group(
+        JoinRequest(G, "", "consumer", (("range", b""),), 10_000, require_known_member_id=False)
+    )
+    world.clock.advance(classic.initial_rebalance_delay_ms)
+    assert world.coordinator.empty_for_ms(G) is None
+    world.clock.advance(10_001)  # its session lapses: removed, the group is empty from now
+    assert world.coordinator.empty_for_ms(G) == 0
+    world.clock.advance(500)
+    assert world.coordinator.empty_for_ms(G) == 500
+
+
+def test_forgetting_old_emptiness_keeps_every_answer_at_least_that_old() -> None:
+    world = World()
+    world.clock.advance(1_000)
+    for group in ("g1", "g2"):
+        world.leave(world.join(group=group), group=group)
+        world.clock.advance(1_000)
+    assert world.coordinator.forget_emptied_longer_than(1_500) == 1  # g1, emptied 2 s ago
+    assert world.coordinator.empty_for_ms("g1") == 3_000  # since the start, still >= 1.5 s
+    assert world.coordinator.empty_for_ms("g2") == 1_000
 
 
 def test_concurrent_heartbeats_keep_partitions_exclusive() -> None:

@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from logstore.clock import ManualClock
 from logstore.codec import record_batch as rb
 from logstore.errors import InvalidRequestError
+from logstore.server.groups.classic import (
+    ClassicGroupCoordinator,
+    GroupError,
+    JoinRequest,
+    JoinResult,
+    MemberIdentity,
+)
+from logstore.server.groups.coordinator import GroupCoordinator
 from logstore.server.groups.offsets_store import (
     OFFSETS_TOPIC,
     CommittedOffset,
@@ -27,7 +37,7 @@ NO_THREADS = ManagerSettings(background_threads=False)
 REPLAY_TIMEOUT_S = 20.0
 
 
-def _open(data: Path, **kw: int) -> tuple[LogManager, OffsetStore]:
+def _open(data: Path, **kw: Any) -> tuple[LogManager, OffsetStore]:
     manager = LogManager(data, settings=NO_THREADS)
     return manager, OffsetStore(manager, **kw)
 
@@ -168,3 +178,139 @@ def test_the_table_replays_from_a_compacted_log(tmp_path: Path) -> None:
     assert {tp: c.offset for tp, c in store2.fetch("g").items()} == {("orders", 0): 3}
     assert store2.groups() == ["g"]
     manager2.close()
+
+
+# --- retention (offsets.retention.minutes, KIP-211) -------------------------------------------
+
+DAY_MS = 24 * 3600 * 1000
+RETENTION_MS = 7 * DAY_MS
+
+
+class Broker:
+    """A standalone broker's offsets and coordinators on one manual clock."""
+
+    def __init__(self, data: Path, clock: ManualClock) -> None:
+        self.clock = clock
+        self.manager = LogManager(data, settings=NO_THREADS)
+        self.store = OffsetStore(self.manager, clock=clock)
+        classic = ClassicGroupCoordinator(clock, initial_rebalance_delay_ms=0)
+        self.coordinator = GroupCoordinator(lambda _t: 1, clock, classic=classic)
+
+    def kafka_member(self, group: str) -> str:
+        """A Kafka client joins `group` (one member, its join answered at once)."""
+        joined = self.coordinator.classic.join_group(
+            JoinRequest(group, "", "consumer", (("range", b""),), 45_000, 300_000)
+        )
+        joined = self.coordinator.classic.join_group(
+            JoinRequest(group, joined.member_id, "consumer", (("range", b""),), 45_000, 300_000)  # type: ignore[union-attr]
+        )
+        assert isinstance(joined, JoinResult) and joined.error == GroupError.NONE
+        return joined.member_id
+
+    def expire(self) -> list[str]:
+        """The broker's retention pass."""
+        return self.store.expire_inactive_groups(
+            self.clock.now_ms(),
+            RETENTION_MS,
+            lambda g: self.coordinator.active_member_count(g) > 0,
+            self.coordinator,
+        )
+
+
+def test_an_idle_groups_offsets_outlive_its_members_by_the_retention(tmp_path: Path) -> None:
+    """librdkafka never commits an unchanged offset: an idle member's newest commit ages
+    past the retention while the group still has it. Its offsets stay for the retention
+    period after it leaves (Kafka since 2.1), not only until it leaves."""
+    clock = ManualClock()
+    broker = Broker(tmp_path, clock)
+    broker.store.commit("idle", {("orders", 0): (3, "")})
+    clock.advance(8 * DAY_MS)  # nothing to read, nothing committed
+    member = broker.kafka_member("idle")
+    assert broker.expire() == []  # it has a member
+    broker.coordinator.classic.leave_group("idle", [MemberIdentity(member)])  # a deploy
+    assert broker.expire() == []
+    clock.advance(RETENTION_MS - 1)
+    assert broker.expire() == []
+    clock.advance(1)
+    assert broker.expire() == ["idle"]
+    assert broker.store.fetch("idle") == {}
+    broker.manager.close()
+
+
+def test_a_group_never_seen_with_members_counts_as_empty_since_the_start(
+    tmp_path: Path,
+) -> None:
+    """Emptiness is not stored: after a restart, a group's old commits stay for the
+    retention period, since its members may have left just before."""
+    clock = ManualClock()
+    broker = Broker(tmp_path, clock)
+    broker.store.commit("gone", {("orders", 0): (1, "")})
+    broker.store.commit("fresh", {("orders", 0): (1, "")})
+    clock.advance(RETENTION_MS + 1)
+    broker.store.commit("fresh", {("orders", 0): (2, "")})
+    assert broker.expire() == ["gone"]  # empty since the start, which is long enough
+    _restart_later(broker.manager, clock, RETENTION_MS + 1)
+    restarted = Broker(tmp_path, clock)
+    assert restarted.expire() == []  # "fresh" may have had members until the restart
+    clock.advance(RETENTION_MS)
+    assert restarted.expire() == ["fresh"]
+    restarted.manager.close()
+
+
+def test_without_the_coordinators_groups_count_as_empty_since_the_store_loaded(
+    tmp_path: Path,
+) -> None:
+    clock = ManualClock()
+    manager, store = _open(tmp_path, clock=clock)
+    store.commit("g", {("orders", 0): (1, "")})
+    _restart_later(manager, clock, RETENTION_MS + 1)
+    manager, store = _open(tmp_path, clock=clock)
+
+    def expire() -> list[str]:
+        return store.expire_inactive_groups(clock.now_ms(), RETENTION_MS, lambda _g: False)
+
+    assert expire() == []
+    clock.advance(RETENTION_MS - 1)
+    assert expire() == []
+    clock.advance(1)
+    assert expire() == ["g"]
+    manager.close()
+
+
+def _restart_later(manager: LogManager, clock: ManualClock, ms: int) -> None:
+    """Stop the broker's storage, and let `ms` pass before it starts again."""
+    for part in manager.all_partitions():
+        part.flush()
+    manager.close()
+    clock.advance(ms)
+
+
+def test_a_partition_taken_over_counts_its_groups_as_empty_since_then(tmp_path: Path) -> None:
+    """Cluster mode: this broker cannot know what the group did while another coordinated
+    it, so its emptiness counts at most from when this broker took the partition over."""
+    clock = ManualClock()
+    manager = LogManager(tmp_path, settings=NO_THREADS)
+    manager.create_topic(OFFSETS_TOPIC, 1, {})
+    part = manager.partition(OFFSETS_TOPIC, 0)
+    store = OffsetStore(manager, clock=clock, replicated_append=lambda _i, b: part.append(b))
+    coordinator = GroupCoordinator(lambda _t: 1, clock)
+    store.load_partition(0)
+    store.commit("g", {("orders", 0): (1, "")})
+    clock.advance(RETENTION_MS)
+    store.unload_partition(0)
+    coordinator.unload_partition(0, store.partition_of)
+    clock.advance(DAY_MS)
+    store.load_partition(0)  # the group is here again; its commit is 8 days old
+
+    def expire() -> list[str]:
+        return store.expire_inactive_groups(
+            clock.now_ms(), RETENTION_MS, lambda _g: False, coordinator
+        )
+
+    assert coordinator.empty_for_ms("g") == RETENTION_MS + DAY_MS  # the coordinator saw none
+    assert expire() == []
+    clock.advance(RETENTION_MS - 1)
+    assert expire() == []
+    clock.advance(1)
+    assert expire() == ["g"]
+    manager.close()
