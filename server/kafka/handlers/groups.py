@@ -81,7 +81,6 @@ TOPIC_AUTHORIZATION_FAILED: Final = kafka_errors.TopicAuthorizationFailedError.e
 UNKNOWN_MEMBER_ID: Final = kafka_errors.UnknownMemberIdError.errno
 INVALID_GROUP_ID: Final = kafka_errors.InvalidGroupIdError.errno
 INVALID_REQUEST: Final = kafka_errors.InvalidRequestError.errno
-NOT_COORDINATOR: Final = kafka_errors.NotCoordinatorError.errno
 OFFSET_METADATA_TOO_LARGE: Final = kafka_errors.OffsetMetadataTooLargeError.errno
 
 #: FindCoordinator key types
