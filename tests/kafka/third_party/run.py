@@ -133,6 +133,21 @@ def cache_root() -> Path:
     return Path(base) / "logstore" / "third-party"
 
 
+def prepared_suite(version: str | None = None, root: Path | None = None) -> Path:
+    """The directory `prepare_suite` made, without touching the network (the test suite's
+    rule: traffic only to 127.0.0.1). Raises SuiteUnavailableError, one line saying how to
+    prepare it, when it is not there."""
+    version = version or suite_version()
+    target = (root or cache_root()) / f"{SUITE}-{version}"
+    stamp = " ".join([f"{SUITE}=={version}", *CODEC_PACKAGES]) + "\n"
+    if _read(target / _PREPARED) != stamp:
+        raise SuiteUnavailableError(
+            f"{SUITE} {version}'s test suite is not prepared: run "
+            "`.venv/bin/python -m tests.kafka.third_party.run --prepare` (.ci/run does)"
+        )
+    return target
+
+
 def prepare_suite(version: str | None = None, root: Path | None = None) -> Path:
     """The directory holding kafka-python's `test/` for `version`, downloading it once.
 
@@ -328,7 +343,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--all", action="store_true", help="every test of test/integration")
     parser.add_argument("--bootstrap", help="a running Kafka listener (default: start a broker)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds for the whole run")
+    parser.add_argument(
+        "--prepare", action="store_true", help="only download and unpack the suite (needs PyPI)"
+    )
     args = parser.parse_args(argv)
+    if args.prepare:
+        print(f"{SUITE} {suite_version()}'s suite is in {prepare_suite()}")
+        return 0
     ids = [] if args.all else (args.test_ids or read_allow_list())
     suite = prepare_suite()
     if args.bootstrap:

@@ -1,9 +1,10 @@
 """The allow-listed tests of kafka-python's own integration suite pass against LogStore.
 
 The suite (test/integration from kafka-python's sdist on PyPI, written for Kafka brokers)
-is downloaded once into the user's cache; `run.py` says how it is driven and
-`NOTES.md` which of its tests pass, which fail and why. Without network access to PyPI on
-a machine that never cached it, this test fails in one line saying the download failed.
+is downloaded once into the user's cache by `python -m tests.kafka.third_party.run
+--prepare`, which `.ci/run` runs before the tests (the tests themselves reach nothing but
+127.0.0.1); `run.py` says how it is driven and `NOTES.md` which of its tests pass, which
+fail and why. Where it was never prepared, this test fails in one line saying how.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def broker(tmp_path: Path) -> Iterator[KafkaBrokerProcess]:
 @pytest.fixture(scope="module")
 def suite() -> Path:
     try:
-        return run.prepare_suite()
+        return run.prepared_suite()
     except run.SuiteUnavailableError as exc:
         pytest.fail(str(exc), pytrace=False)
 
