@@ -365,8 +365,18 @@ class Broker:
             return
         if leads:
             self.offsets.load_partition(partition)
-        else:
-            self.offsets.unload_partition(partition)
+            return
+        self.offsets.unload_partition(partition)
+        # As Kafka on resignation: the groups go with the partition, and requests waiting
+        # on them are answered NOT_COORDINATOR now, so their members find the new one.
+        unloaded = self.coordinator.unload_partition(partition, self.offsets.partition_of)
+        if unloaded:
+            log.info(
+                "%s-%d is led elsewhere now: unloaded groups %s",
+                OFFSETS_TOPIC,
+                partition,
+                ", ".join(unloaded),
+            )
 
     def _partition_count(self, topic: str) -> int | None:
         try:
@@ -396,6 +406,7 @@ class Broker:
                         SYSTEM_CLOCK.now_ms(),
                         retention_ms,
                         lambda g: self.coordinator.active_member_count(g) > 0,
+                        self.coordinator,
                     )
             except Exception:  # keep the broker serving; the next tick tries again
                 log.exception("group maintenance failed")
