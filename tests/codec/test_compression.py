@@ -192,7 +192,10 @@ LIBRDKAFKA_RECORDS: list[rb.RecordInput] = [
 @pytest.mark.parametrize("codec", CODECS, ids=CODEC_IDS)
 def test_librdkafka_batches_decode(codec: int) -> None:
     data = peers.librdkafka_produce(fmt.CODEC_NAMES[codec], LIBRDKAFKA_RECORDS)
-    assert {header.codec for _, header in rb.iter_batches(data)} == {codec}
+    codecs = {header.codec for _, header in rb.iter_batches(data)}
+    # librdkafka sends a batch uncompressed when compressing would not shrink it: the
+    # random "noise" record, when timing puts it in a batch of its own.
+    assert codec in codecs and codecs <= {codec, fmt.CODEC_NONE}
     assert peers.our_records(data) == peers.peer_records(LIBRDKAFKA_RECORDS)
 
 
